@@ -1,0 +1,43 @@
+# duro — the two commands a newcomer needs are `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PGVER   := $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
+
+.PHONY: install demo test lint bench bench-peers clean postgres
+
+$(STAMP): pyproject.toml setup.py
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel "Cython>=3.1"
+	$(VPY) -m pip install -q --no-build-isolation -e ".[test,bench]"
+	touch $(STAMP)
+
+# The compiled core is rebuilt whenever a .pyx/.pxd changed (setup.py build_ext is incremental).
+install: $(STAMP)
+	$(VPY) setup.py -q build_ext --inplace 2>&1 | grep -vE "^(running|copying)|Warning|!!|corresp|\*\*\*\*|^\s*$$" || true
+	$(VPY) -c "import duro._core as c; print('duro compiled core:', c.IMPLEMENTATION)"
+
+demo: install
+	$(VPY) examples/order_demo.py
+
+# PostgreSQL: start the local cluster where it is installed but not running (later issues test on it).
+postgres:
+	@if command -v pg_ctlcluster >/dev/null 2>&1 && [ -n "$(PGVER)" ]; then \
+	  pg_lsclusters 2>/dev/null | grep -q online || pg_ctlcluster --skip-systemctl-redirect $(PGVER) main start || true; \
+	fi
+
+test: install postgres
+	$(VPY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy
+
+bench: install
+	$(VPY) benchmarks/bench_order.py
+	$(VPY) benchmarks/bench_replay.py
+	$(VPY) benchmarks/bench_codec.py
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info src/duro/_core/*.so csrc/duro/_core/*.c csrc/duro/_core/*.html

@@ -1,0 +1,120 @@
+# cython: language_level=3
+"""Replay matcher: splits a recorded history into workflow activations and checks that the
+commands the code produces now are the commands that were recorded.
+
+A history is a sequence of *inputs* (things that happened to the run: started, activity results,
+timers fired, signals) and *commands* (what the code decided). Every workflow task ends with a
+WorkflowTaskCompleted marker whose ``ref`` is the id of the last input the code had seen, followed
+immediately (same commit) by the commands it produced. Inputs recorded between the last processed
+input and the marker arrived while the task ran; they belong to the next activation.
+"""
+
+from duro._core.codec cimport Event
+
+from duro._core import codec
+from duro.errors import NonDeterminismError
+
+cdef int T_MARKER = codec.WORKFLOW_TASK_COMPLETED
+
+# Event types that a workflow's code decides (commands) — everything the worker appends after a
+# WorkflowTaskCompleted marker.
+cdef frozenset COMMAND_TYPES = frozenset((
+    codec.WORKFLOW_COMPLETED, codec.WORKFLOW_FAILED, codec.WORKFLOW_CONTINUED_AS_NEW,
+    codec.WORKFLOW_CANCELED, codec.ACTIVITY_SCHEDULED, codec.ACTIVITY_CANCEL_REQUESTED,
+    codec.TIMER_STARTED, codec.TIMER_CANCELED, codec.UPDATE_COMPLETED, codec.CHILD_STARTED,
+    codec.EXTERNAL_SIGNAL, codec.MARKER,
+))
+
+# Events that end a run without the code deciding it.
+cdef frozenset TERMINAL_TYPES = frozenset((codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT))
+
+
+def is_command(int event_type):
+    """Whether an event type is a command (decided by workflow code)."""
+    return event_type in COMMAND_TYPES
+
+
+def split_activations(list events):
+    """Split a history into activations.
+
+    Returns a list of ``(inputs, marker, commands)`` tuples, one per completed workflow task, and
+    a final ``(pending_inputs, None, [])`` holding the inputs no task has processed yet. Terminal
+    events (terminated, timed out) are not inputs and are skipped.
+    """
+    cdef list out = []
+    cdef list buffered = []
+    cdef list take, keep, commands
+    cdef Event ev, b
+    cdef Py_ssize_t i = 0, n = len(events)
+    cdef unsigned long long last = 0
+    while i < n:
+        ev = <Event>events[i]
+        if ev.event_id <= last:
+            raise NonDeterminismError(
+                f"history is out of order: event {ev.event_id} follows event {last}", event_id=ev.event_id)
+        last = ev.event_id
+        i += 1
+        if ev.type == T_MARKER:
+            take = []
+            keep = []
+            for b in buffered:
+                if b.event_id <= ev.ref:
+                    take.append(b)
+                else:
+                    keep.append(b)
+            buffered = keep
+            commands = []
+            while i < n and (<Event>events[i]).type in COMMAND_TYPES:
+                commands.append(events[i])
+                last = (<Event>events[i]).event_id
+                i += 1
+            out.append((take, ev, commands))
+        elif ev.type in COMMAND_TYPES:
+            raise NonDeterminismError(
+                f"history has command event {ev.event_id} ({ev.type_name}) outside a workflow task",
+                event_id=ev.event_id)
+        elif ev.type not in TERMINAL_TYPES:
+            buffered.append(ev)
+    out.append((buffered, None, []))
+    return out
+
+
+cdef str describe(Event ev):
+    if ev.name:
+        return f"{ev.type_name}(seq={ev.ref}, name={ev.name!r})"
+    return f"{ev.type_name}(seq={ev.ref})"
+
+
+def match_commands(list produced, list recorded, list locations, str workflow_type, object marker):
+    """Check that ``produced`` commands equal the ``recorded`` ones (type, sequence number, name).
+
+    ``locations`` holds, for each produced command, the "file:line" of the workflow code that
+    asked for it. Raises NonDeterminismError naming the event, what was recorded, what the code
+    asked for now and where.
+    """
+    cdef Py_ssize_t i, n = len(produced), m = len(recorded)
+    cdef Event p, r
+    cdef Event mk = <Event>marker
+    for i in range(min(n, m)):
+        p = <Event>produced[i]
+        r = <Event>recorded[i]
+        if p.type != r.type or p.ref != r.ref or p.name != r.name:
+            where = locations[i] if i < len(locations) else "?"
+            raise NonDeterminismError(
+                f"workflow {workflow_type!r} diverged from its history at event {r.event_id}: "
+                f"recorded {describe(r)}, but the code now asks for {describe(p)} at {where}",
+                event_id=r.event_id, recorded=describe(r), requested=f"{describe(p)} at {where}")
+    if n > m:
+        p = <Event>produced[m]
+        where = locations[m] if m < len(locations) else "?"
+        raise NonDeterminismError(
+            f"workflow {workflow_type!r} diverged from its history after event {mk.event_id}: "
+            f"nothing more was recorded for that workflow task, but the code now asks for {describe(p)} "
+            f"at {where}",
+            event_id=mk.event_id, recorded="(nothing)", requested=f"{describe(p)} at {where}")
+    if m > n:
+        r = <Event>recorded[n]
+        raise NonDeterminismError(
+            f"workflow {workflow_type!r} diverged from its history at event {r.event_id}: recorded "
+            f"{describe(r)}, but the code now asks for nothing more in that workflow task",
+            event_id=r.event_id, recorded=describe(r), requested="(nothing)")

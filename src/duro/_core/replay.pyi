@@ -1,0 +1,9 @@
+from typing import Any
+
+from duro._core.codec import Event
+
+def is_command(event_type: int) -> bool: ...
+def split_activations(events: list[Event]) -> list[tuple[list[Event], Event | None, list[Event]]]: ...
+def match_commands(
+    produced: list[Event], recorded: list[Event], locations: list[str], workflow_type: str, marker: Any
+) -> None: ...

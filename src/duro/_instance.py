@@ -1,0 +1,341 @@
+"""A live workflow run in memory: its deterministic loop, pending futures and the commands it produced.
+
+The worker keeps instances in a sticky LRU cache and feeds them *activations* (batches of input
+events); replay feeds the same instance the recorded activations and checks its commands against
+the recorded ones. Live and replay run exactly the same code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from duro._core import codec
+from duro._core.codec import Event
+from duro._core.replay import match_commands, split_activations
+from duro._loop import WorkflowLoop
+from duro.activity import RetryPolicy, get_activity_definition, to_seconds
+from duro.converter import DataConverter, encode_failure, failure_from_dict
+from duro.errors import ActivityError, NonDeterminismError, WorkflowIOError
+from duro.stores.base import ActivityTask, unpack
+from duro.workflow import WorkflowContext, WorkflowDefinition, WorkflowInfo
+
+__all__ = ["WorkflowInstance", "WorkflowTaskError"]
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_DEFAULT_RETRY = RetryPolicy().to_dict()
+
+
+class WorkflowTaskError(Exception):
+    """A workflow task could not complete (a bug or nondeterminism); the run stays open and is retried."""
+
+
+def _caller_location() -> str:
+    """file:line of the innermost frame outside duro (and asyncio): the workflow code that asked."""
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not fn.startswith(_PKG_DIR) and "asyncio" not in fn:
+            return f"{fn}:{f.f_lineno}"
+        f = f.f_back  # type: ignore[assignment]
+    return "?"
+
+
+class WorkflowInstance:
+    """One run of a workflow, driven activation by activation."""
+
+    def __init__(self, defn: WorkflowDefinition, run_key: bytes, started: Event, converter: DataConverter) -> None:
+        meta_b, self._args_payload = unpack(started.payload)
+        meta = orjson.loads(meta_b)
+        self.defn = defn
+        self.run_key = run_key
+        self.converter = converter
+        run_id = uuid.UUID(bytes=run_key).hex
+        self.info = WorkflowInfo(
+            workflow_id=meta["wid"], run_id=run_id, workflow_type=started.name, task_queue=meta["queue"],
+            attempt=started.attempt or 1, first_run_id=meta.get("first_run", run_id), parent=meta.get("parent"),
+        )
+        self.loop = WorkflowLoop(start_timer=self._start_timer, cancel_timer=self._cancel_timer)
+        self.loop.set_time(started.timestamp)
+        self.rng = random.Random(int.from_bytes(run_key, "big"))
+        self.ctx = WorkflowContext(self, self.info)
+        self.replaying = False
+        self.seq = 0
+        # Commands produced since the last take_commands(), with where in the code each was asked for.
+        self.commands: list[Event] = []
+        self.locations: list[str] = []
+        self.activity_tasks: list[ActivityTask] = []
+        self.timers: list[tuple[int, float]] = []
+        self.close_status: str | None = None
+        self._pending: dict[int, tuple[asyncio.Future[Any], Any, str]] = {}
+        self._signals: dict[str, deque[list[Any]]] = {}
+        self._signal_waiters: dict[str, deque[asyncio.Future[Any]]] = {}
+        self._signal_handlers: dict[str, Callable[..., Any]] = {}
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._main: asyncio.Task[Any] | None = None
+        # Bookkeeping against the store: the last event id this instance has seen or written, and
+        # the run's count of completed workflow tasks when this instance last committed.
+        self.last_event_id = 0
+        self.next_event_id = 1
+        self.last_marker_id = 0
+        self.epoch = 0
+        self.busy = False
+
+    # ------------------------------------------------------------------ driving
+
+    def activate(self, inputs: list[Event]) -> None:
+        """Apply input events in order, then run the code until every branch is blocked."""
+        loop = self.loop
+        t = loop.time()
+        for ev in inputs:
+            if ev.timestamp > t:
+                t = ev.timestamp
+            self._apply(ev)
+            if ev.event_id > self.last_event_id:
+                self.last_event_id = ev.event_id
+        loop.set_time(t)
+        self._run()
+
+    def _run(self) -> None:
+        loop = self.loop
+        while True:
+            loop.run_until_quiescent()
+            if not self._conditions or not self._check_conditions():
+                break
+        if loop.unhandled_errors:
+            ctx = loop.unhandled_errors[0]
+            loop.unhandled_errors.clear()
+            exc = ctx.get("exception")
+            raise WorkflowTaskError(f"unhandled error in workflow {self.info.workflow_type!r}: "
+                                    f"{ctx.get('message', '')} {exc!r}") from exc
+        main = self._main
+        if main is not None and main.done() and self.close_status is None:
+            self._finish(main)
+
+    def _check_conditions(self) -> bool:
+        fired = False
+        keep = []
+        for fn, fut in self._conditions:
+            if fut.done():
+                continue
+            if fn():
+                fut.set_result(None)
+                fired = True
+            else:
+                keep.append((fn, fut))
+        self._conditions = keep
+        return fired
+
+    def _finish(self, main: asyncio.Task[Any]) -> None:
+        if main.cancelled():
+            exc: BaseException | None = asyncio.CancelledError("workflow cancelled")
+        else:
+            exc = main.exception()
+        if exc is None:
+            try:
+                payload = self.converter.encode(main.result())
+            except TypeError as e:
+                exc = e
+            else:
+                self._command(Event(codec.WORKFLOW_COMPLETED, 0, 0, 0, 0, "", payload), "return")
+                self.close_status = "completed"
+                return
+        if isinstance(exc, (NonDeterminismError, WorkflowIOError)):
+            raise WorkflowTaskError(str(exc)) from exc
+        self._command(Event(codec.WORKFLOW_FAILED, 0, 0, 0, 0, "", encode_failure(exc)), "raise")
+        self.close_status = "failed"
+
+    def take_commands(self) -> tuple[list[Event], list[str], list[ActivityTask], list[tuple[int, float]]]:
+        """Return and clear what the code produced since the last call."""
+        out = (self.commands, self.locations, self.activity_tasks, self.timers)
+        self.commands, self.locations, self.activity_tasks, self.timers = [], [], [], []
+        return out
+
+    def replay(self, events: list[Event]) -> list[Event]:
+        """Re-run the code over a recorded history; return the inputs no task has processed yet.
+
+        Raises NonDeterminismError when the code's commands differ from the recorded ones.
+        """
+        activations = split_activations(events)
+        self.replaying = True
+        try:
+            for inputs, marker, recorded in activations[:-1]:
+                self.activate(inputs)
+                produced, locations, _, _ = self.take_commands()
+                match_commands(produced, recorded, locations, self.info.workflow_type, marker)
+                assert marker is not None
+                self.last_event_id = recorded[-1].event_id if recorded else marker.event_id
+                self.epoch += 1
+        finally:
+            self.replaying = False
+        if events:
+            self.last_event_id = max(self.last_event_id, events[-1].event_id)
+        return activations[-1][0]
+
+    # ------------------------------------------------------------------ inputs
+
+    def _apply(self, ev: Event) -> None:
+        t = ev.type
+        if t == codec.ACTIVITY_COMPLETED:
+            entry = self._pending.pop(ev.ref, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(self.converter.decode(ev.payload, entry[1]))
+        elif t == codec.ACTIVITY_FAILED:
+            entry = self._pending.pop(ev.ref, None)
+            if entry is not None and not entry[0].done():
+                d = orjson.loads(ev.payload)
+                cause = failure_from_dict(d)
+                if isinstance(cause, ActivityError):  # already wrapped (e.g. by the reaper)
+                    entry[0].set_exception(cause)
+                else:
+                    err = ActivityError(f"activity {entry[2]!r} failed after attempt {ev.attempt}: {cause}",
+                                        activity_type=entry[2], activity_id=ev.ref, attempt=ev.attempt)
+                    err.__cause__ = cause
+                    entry[0].set_exception(err)
+        elif t == codec.TIMER_FIRED:
+            self.loop.fire_timer(ev.ref)
+        elif t == codec.SIGNAL_RECEIVED:
+            self.loop.call_soon(self._deliver_signal, ev.name, self.converter.decode_args(ev.payload, ()))
+        elif t == codec.WORKFLOW_STARTED:
+            args = self.converter.decode_args(self._args_payload, self.defn.arg_hints)
+            self._main = self.loop.create_task(self.defn.fn(self.ctx, *args), name="workflow-main")
+        else:
+            raise NonDeterminismError(f"event {ev.event_id} ({ev.type_name}) cannot be applied to a workflow",
+                                      event_id=ev.event_id)
+
+    def _deliver_signal(self, name: str, args: list[Any]) -> None:
+        handler = self._signal_handlers.get(name)
+        if handler is not None:
+            self._call_handler(handler, args)
+            return
+        waiters = self._signal_waiters.get(name)
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(_signal_value(args))
+                return
+        self._signals.setdefault(name, deque()).append(args)
+
+    def _call_handler(self, handler: Callable[..., Any], args: list[Any]) -> None:
+        result = handler(*args)
+        if asyncio.iscoroutine(result):
+            self.loop.create_task(result)
+
+    # ------------------------------------------------------------------ commands (called by ctx)
+
+    def _command(self, ev: Event, location: str) -> None:
+        self.commands.append(ev)
+        self.locations.append(location)
+
+    def schedule_activity(
+        self, activity: Callable[..., Any] | str, args: tuple[Any, ...], start_to_close: Any, schedule_to_close: Any,
+        heartbeat: Any, retry_policy: RetryPolicy | None, task_queue: str | None,
+    ) -> asyncio.Future[Any]:
+        """Create the ActivityTaskScheduled command and the future its result resolves."""
+        if isinstance(activity, str):
+            name, hint, defaults = activity, None, None
+        else:
+            defaults = get_activity_definition(activity)
+            name, hint = defaults.name, defaults.return_hint
+        stc = to_seconds(start_to_close, "start_to_close_timeout")
+        s2c = to_seconds(schedule_to_close, "schedule_to_close_timeout")
+        hb = to_seconds(heartbeat, "heartbeat_timeout")
+        if defaults is not None:
+            stc = stc if stc is not None else defaults.start_to_close_timeout
+            s2c = s2c if s2c is not None else defaults.schedule_to_close_timeout
+            hb = hb if hb is not None else defaults.heartbeat_timeout
+            retry_policy = retry_policy or defaults.retry_policy
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
+        payload = self.converter.encode_args(args)
+        self.seq += 1
+        seq = self.seq
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._pending[seq] = (fut, hint, name)
+        queue = task_queue or self.info.task_queue
+        retry = retry_policy.to_dict() if retry_policy is not None else _DEFAULT_RETRY
+        self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload), _caller_location())
+        if not self.replaying:
+            self.activity_tasks.append(ActivityTask(
+                run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
+                task_queue=queue, seq=seq, name=name, args=payload, attempt=1, scheduled_time=self.loop.time(),
+                start_to_close_timeout=stc, schedule_to_close_timeout=s2c, heartbeat_timeout=hb,
+                retry_policy=retry,
+            ))
+        return fut
+
+    def _start_timer(self, delay: float) -> int:
+        self.seq += 1
+        seq = self.seq
+        self._command(Event(codec.TIMER_STARTED, 0, 0, seq, 0, "", orjson.dumps({"duration": delay})),
+                      _caller_location())
+        if not self.replaying:
+            self.timers.append((seq, delay))
+        return seq
+
+    def _cancel_timer(self, seq: int) -> None:
+        # The durable timer stays in the store; when it fires, the loop ignores the cancelled seq.
+        return None
+
+    async def wait_signal(self, name: str) -> Any:
+        """Next buffered signal ``name``, or wait for one."""
+        buffered = self._signals.get(name)
+        if buffered:
+            return _signal_value(buffered.popleft())
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._signal_waiters.setdefault(name, deque()).append(fut)
+        return await fut
+
+    def set_signal_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
+        """Install (or remove, with None) a handler; signals buffered so far are delivered to it first."""
+        if handler is None:
+            self._signal_handlers.pop(name, None)
+            return
+        if not callable(handler):
+            raise TypeError("a signal handler must be callable")
+        self._signal_handlers[name] = handler
+        buffered = self._signals.pop(name, None)
+        while buffered:
+            self._call_handler(handler, buffered.popleft())
+
+    def add_condition(self, fn: Callable[[], bool]) -> asyncio.Future[None]:
+        """A future resolved the first time ``fn()`` is true after a step of the workflow."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        if fn():
+            fut.set_result(None)
+        else:
+            self._conditions.append((fn, fut))
+        return fut
+
+    @property
+    def pending_activities(self) -> int:
+        """How many activities and other commands still wait for a result."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Drop the coroutine without running it further (on eviction)."""
+        main = self._main
+        if main is not None and not main.done():
+            coro = main.get_coro()
+            if hasattr(coro, "close"):
+                try:
+                    coro.close()
+                except RuntimeError:
+                    pass
+        self.loop.close()
+
+
+def _signal_value(args: list[Any]) -> Any:
+    if len(args) == 1:
+        return args[0]
+    if not args:
+        return None
+    return tuple(args)

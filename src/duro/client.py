@@ -1,0 +1,255 @@
+"""The client: start workflows, signal them, wait for results, read their histories."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import inspect
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from duro._core import codec
+from duro.activity import to_seconds
+from duro.converter import DataConverter, decode_failure, default_converter
+from duro.errors import TerminatedError, WorkflowFailedError, WorkflowNotFoundError
+from duro.history import History
+from duro.stores import open_store
+from duro.stores.base import RUNNING, RunInfo, StartRequest
+from duro.stores.lmdb import LmdbStore
+from duro.workflow import WorkflowDefinition, get_workflow_definition
+
+__all__ = ["Client", "WorkflowExecution", "WorkflowHandle"]
+
+ID_REUSE_POLICIES = ("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate")
+
+
+@dataclass(frozen=True)
+class WorkflowExecution:
+    """What ``describe()`` and ``list_workflows()`` report about a run."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    status: str
+    start_time: datetime.datetime
+    close_time: datetime.datetime | None
+    history_length: int
+
+    @classmethod
+    def _from(cls, info: RunInfo) -> WorkflowExecution:
+        return cls(
+            workflow_id=info.workflow_id, run_id=info.run_id, workflow_type=info.workflow_type,
+            task_queue=info.task_queue, status=info.status,
+            start_time=datetime.datetime.fromtimestamp(info.start_time, tz=datetime.UTC),
+            close_time=datetime.datetime.fromtimestamp(info.close_time, tz=datetime.UTC) if info.close_time else None,
+            history_length=info.history_length,
+        )
+
+
+class _Connect:
+    """What ``Client.connect`` returns: awaitable, and an async context manager that closes."""
+
+    def __init__(self, url: str, converter: DataConverter | None) -> None:
+        self._url = url
+        self._converter = converter
+        self._client: Client | None = None
+
+    def _open(self) -> Client:
+        self._client = Client(open_store(self._url), self._converter)
+        return self._client
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        if False:  # pragma: no cover - makes this a generator
+            yield
+        return self._open()
+
+    async def __aenter__(self) -> Client:
+        return self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class Client:
+    """A connection to a store. Create with ``duro.Client.connect(url)``."""
+
+    def __init__(self, store: LmdbStore, converter: DataConverter | None = None) -> None:
+        self.store = store
+        self.converter: DataConverter = converter or default_converter
+        self._closed = False
+
+    @staticmethod
+    def connect(url: str, *, converter: DataConverter | None = None) -> _Connect:
+        """Open the store at ``url`` (``lmdb://PATH``): ``async with Client.connect(url) as client``.
+
+        ``await Client.connect(url)`` works too; then call ``await client.close()`` when done.
+        """
+        return _Connect(url, converter)
+
+    async def close(self) -> None:
+        """Release the store (shared stores stay open for their other users)."""
+        if not self._closed:
+            self._closed = True
+            await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ starting
+
+    async def start_workflow(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        id: str,
+        task_queue: str,
+        id_reuse_policy: str = "allow_duplicate",
+        execution_timeout: float | datetime.timedelta | None = None,
+        run_timeout: float | datetime.timedelta | None = None,
+    ) -> WorkflowHandle:
+        """Start a workflow run and return its handle once the start is durable.
+
+        Args:
+            workflow: the ``@duro.workflow`` function, or its registered name.
+            *args: the workflow's arguments (after its context).
+            id: the workflow id, unique among running workflows.
+            task_queue: the queue whose workers run it.
+            id_reuse_policy: "allow_duplicate" (default), "allow_duplicate_failed_only" or
+                "reject_duplicate": whether a closed run's id may be used again.
+            execution_timeout: limit for the whole workflow, in seconds or a timedelta.
+            run_timeout: limit for this run.
+
+        Raises:
+            WorkflowAlreadyStartedError: a run with this id is running (or the policy forbids reuse).
+            TypeError: the arguments do not fit the workflow's signature or cannot be encoded;
+                nothing is stored then.
+        """
+        defn = _definition(workflow)
+        name = defn.name if defn is not None else workflow
+        if not isinstance(name, str) or not name:
+            raise TypeError("workflow must be a @duro.workflow function or its registered name (a str)")
+        if not isinstance(id, str) or not id:
+            raise ValueError("id must be a non-empty string")
+        if not isinstance(task_queue, str) or not task_queue or "\x00" in task_queue:
+            raise ValueError("task_queue must be a non-empty string without NUL characters")
+        if id_reuse_policy not in ID_REUSE_POLICIES:
+            raise ValueError(f"id_reuse_policy must be one of {ID_REUSE_POLICIES}, got {id_reuse_policy!r}")
+        if defn is not None:
+            try:
+                inspect.signature(defn.fn).bind(None, *args)
+            except TypeError as e:
+                raise TypeError(f"arguments do not fit workflow {defn.name!r}: {e}") from None
+        payload = self.converter.encode_args(args)
+        run_id = uuid.uuid4().hex
+        req = StartRequest(
+            workflow_id=id, workflow_type=name, task_queue=task_queue, args=payload, run_id=run_id,
+            id_reuse_policy=id_reuse_policy,
+            execution_timeout=to_seconds(execution_timeout, "execution_timeout"),
+            run_timeout=to_seconds(run_timeout, "run_timeout"),
+        )
+        await self.store.start_workflow(req)
+        return WorkflowHandle(self, id, run_id, result_hint=defn.return_hint if defn else None)
+
+    async def execute_workflow(self, workflow: Callable[..., Any] | str, *args: Any, id: str, task_queue: str,
+                               **kwargs: Any) -> Any:
+        """Start a workflow and wait for its result (see ``start_workflow`` and ``WorkflowHandle.result``)."""
+        handle = await self.start_workflow(workflow, *args, id=id, task_queue=task_queue, **kwargs)
+        return await handle.result()
+
+    def get_handle(self, workflow_id: str, run_id: str | None = None, *, result_type: Any = None) -> WorkflowHandle:
+        """A handle to an existing workflow (its latest run when ``run_id`` is None)."""
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise ValueError("workflow_id must be a non-empty string")
+        return WorkflowHandle(self, workflow_id, run_id, result_hint=result_type)
+
+    async def list_workflows(self, status: str | None = None, workflow_type: str | None = None,
+                             limit: int = 100) -> list[WorkflowExecution]:
+        """The latest run of each workflow id, optionally filtered by status and type."""
+        if status is not None and status not in (RUNNING, "completed", "failed", "terminated", "canceled",
+                                                 "continued_as_new", "timed_out"):
+            raise ValueError(f"unknown status {status!r}")
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive int")
+        return [WorkflowExecution._from(i) for i in self.store.list_runs(status, workflow_type, limit)]
+
+
+def _definition(workflow: Any) -> WorkflowDefinition | None:
+    if isinstance(workflow, str):
+        return None
+    return get_workflow_definition(workflow)
+
+
+class WorkflowHandle:
+    """A reference to one workflow (and, once known, one run of it)."""
+
+    def __init__(self, client: Client, workflow_id: str, run_id: str | None, *, result_hint: Any = None) -> None:
+        self.client = client
+        self.id = workflow_id
+        self.run_id = run_id
+        self._result_hint = result_hint
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle(id={self.id!r}, run_id={self.run_id!r})"
+
+    def _info(self) -> RunInfo:
+        return self.client.store.find_run(self.id, self.run_id)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to close and return its result.
+
+        Raises:
+            WorkflowFailedError: the run failed, was terminated or cancelled; the cause is chained.
+            asyncio.TimeoutError: ``timeout`` seconds passed first.
+        """
+        info = self._info()
+        run_key = uuid.UUID(hex=info.run_id).bytes
+        if info.status == RUNNING:
+            waiter = self.client.store.wait_closed(run_key)
+            info = await (asyncio.wait_for(waiter, timeout) if timeout is not None else waiter)
+        last = self.client.store.read_history(run_key, info.history_length)
+        if not last:
+            raise WorkflowNotFoundError(self.id, info.run_id)
+        ev = last[-1]
+        if ev.type == codec.WORKFLOW_COMPLETED:
+            return self.client.converter.decode(ev.payload, self._result_hint)
+        if ev.type == codec.WORKFLOW_TERMINATED:
+            cause: BaseException = TerminatedError(orjson.loads(ev.payload).get("message", "terminated"))
+        else:
+            cause = decode_failure(ev.payload)
+        err = WorkflowFailedError(f"workflow {self.id!r} (run {info.run_id}) {info.status}: {cause}",
+                                  workflow_id=self.id, run_id=info.run_id)
+        raise err from cause
+
+    async def signal(self, name: str, *args: Any) -> None:
+        """Send signal ``name`` with its payload; returns once it is durable."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("a signal name must be a non-empty string")
+        payload = self.client.converter.encode_args(args)
+        await self.client.store.signal_workflow(self.id, self.run_id, name, payload)
+
+    async def describe(self) -> WorkflowExecution:
+        """Status, type, times and history length of the run."""
+        return WorkflowExecution._from(self._info())
+
+    async def fetch_history(self) -> History:
+        """The run's recorded events."""
+        info = self._info()
+        events = self.client.store.read_history(uuid.UUID(hex=info.run_id).bytes)
+        return History(self.id, info.run_id, events)
+
+    async def history(self) -> History:
+        """Alias of ``fetch_history``."""
+        return await self.fetch_history()
+
+    async def terminate(self, reason: str = "") -> None:
+        """Close the run at once; its code does not run again."""
+        await self.client.store.terminate_workflow(self.id, self.run_id, reason)

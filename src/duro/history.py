@@ -1,0 +1,133 @@
+"""``duro.History``: a run's recorded events, readable and exportable as JSON."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+import orjson
+
+from duro._core import codec
+from duro._core.codec import Event
+from duro.errors import CorruptHistoryError
+
+__all__ = ["History", "HistoryEvent"]
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One recorded event, in readable form. ``payload`` holds the exact recorded bytes."""
+
+    event_id: int
+    event_type: str
+    timestamp: datetime.datetime
+    ref: int
+    attempt: int
+    name: str
+    payload: bytes
+    type_code: int
+
+    def data(self) -> Any:
+        """The payload decoded as JSON where it is JSON (arguments, results), else the raw bytes."""
+        raw = self.payload
+        if raw[:1] in (b"[", b"{", b'"') or raw[:1].isdigit():
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+        if len(raw) >= 4:  # a packed record: u32 length + JSON metadata, then the arguments
+            n = int.from_bytes(raw[:4], "little")
+            if 4 + n <= len(raw):
+                try:
+                    meta = orjson.loads(raw[4 : 4 + n])
+                    rest = raw[4 + n :]
+                    args = orjson.loads(rest[4:]) if len(rest) >= 4 else None
+                    return {"meta": meta, "args": args}
+                except orjson.JSONDecodeError:
+                    pass
+        return raw
+
+    def to_event(self) -> Event:
+        """The compiled core's event for this entry."""
+        return Event(self.type_code, self.event_id, int(self.timestamp.timestamp() * 1_000_000), self.ref,
+                     self.attempt, self.name, self.payload)
+
+
+def _from_event(ev: Event) -> HistoryEvent:
+    return HistoryEvent(
+        event_id=ev.event_id, event_type=ev.type_name,
+        timestamp=datetime.datetime.fromtimestamp(ev.timestamp_us / 1e6, tz=datetime.UTC),
+        ref=ev.ref, attempt=ev.attempt, name=ev.name, payload=ev.payload, type_code=ev.type,
+    )
+
+
+class History(Sequence[HistoryEvent]):
+    """The events of one workflow run, oldest first."""
+
+    def __init__(self, workflow_id: str, run_id: str, events: Sequence[Event]) -> None:
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self._raw = list(events)
+        self._events = [_from_event(e) for e in self._raw]
+
+    @overload
+    def __getitem__(self, i: int) -> HistoryEvent: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[HistoryEvent]: ...
+
+    def __getitem__(self, i: int | slice) -> HistoryEvent | Sequence[HistoryEvent]:
+        return self._events[i]
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __iter__(self) -> Iterator[HistoryEvent]:
+        return iter(self._events)
+
+    def __repr__(self) -> str:
+        return f"History(workflow_id={self.workflow_id!r}, run_id={self.run_id!r}, events={len(self)})"
+
+    @property
+    def core_events(self) -> list[Event]:
+        """The events as the compiled core's ``Event`` objects (what replay consumes)."""
+        return list(self._raw)
+
+    def to_json(self) -> str:
+        """JSON text holding every event exactly (payload bytes base64) plus readable data."""
+        doc = {
+            "format": "duro-history",
+            "version": codec.VERSION,
+            "workflow_id": self.workflow_id,
+            "run_id": self.run_id,
+            "events": [
+                {
+                    "event_id": e.event_id, "type": e.event_type, "type_code": e.type_code,
+                    "time": e.timestamp.isoformat(), "time_us": ev.timestamp_us, "ref": e.ref,
+                    "attempt": e.attempt, "name": e.name, "payload": base64.b64encode(e.payload).decode(),
+                }
+                for e, ev in zip(self._events, self._raw, strict=True)
+            ],
+        }
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> History:
+        """Read what ``to_json`` wrote; raises CorruptHistoryError on anything else."""
+        try:
+            doc = orjson.loads(text)
+            if doc.get("format") != "duro-history":
+                raise CorruptHistoryError("not a duro history document (missing \"format\": \"duro-history\")")
+            events = [
+                Event(int(e["type_code"]), int(e["event_id"]), int(e["time_us"]), int(e["ref"]), int(e["attempt"]),
+                      str(e["name"]), base64.b64decode(e["payload"], validate=True))
+                for e in doc["events"]
+            ]
+            return cls(str(doc["workflow_id"]), str(doc["run_id"]), events)
+        except CorruptHistoryError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CorruptHistoryError(f"cannot read history JSON: {e}") from None

@@ -1,0 +1,863 @@
+"""LmdbStore: the embedded store — an LMDB environment on disk, written by one group-commit thread.
+
+Layout (LMDB named databases; integers big-endian in keys so cursors walk them in order):
+
+- ``history``  run_key(16) + event_id(u64)            -> event envelope (duro._core.codec)
+- ``runs``     run_key(16)                              -> JSON run record
+- ``wf``       workflow_id (utf-8)                      -> JSON {run, status, ...}: the latest run
+- ``wtask``    queue + 0x00 + run_key                   -> JSON lease {o: owner, u: lease end µs}
+- ``atask``    queue + 0x00 + run_key + seq(u64)        -> pack(meta JSON, args, heartbeat details)
+- ``timer``    fire_at µs(u64) + run_key + seq(u64)     -> b""
+
+Durability: every state change is an *op* run by the writer thread inside one write transaction
+shared by all ops queued at that moment (group commit); the environment is opened with
+``sync=True``, so ``commit()`` returns after fsync. Futures of the ops in a batch are released only
+after that commit. An op checks all its conditions before writing anything, so an op that raises
+leaves nothing behind and does not disturb the other ops in its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import lmdb
+import orjson
+
+from duro._core import codec
+from duro._core.codec import Event
+from duro._core.log import HistoryLog
+from duro.errors import StoreURLError, WorkflowAlreadyStartedError, WorkflowNotFoundError
+from duro.stores.base import (
+    RUNNING,
+    ActivityOutcome,
+    ActivityTask,
+    Clock,
+    Conflict,
+    RunInfo,
+    StartRequest,
+    WorkflowTaskCompletion,
+    pack,
+    unpack,
+)
+
+__all__ = ["LmdbStore", "open_lmdb_store"]
+
+_U64 = struct.Struct(">Q")
+_HOST = socket.gethostname()
+# Owner token of this process: leases it takes carry it so another process on the same machine
+# can tell a dead owner (pid gone) from a live one and take its tasks over at once.
+OWNER = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+WTASK_LEASE_S = 30.0
+ATASK_LEASE_SLACK_S = 30.0
+DEFAULT_ACTIVITY_TIMEOUT_S = 300.0
+
+
+def _us(t: float) -> int:
+    return int(t * 1_000_000)
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the process that took a lease still runs (only answerable on this host)."""
+    if owner == OWNER:
+        return True
+    host, _, rest = owner.partition(":")
+    if host != _HOST:
+        return True
+    pid_s, _, _ = rest.partition(":")
+    try:
+        os.kill(int(pid_s), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+class _Batch:
+    """What one group commit collected: callbacks to run on event loops after the fsync."""
+
+    __slots__ = ("after",)
+
+    def __init__(self) -> None:
+        self.after: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+
+class _Op:
+    __slots__ = ("args", "fn", "future", "loop")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], loop: asyncio.AbstractEventLoop | None,
+                 future: asyncio.Future[Any] | None) -> None:
+        self.fn = fn
+        self.args = args
+        self.loop = loop
+        self.future = future
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _run_callbacks(items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+    for fn, args in items:
+        fn(*args)
+
+
+_OPEN: dict[str, LmdbStore] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_lmdb_store(url: str) -> LmdbStore:
+    """Open (or share) the store at an ``lmdb://PATH`` URL; one environment per path per process.
+
+    LMDB must not be opened twice in one process, so clients and workers of one process that name
+    the same path share one LmdbStore (reference counted by ``close``).
+    """
+    parsed = urlparse(url)
+    if parsed.scheme != "lmdb":
+        raise StoreURLError(f"not an LMDB URL: {url!r}; expected lmdb://PATH (for example lmdb://./duro-data)")
+    raw = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
+    if not raw:
+        raise StoreURLError(f"LMDB URL {url!r} names no directory; expected lmdb://PATH such as lmdb://./duro-data")
+    opts = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    unknown = set(opts) - {"map_size"}
+    if unknown:
+        raise StoreURLError(f"unknown LMDB URL option(s) {sorted(unknown)} in {url!r}; known: map_size")
+    try:
+        map_size = int(opts.get("map_size", 1 << 36))
+    except ValueError:
+        raise StoreURLError(f"map_size in {url!r} must be an integer number of bytes") from None
+    path = str(Path(raw).expanduser().resolve())
+    with _OPEN_LOCK:
+        store = _OPEN.get(path)
+        if store is None or store._closed:
+            store = LmdbStore(path, map_size=map_size)
+            _OPEN[path] = store
+        store._refs += 1
+        return store
+
+
+class LmdbStore:
+    """The embedded store on an LMDB environment (see the module docstring for the layout)."""
+
+    def __init__(self, path: str, *, map_size: int = 1 << 36) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.url = f"lmdb://{path}"
+        self.clock = Clock()
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=16, sync=True, metasync=True,
+                             max_readers=512, readahead=False, subdir=True)
+        self._history_db = self.env.open_db(b"history")
+        self._runs = self.env.open_db(b"runs")
+        self._wf = self.env.open_db(b"wf")
+        self._wtask = self.env.open_db(b"wtask")
+        self._atask = self.env.open_db(b"atask")
+        self._timer = self.env.open_db(b"timer")
+        self.log = HistoryLog(self.env, self._history_db)
+        self._refs = 0
+        self._closed = False
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._local: dict[tuple[str, str], Callable[[Any], None]] = {}
+        self._local_loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
+        self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._own_txns: set[int] = set()
+        self._seen_txn = self.env.info()["last_txnid"]
+        self.commits = 0
+        self.ops_committed = 0
+        self._writer = threading.Thread(target=self._writer_main, name="duro-lmdb-writer", daemon=True)
+        self._writer.start()
+        self._watch_stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_main, name="duro-lmdb-watch", daemon=True)
+        self._watcher.start()
+
+    # ------------------------------------------------------------------ group commit machinery
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._closed:
+            raise RuntimeError(f"the store at {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(fn, args, loop, fut))
+        return fut
+
+    def _writer_main(self) -> None:
+        q = self._queue
+        while True:
+            op = q.get()
+            if op is None:
+                return
+            ops = [op]
+            stop = False
+            # Drain whatever else is queued: they all share this transaction and its one fsync.
+            while len(ops) < 4096:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                ops.append(nxt)
+            self._commit_batch(ops)
+            if stop:
+                return
+
+    def _commit_batch(self, ops: list[_Op]) -> None:
+        batch = _Batch()
+        results: list[tuple[bool, Any]] = []
+        try:
+            with self.env.begin(write=True) as txn:
+                self._own_txns.add(txn.id())
+                for op in ops:
+                    try:
+                        results.append((True, op.fn(txn, batch, *op.args)))
+                    except Exception as e:  # the op checked before writing: nothing of it is in txn
+                        results.append((False, e))
+            # Leaving the with-block committed (and fsynced) the transaction.
+        except Exception as e:  # the commit itself failed: nothing of the batch is durable
+            results = [(False, e) for _ in ops]
+            batch.after.clear()
+        self.commits += 1
+        self.ops_committed += len(ops)
+        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
+        for op, (ok, value) in zip(ops, results, strict=True):
+            if op.future is not None and op.loop is not None:
+                per_loop.setdefault(op.loop, []).append((_resolve, (op.future, ok, value)))
+        if batch.after and self._local_loop is not None:
+            per_loop.setdefault(self._local_loop, []).extend(batch.after)
+        for loop, items in per_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_run_callbacks, items)
+
+    def _watch_main(self) -> None:
+        """Notice commits of other processes (LMDB's last txn id moved past our own commits)."""
+        delay = 0.0005
+        while not self._watch_stop.wait(delay):
+            try:
+                last = self.env.info()["last_txnid"]
+            except lmdb.Error:
+                return
+            if last == self._seen_txn:
+                delay = min(delay * 2, 0.004)
+                continue
+            foreign = any(t not in self._own_txns for t in range(self._seen_txn + 1, last + 1))
+            for t in range(self._seen_txn + 1, last + 1):
+                self._own_txns.discard(t)
+            self._seen_txn = last
+            if foreign:
+                delay = 0.0005
+                for loop, fn in list(self._change_listeners):
+                    if not loop.is_closed():
+                        loop.call_soon_threadsafe(fn)
+                self._recheck_waiters()
+
+    def on_foreign_change(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` on the current loop whenever another process commits; returns an unsubscriber."""
+        entry = (asyncio.get_running_loop(), fn)
+        self._change_listeners.append(entry)
+
+        def remove() -> None:
+            if entry in self._change_listeners:
+                self._change_listeners.remove(entry)
+
+        return remove
+
+    def add_local_worker(self, kind: str, task_queue: str, callback: Callable[[Any], None]) -> None:
+        """Hand tasks for ``task_queue`` committed in this process straight to ``callback``."""
+        self._local_loop = asyncio.get_running_loop()
+        self._local[(kind, task_queue)] = callback
+
+    def remove_local_worker(self, kind: str, task_queue: str) -> None:
+        """Stop direct hand-off for a queue (its tasks are then written unleased)."""
+        self._local.pop((kind, task_queue), None)
+
+    async def close(self) -> None:
+        """Drop one reference; the last one stops the threads and closes the environment."""
+        with _OPEN_LOCK:
+            self._refs -= 1
+            if self._refs > 0 or self._closed:
+                return
+            self._closed = True
+            if _OPEN.get(self.path) is self:
+                del _OPEN[self.path]
+        self._queue.put(None)
+        self._watch_stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._join_threads)
+        self.env.close()
+
+    def _join_threads(self) -> None:
+        self._writer.join()
+        self._watcher.join()
+
+    # ------------------------------------------------------------------ records
+
+    @staticmethod
+    def _run_record(txn: lmdb.Transaction, db: Any, run_key: bytes) -> dict[str, Any] | None:
+        raw = txn.get(run_key, db=db)
+        return None if raw is None else orjson.loads(raw)
+
+    def _get_run(self, txn: lmdb.Transaction, run_key: bytes) -> dict[str, Any]:
+        rec = self._run_record(txn, self._runs, run_key)
+        if rec is None:
+            raise WorkflowNotFoundError("?", uuid.UUID(bytes=run_key).hex)
+        return rec
+
+    def _put_run(self, txn: lmdb.Transaction, run_key: bytes, rec: dict[str, Any]) -> None:
+        txn.put(run_key, orjson.dumps(rec), db=self._runs)
+
+    def _resolve_run_key(self, txn: lmdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
+        if run_id:
+            try:
+                key = uuid.UUID(hex=run_id).bytes
+            except ValueError:
+                raise WorkflowNotFoundError(workflow_id, run_id) from None
+            rec = self._run_record(txn, self._runs, key)
+            if rec is None or rec["wid"] != workflow_id:
+                raise WorkflowNotFoundError(workflow_id, run_id)
+            return key
+        raw = txn.get(workflow_id.encode(), db=self._wf)
+        if raw is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return uuid.UUID(hex=orjson.loads(raw)["run"]).bytes
+
+    def _info(self, run_key: bytes, rec: dict[str, Any]) -> RunInfo:
+        return RunInfo(
+            workflow_id=rec["wid"], run_id=uuid.UUID(bytes=run_key).hex, workflow_type=rec["type"],
+            task_queue=rec["queue"], status=rec["status"], start_time=rec["start"] / 1e6,
+            close_time=rec["close"] / 1e6 if rec.get("close") else None,
+            history_length=rec["next"] - 1, parent=rec.get("parent"), next_run_id=rec.get("next_run"),
+        )
+
+    def _append(self, txn: lmdb.Transaction, run_key: bytes, rec: dict[str, Any], events: list[Event],
+                now_us: int) -> list[Event]:
+        """Give events their ids and timestamps and append them; advance the run record (not saved)."""
+        eid = rec["next"]
+        stamped = []
+        for ev in events:
+            # An input the worker already showed to workflow code keeps its timestamp: ctx.now()
+            # must read the same on replay as it did live.
+            ts = ev.timestamp_us or now_us
+            stamped.append(Event(ev.type, eid, ts, ev.ref, ev.attempt, ev.name, ev.payload, ev.flags))
+            eid += 1
+        self.log.append(txn, run_key, stamped)
+        rec["next"] = eid
+        return stamped
+
+    def _enqueue_wtask(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
+                       now_us: int, force_local: bool = False) -> None:
+        """Make sure the run has a pending workflow task; hand it to a local worker when there is one."""
+        q = rec["queue"]
+        key = q.encode() + b"\x00" + run_key
+        existing = txn.get(key, db=self._wtask)
+        cb = self._local.get(("workflow", q))
+        if existing is not None:
+            lease = orjson.loads(existing)
+            if cb is not None and lease["o"] == OWNER:
+                batch.after.append((cb, (run_key,)))
+            return
+        if cb is not None:
+            txn.put(key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
+            batch.after.append((cb, (run_key,)))
+        else:
+            txn.put(key, b'{"o":"","u":0}', db=self._wtask)
+
+    def _close_run(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
+                   status: str, now_us: int) -> None:
+        rec["status"] = status
+        rec["close"] = now_us
+        txn.delete(rec["queue"].encode() + b"\x00" + run_key, db=self._wtask)
+        wkey = rec["wid"].encode()
+        raw = txn.get(wkey, db=self._wf)
+        if raw is not None:
+            idx = orjson.loads(raw)
+            if idx["run"] == uuid.UUID(bytes=run_key).hex:
+                idx["status"] = status
+                idx["close"] = now_us
+                txn.put(wkey, orjson.dumps(idx), db=self._wf)
+        batch.after.append((self._release_waiters, (run_key, self._info(run_key, rec))))
+
+    def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
+        for fut in self._waiters.pop(run_key, ()):
+            if not fut.done():
+                fut.set_result(info)
+
+    def _recheck_waiters(self) -> None:
+        """After another process committed: release waiters whose run it closed (watcher thread)."""
+        if not self._waiters:
+            return
+        with self.env.begin() as txn:
+            for run_key, futs in list(self._waiters.items()):
+                rec = self._run_record(txn, self._runs, run_key)
+                if rec is not None and rec["status"] != RUNNING and futs:
+                    info = self._info(run_key, rec)
+                    loop = futs[0].get_loop()
+                    if not loop.is_closed():
+                        loop.call_soon_threadsafe(self._release_waiters, run_key, info)
+
+    # ------------------------------------------------------------------ ops (writer thread)
+
+    def _op_start(self, txn: lmdb.Transaction, batch: _Batch, req: StartRequest) -> str:
+        now_us = _us(self.clock.now())
+        wkey = req.workflow_id.encode()
+        raw = txn.get(wkey, db=self._wf)
+        if raw is not None:
+            idx = orjson.loads(raw)
+            if idx["status"] == RUNNING:
+                raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
+            policy = req.id_reuse_policy
+            if policy == "reject_duplicate":
+                raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
+            if policy == "allow_duplicate_failed_only" and idx["status"] == "completed":
+                raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
+        run_key = uuid.UUID(hex=req.run_id).bytes
+        rec: dict[str, Any] = {
+            "wid": req.workflow_id, "type": req.workflow_type, "queue": req.task_queue, "status": RUNNING,
+            "start": now_us, "close": 0, "next": 1, "epoch": 0, "last_input": 1,
+        }
+        if req.parent:
+            rec["parent"] = req.parent
+        meta = {"wid": req.workflow_id, "queue": req.task_queue, "first_run": req.first_run_id or req.run_id}
+        if req.execution_timeout:
+            meta["execution_timeout"] = req.execution_timeout
+        if req.run_timeout:
+            meta["run_timeout"] = req.run_timeout
+        if req.parent:
+            meta["parent"] = req.parent
+        started = Event(codec.WORKFLOW_STARTED, 0, 0, 0, 1, req.workflow_type, pack(orjson.dumps(meta), req.args))
+        self._append(txn, run_key, rec, [started], now_us)
+        self._put_run(txn, run_key, rec)
+        txn.put(wkey, orjson.dumps({"run": req.run_id, "status": RUNNING, "type": req.workflow_type,
+                                    "start": now_us, "close": 0}), db=self._wf)
+        self._enqueue_wtask(txn, batch, run_key, rec, now_us)
+        return req.run_id
+
+    def _op_signal(self, txn: lmdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
+                   name: str, payload: bytes) -> None:
+        run_key = self._resolve_run_key(txn, workflow_id, run_id)
+        rec = self._get_run(txn, run_key)
+        if rec["status"] != RUNNING:
+            from duro.errors import DuroError
+
+            raise DuroError(f"cannot signal workflow {workflow_id!r}: its run {uuid.UUID(bytes=run_key).hex} is "
+                            f"{rec['status']}; start a new run or check the id")
+        now_us = _us(self.clock.now())
+        (ev,) = self._append(txn, run_key, rec, [Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, payload)], now_us)
+        rec["last_input"] = ev.event_id
+        self._put_run(txn, run_key, rec)
+        self._enqueue_wtask(txn, batch, run_key, rec, now_us)
+
+    def _op_terminate(self, txn: lmdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
+                      reason: str) -> None:
+        run_key = self._resolve_run_key(txn, workflow_id, run_id)
+        rec = self._get_run(txn, run_key)
+        if rec["status"] != RUNNING:
+            from duro.errors import DuroError
+
+            raise DuroError(f"workflow {workflow_id!r} is already {rec['status']}; nothing to terminate")
+        now_us = _us(self.clock.now())
+        payload = orjson.dumps({"kind": "terminated", "message": reason or "terminated", "type": "TerminatedError"})
+        self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
+        self._close_run(txn, batch, run_key, rec, "terminated", now_us)
+        self._put_run(txn, run_key, rec)
+
+    def _op_complete_wtask(self, txn: lmdb.Transaction, batch: _Batch, c: WorkflowTaskCompletion) -> int:
+        rec = self._get_run(txn, c.run_key)
+        if rec["status"] != RUNNING:
+            raise Conflict(f"run is {rec['status']}")
+        if rec["epoch"] != c.epoch:
+            raise Conflict(f"run moved to task epoch {rec['epoch']}, worker had {c.epoch}")
+        if c.inputs and rec["next"] != c.expect_next_event_id:
+            raise Conflict("history grew since the worker read it")
+        akey = None
+        if c.completed_activity is not None:
+            seq, attempt = c.completed_activity
+            akey = c.task_queue.encode() + b"\x00" + c.run_key + _U64.pack(seq)
+            raw = txn.get(akey, db=self._atask)
+            if raw is None or orjson.loads(unpack(raw)[0])["attempt"] != attempt:
+                raise Conflict("the activity attempt is no longer current")
+        now_us = _us(self.clock.now())
+        processed = c.processed_through
+        if c.inputs:
+            stamped = self._append(txn, c.run_key, rec, c.inputs, now_us)
+            processed = stamped[-1].event_id
+            rec["last_input"] = processed
+        if akey is not None:
+            txn.delete(akey, db=self._atask)
+        marker = Event(codec.WORKFLOW_TASK_COMPLETED, 0, 0, processed, 0, "", b"")
+        self._append(txn, c.run_key, rec, [marker, *c.commands], now_us)
+        rec["epoch"] += 1
+        for task in c.activity_tasks:
+            self._put_atask(txn, batch, task, now_us, fresh=True)
+        for seq, delay in c.timers:
+            fire_us = now_us + max(0, _us(delay))
+            txn.put(_U64.pack(fire_us) + c.run_key + _U64.pack(seq), b"", db=self._timer)
+            batch.after.append((self._timer_added, (fire_us / 1e6,)))
+        if c.close_status is not None:
+            self._close_run(txn, batch, c.run_key, rec, c.close_status, now_us)
+        elif rec["last_input"] > processed:
+            # Inputs arrived while the task ran: the run needs another task right away.
+            self._enqueue_wtask(txn, batch, c.run_key, rec, now_us)
+        else:
+            txn.delete(c.task_queue.encode() + b"\x00" + c.run_key, db=self._wtask)
+        self._put_run(txn, c.run_key, rec)
+        return int(rec["next"])
+
+    def _op_release_wtask(self, txn: lmdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes,
+                          seen_through: int) -> None:
+        key = task_queue.encode() + b"\x00" + run_key
+        rec = self._run_record(txn, self._runs, run_key)
+        if rec is not None and rec["status"] == RUNNING and rec["last_input"] > seen_through:
+            self._enqueue_wtask(txn, batch, run_key, rec, _us(self.clock.now()))
+        else:
+            txn.delete(key, db=self._wtask)
+
+    def _put_atask(self, txn: lmdb.Transaction, batch: _Batch, t: ActivityTask, now_us: int, fresh: bool,
+                   visible_us: int = 0) -> None:
+        key = t.task_queue.encode() + b"\x00" + t.run_key + _U64.pack(t.seq)
+        cb = self._local.get(("activity", t.task_queue))
+        local = cb is not None and visible_us <= now_us
+        lease = 0
+        if local:
+            lease = now_us + _us((t.start_to_close_timeout or t.schedule_to_close_timeout
+                                  or DEFAULT_ACTIVITY_TIMEOUT_S) + ATASK_LEASE_SLACK_S)
+        meta = {
+            "wid": t.workflow_id, "wtype": t.workflow_type, "name": t.name, "attempt": t.attempt,
+            "sched": _us(t.scheduled_time), "stc": t.start_to_close_timeout, "s2c": t.schedule_to_close_timeout,
+            "hb": t.heartbeat_timeout, "retry": t.retry_policy, "o": OWNER if local else "", "u": lease,
+            "vis": visible_us, "cancel": False,
+        }
+        txn.put(key, pack(orjson.dumps(meta), t.args, t.heartbeat_details or b""), db=self._atask)
+        if local and cb is not None:
+            batch.after.append((cb, (t,)))
+        elif cb is not None and visible_us > now_us:
+            batch.after.append((self._atask_retry_due, (t.task_queue, visible_us / 1e6)))
+
+    def _atask_retry_due(self, task_queue: str, when: float) -> None:
+        cb = self._local.get(("activity-due", task_queue))
+        if cb is not None:
+            cb(when)
+
+    def _timer_added(self, when: float) -> None:
+        cb = self._local.get(("timer", ""))
+        if cb is not None:
+            cb(when)
+
+    @staticmethod
+    def _task_from(key: bytes, raw: bytes) -> ActivityTask:
+        meta_b, args, hbd = unpack(raw)
+        meta = orjson.loads(meta_b)
+        sep = key.index(b"\x00")
+        return ActivityTask(
+            run_key=key[sep + 1 : sep + 17], workflow_id=meta["wid"], workflow_type=meta["wtype"],
+            task_queue=key[:sep].decode(), seq=_U64.unpack(key[sep + 17 :])[0], name=meta["name"], args=args,
+            attempt=meta["attempt"], scheduled_time=meta["sched"] / 1e6, start_to_close_timeout=meta["stc"],
+            schedule_to_close_timeout=meta["s2c"], heartbeat_timeout=meta["hb"], retry_policy=meta["retry"],
+            heartbeat_details=hbd or None,
+        )
+
+    def _op_complete_activity(self, txn: lmdb.Transaction, batch: _Batch, o: ActivityOutcome) -> str:
+        key = o.task_queue.encode() + b"\x00" + o.run_key + _U64.pack(o.seq)
+        raw = txn.get(key, db=self._atask)
+        if raw is None:
+            return "stale"
+        meta_b, args, hbd = unpack(raw)
+        meta = orjson.loads(meta_b)
+        if meta["attempt"] != o.attempt:
+            return "stale"
+        rec = self._get_run(txn, o.run_key)
+        if rec["status"] != RUNNING:
+            txn.delete(key, db=self._atask)
+            return "closed"
+        now_us = _us(self.clock.now())
+        if o.result is not None:
+            ev = Event(codec.ACTIVITY_COMPLETED, 0, 0, o.seq, o.attempt, meta["name"], o.result)
+        else:
+            delay = _retry_delay(meta, o, now_us)
+            if delay is not None:
+                task = self._task_from(key, raw)
+                task.attempt = o.attempt + 1
+                self._put_atask(txn, batch, task, now_us, fresh=False, visible_us=now_us + _us(delay))
+                return "retry"
+            ev = Event(codec.ACTIVITY_FAILED, 0, 0, o.seq, o.attempt, meta["name"], o.failure or b"{}")
+        txn.delete(key, db=self._atask)
+        (stamped,) = self._append(txn, o.run_key, rec, [ev], now_us)
+        rec["last_input"] = stamped.event_id
+        self._put_run(txn, o.run_key, rec)
+        self._enqueue_wtask(txn, batch, o.run_key, rec, now_us)
+        return "done"
+
+    def _op_heartbeat(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, task_queue: str, seq: int,
+                      attempt: int, details: bytes | None) -> bool:
+        key = task_queue.encode() + b"\x00" + run_key + _U64.pack(seq)
+        raw = txn.get(key, db=self._atask)
+        if raw is None:
+            return True
+        meta_b, args, hbd = unpack(raw)
+        meta = orjson.loads(meta_b)
+        if meta["attempt"] != attempt:
+            return True
+        if meta["hb"]:
+            meta["u"] = max(meta["u"], _us(self.clock.now() + meta["hb"] + ATASK_LEASE_SLACK_S))
+        txn.put(key, pack(orjson.dumps(meta), args, details if details is not None else hbd), db=self._atask)
+        return bool(meta["cancel"])
+
+    def _op_claim_wtasks(self, txn: lmdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[bytes]:
+        now_us = _us(self.clock.now())
+        prefix = task_queue.encode() + b"\x00"
+        claimed: list[bytes] = []
+        cur = txn.cursor(db=self._wtask)
+        if not cur.set_range(prefix):
+            return claimed
+        for key, raw in cur:
+            if not key.startswith(prefix) or len(claimed) >= limit:
+                break
+            lease = orjson.loads(raw)
+            if lease["o"] and lease["o"] != OWNER and lease["u"] > now_us and _owner_alive(lease["o"]):
+                continue
+            if lease["o"] == OWNER:
+                continue  # already ours: a local hand-off is in flight
+            claimed.append(key[len(prefix) :])
+        for run_key in claimed:
+            txn.put(prefix + run_key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
+        return claimed
+
+    def _op_claim_atasks(self, txn: lmdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[ActivityTask]:
+        now_us = _us(self.clock.now())
+        prefix = task_queue.encode() + b"\x00"
+        found: list[tuple[bytes, bytes, dict[str, Any], bytes, bytes]] = []
+        cur = txn.cursor(db=self._atask)
+        if not cur.set_range(prefix):
+            return []
+        for key, raw in cur:
+            if not key.startswith(prefix) or len(found) >= limit:
+                break
+            meta_b, args, hbd = unpack(raw)
+            meta = orjson.loads(meta_b)
+            if meta["o"] or meta["vis"] > now_us:
+                continue
+            found.append((bytes(key), bytes(raw), meta, args, hbd))
+        tasks = []
+        for key, raw, meta, args, hbd in found:
+            rec = self._run_record(txn, self._runs, key[len(prefix) : len(prefix) + 16])
+            if rec is None or rec["status"] != RUNNING:
+                txn.delete(key, db=self._atask)
+                continue
+            task = self._task_from(key, raw)
+            meta["o"] = OWNER
+            meta["u"] = now_us + _us((task.start_to_close_timeout or task.schedule_to_close_timeout
+                                      or DEFAULT_ACTIVITY_TIMEOUT_S) + ATASK_LEASE_SLACK_S)
+            txn.put(key, pack(orjson.dumps(meta), args, hbd), db=self._atask)
+            tasks.append(task)
+        return tasks
+
+    def _op_reap(self, txn: lmdb.Transaction, batch: _Batch) -> int:
+        """Take back tasks whose owner died or whose lease ran out; failed attempts follow the retry policy."""
+        now_us = _us(self.clock.now())
+        reaped = 0
+        dead: dict[str, bool] = {}
+
+        def gone(owner: str, until: int) -> bool:
+            if until <= now_us:
+                return True
+            if owner not in dead:
+                dead[owner] = not _owner_alive(owner)
+            return dead[owner]
+
+        for key, raw in list(txn.cursor(db=self._wtask)):
+            lease = orjson.loads(raw)
+            if lease["o"] and lease["o"] != OWNER and gone(lease["o"], lease["u"]):
+                txn.put(key, b'{"o":"","u":0}', db=self._wtask)
+                reaped += 1
+        for key, raw in list(txn.cursor(db=self._atask)):
+            meta = orjson.loads(unpack(raw)[0])
+            if meta["o"] and meta["o"] != OWNER and gone(meta["o"], meta["u"]):
+                sep = key.index(b"\x00")
+                failure = orjson.dumps({"kind": "timeout", "timeout_type": "start_to_close", "type": "TimeoutError",
+                                        "message": "the worker running this attempt died or lost its lease"})
+                outcome = ActivityOutcome(run_key=key[sep + 1 : sep + 17], task_queue=key[:sep].decode(),
+                                          seq=_U64.unpack(key[sep + 17 :])[0], attempt=meta["attempt"],
+                                          failure=failure, error_type="TimeoutError")
+                self._op_complete_activity(txn, batch, outcome)
+                reaped += 1
+        return reaped
+
+    def _op_fire_timers(self, txn: lmdb.Transaction, batch: _Batch) -> float | None:
+        """Fire every due timer; return when the next one is due (None when there is none)."""
+        now_us = _us(self.clock.now())
+        cur = txn.cursor(db=self._timer)
+        due: list[bytes] = []
+        next_due = None
+        for key in cur.iternext(keys=True, values=False):
+            fire_us = _U64.unpack(key[:8])[0]
+            if fire_us > now_us:
+                next_due = fire_us / 1e6
+                break
+            due.append(bytes(key))
+        for key in due:
+            txn.delete(key, db=self._timer)
+            run_key, seq = key[8:24], _U64.unpack(key[24:])[0]
+            rec = self._run_record(txn, self._runs, run_key)
+            if rec is None or rec["status"] != RUNNING:
+                continue
+            (ev,) = self._append(txn, run_key, rec, [Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b"")], now_us)
+            rec["last_input"] = ev.event_id
+            self._put_run(txn, run_key, rec)
+            self._enqueue_wtask(txn, batch, run_key, rec, now_us)
+        return next_due
+
+    # ------------------------------------------------------------------ async API
+
+    async def start_workflow(self, req: StartRequest) -> str:
+        """Create a run, its WorkflowExecutionStarted event and first workflow task (one commit)."""
+        return await self._submit(self._op_start, req)  # type: ignore[no-any-return]
+
+    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
+        """Append a signal to the open run of ``workflow_id``."""
+        await self._submit(self._op_signal, workflow_id, run_id, name, payload)
+
+    async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
+        """Close the run at once with WorkflowExecutionTerminated."""
+        await self._submit(self._op_terminate, workflow_id, run_id, reason)
+
+    async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
+        """Commit a workflow task; raises Conflict when the run moved on."""
+        return await self._submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
+
+    async def release_workflow_task(self, task_queue: str, run_key: bytes, seen_through: int) -> None:
+        """Drop a workflow task that had nothing new to process (or re-dispatch it if it now has)."""
+        await self._submit(self._op_release_wtask, task_queue, run_key, seen_through)
+
+    async def complete_activity(self, outcome: ActivityOutcome) -> str:
+        """Record an attempt's end; returns "done", "retry", "stale" or "closed"."""
+        return await self._submit(self._op_complete_activity, outcome)  # type: ignore[no-any-return]
+
+    async def heartbeat_activity(self, run_key: bytes, task_queue: str, seq: int, attempt: int,
+                                 details: bytes | None) -> bool:
+        """Record a heartbeat; True means the attempt is no longer wanted (cancelled or superseded)."""
+        return await self._submit(self._op_heartbeat, run_key, task_queue, seq, attempt, details)  # type: ignore[no-any-return]
+
+    async def claim_workflow_tasks(self, task_queue: str, limit: int) -> list[bytes]:
+        """Lease up to ``limit`` pending workflow tasks of the queue to this process."""
+        return await self._submit(self._op_claim_wtasks, task_queue, limit)  # type: ignore[no-any-return]
+
+    async def claim_activity_tasks(self, task_queue: str, limit: int) -> list[ActivityTask]:
+        """Lease up to ``limit`` visible activity tasks of the queue to this process."""
+        return await self._submit(self._op_claim_atasks, task_queue, limit)  # type: ignore[no-any-return]
+
+    async def reap(self) -> int:
+        """Take back the tasks of dead owners and expired leases."""
+        return await self._submit(self._op_reap)  # type: ignore[no-any-return]
+
+    async def fire_timers(self) -> float | None:
+        """Fire due timers; return the due time of the next one."""
+        return await self._submit(self._op_fire_timers)  # type: ignore[no-any-return]
+
+    def has_pending_wtasks(self, task_queue: str) -> bool:
+        """Whether the queue holds workflow tasks that nobody in this process has."""
+        prefix = task_queue.encode() + b"\x00"
+        with self.env.begin(db=self._wtask) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(prefix):
+                return False
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    return False
+                if orjson.loads(raw)["o"] != OWNER:
+                    return True
+        return False
+
+    def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
+        """All events of a run from ``from_event_id`` on (decoded from the memory map)."""
+        with self.env.begin(buffers=True) as txn:
+            return self.log.read(txn, run_key, from_event_id)
+
+    def run_state(self, run_key: bytes) -> dict[str, Any]:
+        """The run record (status, next event id, epoch, ...)."""
+        with self.env.begin() as txn:
+            return self._get_run(txn, run_key)
+
+    def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
+        """Describe a run; the latest run of the id when ``run_id`` is None."""
+        with self.env.begin() as txn:
+            key = self._resolve_run_key(txn, workflow_id, run_id)
+            return self._info(key, self._get_run(txn, key))
+
+    def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+        """The latest run of each workflow id, filtered by status and type, at most ``limit``."""
+        out: list[RunInfo] = []
+        with self.env.begin() as txn:
+            for _wid, raw in txn.cursor(db=self._wf):
+                idx = orjson.loads(raw)
+                if status is not None and idx["status"] != status:
+                    continue
+                if workflow_type is not None and idx["type"] != workflow_type:
+                    continue
+                key = uuid.UUID(hex=idx["run"]).bytes
+                out.append(self._info(key, self._get_run(txn, key)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def next_timer_due(self) -> float | None:
+        """When the earliest timer in the store is due, or None."""
+        with self.env.begin(db=self._timer) as txn:
+            cur = txn.cursor()
+            if cur.first():
+                return float(_U64.unpack(cur.key()[:8])[0]) / 1e6
+        return None
+
+    async def wait_closed(self, run_key: bytes) -> RunInfo:
+        """Wait until the run is closed; woken by the closing commit or another process's commit."""
+        fut: asyncio.Future[RunInfo] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_key, []).append(fut)
+        # Check after registering, so a close committed in between is not missed.
+        with self.env.begin() as txn:
+            rec = self._get_run(txn, run_key)
+        if rec["status"] != RUNNING:
+            self._release_waiters(run_key, self._info(run_key, rec))
+        try:
+            return await fut
+        finally:
+            futs = self._waiters.get(run_key)
+            if futs and fut in futs:
+                futs.remove(fut)
+                if not futs:
+                    del self._waiters[run_key]
+
+
+def _retry_delay(meta: dict[str, Any], o: ActivityOutcome, now_us: int) -> float | None:
+    """Seconds until the next attempt, or None when the failure is final."""
+    policy = meta.get("retry") or {}
+    if o.non_retryable or o.error_type in (policy.get("non_retryable_error_types") or ()):
+        return None
+    max_attempts = policy.get("maximum_attempts", 0) or 0
+    if max_attempts and o.attempt >= max_attempts:
+        return None
+    initial = policy.get("initial_interval", 1.0)
+    delay = initial * policy.get("backoff_coefficient", 2.0) ** (o.attempt - 1)
+    max_interval = policy.get("maximum_interval") or initial * 100
+    delay = min(delay, max_interval)
+    s2c = meta.get("s2c")
+    if s2c and now_us + _us(delay) >= meta["sched"] + _us(s2c):
+        return None
+    return delay
+
+
+def _now() -> float:
+    return time.time()

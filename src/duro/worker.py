@@ -1,0 +1,558 @@
+"""The worker: runs workflow tasks (with a sticky cache of live instances) and activities."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from duro._core import codec
+from duro._core.codec import Event
+from duro._core.replay import is_command
+from duro._instance import WorkflowInstance, WorkflowTaskError
+from duro._loop import install_io_guard
+from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
+from duro.converter import encode_failure
+from duro.errors import ApplicationError, NonDeterminismError, TimeoutError
+from duro.stores.base import ActivityOutcome, ActivityTask, Conflict, WorkflowTaskCompletion
+from duro.workflow import WorkflowDefinition, get_workflow_definition
+
+if TYPE_CHECKING:
+    from duro.client import Client
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("duro.worker")
+
+_TERMINAL = (codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT)
+_POLL_INTERVAL_S = 1.0
+_REAP_INTERVAL_S = 2.0
+
+
+class Worker:
+    """Polls one task queue and runs its workflow tasks and activities.
+
+    Use as an async context manager (it runs while the block runs) or ``await worker.run()``.
+
+    Args:
+        client: the connected client whose store the worker serves.
+        task_queue: the queue to poll.
+        workflows: ``@duro.workflow`` functions this worker can run.
+        activities: ``@duro.activity`` functions this worker can run.
+        max_concurrent_workflow_tasks: workflow tasks in flight at once.
+        max_concurrent_activities: activity attempts running at once (also the thread pool size
+            for sync activities).
+        max_cached_workflows: live workflow instances kept in memory (LRU); a miss replays history.
+        identity: a name for this worker in logs.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str,
+        workflows: Sequence[Callable[..., Any]] = (),
+        activities: Sequence[Callable[..., Any]] = (),
+        max_concurrent_workflow_tasks: int = 200,
+        max_concurrent_activities: int = 200,
+        max_cached_workflows: int = 10_000,
+        identity: str | None = None,
+    ) -> None:
+        if not isinstance(task_queue, str) or not task_queue or "\x00" in task_queue:
+            raise ValueError("task_queue must be a non-empty string without NUL characters")
+        for name, value in (("max_concurrent_workflow_tasks", max_concurrent_workflow_tasks),
+                            ("max_concurrent_activities", max_concurrent_activities),
+                            ("max_cached_workflows", max_cached_workflows)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not workflows and not activities:
+            raise ValueError("a Worker needs at least one workflow or activity to run")
+        self.client = client
+        self.store = client.store
+        self.converter = client.converter
+        self.task_queue = task_queue
+        self.identity = identity or f"worker-{id(self):x}"
+        self._workflows: dict[str, WorkflowDefinition] = {}
+        for wf in workflows:
+            d = get_workflow_definition(wf)
+            if d.name in self._workflows:
+                raise ValueError(f"two workflows are registered under the name {d.name!r}")
+            self._workflows[d.name] = d
+        self._activities: dict[str, ActivityDefinition] = {}
+        for act in activities:
+            a = get_activity_definition(act)
+            if a.name in self._activities:
+                raise ValueError(f"two activities are registered under the name {a.name!r}")
+            self._activities[a.name] = a
+        self.max_wf_tasks = max_concurrent_workflow_tasks
+        self.max_activities = max_concurrent_activities
+        self.max_cached = max_cached_workflows
+        self._cache: OrderedDict[bytes, WorkflowInstance] = OrderedDict()
+        self._active: set[bytes] = set()
+        self._again: set[bytes] = set()
+        self._wf_backlog: deque[bytes] = deque()
+        self._act_running = 0
+        self._act_backlog: deque[ActivityTask] = deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._wake_wf = asyncio.Event()
+        self._wake_act = asyncio.Event()
+        self._wake_timer = asyncio.Event()
+        self._next_timer: float | None = None
+        self._retry_backoff: dict[bytes, float] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        self._running = False
+        self._stopped = asyncio.Event()
+        self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "activities": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        """Register with the store and start polling."""
+        if self._running:
+            raise RuntimeError("this worker is already running")
+        self._running = True
+        install_io_guard()
+        store = self.store
+        if self._workflows:
+            store.add_local_worker("workflow", self.task_queue, self._on_wtask)
+        if self._activities:
+            store.add_local_worker("activity", self.task_queue, self._on_atask)
+            store.add_local_worker("activity-due", self.task_queue, self._on_activity_due)
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.max_activities, thread_name_prefix=f"duro-act-{self.task_queue}")
+        store.add_local_worker("timer", "", self._on_timer_added)
+        self._unsubscribe = store.on_foreign_change(self._on_foreign_change)
+        if self._workflows:
+            self._spawn(self._wf_poll_loop())
+            self._spawn(self._timer_loop())
+        if self._activities:
+            self._spawn(self._act_poll_loop())
+        self._spawn(self._reap_loop())
+
+    async def run(self) -> None:
+        """Run until cancelled (for a process that is only a worker)."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop polling, cancel running work and release the queue (leases expire or are taken over)."""
+        if not self._running:
+            return
+        self._running = False
+        self._stopped.set()
+        store = self.store
+        store.remove_local_worker("workflow", self.task_queue)
+        store.remove_local_worker("activity", self.task_queue)
+        store.remove_local_worker("activity-due", self.task_queue)
+        store.remove_local_worker("timer", "")
+        if self._unsubscribe:
+            self._unsubscribe()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for inst in self._cache.values():
+            inst.close()
+        self._cache.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _on_foreign_change(self) -> None:
+        self._wake_wf.set()
+        self._wake_act.set()
+        self._wake_timer.set()
+
+    # ------------------------------------------------------------------ workflow tasks
+
+    def _on_wtask(self, run_key: bytes) -> None:
+        """A workflow task for ``run_key`` is leased to this process (called after its commit)."""
+        if not self._running:
+            return
+        if run_key in self._active:
+            self._again.add(run_key)
+            return
+        if len(self._active) >= self.max_wf_tasks:
+            if run_key not in self._wf_backlog:
+                self._wf_backlog.append(run_key)
+            return
+        self._active.add(run_key)
+        self._spawn(self._workflow_task(run_key))
+
+    def _wf_done(self, run_key: bytes) -> None:
+        self._active.discard(run_key)
+        if run_key in self._again:
+            self._again.discard(run_key)
+            self._on_wtask(run_key)
+        while self._wf_backlog and len(self._active) < self.max_wf_tasks:
+            nxt = self._wf_backlog.popleft()
+            self._on_wtask(nxt)
+
+    async def _wf_poll_loop(self) -> None:
+        store = self.store
+        while True:
+            if store.has_pending_wtasks(self.task_queue):
+                free = self.max_wf_tasks - len(self._active)
+                if free > 0:
+                    for run_key in await store.claim_workflow_tasks(self.task_queue, free):
+                        self._on_wtask(run_key)
+            self._wake_wf.clear()
+            try:
+                await asyncio.wait_for(self._wake_wf.wait(), _POLL_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    def _evict(self, run_key: bytes) -> None:
+        inst = self._cache.pop(run_key, None)
+        if inst is not None:
+            inst.close()
+
+    def _load(self, run_key: bytes) -> tuple[WorkflowInstance | None, list[Event]]:
+        """A fresh instance replayed from the full history, and the inputs it still has to process."""
+        events = self.store.read_history(run_key)
+        if not events:
+            return None, []
+        if events[-1].type in _TERMINAL or events[-1].type in (codec.WORKFLOW_COMPLETED, codec.WORKFLOW_FAILED):
+            return None, []
+        started = events[0]
+        defn = self._workflows.get(started.name)
+        if defn is None:
+            raise WorkflowTaskError(
+                f"workflow type {started.name!r} is not registered on worker {self.identity} (task queue "
+                f"{self.task_queue!r}); registered: {sorted(self._workflows)}")
+        inst = WorkflowInstance(defn, run_key, started, self.converter)
+        self.stats["replays"] += 1
+        pending = inst.replay(events)
+        inst.next_event_id = events[-1].event_id + 1
+        return inst, pending
+
+    async def _workflow_task(self, run_key: bytes) -> None:
+        try:
+            await self._workflow_task_inner(run_key)
+        except asyncio.CancelledError:
+            raise
+        except (WorkflowTaskError, NonDeterminismError) as e:
+            self._evict(run_key)
+            delay = min(self._retry_backoff.get(run_key, 0.5) * 2, 60.0)
+            self._retry_backoff[run_key] = delay
+            log.error("workflow task of run %s failed (retrying in %.1fs): %s", run_key.hex(), delay, e)
+            asyncio.get_running_loop().call_later(delay, self._on_wtask, run_key)
+        except Exception:
+            self._evict(run_key)
+            log.exception("workflow task of run %s failed", run_key.hex())
+        finally:
+            self._wf_done(run_key)
+
+    async def _workflow_task_inner(self, run_key: bytes) -> None:
+        store = self.store
+        inst = self._cache.get(run_key)
+        pending: list[Event]
+        if inst is not None:
+            self._cache.move_to_end(run_key)
+            new = store.read_history(run_key, inst.last_event_id + 1)
+            if any(ev.type == codec.WORKFLOW_TASK_COMPLETED and ev.event_id != inst.last_marker_id for ev in new) \
+                    or any(ev.type in _TERMINAL for ev in new):
+                self._evict(run_key)
+                inst = None
+            else:
+                pending = [ev for ev in new if not is_command(ev.type) and ev.type != codec.WORKFLOW_TASK_COMPLETED]
+                if new:
+                    inst.next_event_id = new[-1].event_id + 1
+        if inst is None:
+            inst, pending = self._load(run_key)
+            if inst is None:
+                await store.release_workflow_task(self.task_queue, run_key, 1 << 62)
+                return
+            self._cache[run_key] = inst
+            self._trim_cache()
+        if not pending:
+            await store.release_workflow_task(self.task_queue, run_key, inst.last_event_id)
+            return
+        inst.busy = True
+        try:
+            inst.activate(pending)
+            await self._commit(inst, pending[-1].event_id, [], None)
+        finally:
+            inst.busy = False
+        self._retry_backoff.pop(run_key, None)
+
+    async def _commit(self, inst: WorkflowInstance, processed: int, inputs: list[Event],
+                      completed_activity: tuple[int, int] | None) -> None:
+        commands, _locs, atasks, timers = inst.take_commands()
+        c = WorkflowTaskCompletion(
+            run_key=inst.run_key, task_queue=inst.info.task_queue, epoch=inst.epoch, processed_through=processed,
+            commands=commands, activity_tasks=atasks, timers=timers, inputs=inputs,
+            expect_next_event_id=inst.next_event_id, completed_activity=completed_activity,
+            close_status=inst.close_status,
+        )
+        try:
+            nxt = await self.store.complete_workflow_task(c)
+        except Conflict:
+            self._evict(inst.run_key)
+            raise
+        self.stats["workflow_tasks"] += 1
+        inst.epoch += 1
+        inst.last_marker_id = nxt - 1 - len(commands)
+        # Events between what we read and our marker (if any) are inputs we have not seen yet:
+        # then the read position stays before them; otherwise it moves past our own commands.
+        if inst.last_marker_id == inst.next_event_id + len(inputs):
+            inst.last_event_id = nxt - 1
+        inst.next_event_id = nxt
+        if inst.close_status is not None:
+            self._evict(inst.run_key)
+
+    def _trim_cache(self) -> None:
+        cache = self._cache
+        while len(cache) > self.max_cached:
+            for key, inst in cache.items():
+                if not inst.busy and key not in self._active:
+                    del cache[key]
+                    inst.close()
+                    break
+            else:
+                return
+
+    # ------------------------------------------------------------------ timers
+
+    def _on_timer_added(self, when: float) -> None:
+        if self._next_timer is None or when < self._next_timer:
+            self._next_timer = when
+            self._wake_timer.set()
+
+    async def _timer_loop(self) -> None:
+        store = self.store
+        self._next_timer = store.next_timer_due()
+        while True:
+            now = store.clock.now()
+            if self._next_timer is not None and self._next_timer <= now:
+                self._next_timer = await store.fire_timers()
+                continue
+            wait = _POLL_INTERVAL_S if self._next_timer is None else min(self._next_timer - now, _POLL_INTERVAL_S)
+            self._wake_timer.clear()
+            try:
+                await asyncio.wait_for(self._wake_timer.wait(), max(wait, 0.0005))
+            except asyncio.TimeoutError:
+                pass
+            if self._next_timer is None or self._wake_timer.is_set():
+                due = store.next_timer_due()
+                if due is not None and (self._next_timer is None or due < self._next_timer):
+                    self._next_timer = due
+
+    # ------------------------------------------------------------------ activities
+
+    def _on_atask(self, task: ActivityTask) -> None:
+        if not self._running:
+            return
+        if self._act_running >= self.max_activities:
+            self._act_backlog.append(task)
+            return
+        self._act_running += 1
+        self._spawn(self._run_activity(task))
+
+    def _on_activity_due(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(0.0, when - self.store.clock.now()) + 0.001, self._wake_act.set)
+
+    async def _act_poll_loop(self) -> None:
+        store = self.store
+        while True:
+            free = self.max_activities - self._act_running - len(self._act_backlog)
+            if free > 0:
+                for task in await store.claim_activity_tasks(self.task_queue, free):
+                    self._on_atask(task)
+            self._wake_act.clear()
+            try:
+                await asyncio.wait_for(self._wake_act.wait(), _POLL_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _reap_loop(self) -> None:
+        while True:
+            try:
+                if await self.store.reap():
+                    self._wake_wf.set()
+                    self._wake_act.set()
+            except Exception:
+                log.exception("reaping expired leases failed")
+            await asyncio.sleep(_REAP_INTERVAL_S)
+
+    async def _run_activity(self, task: ActivityTask) -> None:
+        try:
+            await self._run_activity_inner(task)
+        finally:
+            self._act_running -= 1
+            while self._act_backlog and self._act_running < self.max_activities:
+                nxt = self._act_backlog.popleft()
+                self._act_running += 1
+                self._spawn(self._run_activity(nxt))
+
+    async def _run_activity_inner(self, task: ActivityTask) -> None:
+        self.stats["activities"] += 1
+        defn = self._activities.get(task.name)
+        if defn is None:
+            err = ApplicationError(
+                f"activity {task.name!r} is not registered on worker {self.identity} (task queue "
+                f"{task.task_queue!r}); registered: {sorted(self._activities)}", type="ActivityNotRegistered")
+            await self._report_failure(task, err)
+            return
+        conv = self.converter
+        heartbeat_details = conv.decode(task.heartbeat_details) if task.heartbeat_details else None
+        timeout = task.start_to_close_timeout
+        if task.schedule_to_close_timeout:
+            left = task.scheduled_time + task.schedule_to_close_timeout - self.store.clock.now()
+            timeout = left if timeout is None else min(timeout, left)
+        info = ActivityInfo(
+            activity_id=task.seq, activity_type=task.name, attempt=task.attempt, workflow_id=task.workflow_id,
+            workflow_run_id=task.run_key.hex(), workflow_type=task.workflow_type, task_queue=task.task_queue,
+            scheduled_time=task.scheduled_time, heartbeat_details=heartbeat_details,
+            start_to_close_timeout=task.start_to_close_timeout, heartbeat_timeout=task.heartbeat_timeout,
+        )
+        hb = _Heartbeater(self, task)
+        ctx = ActivityContext(info, hb.heartbeat, conv)
+        hb.ctx = ctx
+        try:
+            args = conv.decode_args(task.args, defn.arg_hints)
+            if defn.is_async:
+                runner: asyncio.Future[Any] = asyncio.ensure_future(defn.fn(ctx, *args))
+            else:
+                loop = asyncio.get_running_loop()
+                call = contextvars.copy_context().run
+                runner = loop.run_in_executor(self._executor, call, defn.fn, ctx, *args)
+            hb.runner = runner
+            if timeout is None and not task.heartbeat_timeout:
+                result = await runner
+            else:
+                result = await _watch(runner, ctx, timeout, task.heartbeat_timeout)
+            payload = conv.encode(result)
+        except asyncio.CancelledError:
+            if not self._running:
+                raise
+            await self._report_failure(task, ApplicationError("activity was cancelled", type="CancelledError"))
+            return
+        except Exception as e:
+            await self._report_failure(task, e)
+            return
+        await self._report_success(task, payload)
+
+    async def _report_failure(self, task: ActivityTask, exc: BaseException) -> None:
+        non_retryable = isinstance(exc, ApplicationError) and exc.non_retryable
+        etype = exc.type if isinstance(exc, ApplicationError) else type(exc).__name__
+        outcome = ActivityOutcome(run_key=task.run_key, task_queue=task.task_queue, seq=task.seq,
+                                  attempt=task.attempt, failure=encode_failure(exc), error_type=etype,
+                                  non_retryable=non_retryable)
+        await self.store.complete_activity(outcome)
+
+    async def _report_success(self, task: ActivityTask, payload: bytes) -> None:
+        inst = self._cache.get(task.run_key)
+        # One commit per step: when this process holds the workflow idle in memory and this is the
+        # only result it waits for, resume it now and commit the result with its next commands.
+        if (inst is not None and not inst.busy and task.run_key not in self._active
+                and inst.pending_activities == 1 and task.task_queue == inst.info.task_queue):
+            ev = Event(codec.ACTIVITY_COMPLETED, 0, int(self.store.clock.now() * 1e6), task.seq, task.attempt,
+                       task.name, payload)
+            self._active.add(task.run_key)
+            inst.busy = True
+            try:
+                inst.activate([ev])
+                await self._commit(inst, 0, [ev], (task.seq, task.attempt))
+                self.stats["fused"] += 1
+                return
+            except Conflict:
+                pass  # the run moved on meanwhile: record the result the ordinary way below
+            except (WorkflowTaskError, NonDeterminismError) as e:
+                log.error("workflow task of run %s failed: %s", task.run_key.hex(), e)
+                self._evict(task.run_key)
+            finally:
+                inst.busy = False
+                self._wf_done(task.run_key)
+        await self.store.complete_activity(ActivityOutcome(
+            run_key=task.run_key, task_queue=task.task_queue, seq=task.seq, attempt=task.attempt, result=payload))
+
+
+async def _watch(runner: asyncio.Future[Any], ctx: ActivityContext, timeout: float | None,
+                 heartbeat_timeout: float | None) -> Any:
+    """Await the activity, failing it with duro.TimeoutError past its deadline or heartbeat timeout."""
+    start = time.monotonic()
+    deadline = start + timeout if timeout is not None else None
+    ctx.last_heartbeat = start
+    while True:
+        now = time.monotonic()
+        wait = deadline - now if deadline is not None else None
+        if heartbeat_timeout:
+            hb_wait = ctx.last_heartbeat + heartbeat_timeout - now
+            wait = hb_wait if wait is None else min(wait, hb_wait)
+        if wait is not None and wait <= 0:
+            runner.cancel()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"activity {ctx.info.activity_type!r} ran past its start-to-close timeout "
+                                   f"of {timeout}s", timeout_type="start_to_close")
+            raise TimeoutError(f"activity {ctx.info.activity_type!r} sent no heartbeat for "
+                               f"{heartbeat_timeout}s", timeout_type="heartbeat")
+        done, _ = await asyncio.wait({runner}, timeout=wait)
+        if done:
+            return runner.result()
+
+
+class _Heartbeater:
+    """Sends an activity's heartbeats to the store: at most one write in flight, latest details win."""
+
+    def __init__(self, worker: Worker, task: ActivityTask) -> None:
+        self.worker = worker
+        self.task = task
+        self.loop = asyncio.get_running_loop()
+        self.ctx: ActivityContext | None = None
+        self.runner: asyncio.Future[Any] | None = None
+        self.pending: tuple[bytes | None] | None = None
+        self.in_flight = False
+
+    def heartbeat(self, details: Any) -> None:
+        payload = self.worker.converter.encode(details) if details is not None else None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._queue(payload)
+        else:  # a sync activity in the thread pool
+            self.loop.call_soon_threadsafe(self._queue, payload)
+
+    def _queue(self, payload: bytes | None) -> None:
+        if self.ctx is not None:
+            self.ctx.last_heartbeat = time.monotonic()
+        self.pending = (payload,)
+        if not self.in_flight:
+            self.in_flight = True
+            self.worker._spawn(self._flush())
+
+    async def _flush(self) -> None:
+        t = self.task
+        try:
+            while self.pending is not None:
+                (payload,) = self.pending
+                self.pending = None
+                cancel = await self.worker.store.heartbeat_activity(t.run_key, t.task_queue, t.seq, t.attempt, payload)
+                if cancel and self.ctx is not None:
+                    self.ctx._cancel()
+        finally:
+            self.in_flight = False

@@ -1,0 +1,172 @@
+"""Workflows: ``@duro.workflow`` and the ``WorkflowContext`` a workflow function receives."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from duro.activity import RetryPolicy
+from duro.converter import parameter_hints
+
+if TYPE_CHECKING:
+    from duro._instance import WorkflowInstance
+
+__all__ = ["WorkflowContext", "WorkflowDefinition", "WorkflowInfo", "get_workflow_definition", "workflow"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    """A registered workflow: its name and function, with the parameter types for decoding."""
+
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    arg_hints: list[Any]
+    return_hint: Any
+
+
+def get_workflow_definition(fn: Any) -> WorkflowDefinition:
+    """The definition ``@duro.workflow`` attached to ``fn``; a clear TypeError otherwise."""
+    defn = getattr(fn, "__duro_workflow__", None)
+    if not isinstance(defn, WorkflowDefinition):
+        raise TypeError(f"{getattr(fn, '__qualname__', fn)!r} is not a workflow: decorate it with @duro.workflow")
+    return defn
+
+
+@overload
+def workflow(fn: F) -> F: ...
+
+
+@overload
+def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def workflow(fn: Any = None, *, name: str | None = None) -> Any:
+    """Mark an ``async def`` function as a workflow. Use bare or as ``@duro.workflow(name="Order")``.
+
+    The function takes a ``WorkflowContext`` first, then its arguments. Its code must be
+    deterministic: time, randomness and I/O come through the context and activities.
+    """
+
+    def wrap(f: F) -> F:
+        if not inspect.iscoroutinefunction(f):
+            raise TypeError(f"@duro.workflow needs an `async def` function; {getattr(f, '__qualname__', f)!r} is not")
+        if not inspect.signature(f).parameters:
+            raise TypeError(f"workflow {f.__qualname__} must take a WorkflowContext as its first parameter")
+        arg_hints, ret = parameter_hints(f)
+        f.__duro_workflow__ = WorkflowDefinition(  # type: ignore[attr-defined]
+            name=name or f.__name__, fn=f, arg_hints=arg_hints, return_hint=ret
+        )
+        return f
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """Facts about the running workflow."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    attempt: int
+    first_run_id: str
+    parent: dict[str, Any] | None = None
+
+
+class WorkflowContext:
+    """What a workflow function gets as its first argument.
+
+    Everything nondeterministic a workflow needs — time, randomness, activities, timers, signals —
+    goes through it, so replay reproduces the same decisions.
+    """
+
+    __slots__ = ("_inst", "info")
+
+    def __init__(self, inst: WorkflowInstance, info: WorkflowInfo) -> None:
+        self._inst = inst
+        self.info = info
+
+    # --- activities -------------------------------------------------------------------------------
+
+    def execute_activity(
+        self,
+        activity: Callable[..., Any] | str,
+        *args: Any,
+        start_to_close_timeout: float | datetime.timedelta | None = None,
+        schedule_to_close_timeout: float | datetime.timedelta | None = None,
+        heartbeat_timeout: float | datetime.timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        task_queue: str | None = None,
+    ) -> asyncio.Future[Any]:
+        """Schedule an activity and return an awaitable of its result.
+
+        The activity is scheduled when this is called (so ``asyncio.gather`` of several calls
+        schedules them in call order). Timeouts are seconds or ``timedelta``; unset options take
+        the activity's decorator defaults. A failure raises ``duro.ActivityError`` whose
+        ``__cause__`` is the activity's error.
+        """
+        return self._inst.schedule_activity(
+            activity, args, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
+            retry_policy, task_queue,
+        )
+
+    # --- signals ----------------------------------------------------------------------------------
+
+    async def wait_signal(self, name: str) -> Any:
+        """Wait for the next signal called ``name`` and return its payload.
+
+        Signals that arrived before the call are kept in order, so none is lost. With one
+        argument the payload is returned as is; with several, as a tuple.
+        """
+        return await self._inst.wait_signal(name)
+
+    def set_signal_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
+        """Call ``handler(*args)`` (sync or async) for every signal ``name``; buffered ones first."""
+        self._inst.set_signal_handler(name, handler)
+
+    # --- time, randomness, conditions ------------------------------------------------------------
+
+    def now(self) -> datetime.datetime:
+        """The workflow's current time: deterministic, timezone-aware UTC."""
+        return datetime.datetime.fromtimestamp(self._inst.loop.time(), tz=datetime.UTC)
+
+    def random(self) -> float:
+        """A deterministic random float in [0, 1) (seeded by the run id)."""
+        return self._inst.rng.random()
+
+    def uuid4(self) -> uuid.UUID:
+        """A deterministic random UUID (version 4)."""
+        return uuid.UUID(int=self._inst.rng.getrandbits(128), version=4)
+
+    async def sleep(self, seconds: float | datetime.timedelta) -> None:
+        """Sleep durably: a timer in the store, which fires even if no worker ran in between."""
+        from duro.activity import to_seconds
+
+        delay = to_seconds(seconds, "sleep duration")
+        await asyncio.sleep(delay or 0)
+
+    async def wait_condition(self, fn: Callable[[], bool], timeout: float | datetime.timedelta | None = None) -> None:
+        """Wait until ``fn()`` is true (checked after every step); raise ``asyncio.TimeoutError`` on timeout."""
+        from duro.activity import to_seconds
+
+        seconds = to_seconds(timeout, "wait_condition timeout")
+        fut = self._inst.add_condition(fn)
+        if seconds is None:
+            await fut
+        else:
+            await asyncio.wait_for(fut, seconds)
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code re-runs recorded history (for example to skip logging)."""
+        return self._inst.replaying
