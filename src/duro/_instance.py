@@ -11,7 +11,6 @@ import asyncio
 import os
 import random
 import sys
-import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -38,14 +37,29 @@ class WorkflowTaskError(Exception):
     """A workflow task could not complete (a bug or nondeterminism); the run stays open and is retried."""
 
 
-def _caller_location() -> str:
-    """file:line of the innermost frame outside duro (and asyncio): the workflow code that asked."""
-    f = sys._getframe(2)
+class _Location:
+    """Where workflow code asked for a command; formatted as "file:line" only when an error shows it."""
+
+    __slots__ = ("filename", "lineno")
+
+    def __init__(self, filename: str, lineno: int) -> None:
+        self.filename = filename
+        self.lineno = lineno
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno}"
+
+    __repr__ = __str__
+
+
+def _caller_location() -> _Location | str:
+    """The innermost frame outside duro (and asyncio): the workflow code that asked."""
+    f: Any = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
         if not fn.startswith(_PKG_DIR) and "asyncio" not in fn:
-            return f"{fn}:{f.f_lineno}"
-        f = f.f_back  # type: ignore[assignment]
+            return _Location(fn, f.f_lineno)
+        f = f.f_back
     return "?"
 
 
@@ -58,20 +72,20 @@ class WorkflowInstance:
         self.defn = defn
         self.run_key = run_key
         self.converter = converter
-        run_id = uuid.UUID(bytes=run_key).hex
+        run_id = run_key.hex()
         self.info = WorkflowInfo(
             workflow_id=meta["wid"], run_id=run_id, workflow_type=started.name, task_queue=meta["queue"],
             attempt=started.attempt or 1, first_run_id=meta.get("first_run", run_id), parent=meta.get("parent"),
         )
         self.loop = WorkflowLoop(start_timer=self._start_timer, cancel_timer=self._cancel_timer)
         self.loop.set_time(started.timestamp)
-        self.rng = random.Random(int.from_bytes(run_key, "big"))
+        self._rng: random.Random | None = None
         self.ctx = WorkflowContext(self, self.info)
         self.replaying = False
         self.seq = 0
         # Commands produced since the last take_commands(), with where in the code each was asked for.
         self.commands: list[Event] = []
-        self.locations: list[str] = []
+        self.locations: list[Any] = []
         self.activity_tasks: list[ActivityTask] = []
         self.timers: list[tuple[int, float]] = []
         self.close_status: str | None = None
@@ -88,6 +102,13 @@ class WorkflowInstance:
         self.last_marker_id = 0
         self.epoch = 0
         self.busy = False
+
+    @property
+    def rng(self) -> random.Random:
+        """The run's deterministic random generator (seeded by the run id; made on first use)."""
+        if self._rng is None:
+            self._rng = random.Random(int.from_bytes(self.run_key, "big"))
+        return self._rng
 
     # ------------------------------------------------------------------ driving
 
@@ -153,7 +174,7 @@ class WorkflowInstance:
         self._command(Event(codec.WORKFLOW_FAILED, 0, 0, 0, 0, "", encode_failure(exc)), "raise")
         self.close_status = "failed"
 
-    def take_commands(self) -> tuple[list[Event], list[str], list[ActivityTask], list[tuple[int, float]]]:
+    def take_commands(self) -> tuple[list[Event], list[Any], list[ActivityTask], list[tuple[int, float]]]:
         """Return and clear what the code produced since the last call."""
         out = (self.commands, self.locations, self.activity_tasks, self.timers)
         self.commands, self.locations, self.activity_tasks, self.timers = [], [], [], []
@@ -231,7 +252,7 @@ class WorkflowInstance:
 
     # ------------------------------------------------------------------ commands (called by ctx)
 
-    def _command(self, ev: Event, location: str) -> None:
+    def _command(self, ev: Event, location: Any) -> None:
         self.commands.append(ev)
         self.locations.append(location)
 
@@ -321,15 +342,7 @@ class WorkflowInstance:
         return len(self._pending)
 
     def close(self) -> None:
-        """Drop the coroutine without running it further (on eviction)."""
-        main = self._main
-        if main is not None and not main.done():
-            coro = main.get_coro()
-            if hasattr(coro, "close"):
-                try:
-                    coro.close()
-                except RuntimeError:
-                    pass
+        """Drop the coroutines without running them further (on eviction)."""
         self.loop.close()
 
 

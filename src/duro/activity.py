@@ -6,12 +6,9 @@ import datetime
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from duro.converter import parameter_hints
-
-if TYPE_CHECKING:
-    from duro.converter import DataConverter
 
 __all__ = ["ActivityContext", "ActivityDefinition", "ActivityInfo", "RetryPolicy", "activity", "to_seconds"]
 
@@ -40,7 +37,7 @@ class RetryPolicy:
     Args:
         initial_interval: seconds before the first retry.
         backoff_coefficient: each retry waits this many times longer than the one before.
-        maximum_interval: the longest wait between attempts (default: 100 × initial_interval).
+        maximum_interval: the longest wait between attempts (default: 100 times initial_interval).
         maximum_attempts: attempts in all, the first included; 0 means unlimited.
         non_retryable_error_types: error type names (``ApplicationError.type`` or the exception
             class name) that fail the activity at once.
@@ -157,7 +154,7 @@ def activity(
     return wrap
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ActivityInfo:
     """Facts about the running attempt of an activity."""
 
@@ -177,10 +174,14 @@ class ActivityInfo:
 class ActivityContext:
     """What an activity gets as its first argument: ``info``, ``heartbeat()`` and ``is_cancelled``."""
 
-    def __init__(self, info: ActivityInfo, heartbeat: Callable[[Any], None], converter: DataConverter) -> None:
+    __slots__ = ("_cancelled", "_heartbeat", "_heartbeater", "_task", "info", "last_heartbeat")
+
+    def __init__(self, info: ActivityInfo, heartbeat: Callable[[ActivityContext, Any], None],
+                 task: Any = None) -> None:
         self.info = info
         self._heartbeat = heartbeat
-        self._converter = converter
+        self._task = task
+        self._heartbeater: Any = None  # made by the worker on the first heartbeat
         self._cancelled = False
         self.last_heartbeat: float = 0.0
 
@@ -190,7 +191,7 @@ class ActivityContext:
         Callable from async and sync (thread pool) activities alike; the write is batched by the
         worker and does not block the activity.
         """
-        self._heartbeat(details)
+        self._heartbeat(self, details)
 
     @property
     def is_cancelled(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import inspect
-import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from duro.converter import DataConverter, decode_failure, default_converter
 from duro.errors import TerminatedError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.stores import open_store
-from duro.stores.base import RUNNING, RunInfo, StartRequest
+from duro.stores.base import RUNNING, RunInfo, StartRequest, new_run_id, run_key_of
 from duro.stores.lmdb import LmdbStore
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
@@ -149,7 +148,7 @@ class Client:
             except TypeError as e:
                 raise TypeError(f"arguments do not fit workflow {defn.name!r}: {e}") from None
         payload = self.converter.encode_args(args)
-        run_id = uuid.uuid4().hex
+        run_id = new_run_id()
         req = StartRequest(
             workflow_id=id, workflow_type=name, task_queue=task_queue, args=payload, run_id=run_id,
             id_reuse_policy=id_reuse_policy,
@@ -210,15 +209,17 @@ class WorkflowHandle:
             WorkflowFailedError: the run failed, was terminated or cancelled; the cause is chained.
             asyncio.TimeoutError: ``timeout`` seconds passed first.
         """
-        info = self._info()
-        run_key = uuid.UUID(hex=info.run_id).bytes
-        if info.status == RUNNING:
-            waiter = self.client.store.wait_closed(run_key)
-            info = await (asyncio.wait_for(waiter, timeout) if timeout is not None else waiter)
-        last = self.client.store.read_history(run_key, info.history_length)
-        if not last:
-            raise WorkflowNotFoundError(self.id, info.run_id)
-        ev = last[-1]
+        store = self.client.store
+        run_id = self.run_id or self._info().run_id
+        run_key = run_key_of(run_id)
+        waiter = store.wait_closed(run_key)
+        info = await (asyncio.wait_for(waiter, timeout) if timeout is not None else waiter)
+        ev = info.close_event
+        if ev is None:
+            last = store.read_history(run_key, info.history_length)
+            if not last:
+                raise WorkflowNotFoundError(self.id, info.run_id)
+            ev = last[-1]
         if ev.type == codec.WORKFLOW_COMPLETED:
             return self.client.converter.decode(ev.payload, self._result_hint)
         if ev.type == codec.WORKFLOW_TERMINATED:
@@ -243,7 +244,7 @@ class WorkflowHandle:
     async def fetch_history(self) -> History:
         """The run's recorded events."""
         info = self._info()
-        events = self.client.store.read_history(uuid.UUID(hex=info.run_id).bytes)
+        events = self.client.store.read_history(run_key_of(info.run_id))
         return History(self.id, info.run_id, events)
 
     async def history(self) -> History:

@@ -16,7 +16,6 @@ from duro.errors import (
     ActivityError,
     ApplicationError,
     CancelledError,
-    DuroError,
     TerminatedError,
     TimeoutError,
 )

@@ -75,7 +75,7 @@ class ActivityError(DuroError):
         self.attempt = attempt
 
 
-class TimeoutError(DuroError):  # noqa: A001 - the public name the API contract fixes
+class TimeoutError(DuroError):
     """An activity or workflow ran past one of its timeouts.
 
     Attributes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ from duro._instance import WorkflowInstance
 from duro.converter import DataConverter, default_converter
 from duro.errors import NonDeterminismError
 from duro.history import History
+from duro.stores.base import run_key_of
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
 __all__ = ["Replayer"]
@@ -40,7 +40,7 @@ class Replayer:
         if defn is None:
             raise ValueError(f"the history is of workflow type {started.name!r}, which this Replayer does not "
                              f"know; pass it in workflows= (known: {sorted(self._defs)})")
-        inst = WorkflowInstance(defn, uuid.UUID(hex=history.run_id).bytes, started, self._converter)
+        inst = WorkflowInstance(defn, run_key_of(history.run_id), started, self._converter)
         try:
             inst.replay(events)
         except NonDeterminismError:

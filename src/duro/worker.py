@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextvars
 import logging
@@ -124,6 +125,7 @@ class Worker:
         if self._running:
             raise RuntimeError("this worker is already running")
         self._running = True
+        self._loop = asyncio.get_running_loop()
         install_io_guard()
         store = self.store
         if self._workflows:
@@ -186,8 +188,11 @@ class Worker:
 
     # ------------------------------------------------------------------ workflow tasks
 
-    def _on_wtask(self, run_key: bytes) -> None:
-        """A workflow task for ``run_key`` is leased to this process (called after its commit)."""
+    def _on_wtask(self, run_key: bytes, history: list[Event] | None = None) -> None:
+        """A workflow task for ``run_key`` is leased to this process (called after its commit).
+
+        ``history`` is the run's complete history when the store knows it (a run it just created).
+        """
         if not self._running:
             return
         if run_key in self._active:
@@ -198,7 +203,7 @@ class Worker:
                 self._wf_backlog.append(run_key)
             return
         self._active.add(run_key)
-        self._spawn(self._workflow_task(run_key))
+        self._spawn(self._workflow_task(run_key, history))
 
     def _wf_done(self, run_key: bytes) -> None:
         self._active.discard(run_key)
@@ -220,7 +225,7 @@ class Worker:
             self._wake_wf.clear()
             try:
                 await asyncio.wait_for(self._wake_wf.wait(), _POLL_INTERVAL_S)
-            except asyncio.TimeoutError:
+            except builtins.TimeoutError:
                 pass
 
     def _evict(self, run_key: bytes) -> None:
@@ -228,9 +233,10 @@ class Worker:
         if inst is not None:
             inst.close()
 
-    def _load(self, run_key: bytes) -> tuple[WorkflowInstance | None, list[Event]]:
+    def _load(self, run_key: bytes, events: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
         """A fresh instance replayed from the full history, and the inputs it still has to process."""
-        events = self.store.read_history(run_key)
+        if events is None:
+            events = self.store.read_history(run_key)
         if not events:
             return None, []
         if events[-1].type in _TERMINAL or events[-1].type in (codec.WORKFLOW_COMPLETED, codec.WORKFLOW_FAILED):
@@ -242,14 +248,15 @@ class Worker:
                 f"workflow type {started.name!r} is not registered on worker {self.identity} (task queue "
                 f"{self.task_queue!r}); registered: {sorted(self._workflows)}")
         inst = WorkflowInstance(defn, run_key, started, self.converter)
-        self.stats["replays"] += 1
+        if len(events) > 1:
+            self.stats["replays"] += 1
         pending = inst.replay(events)
         inst.next_event_id = events[-1].event_id + 1
         return inst, pending
 
-    async def _workflow_task(self, run_key: bytes) -> None:
+    async def _workflow_task(self, run_key: bytes, history: list[Event] | None = None) -> None:
         try:
-            await self._workflow_task_inner(run_key)
+            await self._workflow_task_inner(run_key, history)
         except asyncio.CancelledError:
             raise
         except (WorkflowTaskError, NonDeterminismError) as e:
@@ -264,7 +271,7 @@ class Worker:
         finally:
             self._wf_done(run_key)
 
-    async def _workflow_task_inner(self, run_key: bytes) -> None:
+    async def _workflow_task_inner(self, run_key: bytes, history: list[Event] | None) -> None:
         store = self.store
         inst = self._cache.get(run_key)
         pending: list[Event]
@@ -280,7 +287,7 @@ class Worker:
                 if new:
                     inst.next_event_id = new[-1].event_id + 1
         if inst is None:
-            inst, pending = self._load(run_key)
+            inst, pending = self._load(run_key, history)
             if inst is None:
                 await store.release_workflow_task(self.task_queue, run_key, 1 << 62)
                 return
@@ -352,7 +359,7 @@ class Worker:
             self._wake_timer.clear()
             try:
                 await asyncio.wait_for(self._wake_timer.wait(), max(wait, 0.0005))
-            except asyncio.TimeoutError:
+            except builtins.TimeoutError:
                 pass
             if self._next_timer is None or self._wake_timer.is_set():
                 due = store.next_timer_due()
@@ -384,7 +391,7 @@ class Worker:
             self._wake_act.clear()
             try:
                 await asyncio.wait_for(self._wake_act.wait(), _POLL_INTERVAL_S)
-            except asyncio.TimeoutError:
+            except builtins.TimeoutError:
                 pass
 
     async def _reap_loop(self) -> None:
@@ -428,22 +435,22 @@ class Worker:
             scheduled_time=task.scheduled_time, heartbeat_details=heartbeat_details,
             start_to_close_timeout=task.start_to_close_timeout, heartbeat_timeout=task.heartbeat_timeout,
         )
-        hb = _Heartbeater(self, task)
-        ctx = ActivityContext(info, hb.heartbeat, conv)
-        hb.ctx = ctx
+        ctx = ActivityContext(info, self._heartbeat, task)
         try:
             args = conv.decode_args(task.args, defn.arg_hints)
-            if defn.is_async:
-                runner: asyncio.Future[Any] = asyncio.ensure_future(defn.fn(ctx, *args))
+            if defn.is_async and timeout is None and not task.heartbeat_timeout:
+                result = await defn.fn(ctx, *args)  # no deadline to watch: no extra task
             else:
-                loop = asyncio.get_running_loop()
-                call = contextvars.copy_context().run
-                runner = loop.run_in_executor(self._executor, call, defn.fn, ctx, *args)
-            hb.runner = runner
-            if timeout is None and not task.heartbeat_timeout:
-                result = await runner
-            else:
-                result = await _watch(runner, ctx, timeout, task.heartbeat_timeout)
+                if defn.is_async:
+                    runner: asyncio.Future[Any] = asyncio.ensure_future(defn.fn(ctx, *args))
+                else:
+                    loop = asyncio.get_running_loop()
+                    call = contextvars.copy_context().run
+                    runner = loop.run_in_executor(self._executor, call, defn.fn, ctx, *args)
+                if timeout is None and not task.heartbeat_timeout:
+                    result = await runner
+                else:
+                    result = await _watch(runner, ctx, timeout, task.heartbeat_timeout)
             payload = conv.encode(result)
         except asyncio.CancelledError:
             if not self._running:
@@ -490,6 +497,13 @@ class Worker:
             run_key=task.run_key, task_queue=task.task_queue, seq=task.seq, attempt=task.attempt, result=payload))
 
 
+    def _heartbeat(self, ctx: ActivityContext, details: Any) -> None:
+        hb = ctx._heartbeater
+        if hb is None:
+            hb = ctx._heartbeater = _Heartbeater(self, ctx._task, ctx)
+        hb.heartbeat(details)
+
+
 async def _watch(runner: asyncio.Future[Any], ctx: ActivityContext, timeout: float | None,
                  heartbeat_timeout: float | None) -> Any:
     """Await the activity, failing it with duro.TimeoutError past its deadline or heartbeat timeout."""
@@ -517,12 +531,11 @@ async def _watch(runner: asyncio.Future[Any], ctx: ActivityContext, timeout: flo
 class _Heartbeater:
     """Sends an activity's heartbeats to the store: at most one write in flight, latest details win."""
 
-    def __init__(self, worker: Worker, task: ActivityTask) -> None:
+    def __init__(self, worker: Worker, task: ActivityTask, ctx: ActivityContext) -> None:
         self.worker = worker
         self.task = task
-        self.loop = asyncio.get_running_loop()
-        self.ctx: ActivityContext | None = None
-        self.runner: asyncio.Future[Any] | None = None
+        self.loop = worker._loop
+        self.ctx = ctx
         self.pending: tuple[bytes | None] | None = None
         self.in_flight = False
 
@@ -538,8 +551,7 @@ class _Heartbeater:
             self.loop.call_soon_threadsafe(self._queue, payload)
 
     def _queue(self, payload: bytes | None) -> None:
-        if self.ctx is not None:
-            self.ctx.last_heartbeat = time.monotonic()
+        self.ctx.last_heartbeat = time.monotonic()
         self.pending = (payload,)
         if not self.in_flight:
             self.in_flight = True
@@ -552,7 +564,7 @@ class _Heartbeater:
                 (payload,) = self.pending
                 self.pending = None
                 cancel = await self.worker.store.heartbeat_activity(t.run_key, t.task_queue, t.seq, t.attempt, payload)
-                if cancel and self.ctx is not None:
+                if cancel:
                     self.ctx._cancel()
         finally:
             self.in_flight = False

@@ -70,7 +70,7 @@ def workflow(fn: Any = None, *, name: str | None = None) -> Any:
     return wrap
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class WorkflowInfo:
     """Facts about the running workflow."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ __all__ = [
     "StartRequest",
     "Store",
     "WorkflowTaskCompletion",
+    "new_run_id",
     "pack",
+    "run_key_of",
     "unpack",
 ]
 
@@ -52,6 +55,19 @@ def unpack(data: bytes | memoryview) -> list[bytes]:
         parts.append(bytes(view[i : i + size]))
         i += size
     return parts
+
+
+def run_key_of(run_id: str) -> bytes:
+    """The 16-byte store key of a run id (32 hex digits); ValueError for anything else."""
+    key = bytes.fromhex(run_id)
+    if len(key) != 16:
+        raise ValueError(f"a run id is 32 hex digits, got {run_id!r}")
+    return key
+
+
+def new_run_id() -> str:
+    """A fresh random run id: 32 hex digits (128 random bits, like a UUID4's hex)."""
+    return os.urandom(16).hex()
 
 
 class Clock:
@@ -94,6 +110,7 @@ class RunInfo:
     history_length: int
     parent: dict[str, Any] | None = None
     next_run_id: str | None = None
+    close_event: Event | None = None  # handed to in-process waiters so they need not read it back
 
 
 @dataclass(slots=True)

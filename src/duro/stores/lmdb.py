@@ -48,6 +48,7 @@ from duro.stores.base import (
     StartRequest,
     WorkflowTaskCompletion,
     pack,
+    run_key_of,
     unpack,
 )
 
@@ -315,16 +316,16 @@ class LmdbStore:
     def _get_run(self, txn: lmdb.Transaction, run_key: bytes) -> dict[str, Any]:
         rec = self._run_record(txn, self._runs, run_key)
         if rec is None:
-            raise WorkflowNotFoundError("?", uuid.UUID(bytes=run_key).hex)
+            raise WorkflowNotFoundError("?", run_key.hex())
         return rec
 
     def _put_run(self, txn: lmdb.Transaction, run_key: bytes, rec: dict[str, Any]) -> None:
         txn.put(run_key, orjson.dumps(rec), db=self._runs)
 
-    def _resolve_run_key(self, txn: lmdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
+    def _resolverun_key_of(self, txn: lmdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
         if run_id:
             try:
-                key = uuid.UUID(hex=run_id).bytes
+                key = run_key_of(run_id)
             except ValueError:
                 raise WorkflowNotFoundError(workflow_id, run_id) from None
             rec = self._run_record(txn, self._runs, key)
@@ -334,11 +335,11 @@ class LmdbStore:
         raw = txn.get(workflow_id.encode(), db=self._wf)
         if raw is None:
             raise WorkflowNotFoundError(workflow_id)
-        return uuid.UUID(hex=orjson.loads(raw)["run"]).bytes
+        return run_key_of(orjson.loads(raw)["run"])
 
     def _info(self, run_key: bytes, rec: dict[str, Any]) -> RunInfo:
         return RunInfo(
-            workflow_id=rec["wid"], run_id=uuid.UUID(bytes=run_key).hex, workflow_type=rec["type"],
+            workflow_id=rec["wid"], run_id=run_key.hex(), workflow_type=rec["type"],
             task_queue=rec["queue"], status=rec["status"], start_time=rec["start"] / 1e6,
             close_time=rec["close"] / 1e6 if rec.get("close") else None,
             history_length=rec["next"] - 1, parent=rec.get("parent"), next_run_id=rec.get("next_run"),
@@ -360,7 +361,7 @@ class LmdbStore:
         return stamped
 
     def _enqueue_wtask(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
-                       now_us: int, force_local: bool = False) -> None:
+                       now_us: int, history: list[Event] | None = None) -> None:
         """Make sure the run has a pending workflow task; hand it to a local worker when there is one."""
         q = rec["queue"]
         key = q.encode() + b"\x00" + run_key
@@ -369,16 +370,17 @@ class LmdbStore:
         if existing is not None:
             lease = orjson.loads(existing)
             if cb is not None and lease["o"] == OWNER:
-                batch.after.append((cb, (run_key,)))
+                batch.after.append((cb, (run_key, None)))
             return
         if cb is not None:
             txn.put(key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
-            batch.after.append((cb, (run_key,)))
+            # A brand-new run's whole history is what this txn wrote: hand it over, saving a read.
+            batch.after.append((cb, (run_key, history)))
         else:
             txn.put(key, b'{"o":"","u":0}', db=self._wtask)
 
     def _close_run(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
-                   status: str, now_us: int) -> None:
+                   status: str, now_us: int, close_event: Event) -> None:
         rec["status"] = status
         rec["close"] = now_us
         txn.delete(rec["queue"].encode() + b"\x00" + run_key, db=self._wtask)
@@ -386,11 +388,13 @@ class LmdbStore:
         raw = txn.get(wkey, db=self._wf)
         if raw is not None:
             idx = orjson.loads(raw)
-            if idx["run"] == uuid.UUID(bytes=run_key).hex:
+            if idx["run"] == run_key.hex():
                 idx["status"] = status
                 idx["close"] = now_us
                 txn.put(wkey, orjson.dumps(idx), db=self._wf)
-        batch.after.append((self._release_waiters, (run_key, self._info(run_key, rec))))
+        info = self._info(run_key, rec)
+        info.close_event = close_event
+        batch.after.append((self._release_waiters, (run_key, info)))
 
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):
@@ -425,7 +429,7 @@ class LmdbStore:
                 raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
             if policy == "allow_duplicate_failed_only" and idx["status"] == "completed":
                 raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
-        run_key = uuid.UUID(hex=req.run_id).bytes
+        run_key = run_key_of(req.run_id)
         rec: dict[str, Any] = {
             "wid": req.workflow_id, "type": req.workflow_type, "queue": req.task_queue, "status": RUNNING,
             "start": now_us, "close": 0, "next": 1, "epoch": 0, "last_input": 1,
@@ -440,21 +444,21 @@ class LmdbStore:
         if req.parent:
             meta["parent"] = req.parent
         started = Event(codec.WORKFLOW_STARTED, 0, 0, 0, 1, req.workflow_type, pack(orjson.dumps(meta), req.args))
-        self._append(txn, run_key, rec, [started], now_us)
+        history = self._append(txn, run_key, rec, [started], now_us)
         self._put_run(txn, run_key, rec)
         txn.put(wkey, orjson.dumps({"run": req.run_id, "status": RUNNING, "type": req.workflow_type,
                                     "start": now_us, "close": 0}), db=self._wf)
-        self._enqueue_wtask(txn, batch, run_key, rec, now_us)
+        self._enqueue_wtask(txn, batch, run_key, rec, now_us, history)
         return req.run_id
 
     def _op_signal(self, txn: lmdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
                    name: str, payload: bytes) -> None:
-        run_key = self._resolve_run_key(txn, workflow_id, run_id)
+        run_key = self._resolverun_key_of(txn, workflow_id, run_id)
         rec = self._get_run(txn, run_key)
         if rec["status"] != RUNNING:
             from duro.errors import DuroError
 
-            raise DuroError(f"cannot signal workflow {workflow_id!r}: its run {uuid.UUID(bytes=run_key).hex} is "
+            raise DuroError(f"cannot signal workflow {workflow_id!r}: its run {run_key.hex()} is "
                             f"{rec['status']}; start a new run or check the id")
         now_us = _us(self.clock.now())
         (ev,) = self._append(txn, run_key, rec, [Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, payload)], now_us)
@@ -464,7 +468,7 @@ class LmdbStore:
 
     def _op_terminate(self, txn: lmdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
                       reason: str) -> None:
-        run_key = self._resolve_run_key(txn, workflow_id, run_id)
+        run_key = self._resolverun_key_of(txn, workflow_id, run_id)
         rec = self._get_run(txn, run_key)
         if rec["status"] != RUNNING:
             from duro.errors import DuroError
@@ -472,8 +476,8 @@ class LmdbStore:
             raise DuroError(f"workflow {workflow_id!r} is already {rec['status']}; nothing to terminate")
         now_us = _us(self.clock.now())
         payload = orjson.dumps({"kind": "terminated", "message": reason or "terminated", "type": "TerminatedError"})
-        self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
-        self._close_run(txn, batch, run_key, rec, "terminated", now_us)
+        (ev,) = self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
+        self._close_run(txn, batch, run_key, rec, "terminated", now_us, ev)
         self._put_run(txn, run_key, rec)
 
     def _op_complete_wtask(self, txn: lmdb.Transaction, batch: _Batch, c: WorkflowTaskCompletion) -> int:
@@ -500,7 +504,7 @@ class LmdbStore:
         if akey is not None:
             txn.delete(akey, db=self._atask)
         marker = Event(codec.WORKFLOW_TASK_COMPLETED, 0, 0, processed, 0, "", b"")
-        self._append(txn, c.run_key, rec, [marker, *c.commands], now_us)
+        written = self._append(txn, c.run_key, rec, [marker, *c.commands], now_us)
         rec["epoch"] += 1
         for task in c.activity_tasks:
             self._put_atask(txn, batch, task, now_us, fresh=True)
@@ -509,7 +513,7 @@ class LmdbStore:
             txn.put(_U64.pack(fire_us) + c.run_key + _U64.pack(seq), b"", db=self._timer)
             batch.after.append((self._timer_added, (fire_us / 1e6,)))
         if c.close_status is not None:
-            self._close_run(txn, batch, c.run_key, rec, c.close_status, now_us)
+            self._close_run(txn, batch, c.run_key, rec, c.close_status, now_us, written[-1])
         elif rec["last_input"] > processed:
             # Inputs arrived while the task ran: the run needs another task right away.
             self._enqueue_wtask(txn, batch, c.run_key, rec, now_us)
@@ -576,8 +580,7 @@ class LmdbStore:
         raw = txn.get(key, db=self._atask)
         if raw is None:
             return "stale"
-        meta_b, args, hbd = unpack(raw)
-        meta = orjson.loads(meta_b)
+        meta = orjson.loads(unpack(raw)[0])
         if meta["attempt"] != o.attempt:
             return "stale"
         rec = self._get_run(txn, o.run_key)
@@ -795,7 +798,7 @@ class LmdbStore:
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
         """Describe a run; the latest run of the id when ``run_id`` is None."""
         with self.env.begin() as txn:
-            key = self._resolve_run_key(txn, workflow_id, run_id)
+            key = self._resolverun_key_of(txn, workflow_id, run_id)
             return self._info(key, self._get_run(txn, key))
 
     def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
@@ -808,7 +811,7 @@ class LmdbStore:
                     continue
                 if workflow_type is not None and idx["type"] != workflow_type:
                     continue
-                key = uuid.UUID(hex=idx["run"]).bytes
+                key = run_key_of(idx["run"])
                 out.append(self._info(key, self._get_run(txn, key)))
                 if len(out) >= limit:
                     break
