@@ -19,7 +19,7 @@ import orjson
 
 from duro._core import codec
 from duro._core.codec import Event
-from duro._core.replay import match_commands, split_activations
+from duro._core.replay import CommandMatcher, split_activations
 from duro._loop import WorkflowLoop
 from duro.activity import RetryPolicy, get_activity_definition, to_seconds
 from duro.converter import DataConverter, encode_failure, failure_from_dict
@@ -85,7 +85,6 @@ class WorkflowInstance:
         self.seq = 0
         # Commands produced since the last take_commands(), with where in the code each was asked for.
         self.commands: list[Event] = []
-        self.locations: list[Any] = []
         self.activity_tasks: list[ActivityTask] = []
         self.timers: list[tuple[int, float]] = []
         self.close_status: str | None = None
@@ -95,6 +94,9 @@ class WorkflowInstance:
         self._signal_handlers: dict[str, Callable[..., Any]] = {}
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._main: asyncio.Task[Any] | None = None
+        self._matcher: CommandMatcher | None = None
+        # The first divergence found in replay: kept even if workflow code catches the exception.
+        self._divergence: NonDeterminismError | None = None
         # Bookkeeping against the store: the last event id this instance has seen or written, and
         # the run's count of completed workflow tasks when this instance last committed.
         self.last_event_id = 0
@@ -137,6 +139,8 @@ class WorkflowInstance:
             exc = ctx.get("exception")
             raise WorkflowTaskError(f"unhandled error in workflow {self.info.workflow_type!r}: "
                                     f"{ctx.get('message', '')} {exc!r}") from exc
+        if self._divergence is not None:
+            raise self._divergence
         main = self._main
         if main is not None and main.done() and self.close_status is None:
             self._finish(main)
@@ -166,37 +170,50 @@ class WorkflowInstance:
             except TypeError as e:
                 exc = e
             else:
-                self._command(Event(codec.WORKFLOW_COMPLETED, 0, 0, 0, 0, "", payload), "return")
+                self._command(Event(codec.WORKFLOW_COMPLETED, 0, 0, 0, 0, "", payload), self._fn_location("return"))
                 self.close_status = "completed"
                 return
         if isinstance(exc, (NonDeterminismError, WorkflowIOError)):
             raise WorkflowTaskError(str(exc)) from exc
-        self._command(Event(codec.WORKFLOW_FAILED, 0, 0, 0, 0, "", encode_failure(exc)), "raise")
+        self._command(Event(codec.WORKFLOW_FAILED, 0, 0, 0, 0, "", encode_failure(exc)), self._fn_location("raise"))
         self.close_status = "failed"
 
-    def take_commands(self) -> tuple[list[Event], list[Any], list[ActivityTask], list[tuple[int, float]]]:
+    def _fn_location(self, what: str) -> str:
+        code = getattr(self.defn.fn, "__code__", None)
+        if code is None:
+            return what
+        return f"{what} from the workflow function at {code.co_filename}:{code.co_firstlineno}"
+
+    def take_commands(self) -> tuple[list[Event], list[ActivityTask], list[tuple[int, float]]]:
         """Return and clear what the code produced since the last call."""
-        out = (self.commands, self.locations, self.activity_tasks, self.timers)
-        self.commands, self.locations, self.activity_tasks, self.timers = [], [], [], []
+        out = (self.commands, self.activity_tasks, self.timers)
+        self.commands, self.activity_tasks, self.timers = [], [], []
         return out
 
     def replay(self, events: list[Event]) -> list[Event]:
         """Re-run the code over a recorded history; return the inputs no task has processed yet.
 
-        Raises NonDeterminismError when the code's commands differ from the recorded ones.
+        Each command is checked against the recorded one when the code asks for it, so the
+        error can name the line that asked. Raises NonDeterminismError on divergence.
         """
         activations = split_activations(events)
+        matcher = self._matcher = CommandMatcher(self.info.workflow_type)
         self.replaying = True
         try:
-            for inputs, marker, recorded in activations[:-1]:
-                self.activate(inputs)
-                produced, locations, _, _ = self.take_commands()
-                match_commands(produced, recorded, locations, self.info.workflow_type, marker)
-                assert marker is not None
-                self.last_event_id = recorded[-1].event_id if recorded else marker.event_id
-                self.epoch += 1
+            with self.loop.held():
+                for inputs, marker, recorded in activations[:-1]:
+                    matcher.begin(recorded, marker)
+                    self.activate(inputs)
+                    if self._divergence is not None:
+                        raise self._divergence
+                    matcher.finish()
+                    self.commands.clear()
+                    assert marker is not None
+                    self.last_event_id = recorded[-1].event_id if recorded else marker.event_id
+                    self.epoch += 1
         finally:
             self.replaying = False
+            self._matcher = None
         if events:
             self.last_event_id = max(self.last_event_id, events[-1].event_id)
         return activations[-1][0]
@@ -252,9 +269,21 @@ class WorkflowInstance:
 
     # ------------------------------------------------------------------ commands (called by ctx)
 
-    def _command(self, ev: Event, location: Any) -> None:
+    def _command(self, ev: Event, location: Any = None) -> None:
+        """Record a command; during replay, check it against the history right away.
+
+        ``location`` is where the code asked (given by callers outside user code); when None it
+        is read from the stack, and only on a mismatch.
+        """
+        matcher = self._matcher
+        if matcher is not None:
+            if matcher.matches(ev):
+                return
+            err = matcher.mismatch(ev, location if location is not None else _caller_location())
+            if self._divergence is None:
+                self._divergence = err
+            raise err
         self.commands.append(ev)
-        self.locations.append(location)
 
     def schedule_activity(
         self, activity: Callable[..., Any] | str, args: tuple[Any, ...], start_to_close: Any, schedule_to_close: Any,
@@ -266,6 +295,15 @@ class WorkflowInstance:
         else:
             defaults = get_activity_definition(activity)
             name, hint = defaults.name, defaults.return_hint
+        self.seq += 1
+        seq = self.seq
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._pending[seq] = (fut, hint, name)
+        if self.replaying:
+            # The arguments and options were recorded when this command first ran; replay only
+            # needs the command's identity to match it (and the future to resolve).
+            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, b""))
+            return fut
         stc = to_seconds(start_to_close, "start_to_close_timeout")
         s2c = to_seconds(schedule_to_close, "schedule_to_close_timeout")
         hb = to_seconds(heartbeat, "heartbeat_timeout")
@@ -276,28 +314,25 @@ class WorkflowInstance:
             retry_policy = retry_policy or defaults.retry_policy
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
-        payload = self.converter.encode_args(args)
-        self.seq += 1
-        seq = self.seq
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        self._pending[seq] = (fut, hint, name)
-        queue = task_queue or self.info.task_queue
-        retry = retry_policy.to_dict() if retry_policy is not None else _DEFAULT_RETRY
-        self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload), _caller_location())
-        if not self.replaying:
-            self.activity_tasks.append(ActivityTask(
-                run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
-                task_queue=queue, seq=seq, name=name, args=payload, attempt=1, scheduled_time=self.loop.time(),
-                start_to_close_timeout=stc, schedule_to_close_timeout=s2c, heartbeat_timeout=hb,
-                retry_policy=retry,
-            ))
+        try:
+            payload = self.converter.encode_args(args)
+        except TypeError:
+            del self._pending[seq]
+            self.seq -= 1
+            raise
+        self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload))
+        self.activity_tasks.append(ActivityTask(
+            run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
+            task_queue=task_queue or self.info.task_queue, seq=seq, name=name, args=payload, attempt=1,
+            scheduled_time=self.loop.time(), start_to_close_timeout=stc, schedule_to_close_timeout=s2c,
+            heartbeat_timeout=hb, retry_policy=retry_policy.to_dict() if retry_policy is not None else _DEFAULT_RETRY,
+        ))
         return fut
 
     def _start_timer(self, delay: float) -> int:
         self.seq += 1
         seq = self.seq
-        self._command(Event(codec.TIMER_STARTED, 0, 0, seq, 0, "", orjson.dumps({"duration": delay})),
-                      _caller_location())
+        self._command(Event(codec.TIMER_STARTED, 0, 0, seq, 0, "", orjson.dumps({"duration": delay})))
         if not self.replaying:
             self.timers.append((seq, delay))
         return seq

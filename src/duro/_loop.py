@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import os
 import reprlib
 import sys
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, TypeVarTuple, cast
 
@@ -132,6 +133,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._asyncgen_hooks = (self._asyncgen_firstiter, self._asyncgen_finalizer)
         self._debug = False
         self._running = False
+        self._held = False
         self._closed = False
         self.unhandled_errors: list[dict[str, Any]] = []
 
@@ -199,19 +201,50 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._check_closed()
         if not self._ready:
             return
+        if self._held:
+            # Already the running loop (see ``held``): only mark the run for re-entrancy checks.
+            self._running = True
+            try:
+                self._run_ready()
+            finally:
+                self._running = False
+            return
         saved = self._activate()
         try:
-            ready = self._ready
-            while ready:
-                handle = ready.popleft()
-                if not handle._cancelled:
-                    handle._run()
-                # Drop the handle now rather than at the next iteration: when it was the last
-                # reference to a finished task (its done callback), the task is finalized here,
-                # so a "never retrieved" exception reaches unhandled_errors before we return.
-                del handle
+            self._run_ready()
         finally:
             self._deactivate(saved)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Stay the thread's running loop (guard armed) across many ``run_until_quiescent`` calls.
+
+        Replay runs thousands of activations back to back; switching the running loop, the
+        async-generator hooks and the guard in and out for each one costs more than the
+        activation itself. Nothing but workflow activations may run inside the block.
+        """
+        if self._held or self._running:
+            raise RuntimeError("WorkflowLoop.held() is not re-entrant")
+        self._check_closed()
+        saved = self._activate()
+        self._running = False
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            self._deactivate(saved)
+
+    def _run_ready(self) -> None:
+        ready = self._ready
+        while ready:
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+            # Drop the handle now rather than at the next iteration: when it was the last
+            # reference to a finished task (its done callback), the task is finalized here,
+            # so a "never retrieved" exception reaches unhandled_errors before we return.
+            del handle
 
     # ------------------------------------------------------------------ loop state
 

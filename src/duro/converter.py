@@ -103,45 +103,75 @@ default_converter = JsonConverter()
 
 def convert(value: Any, hint: Any) -> Any:
     """Convert a decoded JSON value to the annotated type ``hint`` (best effort, recursive)."""
-    if hint is None or hint is Any or value is None:
+    if hint is None or value is None:
         return value
+    try:
+        plan = _PLANS[hint]
+    except KeyError:
+        plan = _PLANS[hint] = _plan(hint)
+    except TypeError:  # an unhashable annotation: plan it every time
+        plan = _plan(hint)
+    return value if plan is None else plan(value)
+
+
+# hint -> function converting a decoded JSON value to it (None: the value is already right).
+# Planned once per annotation, so decoding a result costs one dict lookup in the common case.
+_PLANS: dict[Any, Callable[[Any], Any] | None] = {}
+_PASSTHROUGH = (int, str, bool, dict, list, object)
+
+
+def _plan(hint: Any) -> Callable[[Any], Any] | None:
+    if hint is Any or hint in _PASSTHROUGH:
+        return None
+    if hint is float:
+        return lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
     if isinstance(hint, type):
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            hints = _hints(hint)
-            kwargs = {}
-            for f in dataclasses.fields(hint):
-                if f.name in value:
-                    kwargs[f.name] = convert(value[f.name], hints.get(f.name))
-            return hint(**kwargs)
+        if dataclasses.is_dataclass(hint):
+            return lambda v: _to_dataclass(v, hint)
         if hasattr(hint, "__struct_config__"):
             import msgspec
 
-            return msgspec.convert(value, hint)
+            return lambda v: msgspec.convert(v, hint)
         if hasattr(hint, "model_validate"):
-            return hint.model_validate(value)
-        if hint in (int, float, str, bool, dict, list):
-            if hint is float and isinstance(value, int):
-                return float(value)
-            return value
-        if issubclass(hint, tuple) and isinstance(value, list):
-            return tuple(value)
-        return value
+            return hint.model_validate  # type: ignore[no-any-return]
+        if issubclass(hint, tuple):
+            return lambda v: tuple(v) if isinstance(v, list) else v
+        return None
     origin = get_origin(hint)
     args = get_args(hint)
     if origin in (Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
-            return convert(value, non_none[0])
-        return value
-    if origin in (list, Sequence, typing.Sequence) and isinstance(value, list) and args:
-        return [convert(v, args[0]) for v in value]
-    if origin is tuple and isinstance(value, list):
+            inner = non_none[0]
+            return lambda v: convert(v, inner)
+        return None
+    if origin in (list, Sequence, typing.Sequence) and args:
+        item = args[0]
+        if _plan(item) is None:
+            return None
+        return lambda v: [convert(x, item) for x in v] if isinstance(v, list) else v
+    if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(convert(v, args[0]) for v in value)
-        return tuple(convert(v, a) for v, a in zip(value, args, strict=False))
-    if origin is dict and isinstance(value, dict) and len(args) == 2:
-        return {k: convert(v, args[1]) for k, v in value.items()}
-    return value
+            item = args[0]
+            return lambda v: tuple(convert(x, item) for x in v) if isinstance(v, list) else v
+        return lambda v: tuple(convert(x, a) for x, a in zip(v, args, strict=False)) if isinstance(v, list) else v
+    if origin is dict and len(args) == 2:
+        val = args[1]
+        if _plan(val) is None:
+            return None
+        return lambda v: {k: convert(x, val) for k, x in v.items()} if isinstance(v, dict) else v
+    return None
+
+
+def _to_dataclass(value: Any, cls: type) -> Any:
+    if not isinstance(value, dict):
+        return value
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in value:
+            kwargs[f.name] = convert(value[f.name], hints.get(f.name))
+    return cls(**kwargs)
 
 
 _HINTS_CACHE: dict[type, dict[str, Any]] = {}

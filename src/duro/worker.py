@@ -306,7 +306,7 @@ class Worker:
 
     async def _commit(self, inst: WorkflowInstance, processed: int, inputs: list[Event],
                       completed_activity: tuple[int, int] | None) -> None:
-        commands, _locs, atasks, timers = inst.take_commands()
+        commands, atasks, timers = inst.take_commands()
         c = WorkflowTaskCompletion(
             run_key=inst.run_key, task_queue=inst.info.task_queue, epoch=inst.epoch, processed_through=processed,
             commands=commands, activity_tasks=atasks, timers=timers, inputs=inputs,

@@ -118,3 +118,54 @@ def match_commands(list produced, list recorded, list locations, str workflow_ty
             f"workflow {workflow_type!r} diverged from its history at event {r.event_id}: recorded "
             f"{describe(r)}, but the code now asks for nothing more in that workflow task",
             event_id=r.event_id, recorded=describe(r), requested="(nothing)")
+
+
+cdef class CommandMatcher:
+    """Checks commands one by one, as the workflow code asks for them during replay.
+
+    Matching at the moment of the call (rather than after the activation) lets the caller take
+    the code location from the live stack only when there is a mismatch, so a replay that matches
+    costs no stack inspection at all.
+    """
+
+    cdef list _recorded
+    cdef Py_ssize_t _i
+    cdef object _marker
+    cdef str _workflow_type
+
+    def __init__(self, str workflow_type):
+        self._workflow_type = workflow_type
+        self._recorded = []
+        self._i = 0
+        self._marker = None
+
+    def begin(self, list recorded, object marker):
+        """Expect ``recorded`` (the commands of one recorded workflow task) next."""
+        self._recorded = recorded
+        self._i = 0
+        self._marker = marker
+
+    cpdef bint matches(self, Event produced):
+        """Whether ``produced`` is the next recorded command; advances past it when it is."""
+        cdef Event r
+        if self._i >= len(self._recorded):
+            return False
+        r = <Event>self._recorded[self._i]
+        if produced.type != r.type or produced.ref != r.ref or produced.name != r.name:
+            return False
+        self._i += 1
+        return True
+
+    def mismatch(self, Event produced, object location):
+        """The NonDeterminismError for ``produced`` not matching (call after ``matches`` said no)."""
+        cdef list rest = self._recorded[self._i:]
+        try:
+            match_commands([produced], rest[:1], [location], self._workflow_type, self._marker)
+        except NonDeterminismError as e:
+            return e
+        return NonDeterminismError(f"workflow {self._workflow_type!r}: unexpected command {describe(produced)}")
+
+    def finish(self):
+        """Raise NonDeterminismError if recorded commands of this task were not asked for."""
+        if self._i < len(self._recorded):
+            match_commands([], self._recorded[self._i:], [], self._workflow_type, self._marker)
