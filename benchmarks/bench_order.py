@@ -69,7 +69,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                 store = client.store
                 notes = (f"worker and client in one process (uvloop); {store.commits} group commits for "
                          f"{store.ops_committed} ops; {worker.stats['fused']} activity results committed together "
-                         f"with the next commands")
+                         f"with the next commands; writer: {store.time_in_ops:.3f}s running ops, "
+                         f"{store.time_in_commit:.3f}s in commit+fsync")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

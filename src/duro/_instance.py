@@ -12,8 +12,8 @@ import os
 import random
 import sys
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import orjson
 
@@ -244,7 +244,8 @@ class WorkflowInstance:
             self.loop.call_soon(self._deliver_signal, ev.name, self.converter.decode_args(ev.payload, ()))
         elif t == codec.WORKFLOW_STARTED:
             args = self.converter.decode_args(self._args_payload, self.defn.arg_hints)
-            self._main = self.loop.create_task(self.defn.fn(self.ctx, *args), name="workflow-main")
+            coro = cast(Coroutine[Any, Any, Any], self.defn.fn(self.ctx, *args))
+            self._main = self.loop.create_task(coro, name="workflow-main")
         else:
             raise NonDeterminismError(f"event {ev.event_id} ({ev.type_name}) cannot be applied to a workflow",
                                       event_id=ev.event_id)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +122,19 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float, what: str,
         await asyncio.sleep(0.01)
 
 
+async def _result(handle: duro.WorkflowHandle, *workers: WorkerProcess) -> Any:
+    """``handle.result()`` bounded by RESULT_TIMEOUT_S; on timeout, say what the store and workers show."""
+    try:
+        return await handle.result(timeout=RESULT_TIMEOUT_S)
+    except TimeoutError:  # asyncio.TimeoutError is the builtin TimeoutError on 3.11+
+        status = (await handle.describe()).status
+        details = "\n".join(w.describe() for w in workers)
+        raise AssertionError(
+            f"handle.result() of {handle.id!r} timed out after {RESULT_TIMEOUT_S}s; the run's status in the "
+            f"store is now {status!r}" + (" (completed, but the waiting client was never woken)"
+                                          if status != "running" else "") + f"\n{details}") from None
+
+
 async def test_killed_worker_resumes_in_a_new_process(client: duro.Client, spawn: Spawn, tmp_path: Path) -> None:
     record = tmp_path / "record.txt"
     marker = tmp_path / "marker.txt"
@@ -142,10 +156,7 @@ async def test_killed_worker_resumes_in_a_new_process(client: duro.Client, spawn
     t0 = time.monotonic()
     w2 = spawn("crash")
     await w2.wait_ready()
-    try:
-        result = await handle.result(timeout=RESULT_TIMEOUT_S)
-    except TimeoutError as e:  # asyncio.TimeoutError is the builtin TimeoutError on 3.11+
-        raise AssertionError(f"the workflow did not complete after the crash\n{w2.describe()}") from e
+    result = await _result(handle, w2)
     took = time.monotonic() - t0
     assert result == [1, "resumed", 2]
     # Step 1's completion was recorded before the crash: it never ran again. Step 2 ran in the new worker.
@@ -188,10 +199,10 @@ async def test_kill_in_the_middle_of_many_workflows_loses_none(client: duro.Clie
     await w2.wait_ready()
     try:
         results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), RESULT_TIMEOUT_S)
-    except TimeoutError as e:
+    except TimeoutError:
         left = await client.list_workflows(status="running", limit=1000)
-        raise AssertionError(f"{len(left)} workflows did not complete after the crash "
-                             f"(running at the kill: {running_at_kill})\n{w2.describe()}") from e
+        raise AssertionError(f"handle.result() timed out; {len(left)} workflows are still running in the store "
+                             f"(running at the kill: {running_at_kill})\n{w2.describe()}") from None
     assert results == [sum(range(n_steps))] * n_workflows
 
     done = await client.list_workflows(status="completed", workflow_type="long_workflow", limit=1000)
@@ -213,26 +224,27 @@ async def test_client_and_worker_in_different_processes(client: duro.Client, spa
     w = spawn("xproc")
     await w.wait_ready()
     # Started by this process, run by the other one: the worker notices the foreign commit.
-    assert await client.execute_workflow(wfs.long_workflow, 5, id="x-long", task_queue="xproc") == 10
+    h = await client.start_workflow(wfs.long_workflow, 5, id="x-long", task_queue="xproc")
+    assert await _result(h, w) == 10
     h = await client.start_workflow(wfs.long_workflow, 3, id="x-long-2", task_queue="xproc")
-    assert await h.result(timeout=RESULT_TIMEOUT_S) == 3
+    assert await _result(h, w) == 3
 
     # Signals from this process reach the workflow in the other one, in order.
     handle = await client.start_workflow(wfs.signal_workflow, 3, id="x-signals", task_queue="xproc")
     for item in ("a", {"b": 1}, [2]):
         await handle.signal("item", item)
-    assert await handle.result(timeout=RESULT_TIMEOUT_S) == ["a", {"b": 1}, [2]]
+    assert await _result(handle, w) == ["a", {"b": 1}, [2]]
 
     # Dataclass arguments and results cross the process boundary as their annotated types.
     order = await client.start_workflow(wfs.order_workflow, Order("X1", 7), id="x-order", task_queue="xproc")
     await order.signal("approve", {"by": "bob"})
-    assert await order.result(timeout=RESULT_TIMEOUT_S) == Receipt(order_id="X1", tracking="T-X1", charged=7)
+    assert await _result(order, w) == Receipt(order_id="X1", tracking="T-X1", charged=7)
 
     # Round trips one after the other: each one waits for a cross-process notice both ways.
     t0 = time.monotonic()
     for i in range(10):
         h = await client.start_workflow(wfs.long_workflow, 1, id=f"x-rt-{i}", task_queue="xproc")
-        assert await h.result(timeout=RESULT_TIMEOUT_S) == 0
+        assert await _result(h, w) == 0
     assert time.monotonic() - t0 < RESULT_TIMEOUT_S
 
     # A failure crosses too, with its cause.

@@ -8,6 +8,7 @@ Layout (LMDB named databases; integers big-endian in keys so cursors walk them i
 - ``wtask``    queue + 0x00 + run_key                   -> JSON lease {o: owner, u: lease end µs}
 - ``atask``    queue + 0x00 + run_key + seq(u64)        -> pack(meta JSON, args, heartbeat details)
 - ``timer``    fire_at µs(u64) + run_key + seq(u64)     -> b""
+- ``meta``     b"batch"                                 -> id of the last batch (written by every batch)
 
 Durability: every state change is an *op* run by the writer thread inside one write transaction
 shared by all ops queued at that moment (group commit); the environment is opened with
@@ -31,10 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import lmdb
 import orjson
 
-from duro._core import codec
+from duro._core import codec, mdb
 from duro._core.codec import Event
 from duro._core.log import HistoryLog
 from duro.errors import StoreURLError, WorkflowAlreadyStartedError, WorkflowNotFoundError
@@ -161,14 +161,14 @@ class LmdbStore:
         self.path = path
         self.url = f"lmdb://{path}"
         self.clock = Clock()
-        self.env = lmdb.open(path, map_size=map_size, max_dbs=16, sync=True, metasync=True,
-                             max_readers=512, readahead=False, subdir=True)
+        self.env = mdb.Environment(path, map_size=map_size, max_dbs=16, max_readers=1024, sync=True)
         self._history_db = self.env.open_db(b"history")
         self._runs = self.env.open_db(b"runs")
         self._wf = self.env.open_db(b"wf")
         self._wtask = self.env.open_db(b"wtask")
         self._atask = self.env.open_db(b"atask")
         self._timer = self.env.open_db(b"timer")
+        self._meta = self.env.open_db(b"meta")
         self.log = HistoryLog(self.env, self._history_db)
         self._refs = 0
         self._closed = False
@@ -178,9 +178,14 @@ class LmdbStore:
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._own_txns: set[int] = set()
-        self._seen_txn = self.env.info()["last_txnid"]
+        self._wcache: dict[bytes, dict[str, Any]] = {}
+        self._last_own_txn = -1
+        self._seen_txn = self.env.last_txnid()
+        # Counters for benchmarks and profiling: batches, ops, seconds running ops / in commit+fsync.
         self.commits = 0
         self.ops_committed = 0
+        self.time_in_ops = 0.0
+        self.time_in_commit = 0.0
         self._writer = threading.Thread(target=self._writer_main, name="duro-lmdb-writer", daemon=True)
         self._writer.start()
         self._watch_stop = threading.Event()
@@ -222,18 +227,38 @@ class LmdbStore:
     def _commit_batch(self, ops: list[_Op]) -> None:
         batch = _Batch()
         results: list[tuple[bool, Any]] = []
+        failed = False
+        tid = -1
+        t0 = time.perf_counter()
         try:
             with self.env.begin(write=True) as txn:
-                self._own_txns.add(txn.id())
+                tid = txn.id()
+                self._own_txns.add(tid)
+                if tid != self._last_own_txn + 1:
+                    self._wcache.clear()
+                # Every batch writes this key, so every batch commits and consumes its txn id: LMDB
+                # does not advance the id for a write transaction that changed nothing, and another
+                # process's next commit would then carry the id we noted as ours (and be missed).
+                txn.put(b"batch", _U64.pack(tid), db=self._meta)
                 for op in ops:
                     try:
                         results.append((True, op.fn(txn, batch, *op.args)))
                     except Exception as e:  # the op checked before writing: nothing of it is in txn
                         results.append((False, e))
+                        failed = True
+                t1 = time.perf_counter()
             # Leaving the with-block committed (and fsynced) the transaction.
+            self._last_own_txn = tid
+            self.time_in_ops += t1 - t0
+            self.time_in_commit += time.perf_counter() - t1
         except Exception as e:  # the commit itself failed: nothing of the batch is durable
+            self._own_txns.discard(tid)
             results = [(False, e) for _ in ops]
             batch.after.clear()
+            failed = True
+        if failed:
+            # A failed op may have touched a cached record before raising; trust the disk again.
+            self._wcache.clear()
         self.commits += 1
         self.ops_committed += len(ops)
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
@@ -251,8 +276,8 @@ class LmdbStore:
         delay = 0.0005
         while not self._watch_stop.wait(delay):
             try:
-                last = self.env.info()["last_txnid"]
-            except lmdb.Error:
+                last = self.env.last_txnid()
+            except mdb.Error:
                 return
             if last == self._seen_txn:
                 delay = min(delay * 2, 0.004)
@@ -309,20 +334,43 @@ class LmdbStore:
     # ------------------------------------------------------------------ records
 
     @staticmethod
-    def _run_record(txn: lmdb.Transaction, db: Any, run_key: bytes) -> dict[str, Any] | None:
+    def _run_record(txn: mdb.Transaction, db: Any, run_key: bytes) -> dict[str, Any] | None:
         raw = txn.get(run_key, db=db)
         return None if raw is None else orjson.loads(raw)
 
-    def _get_run(self, txn: lmdb.Transaction, run_key: bytes) -> dict[str, Any]:
+    def _get_run(self, txn: mdb.Transaction, run_key: bytes) -> dict[str, Any]:
         rec = self._run_record(txn, self._runs, run_key)
         if rec is None:
             raise WorkflowNotFoundError("?", run_key.hex())
         return rec
 
-    def _put_run(self, txn: lmdb.Transaction, run_key: bytes, rec: dict[str, Any]) -> None:
+    def _put_run(self, txn: mdb.Transaction, run_key: bytes, rec: dict[str, Any]) -> None:
         txn.put(run_key, orjson.dumps(rec), db=self._runs)
+        if rec["status"] == RUNNING:
+            if len(self._wcache) > 200_000:
+                self._wcache.clear()
+            self._wcache[run_key] = rec
+        else:
+            self._wcache.pop(run_key, None)
 
-    def _resolverun_key_of(self, txn: lmdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
+    # Writer-thread view of run records. Invariant: ``_wcache`` holds records exactly as this
+    # process last wrote them, and is valid only while no other process has committed since our
+    # last commit (LMDB txn ids are consecutive across processes, so a write txn whose id is not
+    # our previous id + 1 means someone else wrote: the cache is dropped). It saves a get and a
+    # JSON parse per op on the hot path.
+    def _wrec(self, txn: mdb.Transaction, run_key: bytes) -> dict[str, Any] | None:
+        rec = self._wcache.get(run_key)
+        if rec is None:
+            rec = self._run_record(txn, self._runs, run_key)
+        return rec
+
+    def _wget_run(self, txn: mdb.Transaction, run_key: bytes) -> dict[str, Any]:
+        rec = self._wrec(txn, run_key)
+        if rec is None:
+            raise WorkflowNotFoundError("?", run_key.hex())
+        return rec
+
+    def _resolverun_key_of(self, txn: mdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
         if run_id:
             try:
                 key = run_key_of(run_id)
@@ -345,7 +393,7 @@ class LmdbStore:
             history_length=rec["next"] - 1, parent=rec.get("parent"), next_run_id=rec.get("next_run"),
         )
 
-    def _append(self, txn: lmdb.Transaction, run_key: bytes, rec: dict[str, Any], events: list[Event],
+    def _append(self, txn: mdb.Transaction, run_key: bytes, rec: dict[str, Any], events: list[Event],
                 now_us: int) -> list[Event]:
         """Give events their ids and timestamps and append them; advance the run record (not saved)."""
         eid = rec["next"]
@@ -360,7 +408,7 @@ class LmdbStore:
         rec["next"] = eid
         return stamped
 
-    def _enqueue_wtask(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
+    def _enqueue_wtask(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
                        now_us: int, history: list[Event] | None = None) -> None:
         """Make sure the run has a pending workflow task; hand it to a local worker when there is one."""
         q = rec["queue"]
@@ -379,7 +427,7 @@ class LmdbStore:
         else:
             txn.put(key, b'{"o":"","u":0}', db=self._wtask)
 
-    def _close_run(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
+    def _close_run(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
                    status: str, now_us: int, close_event: Event) -> None:
         rec["status"] = status
         rec["close"] = now_us
@@ -416,7 +464,7 @@ class LmdbStore:
 
     # ------------------------------------------------------------------ ops (writer thread)
 
-    def _op_start(self, txn: lmdb.Transaction, batch: _Batch, req: StartRequest) -> str:
+    def _op_start(self, txn: mdb.Transaction, batch: _Batch, req: StartRequest) -> str:
         now_us = _us(self.clock.now())
         wkey = req.workflow_id.encode()
         raw = txn.get(wkey, db=self._wf)
@@ -436,7 +484,8 @@ class LmdbStore:
         }
         if req.parent:
             rec["parent"] = req.parent
-        meta = {"wid": req.workflow_id, "queue": req.task_queue, "first_run": req.first_run_id or req.run_id}
+        meta: dict[str, Any] = {"wid": req.workflow_id, "queue": req.task_queue,
+                                "first_run": req.first_run_id or req.run_id}
         if req.execution_timeout:
             meta["execution_timeout"] = req.execution_timeout
         if req.run_timeout:
@@ -451,10 +500,10 @@ class LmdbStore:
         self._enqueue_wtask(txn, batch, run_key, rec, now_us, history)
         return req.run_id
 
-    def _op_signal(self, txn: lmdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
+    def _op_signal(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
                    name: str, payload: bytes) -> None:
         run_key = self._resolverun_key_of(txn, workflow_id, run_id)
-        rec = self._get_run(txn, run_key)
+        rec = self._wget_run(txn, run_key)
         if rec["status"] != RUNNING:
             from duro.errors import DuroError
 
@@ -466,10 +515,10 @@ class LmdbStore:
         self._put_run(txn, run_key, rec)
         self._enqueue_wtask(txn, batch, run_key, rec, now_us)
 
-    def _op_terminate(self, txn: lmdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
+    def _op_terminate(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
                       reason: str) -> None:
         run_key = self._resolverun_key_of(txn, workflow_id, run_id)
-        rec = self._get_run(txn, run_key)
+        rec = self._wget_run(txn, run_key)
         if rec["status"] != RUNNING:
             from duro.errors import DuroError
 
@@ -480,8 +529,8 @@ class LmdbStore:
         self._close_run(txn, batch, run_key, rec, "terminated", now_us, ev)
         self._put_run(txn, run_key, rec)
 
-    def _op_complete_wtask(self, txn: lmdb.Transaction, batch: _Batch, c: WorkflowTaskCompletion) -> int:
-        rec = self._get_run(txn, c.run_key)
+    def _op_complete_wtask(self, txn: mdb.Transaction, batch: _Batch, c: WorkflowTaskCompletion) -> int:
+        rec = self._wget_run(txn, c.run_key)
         if rec["status"] != RUNNING:
             raise Conflict(f"run is {rec['status']}")
         if rec["epoch"] != c.epoch:
@@ -522,16 +571,16 @@ class LmdbStore:
         self._put_run(txn, c.run_key, rec)
         return int(rec["next"])
 
-    def _op_release_wtask(self, txn: lmdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes,
+    def _op_release_wtask(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes,
                           seen_through: int) -> None:
         key = task_queue.encode() + b"\x00" + run_key
-        rec = self._run_record(txn, self._runs, run_key)
+        rec = self._wrec(txn, run_key)
         if rec is not None and rec["status"] == RUNNING and rec["last_input"] > seen_through:
             self._enqueue_wtask(txn, batch, run_key, rec, _us(self.clock.now()))
         else:
             txn.delete(key, db=self._wtask)
 
-    def _put_atask(self, txn: lmdb.Transaction, batch: _Batch, t: ActivityTask, now_us: int, fresh: bool,
+    def _put_atask(self, txn: mdb.Transaction, batch: _Batch, t: ActivityTask, now_us: int, fresh: bool,
                    visible_us: int = 0) -> None:
         key = t.task_queue.encode() + b"\x00" + t.run_key + _U64.pack(t.seq)
         cb = self._local.get(("activity", t.task_queue))
@@ -563,7 +612,7 @@ class LmdbStore:
             cb(when)
 
     @staticmethod
-    def _task_from(key: bytes, raw: bytes) -> ActivityTask:
+    def _task_from(key: bytes, raw: bytes | memoryview) -> ActivityTask:
         meta_b, args, hbd = unpack(raw)
         meta = orjson.loads(meta_b)
         sep = key.index(b"\x00")
@@ -575,7 +624,7 @@ class LmdbStore:
             heartbeat_details=hbd or None,
         )
 
-    def _op_complete_activity(self, txn: lmdb.Transaction, batch: _Batch, o: ActivityOutcome) -> str:
+    def _op_complete_activity(self, txn: mdb.Transaction, batch: _Batch, o: ActivityOutcome) -> str:
         key = o.task_queue.encode() + b"\x00" + o.run_key + _U64.pack(o.seq)
         raw = txn.get(key, db=self._atask)
         if raw is None:
@@ -583,7 +632,7 @@ class LmdbStore:
         meta = orjson.loads(unpack(raw)[0])
         if meta["attempt"] != o.attempt:
             return "stale"
-        rec = self._get_run(txn, o.run_key)
+        rec = self._wget_run(txn, o.run_key)
         if rec["status"] != RUNNING:
             txn.delete(key, db=self._atask)
             return "closed"
@@ -605,7 +654,7 @@ class LmdbStore:
         self._enqueue_wtask(txn, batch, o.run_key, rec, now_us)
         return "done"
 
-    def _op_heartbeat(self, txn: lmdb.Transaction, batch: _Batch, run_key: bytes, task_queue: str, seq: int,
+    def _op_heartbeat(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, task_queue: str, seq: int,
                       attempt: int, details: bytes | None) -> bool:
         key = task_queue.encode() + b"\x00" + run_key + _U64.pack(seq)
         raw = txn.get(key, db=self._atask)
@@ -620,14 +669,15 @@ class LmdbStore:
         txn.put(key, pack(orjson.dumps(meta), args, details if details is not None else hbd), db=self._atask)
         return bool(meta["cancel"])
 
-    def _op_claim_wtasks(self, txn: lmdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[bytes]:
+    def _op_claim_wtasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[bytes]:
         now_us = _us(self.clock.now())
         prefix = task_queue.encode() + b"\x00"
         claimed: list[bytes] = []
         cur = txn.cursor(db=self._wtask)
         if not cur.set_range(prefix):
             return claimed
-        for key, raw in cur:
+        for k, raw in cur:
+            key = bytes(k)
             if not key.startswith(prefix) or len(claimed) >= limit:
                 break
             lease = orjson.loads(raw)
@@ -640,14 +690,15 @@ class LmdbStore:
             txn.put(prefix + run_key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
         return claimed
 
-    def _op_claim_atasks(self, txn: lmdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[ActivityTask]:
+    def _op_claim_atasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[ActivityTask]:
         now_us = _us(self.clock.now())
         prefix = task_queue.encode() + b"\x00"
         found: list[tuple[bytes, bytes, dict[str, Any], bytes, bytes]] = []
         cur = txn.cursor(db=self._atask)
         if not cur.set_range(prefix):
             return []
-        for key, raw in cur:
+        for k, raw in cur:
+            key = bytes(k)
             if not key.startswith(prefix) or len(found) >= limit:
                 break
             meta_b, args, hbd = unpack(raw)
@@ -657,7 +708,7 @@ class LmdbStore:
             found.append((bytes(key), bytes(raw), meta, args, hbd))
         tasks = []
         for key, raw, meta, args, hbd in found:
-            rec = self._run_record(txn, self._runs, key[len(prefix) : len(prefix) + 16])
+            rec = self._wrec(txn, key[len(prefix) : len(prefix) + 16])
             if rec is None or rec["status"] != RUNNING:
                 txn.delete(key, db=self._atask)
                 continue
@@ -669,7 +720,7 @@ class LmdbStore:
             tasks.append(task)
         return tasks
 
-    def _op_reap(self, txn: lmdb.Transaction, batch: _Batch) -> int:
+    def _op_reap(self, txn: mdb.Transaction, batch: _Batch) -> int:
         """Take back tasks whose owner died or whose lease ran out; failed attempts follow the retry policy."""
         now_us = _us(self.clock.now())
         reaped = 0
@@ -687,7 +738,8 @@ class LmdbStore:
             if lease["o"] and lease["o"] != OWNER and gone(lease["o"], lease["u"]):
                 txn.put(key, b'{"o":"","u":0}', db=self._wtask)
                 reaped += 1
-        for key, raw in list(txn.cursor(db=self._atask)):
+        for k, raw in list(txn.cursor(db=self._atask)):
+            key = bytes(k)
             meta = orjson.loads(unpack(raw)[0])
             if meta["o"] and meta["o"] != OWNER and gone(meta["o"], meta["u"]):
                 sep = key.index(b"\x00")
@@ -700,7 +752,7 @@ class LmdbStore:
                 reaped += 1
         return reaped
 
-    def _op_fire_timers(self, txn: lmdb.Transaction, batch: _Batch) -> float | None:
+    def _op_fire_timers(self, txn: mdb.Transaction, batch: _Batch) -> float | None:
         """Fire every due timer; return when the next one is due (None when there is none)."""
         now_us = _us(self.clock.now())
         cur = txn.cursor(db=self._timer)
@@ -715,7 +767,7 @@ class LmdbStore:
         for key in due:
             txn.delete(key, db=self._timer)
             run_key, seq = key[8:24], _U64.unpack(key[24:])[0]
-            rec = self._run_record(txn, self._runs, run_key)
+            rec = self._wrec(txn, run_key)
             if rec is None or rec["status"] != RUNNING:
                 continue
             (ev,) = self._append(txn, run_key, rec, [Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b"")], now_us)
@@ -859,8 +911,5 @@ def _retry_delay(meta: dict[str, Any], o: ActivityOutcome, now_us: int) -> float
     s2c = meta.get("s2c")
     if s2c and now_us + _us(delay) >= meta["sched"] + _us(s2c):
         return None
-    return delay
+    return float(delay)
 
-
-def _now() -> float:
-    return time.time()
