@@ -8,6 +8,10 @@ PGVER   := $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 .PHONY: install demo test lint bench bench-peers clean postgres
 
 $(STAMP): pyproject.toml setup.py
+	@# The compiled core links liblmdb: install its headers where they are missing (Debian/Ubuntu).
+	@test -f /usr/include/lmdb.h || { command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq liblmdb-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq liblmdb-dev; }; }; } \
+	  || { echo "duro needs the LMDB C library headers (lmdb.h): install liblmdb-dev (Debian/Ubuntu) or lmdb (brew/dnf)"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel "Cython>=3.1"
 	$(VPY) -m pip install -q --no-build-isolation -e ".[test,bench]"
