@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -67,7 +68,8 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
 
 
 def emit(result: dict[str, Any], out: str | None) -> None:
-    result.setdefault("machine", f"{platform.machine()} {platform.processor() or ''} py{sys.version.split()[0]}".strip())
+    machine = f"{platform.machine()} {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    result.setdefault("machine", machine)
     text = json.dumps(result)
     if out:
         Path(out).write_text(text + "\n")

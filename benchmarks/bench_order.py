@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as c  # noqa: E402
+import _common as c
 
-import duro  # noqa: E402
+import duro
 
 
 async def w1(client: duro.Client, n: int, concurrency: int) -> dict[str, object]:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as c  # noqa: E402
+import _common as c
 
-import duro  # noqa: E402
-from duro.stores.base import run_key_of  # noqa: E402
+import duro
+from duro.stores.base import run_key_of
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:

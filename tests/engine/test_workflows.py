@@ -7,10 +7,10 @@ import datetime
 from collections.abc import AsyncIterator
 
 import pytest
-
-import duro
 from tests.engine import wfs
 from tests.engine.wfs import Order, Receipt
+
+import duro
 
 
 @pytest.fixture
