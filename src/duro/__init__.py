@@ -20,6 +20,7 @@ from duro.errors import (
     WorkflowNotFoundError,
 )
 from duro.history import History, HistoryEvent
+from duro.saga import Saga
 from duro.worker import Worker
 from duro.workflow import WorkflowContext, WorkflowInfo, workflow
 
@@ -40,6 +41,7 @@ __all__ = [
     "JsonConverter",
     "NonDeterminismError",
     "RetryPolicy",
+    "Saga",
     "StoreURLError",
     "TerminatedError",
     "TimeoutError",

@@ -8,6 +8,8 @@ the recorded ones. Live and replay run exactly the same code path.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import os
 import random
 import sys
@@ -22,15 +24,28 @@ from duro._core.codec import Event
 from duro._core.replay import CommandMatcher, split_activations
 from duro._loop import WorkflowLoop
 from duro.activity import RetryPolicy, get_activity_definition, to_seconds
-from duro.converter import DataConverter, encode_failure, failure_from_dict
-from duro.errors import ActivityError, NonDeterminismError, WorkflowIOError
-from duro.stores.base import ActivityTask, unpack
+from duro.converter import DataConverter, decode_failure, encode_failure, failure_from_dict
+from duro.errors import ActivityError, DuroError, NonDeterminismError, WorkflowFailedError, WorkflowIOError
+from duro.stores.base import ActivityTask, ChildStart, ExternalRequest, pack, unpack
 from duro.workflow import WorkflowContext, WorkflowDefinition, WorkflowInfo
 
-__all__ = ["WorkflowInstance", "WorkflowTaskError"]
+__all__ = ["ChildWorkflowHandle", "ContinueAsNew", "WorkflowInstance", "WorkflowTaskError"]
+
+PARENT_CLOSE_POLICIES = ("terminate", "request_cancel", "abandon")
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_RETRY = RetryPolicy().to_dict()
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new``: ends this run and starts a fresh one with ``args``.
+
+    A BaseException, so that ``except Exception`` in workflow code does not swallow it.
+    """
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        super().__init__("continue as new")
+        self.args_ = args
 
 
 class WorkflowTaskError(Exception):
@@ -88,12 +103,22 @@ class WorkflowInstance:
         self.activity_tasks: list[ActivityTask] = []
         self.timers: list[tuple[int, float]] = []
         self.close_status: str | None = None
-        self._pending: dict[int, tuple[asyncio.Future[Any], Any, str]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Any], Any, str, str]] = {}
+        self.cancel_activities: list[tuple[str, int]] = []
         self._signals: dict[str, deque[list[Any]]] = {}
         self._signal_waiters: dict[str, deque[asyncio.Future[Any]]] = {}
         self._signal_handlers: dict[str, Callable[..., Any]] = {}
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._main: asyncio.Task[Any] | None = None
+        self._children: dict[int, ChildWorkflowHandle] = {}
+        self.child_starts: list[ChildStart] = []
+        self.external: list[ExternalRequest] = []
+        self.cancelled_timers: list[int] = []
+        self.cancel_requested = False
+        self._patches: dict[str, bool] = {}
+        self._query_handlers: dict[str, Callable[..., Any]] = {}
+        self._update_handlers: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
+        self._in_query = False
         self._matcher: CommandMatcher | None = None
         # The first divergence found in replay: kept even if workflow code catches the exception.
         self._divergence: NonDeterminismError | None = None
@@ -164,6 +189,18 @@ class WorkflowInstance:
             exc: BaseException | None = asyncio.CancelledError("workflow cancelled")
         else:
             exc = main.exception()
+        if isinstance(exc, ContinueAsNew):
+            payload = self.converter.encode_args(exc.args_)
+            self._command(Event(codec.WORKFLOW_CONTINUED_AS_NEW, 0, 0, 0, 0, self.info.workflow_type, payload),
+                          self._fn_location("continue_as_new"))
+            self.close_status = "continued_as_new"
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            failure = orjson.dumps({"kind": "cancelled", "type": "CancelledError",
+                                    "message": "the workflow was cancelled"})
+            self._command(Event(codec.WORKFLOW_CANCELED, 0, 0, 0, 0, "", failure), self._fn_location("cancel"))
+            self.close_status = "canceled"
+            return
         if exc is None:
             try:
                 payload = self.converter.encode(main.result())
@@ -185,9 +222,18 @@ class WorkflowInstance:
         return f"{what} from the workflow function at {code.co_filename}:{code.co_firstlineno}"
 
     def take_commands(self) -> tuple[list[Event], list[ActivityTask], list[tuple[int, float]]]:
-        """Return and clear what the code produced since the last call."""
+        """Return and clear what the code produced since the last call.
+
+        Child starts, external requests and cancelled timers are taken with ``take_extras``.
+        """
         out = (self.commands, self.activity_tasks, self.timers)
         self.commands, self.activity_tasks, self.timers = [], [], []
+        return out
+
+    def take_extras(self) -> tuple[list[ChildStart], list[ExternalRequest], list[int], list[tuple[str, int]]]:
+        """Return and clear child starts, signals/cancels to other runs, cancelled timers and activities."""
+        out = (self.child_starts, self.external, self.cancelled_timers, self.cancel_activities)
+        self.child_starts, self.external, self.cancelled_timers, self.cancel_activities = [], [], [], []
         return out
 
     def replay(self, events: list[Event]) -> list[Event]:
@@ -208,6 +254,7 @@ class WorkflowInstance:
                         raise self._divergence
                     matcher.finish()
                     self.commands.clear()
+                    self.take_extras()
                     assert marker is not None
                     self.last_event_id = recorded[-1].event_id if recorded else marker.event_id
                     self.epoch += 1
@@ -242,6 +289,19 @@ class WorkflowInstance:
             self.loop.fire_timer(ev.ref)
         elif t == codec.SIGNAL_RECEIVED:
             self.loop.call_soon(self._deliver_signal, ev.name, self.converter.decode_args(ev.payload, ()))
+        elif t == codec.WORKFLOW_CANCEL_REQUESTED:
+            self.cancel_requested = True
+            main = self._main
+            if main is not None and not main.done():
+                main.cancel()
+        elif t == codec.CHILD_COMPLETED or t == codec.CHILD_FAILED:
+            child = self._children.get(ev.ref)
+            if child is not None:
+                child._resolve(t == codec.CHILD_COMPLETED, ev.payload)
+        elif t == codec.UPDATE_ACCEPTED:
+            meta_b, args_b = unpack(ev.payload)
+            update_id = orjson.loads(meta_b)["id"]
+            self.loop.call_soon(self._run_update, update_id, ev.name, args_b)
         elif t == codec.WORKFLOW_STARTED:
             args = self.converter.decode_args(self._args_payload, self.defn.arg_hints)
             coro = cast(Coroutine[Any, Any, Any], self.defn.fn(self.ctx, *args))
@@ -276,6 +336,8 @@ class WorkflowInstance:
         ``location`` is where the code asked (given by callers outside user code); when None it
         is read from the stack, and only on a mismatch.
         """
+        if self._in_query:
+            raise DuroError("query handlers and update validators must not schedule anything or change state")
         matcher = self._matcher
         if matcher is not None:
             if matcher.matches(ev):
@@ -299,11 +361,13 @@ class WorkflowInstance:
         self.seq += 1
         seq = self.seq
         fut: asyncio.Future[Any] = self.loop.create_future()
-        self._pending[seq] = (fut, hint, name)
+        queue = task_queue or self.info.task_queue
+        self._pending[seq] = (fut, hint, name, queue)
         if self.replaying:
             # The arguments and options were recorded when this command first ran; replay only
             # needs the command's identity to match it (and the future to resolve).
             self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, b""))
+            fut.add_done_callback(functools.partial(self._activity_done, seq))
             return fut
         stc = to_seconds(start_to_close, "start_to_close_timeout")
         s2c = to_seconds(schedule_to_close, "schedule_to_close_timeout")
@@ -322,9 +386,10 @@ class WorkflowInstance:
             self.seq -= 1
             raise
         self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload))
+        fut.add_done_callback(functools.partial(self._activity_done, seq))
         self.activity_tasks.append(ActivityTask(
             run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
-            task_queue=task_queue or self.info.task_queue, seq=seq, name=name, args=payload, attempt=1,
+            task_queue=queue, seq=seq, name=name, args=payload, attempt=1,
             scheduled_time=self.loop.time(), start_to_close_timeout=stc, schedule_to_close_timeout=s2c,
             heartbeat_timeout=hb, retry_policy=retry_policy.to_dict() if retry_policy is not None else _DEFAULT_RETRY,
         ))
@@ -339,8 +404,155 @@ class WorkflowInstance:
         return seq
 
     def _cancel_timer(self, seq: int) -> None:
-        # The durable timer stays in the store; when it fires, the loop ignores the cancelled seq.
-        return None
+        # Recorded, so the store drops the durable timer; one that fires anyway is ignored.
+        self._command(Event(codec.TIMER_CANCELED, 0, 0, seq, 0, "", b""), "timer cancelled")
+        if not self.replaying:
+            self.cancelled_timers.append(seq)
+
+    def _activity_done(self, seq: int, fut: asyncio.Future[Any]) -> None:
+        """A cancelled activity future (gather cancelled, cancel requested...) cancels the activity."""
+        if fut.cancelled():
+            entry = self._pending.pop(seq, None)
+            if entry is not None:
+                self._command(Event(codec.ACTIVITY_CANCEL_REQUESTED, 0, 0, seq, 0, "", b""), "activity cancelled")
+                if not self.replaying:
+                    self.cancel_activities.append((entry[3], seq))
+
+    # ------------------------------------------------------------------ child workflows
+
+    def start_child(self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None, task_queue: str | None,
+                    parent_close_policy: str) -> ChildWorkflowHandle:
+        """Record StartChildWorkflowExecutionInitiated; the child starts in the same commit."""
+        from duro.workflow import get_workflow_definition
+
+        if isinstance(workflow, str):
+            name, hint = workflow, None
+        else:
+            d = get_workflow_definition(workflow)
+            name, hint = d.name, d.return_hint
+        if parent_close_policy not in PARENT_CLOSE_POLICIES:
+            raise ValueError(f"parent_close_policy must be one of {PARENT_CLOSE_POLICIES}, got {parent_close_policy!r}")
+        self.seq += 1
+        seq = self.seq
+        wid = workflow_id or f"{self.info.workflow_id}/child-{seq}"
+        # Deterministic: replay rebuilds the same run id without reading the recorded command.
+        run_id = hashlib.blake2b(self.run_key + seq.to_bytes(8, "big"), digest_size=16).hexdigest()
+        queue = task_queue or self.info.task_queue
+        handle = ChildWorkflowHandle(self, seq, wid, run_id, hint)
+        if self.replaying:
+            self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, b""))
+        else:
+            payload = self.converter.encode_args(args)
+            meta = {"id": wid, "run": run_id, "queue": queue, "policy": parent_close_policy}
+            self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, pack(orjson.dumps(meta), payload)))
+            self.child_starts.append(ChildStart(seq=seq, workflow_id=wid, run_id=run_id, workflow_type=name,
+                                               task_queue=queue, args=payload, parent_close_policy=parent_close_policy))
+        self._children[seq] = handle
+        return handle
+
+    def request_external(self, kind: str, workflow_id: str, run_id: str | None, name: str,
+                         args: tuple[Any, ...]) -> None:
+        """Record a signal (or a cancel request) to another run; delivered in the same commit."""
+        self.seq += 1
+        payload = b"" if self.replaying else self.converter.encode_args(args)
+        flags = 1 if kind == "cancel" else 0
+        self._command(Event(codec.EXTERNAL_SIGNAL, 0, 0, self.seq, 0, name, payload, flags))
+        if not self.replaying:
+            self.external.append(ExternalRequest(kind=kind, workflow_id=workflow_id, run_id=run_id, name=name,
+                                                 args=payload))
+
+    # ------------------------------------------------------------------ versioning
+
+    def patched(self, change_id: str, deprecated: bool = False) -> bool:
+        """True when this run runs the code after ``change_id`` (see ``WorkflowContext.patched``)."""
+        known = self._patches.get(change_id)
+        if known is not None:
+            return known
+        matcher = self._matcher
+        if matcher is not None:
+            result = matcher.take_marker(change_id)
+        elif deprecated:
+            result = True
+        else:
+            self._command(Event(codec.MARKER, 0, 0, 0, 0, change_id, b"patched"))
+            result = True
+        self._patches[change_id] = result
+        return bool(result)
+
+    # ------------------------------------------------------------------ queries and updates
+
+    def set_query_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
+        """Install (or remove) a query handler."""
+        if handler is None:
+            self._query_handlers.pop(name, None)
+        elif not callable(handler):
+            raise TypeError("a query handler must be callable")
+        else:
+            self._query_handlers[name] = handler
+
+    def query(self, name: str, args: list[Any]) -> Any:
+        """Answer a query from the current state; the handler may not change anything durable."""
+        handler = self._query_handlers.get(name)
+        if handler is None:
+            raise DuroError(f"workflow {self.info.workflow_type!r} has no query handler {name!r}; known: "
+                            f"{sorted(self._query_handlers)}")
+        return self._guarded(handler, args, "query")
+
+    def _guarded(self, fn: Callable[..., Any], args: list[Any], what: str) -> Any:
+        self._in_query = True
+        try:
+            result = fn(*args)
+        finally:
+            self._in_query = False
+        if asyncio.iscoroutine(result):
+            result.close()
+            raise TypeError(f"{what} handlers must be plain functions (not async): they cannot wait")
+        return result
+
+    def set_update_handler(self, name: str, handler: Callable[..., Any] | None,
+                           validator: Callable[..., Any] | None) -> None:
+        """Install (or remove) an update handler and its optional validator."""
+        if handler is None:
+            self._update_handlers.pop(name, None)
+            return
+        if not callable(handler) or (validator is not None and not callable(validator)):
+            raise TypeError("an update handler and its validator must be callable")
+        self._update_handlers[name] = (handler, validator)
+
+    def validate_update(self, name: str, args: list[Any]) -> None:
+        """Raise if update ``name`` would be rejected (no handler, or its validator raised)."""
+        entry = self._update_handlers.get(name)
+        if entry is None:
+            raise DuroError(f"workflow {self.info.workflow_type!r} has no update handler {name!r}; known: "
+                            f"{sorted(self._update_handlers)}")
+        if entry[1] is not None:
+            self._guarded(entry[1], args, "update validator")
+
+    def _run_update(self, update_id: str, name: str, args_b: bytes) -> None:
+        entry = self._update_handlers.get(name)
+
+        def finish(ok: bool, payload: bytes) -> None:
+            meta = orjson.dumps({"ok": ok})
+            self._command(Event(codec.UPDATE_COMPLETED, 0, 0, 0, 0, update_id, pack(meta, payload)),
+                          f"update handler {name!r}")
+
+        if entry is None:
+            finish(False, encode_failure(DuroError(f"no update handler {name!r}")))
+            return
+        args = self.converter.decode_args(args_b, ())
+
+        async def run() -> None:
+            try:
+                result = entry[0](*args)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                payload = self.converter.encode(result)
+            except Exception as e:  # the update fails; the workflow goes on
+                finish(False, encode_failure(e))
+            else:
+                finish(True, payload)
+
+        self.loop.create_task(run(), name=f"update-{name}")
 
     async def wait_signal(self, name: str) -> Any:
         """Next buffered signal ``name``, or wait for one."""
@@ -388,3 +600,42 @@ def _signal_value(args: list[Any]) -> Any:
     if not args:
         return None
     return tuple(args)
+
+
+class ChildWorkflowHandle:
+    """A child workflow started by this workflow: ``await handle.result()``, ``signal``, ``cancel``."""
+
+    def __init__(self, inst: WorkflowInstance, seq: int, workflow_id: str, run_id: str, hint: Any) -> None:
+        self._inst = inst
+        self.seq = seq
+        self.id = workflow_id
+        self.run_id = run_id
+        self._hint = hint
+        self._result: asyncio.Future[Any] = inst.loop.create_future()
+
+    def __repr__(self) -> str:
+        return f"ChildWorkflowHandle(id={self.id!r}, run_id={self.run_id!r})"
+
+    def _resolve(self, ok: bool, payload: bytes) -> None:
+        if self._result.done():
+            return
+        if ok:
+            self._result.set_result(self._inst.converter.decode(payload, self._hint))
+            return
+        cause = decode_failure(payload)
+        err = WorkflowFailedError(f"child workflow {self.id!r} did not complete: {cause}", workflow_id=self.id,
+                                  run_id=self.run_id)
+        err.__cause__ = cause
+        self._result.set_exception(err)
+
+    async def result(self) -> Any:
+        """Wait for the child to close; its result, or WorkflowFailedError with the cause chained."""
+        return await asyncio.shield(self._result)
+
+    async def signal(self, name: str, *args: Any) -> None:
+        """Send a signal to the child (delivered when this workflow task commits)."""
+        self._inst.request_external("signal", self.id, self.run_id, name, args)
+
+    async def cancel(self) -> None:
+        """Ask the child to cancel (it sees asyncio.CancelledError at its current await)."""
+        self._inst.request_external("cancel", self.id, self.run_id, "", ())

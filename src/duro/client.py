@@ -9,12 +9,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from duro._core import codec
 from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter
-from duro.errors import TerminatedError, WorkflowFailedError, WorkflowNotFoundError
+from duro.errors import WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.stores import open_store
 from duro.stores.base import RUNNING, RunInfo, StartRequest, new_run_id, run_key_of
@@ -156,7 +154,9 @@ class Client:
             run_timeout=to_seconds(run_timeout, "run_timeout"),
         )
         await self.store.start_workflow(req)
-        return WorkflowHandle(self, id, run_id, result_hint=defn.return_hint if defn else None)
+        handle = WorkflowHandle(self, id, run_id, result_hint=defn.return_hint if defn else None)
+        handle._defn = defn
+        return handle
 
     async def execute_workflow(self, workflow: Callable[..., Any] | str, *args: Any, id: str, task_queue: str,
                                **kwargs: Any) -> Any:
@@ -164,11 +164,21 @@ class Client:
         handle = await self.start_workflow(workflow, *args, id=id, task_queue=task_queue, **kwargs)
         return await handle.result()
 
-    def get_handle(self, workflow_id: str, run_id: str | None = None, *, result_type: Any = None) -> WorkflowHandle:
-        """A handle to an existing workflow (its latest run when ``run_id`` is None)."""
+    def get_handle(self, workflow_id: str, run_id: str | None = None, *, result_type: Any = None,
+                   workflow: Callable[..., Any] | None = None) -> WorkflowHandle:
+        """A handle to an existing workflow (its latest run when ``run_id`` is None).
+
+        ``workflow`` (the function) lets this process answer queries by replay and decode the
+        result to its annotated type.
+        """
         if not isinstance(workflow_id, str) or not workflow_id:
             raise ValueError("workflow_id must be a non-empty string")
-        return WorkflowHandle(self, workflow_id, run_id, result_hint=result_type)
+        defn = _definition(workflow) if workflow is not None else None
+        hint = result_type if result_type is not None else (defn.return_hint if defn else None)
+        handle = WorkflowHandle(self, workflow_id, run_id, result_hint=hint)
+        handle._defn = defn
+        handle._follow_runs = run_id is None
+        return handle
 
     async def list_workflows(self, status: str | None = None, workflow_type: str | None = None,
                              limit: int = 100) -> list[WorkflowExecution]:
@@ -195,9 +205,16 @@ class WorkflowHandle:
         self.id = workflow_id
         self.run_id = run_id
         self._result_hint = result_hint
+        # A handle made by start_workflow follows continue-as-new to the last run, as does one
+        # made for "the latest run" (run_id None); one for an explicit run id stays on that run.
+        self._follow_runs = True
+        self._defn: WorkflowDefinition | None = None
 
     def __repr__(self) -> str:
         return f"WorkflowHandle(id={self.id!r}, run_id={self.run_id!r})"
+
+    def _result_hint_for(self, query: str) -> Any:
+        return None
 
     def _info(self) -> RunInfo:
         return self.client.store.find_run(self.id, self.run_id)
@@ -211,21 +228,26 @@ class WorkflowHandle:
         """
         store = self.client.store
         run_id = self.run_id or self._info().run_id
-        run_key = run_key_of(run_id)
-        waiter = store.wait_closed(run_key)
-        info = await (asyncio.wait_for(waiter, timeout) if timeout is not None else waiter)
-        ev = info.close_event
-        if ev is None:
-            last = store.read_history(run_key, info.history_length)
-            if not last:
-                raise WorkflowNotFoundError(self.id, info.run_id)
-            ev = last[-1]
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            run_key = run_key_of(run_id)
+            waiter = store.wait_closed(run_key)
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            info = await (asyncio.wait_for(waiter, left) if left is not None else waiter)
+            ev = info.close_event
+            if ev is None:
+                last = store.read_history(run_key, info.history_length)
+                if not last:
+                    raise WorkflowNotFoundError(self.id, info.run_id)
+                ev = last[-1]
+            if ev.type == codec.WORKFLOW_CONTINUED_AS_NEW and info.next_run_id and self._follow_runs:
+                run_id = info.next_run_id  # the workflow goes on in a new run: follow it
+                continue
+            break
         if ev.type == codec.WORKFLOW_COMPLETED:
             return self.client.converter.decode(ev.payload, self._result_hint)
-        if ev.type == codec.WORKFLOW_TERMINATED:
-            cause: BaseException = TerminatedError(orjson.loads(ev.payload).get("message", "terminated"))
-        else:
-            cause = decode_failure(ev.payload)
+        cause = decode_failure(ev.payload)
         err = WorkflowFailedError(f"workflow {self.id!r} (run {info.run_id}) {info.status}: {cause}",
                                   workflow_id=self.id, run_id=info.run_id)
         raise err from cause
@@ -250,6 +272,36 @@ class WorkflowHandle:
     async def history(self) -> History:
         """Alias of ``fetch_history``."""
         return await self.fetch_history()
+
+    async def cancel(self) -> None:
+        """Ask the workflow to cancel: its code sees ``asyncio.CancelledError`` at its current await.
+
+        The workflow may catch it and still run cleanup activities; ``result()`` then raises
+        ``WorkflowFailedError`` caused by ``duro.CancelledError`` if it ended cancelled.
+        """
+        await self.client.store.cancel_workflow(self.id, self.run_id)
+
+    async def query(self, name: str, *args: Any) -> Any:
+        """Ask the workflow a question; nothing is written.
+
+        Answered by the live instance of a worker in this process when there is one, otherwise by
+        replaying the history here (this process must have the workflow's code: a Worker that
+        registers it, or a handle from ``start_workflow(fn, ...)``).
+        """
+        from duro._query import run_query
+
+        return await run_query(self, name, args)
+
+    async def execute_update(self, name: str, *args: Any) -> Any:
+        """Send an update and wait for the handler's result.
+
+        A validator that raises rejects the update without writing history (the error is raised
+        here). An accepted update is recorded in the history with its result. Needs a worker of
+        the workflow's task queue in this process.
+        """
+        from duro._query import run_update
+
+        return await run_update(self, name, args)
 
     async def terminate(self, reason: str = "") -> None:
         """Close the run at once; its code does not run again."""

@@ -12,6 +12,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import is_command
@@ -19,7 +21,7 @@ from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._loop import install_io_guard
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
-from duro.errors import ApplicationError, NonDeterminismError, TimeoutError
+from duro.errors import ApplicationError, DuroError, NonDeterminismError, TimeoutError
 from duro.stores.base import ActivityOutcome, ActivityTask, Conflict, WorkflowTaskCompletion
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
@@ -137,6 +139,7 @@ class Worker:
                 max_workers=self.max_activities, thread_name_prefix=f"duro-act-{self.task_queue}")
         store.add_local_worker("timer", "", self._on_timer_added)
         self._unsubscribe = store.on_foreign_change(self._on_foreign_change)
+        store.local_workers.append(self)
         if self._workflows:
             self._spawn(self._wf_poll_loop())
             self._spawn(self._timer_loop())
@@ -165,6 +168,8 @@ class Worker:
         store.remove_local_worker("timer", "")
         if self._unsubscribe:
             self._unsubscribe()
+        if self in store.local_workers:
+            store.local_workers.remove(self)
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -271,28 +276,31 @@ class Worker:
         finally:
             self._wf_done(run_key)
 
-    async def _workflow_task_inner(self, run_key: bytes, history: list[Event] | None) -> None:
-        store = self.store
+    def _prepare(self, run_key: bytes, history: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
+        """The run's instance (cached, or rebuilt by replay) and the inputs it has not processed yet."""
         inst = self._cache.get(run_key)
-        pending: list[Event]
         if inst is not None:
             self._cache.move_to_end(run_key)
-            new = store.read_history(run_key, inst.last_event_id + 1)
-            if any(ev.type == codec.WORKFLOW_TASK_COMPLETED and ev.event_id != inst.last_marker_id for ev in new) \
-                    or any(ev.type in _TERMINAL for ev in new):
-                self._evict(run_key)
-                inst = None
-            else:
-                pending = [ev for ev in new if not is_command(ev.type) and ev.type != codec.WORKFLOW_TASK_COMPLETED]
+            new = self.store.read_history(run_key, inst.last_event_id + 1)
+            foreign = any(ev.type == codec.WORKFLOW_TASK_COMPLETED and ev.event_id != inst.last_marker_id
+                          for ev in new)
+            if not foreign and not any(ev.type in _TERMINAL for ev in new):
                 if new:
                     inst.next_event_id = new[-1].event_id + 1
-        if inst is None:
-            inst, pending = self._load(run_key, history)
-            if inst is None:
-                await store.release_workflow_task(self.task_queue, run_key, 1 << 62)
-                return
+                return inst, [ev for ev in new if not is_command(ev.type) and ev.type != codec.WORKFLOW_TASK_COMPLETED]
+            self._evict(run_key)  # another worker moved the run on, or it was closed: start over
+        inst, pending = self._load(run_key, history)
+        if inst is not None:
             self._cache[run_key] = inst
             self._trim_cache()
+        return inst, pending
+
+    async def _workflow_task_inner(self, run_key: bytes, history: list[Event] | None) -> None:
+        store = self.store
+        inst, pending = self._prepare(run_key, history)
+        if inst is None:
+            await store.release_workflow_task(self.task_queue, run_key, 1 << 62)
+            return
         if not pending:
             await store.release_workflow_task(self.task_queue, run_key, inst.last_event_id)
             return
@@ -304,14 +312,61 @@ class Worker:
             inst.busy = False
         self._retry_backoff.pop(run_key, None)
 
+    async def execute_update(self, run_key: bytes, name: str, args: bytes) -> Any:
+        """Validate and run an update on a run of this worker's queue; the handler's result.
+
+        Raises the validator's error (nothing is written then), or ``WorkflowFailedError``-free
+        ``ApplicationError`` from a failing handler.
+        """
+        from duro.stores.base import new_run_id, pack
+
+        store = self.store
+        for _ in range(20):
+            while run_key in self._active:
+                await asyncio.sleep(0.0005)
+            self._active.add(run_key)
+            update_id = new_run_id()
+            fut = store.wait_update(update_id)
+            try:
+                inst, pending = self._prepare(run_key, None)
+                if inst is None:
+                    raise DuroError("the workflow is closed; updates need a running workflow")
+                inst.busy = True
+                try:
+                    if pending:  # bring the instance up to date with the history first
+                        inst.activate(pending)
+                        await self._commit(inst, pending[-1].event_id, [], None)
+                        if inst.close_status is not None:
+                            raise DuroError("the workflow closed before the update could be delivered")
+                    decoded = self.converter.decode_args(args, ())
+                    inst.validate_update(name, decoded)  # raises: rejected, nothing written
+                    ev = Event(codec.UPDATE_ACCEPTED, 0, int(store.clock.now() * 1e6), 0, 0, name,
+                               pack(orjson.dumps({"id": update_id}), args))
+                    inst.activate([ev])
+                    await self._commit(inst, 0, [ev], None)
+                finally:
+                    inst.busy = False
+            except Conflict:
+                store.drop_update_waiter(update_id)
+                continue  # the run moved on meanwhile: try again on fresh state
+            except BaseException:
+                store.drop_update_waiter(update_id)
+                raise
+            finally:
+                self._wf_done(run_key)
+            return await fut
+        raise DuroError("the update could not be delivered: the run kept changing; try again")
+
     async def _commit(self, inst: WorkflowInstance, processed: int, inputs: list[Event],
                       completed_activity: tuple[int, int] | None) -> None:
         commands, atasks, timers = inst.take_commands()
+        children, external, cancel_timers, cancel_activities = inst.take_extras()
         c = WorkflowTaskCompletion(
             run_key=inst.run_key, task_queue=inst.info.task_queue, epoch=inst.epoch, processed_through=processed,
             commands=commands, activity_tasks=atasks, timers=timers, inputs=inputs,
             expect_next_event_id=inst.next_event_id, completed_activity=completed_activity,
-            close_status=inst.close_status,
+            close_status=inst.close_status, children=children, external=external, cancel_timers=cancel_timers,
+            cancel_activities=cancel_activities,
         )
         try:
             nxt = await self.store.complete_workflow_task(c)

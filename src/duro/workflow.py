@@ -8,13 +8,13 @@ import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from duro.activity import RetryPolicy
 from duro.converter import parameter_hints
 
 if TYPE_CHECKING:
-    from duro._instance import WorkflowInstance
+    from duro._instance import ChildWorkflowHandle, WorkflowInstance
 
 __all__ = ["WorkflowContext", "WorkflowDefinition", "WorkflowInfo", "get_workflow_definition", "workflow"]
 
@@ -165,6 +165,78 @@ class WorkflowContext:
             await fut
         else:
             await asyncio.wait_for(fut, seconds)
+
+    # --- child workflows ---------------------------------------------------------------------------
+
+    async def start_child_workflow(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        id: str | None = None,
+        task_queue: str | None = None,
+        parent_close_policy: str = "terminate",
+    ) -> ChildWorkflowHandle:
+        """Start a child workflow; it starts in the same commit as this workflow task.
+
+        Args:
+            workflow: the child's ``@duro.workflow`` function or registered name.
+            *args: its arguments.
+            id: the child's workflow id (default: "<parent id>/child-<n>").
+            task_queue: its queue (default: this workflow's).
+            parent_close_policy: what happens to the child if this workflow closes first:
+                "terminate" (default), "request_cancel" or "abandon".
+
+        Returns:
+            A handle: ``await handle.result()``, ``await handle.signal(...)``, ``await handle.cancel()``.
+        """
+        return self._inst.start_child(workflow, args, id, task_queue, parent_close_policy)
+
+    async def execute_child_workflow(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        id: str | None = None,
+        task_queue: str | None = None,
+        parent_close_policy: str = "terminate",
+    ) -> Any:
+        """Start a child workflow and wait for its result (``WorkflowFailedError`` if it fails)."""
+        handle = self._inst.start_child(workflow, args, id, task_queue, parent_close_policy)
+        return await handle.result()
+
+    # --- queries, updates, versioning, continue-as-new -----------------------------------------
+
+    def set_query_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
+        """Answer ``handle.query(name, *args)`` with ``handler(*args)`` (a plain function, no side effects)."""
+        self._inst.set_query_handler(name, handler)
+
+    def set_update_handler(self, name: str, handler: Callable[..., Any] | None,
+                           validator: Callable[..., Any] | None = None) -> None:
+        """Handle ``handle.execute_update(name, *args)``.
+
+        ``validator(*args)`` (plain function) runs first: if it raises, the update is rejected and
+        nothing is written. Then ``handler(*args)`` (sync or async) runs inside the workflow and
+        its return value goes back to the caller.
+        """
+        self._inst.set_update_handler(name, handler, validator)
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the code path added by change ``change_id``.
+
+        New runs get True (and record it); runs recorded before the change replay with False,
+        so they keep replaying the old path. Use ``if ctx.patched("x"): new() else: old()``.
+        """
+        return self._inst.patched(change_id)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Mark ``change_id`` as applied everywhere: old branches removed, recorded markers still accepted."""
+        self._inst.patched(change_id, deprecated=True)
+
+    def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and start a new one of the same workflow with ``args`` and an empty history."""
+        from duro._instance import ContinueAsNew
+
+        self._inst.converter.encode_args(args)  # fail here, in the caller, if they cannot be encoded
+        raise ContinueAsNew(args)
 
     @property
     def is_replaying(self) -> bool:

@@ -83,7 +83,6 @@ class WorkerProcess:
             try:
                 return self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.system(f"/work/main/.venv/bin/py-spy dump --pid {self.pid} > /tmp/dbg/hang-{self.pid}.txt 2>&1; grep -E \"^Sig|^Shd\" /proc/{self.pid}/status >> /tmp/dbg/hang-{self.pid}.txt; for t in /proc/{self.pid}/task/*; do grep -E \"^Name|^SigBlk|^SigPnd\" $t/status >> /tmp/dbg/hang-{self.pid}.txt; done")
                 self.kill()
         return self.proc.returncode
 

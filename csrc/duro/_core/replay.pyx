@@ -156,6 +156,20 @@ cdef class CommandMatcher:
         self._i += 1
         return True
 
+    def take_marker(self, str name):
+        """If the next recorded command is MarkerRecorded ``name``, consume it and return True.
+
+        How ``ctx.patched`` learns whether the recorded run took the patched branch: a run recorded
+        before the patch has no marker there.
+        """
+        cdef Event r
+        if self._i < len(self._recorded):
+            r = <Event>self._recorded[self._i]
+            if r.type == codec.MARKER and r.name == name:
+                self._i += 1
+                return True
+        return False
+
     def mismatch(self, Event produced, object location):
         """The NonDeterminismError for ``produced`` not matching (call after ``matches`` said no)."""
         cdef list rest = self._recorded[self._i:]

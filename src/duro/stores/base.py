@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ActivityOutcome",
     "ActivityTask",
+    "ChildStart",
     "Clock",
+    "ExternalRequest",
     "RunInfo",
     "StartRequest",
     "Store",
@@ -154,6 +156,30 @@ class ActivityOutcome:
 
 
 @dataclass(slots=True)
+class ChildStart:
+    """A child workflow a workflow task starts (in the same commit)."""
+
+    seq: int
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    args: bytes
+    parent_close_policy: str
+
+
+@dataclass(slots=True)
+class ExternalRequest:
+    """A signal or cancel request a workflow task sends to another run (kind "signal" or "cancel")."""
+
+    kind: str
+    workflow_id: str
+    run_id: str | None
+    name: str
+    args: bytes
+
+
+@dataclass(slots=True)
 class WorkflowTaskCompletion:
     """The commands one workflow task produced, to be committed in one transaction.
 
@@ -175,6 +201,10 @@ class WorkflowTaskCompletion:
     expect_next_event_id: int = 0
     completed_activity: tuple[int, int] | None = None  # (seq, attempt) whose task the inputs finish
     close_status: str | None = None
+    children: list[ChildStart] = field(default_factory=list)
+    external: list[ExternalRequest] = field(default_factory=list)
+    cancel_timers: list[int] = field(default_factory=list)
+    cancel_activities: list[tuple[str, int]] = field(default_factory=list)
 
 
 class Conflict(Exception):

@@ -37,7 +37,7 @@ import orjson
 from duro._core import codec, mdb
 from duro._core.codec import Event
 from duro._core.log import HistoryLog
-from duro.errors import StoreURLError, WorkflowAlreadyStartedError, WorkflowNotFoundError
+from duro.errors import DuroError, StoreURLError, WorkflowAlreadyStartedError, WorkflowNotFoundError
 from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
@@ -47,6 +47,7 @@ from duro.stores.base import (
     RunInfo,
     StartRequest,
     WorkflowTaskCompletion,
+    new_run_id,
     pack,
     run_key_of,
     unpack,
@@ -175,7 +176,9 @@ class LmdbStore:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._local: dict[tuple[str, str], Callable[[Any], None]] = {}
         self._local_loop: asyncio.AbstractEventLoop | None = None
+        self.local_workers: list[Any] = []  # duro.Worker objects running in this process
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
+        self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._own_txns: set[int] = set()
         self._wcache: dict[bytes, dict[str, Any]] = {}
@@ -370,7 +373,7 @@ class LmdbStore:
             raise WorkflowNotFoundError("?", run_key.hex())
         return rec
 
-    def _resolverun_key_of(self, txn: mdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
+    def _resolve_run_key(self, txn: mdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
         if run_id:
             try:
                 key = run_key_of(run_id)
@@ -432,6 +435,8 @@ class LmdbStore:
         rec["status"] = status
         rec["close"] = now_us
         txn.delete(rec["queue"].encode() + b"\x00" + run_key, db=self._wtask)
+        for seq, fire_us in (rec.pop("timers", None) or {}).items():
+            txn.delete(_U64.pack(fire_us) + run_key + _U64.pack(int(seq)), db=self._timer)
         wkey = rec["wid"].encode()
         raw = txn.get(wkey, db=self._wf)
         if raw is not None:
@@ -440,9 +445,48 @@ class LmdbStore:
                 idx["status"] = status
                 idx["close"] = now_us
                 txn.put(wkey, orjson.dumps(idx), db=self._wf)
+        self._put_run(txn, run_key, rec)
         info = self._info(run_key, rec)
         info.close_event = close_event
         batch.after.append((self._release_waiters, (run_key, info)))
+        # Children still open follow their parent-close policy.
+        for child_run, policy in (rec.pop("children", None) or {}).values():
+            self._close_child(txn, batch, run_key_of(child_run), policy, now_us)
+        parent = rec.get("parent")
+        if parent and status != "continued_as_new":
+            self._notify_parent(txn, batch, parent, status, close_event, now_us)
+
+    def _close_child(self, txn: mdb.Transaction, batch: _Batch, child_key: bytes, policy: str, now_us: int) -> None:
+        child = self._wrec(txn, child_key)
+        if child is None or child["status"] != RUNNING or policy == "abandon":
+            return
+        if policy == "request_cancel":
+            self._add_input(txn, batch, child_key, child, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b""),
+                            now_us)
+            return
+        payload = orjson.dumps({"kind": "terminated", "type": "TerminatedError",
+                                "message": "terminated because its parent workflow closed (parent_close_policy)"})
+        (ev,) = self._append(txn, child_key, child, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
+        child.pop("parent", None)  # its parent is closing: nobody to tell
+        self._close_run(txn, batch, child_key, child, "terminated", now_us, ev)
+
+    def _notify_parent(self, txn: mdb.Transaction, batch: _Batch, parent: dict[str, Any], status: str,
+                       close_event: Event, now_us: int) -> None:
+        parent_key = run_key_of(parent["run"])
+        prec = self._wrec(txn, parent_key)
+        if prec is None or prec["status"] != RUNNING:
+            return
+        children = prec.get("children")
+        if children:
+            children.pop(str(parent["seq"]), None)
+        if status == "completed":
+            ev = Event(codec.CHILD_COMPLETED, 0, 0, parent["seq"], 0, "", close_event.payload)
+        else:
+            payload = close_event.payload if status in ("failed", "canceled", "terminated") else orjson.dumps(
+                {"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
+                 "message": f"the child workflow {status}"})
+            ev = Event(codec.CHILD_FAILED, 0, 0, parent["seq"], 0, status, payload)
+        self._add_input(txn, batch, parent_key, prec, ev, now_us)
 
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):
@@ -465,7 +509,12 @@ class LmdbStore:
     # ------------------------------------------------------------------ ops (writer thread)
 
     def _op_start(self, txn: mdb.Transaction, batch: _Batch, req: StartRequest) -> str:
-        now_us = _us(self.clock.now())
+        self._create_run(txn, batch, req, _us(self.clock.now()))
+        return req.run_id
+
+    def _create_run(self, txn: mdb.Transaction, batch: _Batch, req: StartRequest, now_us: int,
+                    deadline_us: int = 0) -> bytes:
+        """Create a run: its record, WorkflowExecutionStarted, the id index, its first task (and timeout)."""
         wkey = req.workflow_id.encode()
         raw = txn.get(wkey, db=self._wf)
         if raw is not None:
@@ -486,48 +535,69 @@ class LmdbStore:
             rec["parent"] = req.parent
         meta: dict[str, Any] = {"wid": req.workflow_id, "queue": req.task_queue,
                                 "first_run": req.first_run_id or req.run_id}
+        # The execution timeout spans continue-as-new runs (deadline_us carries it over); the run
+        # timeout restarts with each run. Either becomes timer seq 0 of the run.
+        if req.execution_timeout and not deadline_us:
+            deadline_us = now_us + _us(req.execution_timeout)
+        if deadline_us:
+            meta["deadline_us"] = deadline_us
+            rec["deadline"] = deadline_us
         if req.execution_timeout:
             meta["execution_timeout"] = req.execution_timeout
         if req.run_timeout:
             meta["run_timeout"] = req.run_timeout
         if req.parent:
             meta["parent"] = req.parent
+        fire_us = min(x for x in (deadline_us, now_us + _us(req.run_timeout or 0) if req.run_timeout else 0,
+                                  1 << 63) if x)
+        if fire_us < 1 << 63:
+            txn.put(_U64.pack(fire_us) + run_key + _U64.pack(0), b"", db=self._timer)
+            rec["timers"] = {"0": fire_us}
+            batch.after.append((self._timer_added, (fire_us / 1e6,)))
         started = Event(codec.WORKFLOW_STARTED, 0, 0, 0, 1, req.workflow_type, pack(orjson.dumps(meta), req.args))
         history = self._append(txn, run_key, rec, [started], now_us)
         self._put_run(txn, run_key, rec)
         txn.put(wkey, orjson.dumps({"run": req.run_id, "status": RUNNING, "type": req.workflow_type,
                                     "start": now_us, "close": 0}), db=self._wf)
         self._enqueue_wtask(txn, batch, run_key, rec, now_us, history)
-        return req.run_id
+        return run_key
 
-    def _op_signal(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
-                   name: str, payload: bytes) -> None:
-        run_key = self._resolverun_key_of(txn, workflow_id, run_id)
-        rec = self._wget_run(txn, run_key)
-        if rec["status"] != RUNNING:
-            from duro.errors import DuroError
-
-            raise DuroError(f"cannot signal workflow {workflow_id!r}: its run {run_key.hex()} is "
-                            f"{rec['status']}; start a new run or check the id")
-        now_us = _us(self.clock.now())
-        (ev,) = self._append(txn, run_key, rec, [Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, payload)], now_us)
-        rec["last_input"] = ev.event_id
+    def _add_input(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any], ev: Event,
+                   now_us: int) -> None:
+        """Append one input event to an open run and make sure it has a workflow task."""
+        (stamped,) = self._append(txn, run_key, rec, [ev], now_us)
+        rec["last_input"] = stamped.event_id
         self._put_run(txn, run_key, rec)
         self._enqueue_wtask(txn, batch, run_key, rec, now_us)
 
-    def _op_terminate(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
-                      reason: str) -> None:
-        run_key = self._resolverun_key_of(txn, workflow_id, run_id)
+    def _op_cancel(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None) -> None:
+        run_key = self._resolve_run_key(txn, workflow_id, run_id)
         rec = self._wget_run(txn, run_key)
         if rec["status"] != RUNNING:
-            from duro.errors import DuroError
+            raise DuroError(f"workflow {workflow_id!r} is already {rec['status']}; nothing to cancel")
+        ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
+        self._add_input(txn, batch, run_key, rec, ev, _us(self.clock.now()))
 
+    def _op_signal(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
+                   name: str, payload: bytes) -> None:
+        run_key = self._resolve_run_key(txn, workflow_id, run_id)
+        rec = self._wget_run(txn, run_key)
+        if rec["status"] != RUNNING:
+            raise DuroError(f"cannot signal workflow {workflow_id!r}: its run {run_key.hex()} is "
+                            f"{rec['status']}; start a new run or check the id")
+        ev = Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, payload)
+        self._add_input(txn, batch, run_key, rec, ev, _us(self.clock.now()))
+
+    def _op_terminate(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
+                      reason: str) -> None:
+        run_key = self._resolve_run_key(txn, workflow_id, run_id)
+        rec = self._wget_run(txn, run_key)
+        if rec["status"] != RUNNING:
             raise DuroError(f"workflow {workflow_id!r} is already {rec['status']}; nothing to terminate")
         now_us = _us(self.clock.now())
         payload = orjson.dumps({"kind": "terminated", "message": reason or "terminated", "type": "TerminatedError"})
         (ev,) = self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
         self._close_run(txn, batch, run_key, rec, "terminated", now_us, ev)
-        self._put_run(txn, run_key, rec)
 
     def _op_complete_wtask(self, txn: mdb.Transaction, batch: _Batch, c: WorkflowTaskCompletion) -> int:
         rec = self._wget_run(txn, c.run_key)
@@ -557,19 +627,111 @@ class LmdbStore:
         rec["epoch"] += 1
         for task in c.activity_tasks:
             self._put_atask(txn, batch, task, now_us, fresh=True)
+        timers = rec.get("timers")
         for seq, delay in c.timers:
             fire_us = now_us + max(0, _us(delay))
             txn.put(_U64.pack(fire_us) + c.run_key + _U64.pack(seq), b"", db=self._timer)
+            if timers is None:
+                timers = rec["timers"] = {}
+            timers[str(seq)] = fire_us
             batch.after.append((self._timer_added, (fire_us / 1e6,)))
+        for seq in c.cancel_timers:
+            fire = timers.pop(str(seq), None) if timers else None
+            if fire is not None:
+                txn.delete(_U64.pack(fire) + c.run_key + _U64.pack(seq), db=self._timer)
+        for act_queue, seq in c.cancel_activities:
+            self._request_activity_cancel(txn, act_queue, c.run_key, seq)
+        for child in c.children:
+            self._start_child(txn, batch, c.run_key, rec, child, now_us)
+        for req in c.external:
+            self._deliver_external(txn, batch, req, now_us)
+        if self._update_waiters:
+            for ev in c.commands:
+                if ev.type == codec.UPDATE_COMPLETED:
+                    batch.after.append((self._release_update, (ev.name, ev.payload)))
+        if c.close_status == "continued_as_new":
+            self._continue_as_new(txn, batch, c.run_key, rec, written[-1], now_us)
         if c.close_status is not None:
             self._close_run(txn, batch, c.run_key, rec, c.close_status, now_us, written[-1])
         elif rec["last_input"] > processed:
             # Inputs arrived while the task ran: the run needs another task right away.
             self._enqueue_wtask(txn, batch, c.run_key, rec, now_us)
+            self._put_run(txn, c.run_key, rec)
         else:
             txn.delete(c.task_queue.encode() + b"\x00" + c.run_key, db=self._wtask)
-        self._put_run(txn, c.run_key, rec)
+            self._put_run(txn, c.run_key, rec)
         return int(rec["next"])
+
+    def _request_activity_cancel(self, txn: mdb.Transaction, queue: str, run_key: bytes, seq: int) -> None:
+        """Mark an activity task cancelled: its next heartbeat says so, and it is not retried."""
+        key = queue.encode() + b"\x00" + run_key + _U64.pack(seq)
+        raw = txn.get(key, db=self._atask)
+        if raw is None:
+            return
+        meta_b, args, hbd = unpack(raw)
+        meta = orjson.loads(meta_b)
+        if not meta["o"]:  # not running anywhere: drop it
+            txn.delete(key, db=self._atask)
+            return
+        meta["cancel"] = True
+        txn.put(key, pack(orjson.dumps(meta), args, hbd), db=self._atask)
+
+    def _start_child(self, txn: mdb.Transaction, batch: _Batch, parent_key: bytes, prec: dict[str, Any],
+                     child: Any, now_us: int) -> None:
+        req = StartRequest(workflow_id=child.workflow_id, workflow_type=child.workflow_type,
+                           task_queue=child.task_queue, args=child.args, run_id=child.run_id,
+                           parent={"run": parent_key.hex(), "seq": child.seq, "wid": prec["wid"]})
+        try:
+            self._create_run(txn, batch, req, now_us)
+        except WorkflowAlreadyStartedError as e:
+            failure = orjson.dumps({"kind": "application", "type": "WorkflowAlreadyStartedError", "message": str(e)})
+            ev = Event(codec.CHILD_FAILED, 0, 0, child.seq, 0, "start_failed", failure)
+            (stamped,) = self._append(txn, parent_key, prec, [ev], now_us)
+            prec["last_input"] = stamped.event_id
+            return
+        prec.setdefault("children", {})[str(child.seq)] = [child.run_id, child.parent_close_policy]
+
+    def _deliver_external(self, txn: mdb.Transaction, batch: _Batch, req: Any, now_us: int) -> None:
+        try:
+            key = self._resolve_run_key(txn, req.workflow_id, req.run_id)
+        except WorkflowNotFoundError:
+            return
+        rec = self._wrec(txn, key)
+        if rec is None or rec["status"] != RUNNING:
+            return
+        if req.kind == "cancel":
+            ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
+        else:
+            ev = Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.name, req.args)
+        self._add_input(txn, batch, key, rec, ev, now_us)
+
+    def _continue_as_new(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
+                         ev: Event, now_us: int) -> None:
+        """Start the next run of the same workflow id (same type and queue, the new arguments)."""
+        old_meta = orjson.loads(unpack(self.log.read(txn, run_key, 1, 1)[0].payload)[0])
+        new_run = new_run_id()
+        # The old run must not count as running when the new one claims the id.
+        rec["status"] = "continued_as_new"
+        wkey = rec["wid"].encode()
+        txn.put(wkey, orjson.dumps({"run": run_key.hex(), "status": "continued_as_new", "type": rec["type"],
+                                    "start": rec["start"], "close": now_us}), db=self._wf)
+        req = StartRequest(workflow_id=rec["wid"], workflow_type=ev.name or rec["type"], task_queue=rec["queue"],
+                           args=ev.payload, run_id=new_run, parent=rec.get("parent"),
+                           first_run_id=old_meta.get("first_run"), run_timeout=old_meta.get("run_timeout"),
+                           execution_timeout=old_meta.get("execution_timeout"))
+        self._create_run(txn, batch, req, now_us, deadline_us=old_meta.get("deadline_us", 0))
+        rec["next_run"] = new_run
+        parent = rec.get("parent")
+        if parent:  # the parent now waits for the new run
+            prec = self._wrec(txn, run_key_of(parent["run"]))
+            if prec is not None and prec.get("children", {}).get(str(parent["seq"])):
+                prec["children"][str(parent["seq"])][0] = new_run
+                self._put_run(txn, run_key_of(parent["run"]), prec)
+
+    def _release_update(self, update_id: str, payload: bytes) -> None:
+        fut = self._update_waiters.pop(update_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(payload)
 
     def _op_release_wtask(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes,
                           seen_through: int) -> None:
@@ -636,6 +798,9 @@ class LmdbStore:
         if rec["status"] != RUNNING:
             txn.delete(key, db=self._atask)
             return "closed"
+        if meta.get("cancel"):  # the workflow stopped waiting for it: nothing to record, no retry
+            txn.delete(key, db=self._atask)
+            return "canceled"
         now_us = _us(self.clock.now())
         if o.result is not None:
             ev = Event(codec.ACTIVITY_COMPLETED, 0, 0, o.seq, o.attempt, meta["name"], o.result)
@@ -770,10 +935,17 @@ class LmdbStore:
             rec = self._wrec(txn, run_key)
             if rec is None or rec["status"] != RUNNING:
                 continue
-            (ev,) = self._append(txn, run_key, rec, [Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b"")], now_us)
-            rec["last_input"] = ev.event_id
-            self._put_run(txn, run_key, rec)
-            self._enqueue_wtask(txn, batch, run_key, rec, now_us)
+            timers = rec.get("timers")
+            if timers:
+                timers.pop(str(seq), None)
+            if seq == 0:  # the run's execution or run timeout
+                payload = orjson.dumps({"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
+                                        "message": "the workflow ran past its execution or run timeout"})
+                (ev,) = self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TIMED_OUT, 0, 0, 0, 0, "", payload)],
+                                     now_us)
+                self._close_run(txn, batch, run_key, rec, "timed_out", now_us, ev)
+                continue
+            self._add_input(txn, batch, run_key, rec, Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b""), now_us)
         return next_due
 
     # ------------------------------------------------------------------ async API
@@ -785,6 +957,20 @@ class LmdbStore:
     async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
         """Append a signal to the open run of ``workflow_id``."""
         await self._submit(self._op_signal, workflow_id, run_id, name, payload)
+
+    async def cancel_workflow(self, workflow_id: str, run_id: str | None) -> None:
+        """Ask the open run to cancel: WorkflowExecutionCancelRequested reaches its code."""
+        await self._submit(self._op_cancel, workflow_id, run_id)
+
+    def wait_update(self, update_id: str) -> asyncio.Future[bytes]:
+        """A future of an update's completion payload (registered before the update is submitted)."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._update_waiters[update_id] = fut
+        return fut
+
+    def drop_update_waiter(self, update_id: str) -> None:
+        """Forget an update waiter (the update was rejected or the caller gave up)."""
+        self._update_waiters.pop(update_id, None)
 
     async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close the run at once with WorkflowExecutionTerminated."""
@@ -850,7 +1036,7 @@ class LmdbStore:
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
         """Describe a run; the latest run of the id when ``run_id`` is None."""
         with self.env.begin() as txn:
-            key = self._resolverun_key_of(txn, workflow_id, run_id)
+            key = self._resolve_run_key(txn, workflow_id, run_id)
             return self._info(key, self._get_run(txn, key))
 
     def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:

@@ -1,0 +1,275 @@
+"""Sagas: register a compensating activity after each step; on failure they run in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from duro.activity import RetryPolicy, get_activity_definition, to_seconds
+from duro.errors import ApplicationError
+from duro.workflow import WorkflowContext
+
+__all__ = ["Saga", "SagaError"]
+
+
+class SagaError(ApplicationError):
+    """Some compensations of a saga failed.
+
+    Raised from the saga block in place of the error that triggered compensation, which is
+    chained as ``__cause__`` (it is ``None`` for an explicit ``Saga.compensate()`` call). Like
+    any ``ApplicationError`` it can be the workflow's failure: a client then sees, through
+    ``WorkflowFailedError.__cause__``, an ``ApplicationError`` of type ``"SagaError"`` whose
+    ``details`` list the failed compensations as strings and whose own ``__cause__`` is the
+    original error.
+
+    Attributes:
+        compensation_errors: the exception of each failed compensation, in the order the
+            compensations were started (reverse registration order). Only present in the
+            workflow that raised it, not after the error crossed a process boundary.
+    """
+
+    def __init__(self, message: str, compensation_errors: list[BaseException], details: list[str]) -> None:
+        super().__init__(message, type="SagaError", details=details)
+        self.compensation_errors = compensation_errors
+
+    def __repr__(self) -> str:
+        return f"SagaError({self.message!r}, compensation_errors={self.compensation_errors!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Compensation:
+    """One registered compensation: an activity call, its arguments and its options."""
+
+    activity: Callable[..., Any] | str
+    name: str
+    args: tuple[Any, ...]
+    start_to_close_timeout: float | datetime.timedelta | None
+    schedule_to_close_timeout: float | datetime.timedelta | None
+    heartbeat_timeout: float | datetime.timedelta | None
+    retry_policy: RetryPolicy | None
+    task_queue: str | None
+
+
+class Saga:
+    """Undo completed steps of a workflow when a later step fails.
+
+    Use inside a workflow: after each step succeeds, register the activity that undoes it. If the
+    block raises, the registered compensations run as activities — in reverse order of
+    registration, one after another, or all at once with ``parallel=True`` — and then the error
+    propagates. Compensations are activities, so they are durable: they survive crashes and are
+    retried per their retry policy like any other activity, and they should be idempotent.
+
+    A failing compensation does not stop the others. When all succeed, the original error is
+    re-raised unchanged; when some fail, a ``SagaError`` listing them is raised instead, with the
+    original error as its ``__cause__``. If the block is cancelled (``asyncio.CancelledError``),
+    compensations still run to the end, shielded from further cancellation, and the
+    ``CancelledError`` is re-raised (failed compensations are then described in its notes). When
+    the block completes normally, nothing runs and the registrations are dropped.
+
+    Example::
+
+        async with duro.Saga(ctx) as saga:
+            flight = await ctx.execute_activity(book_flight, trip)
+            saga.add_compensation(cancel_flight, flight)
+            hotel = await ctx.execute_activity(book_hotel, trip)
+            saga.add_compensation(cancel_hotel, hotel, start_to_close_timeout=30)
+
+    Args:
+        ctx: the running workflow's context.
+        parallel: run the compensations concurrently instead of one after another (they are
+            still scheduled in reverse registration order).
+    """
+
+    __slots__ = ("_compensations", "_ctx", "_parallel")
+
+    def __init__(self, ctx: WorkflowContext, *, parallel: bool = False) -> None:
+        if not isinstance(ctx, WorkflowContext):
+            raise TypeError(f"duro.Saga needs the workflow's WorkflowContext, not {type(ctx).__name__}; "
+                            "a saga is used inside a @duro.workflow function")
+        self._ctx = ctx
+        self._parallel = parallel
+        self._compensations: list[_Compensation] = []
+
+    def __repr__(self) -> str:
+        names = [c.name for c in self._compensations]
+        return f"Saga(parallel={self._parallel}, compensations={names!r})"
+
+    @property
+    def parallel(self) -> bool:
+        """Whether compensations run concurrently."""
+        return self._parallel
+
+    def add_compensation(
+        self,
+        activity: Callable[..., Any] | str,
+        *args: Any,
+        start_to_close_timeout: float | datetime.timedelta | None = None,
+        schedule_to_close_timeout: float | datetime.timedelta | None = None,
+        heartbeat_timeout: float | datetime.timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        task_queue: str | None = None,
+    ) -> None:
+        """Register an activity that undoes a step that has completed.
+
+        Nothing runs now: on failure the saga calls ``ctx.execute_activity(activity, *args,
+        **options)``. The options are those of ``WorkflowContext.execute_activity``; unset ones
+        take the activity's decorator defaults. Note that with the default retry policy a
+        compensation that keeps failing is retried forever; give it a ``retry_policy`` with
+        ``maximum_attempts`` if it should be allowed to fail.
+
+        Args:
+            activity: a ``@duro.activity`` function, or the registered name of one.
+            *args: the activity's arguments (recorded when the compensation runs).
+            start_to_close_timeout: limit on one attempt, seconds or ``timedelta``.
+            schedule_to_close_timeout: limit on all attempts together.
+            heartbeat_timeout: longest silence between heartbeats.
+            retry_policy: how failed attempts are retried.
+            task_queue: the queue to run it on (default: the workflow's).
+
+        Raises:
+            TypeError: ``activity`` is not an activity (compensations must be activities, so
+                that they are durable), or an option has the wrong type.
+            ValueError: a timeout is negative.
+        """
+        if isinstance(activity, str):
+            if not activity:
+                raise ValueError("add_compensation() needs an activity name, not an empty string")
+            name = activity
+        else:
+            try:
+                name = get_activity_definition(activity).name
+            except TypeError:
+                raise TypeError(
+                    f"add_compensation() takes an activity, and {getattr(activity, '__qualname__', activity)!r} is "
+                    "not one: decorate it with @duro.activity (a compensation runs as an activity so that it is "
+                    "durable; a plain function would be lost in a crash)"
+                ) from None
+        to_seconds(start_to_close_timeout, "start_to_close_timeout")
+        to_seconds(schedule_to_close_timeout, "schedule_to_close_timeout")
+        to_seconds(heartbeat_timeout, "heartbeat_timeout")
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
+        if task_queue is not None and not isinstance(task_queue, str):
+            raise TypeError(f"task_queue must be a str, not {type(task_queue).__name__}")
+        self._compensations.append(_Compensation(
+            activity, name, args, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
+            retry_policy, task_queue,
+        ))
+
+    def clear(self) -> None:
+        """Forget every registered compensation (for example once the saga's outcome is final)."""
+        self._compensations.clear()
+
+    async def compensate(self) -> None:
+        """Run the registered compensations now, and forget them.
+
+        For a workflow that decides to roll back without raising. The same rules apply as on
+        failure of the block, including the shield against cancellation.
+
+        Raises:
+            SagaError: one or more compensations failed (after all of them ran).
+        """
+        failures, cancelled = await self._run_shielded()
+        if cancelled is not None:
+            _note(cancelled, failures)
+            raise cancelled
+        if failures:
+            raise _saga_error(failures, None)
+
+    async def __aenter__(self) -> Saga:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            self._compensations.clear()
+            return False
+        if not isinstance(exc, (Exception, asyncio.CancelledError)):
+            # GeneratorExit (the engine dropping the coroutine: a cache eviction, not a failure of
+            # the workflow), KeyboardInterrupt, SystemExit: nothing may be awaited now.
+            return False
+        failures, cancelled = await self._run_shielded()
+        if cancelled is not None:  # cancelled again while compensating: that cancellation wins
+            _note(cancelled, failures)
+            raise cancelled  # (its __context__ becomes the error that started the compensation)
+        if isinstance(exc, asyncio.CancelledError):
+            _note(exc, failures)
+            return False
+        if failures:
+            raise _saga_error(failures, exc) from exc
+        return False  # every compensation succeeded: the original error propagates unchanged
+
+    # ------------------------------------------------------------------ running
+
+    async def _run_shielded(self) -> tuple[list[tuple[_Compensation, BaseException]], asyncio.CancelledError | None]:
+        """Run the compensations in a task of their own that cancellation cannot stop.
+
+        Returns the failures and, if the caller was cancelled while they ran, the (last)
+        ``CancelledError`` it received: the caller must re-raise it. The compensations are
+        forgotten, so they never run twice.
+        """
+        compensations = self._compensations[::-1]
+        self._compensations = []
+        if not compensations:
+            return [], None
+        runner = asyncio.get_running_loop().create_task(self._run(compensations), name="duro-saga-compensations")
+        cancelled: asyncio.CancelledError | None = None
+        while True:
+            try:
+                return await asyncio.shield(runner), cancelled
+            except asyncio.CancelledError as e:
+                if runner.cancelled():
+                    raise  # the runner itself was cancelled from outside: nothing left to wait for
+                cancelled = e  # keep waiting for the compensations
+
+    async def _run(self, compensations: list[_Compensation]) -> list[tuple[_Compensation, BaseException]]:
+        if self._parallel:
+            outcomes = await asyncio.gather(*(self._run_one(c) for c in compensations), return_exceptions=True)
+            return [(c, e) for c, e in zip(compensations, outcomes, strict=True) if isinstance(e, BaseException)]
+        failures: list[tuple[_Compensation, BaseException]] = []
+        for c in compensations:
+            try:
+                await self._run_one(c)
+            except (Exception, asyncio.CancelledError) as e:
+                failures.append((c, e))
+        return failures
+
+    async def _run_one(self, c: _Compensation) -> None:
+        await self._ctx.execute_activity(
+            c.activity, *c.args, start_to_close_timeout=c.start_to_close_timeout,
+            schedule_to_close_timeout=c.schedule_to_close_timeout, heartbeat_timeout=c.heartbeat_timeout,
+            retry_policy=c.retry_policy, task_queue=c.task_queue,
+        )
+
+
+def _describe(failures: list[tuple[_Compensation, BaseException]]) -> list[str]:
+    out = []
+    for c, e in failures:
+        cause = e.__cause__
+        text = f"{c.name}: {type(e).__name__}: {e}"
+        if cause is not None and str(cause) not in str(e):
+            text += f" (caused by {type(cause).__name__}: {cause})"
+        out.append(text)
+    return out
+
+
+def _note(exc: BaseException, failures: list[tuple[_Compensation, BaseException]]) -> None:
+    for line in _describe(failures):
+        exc.add_note(f"saga compensation failed: {line}")
+
+
+def _saga_error(failures: list[tuple[_Compensation, BaseException]], original: BaseException | None) -> SagaError:
+    details = _describe(failures)
+    n = len(failures)
+    what = f"{n} compensation{'s' if n != 1 else ''} failed ({', '.join(c.name for c, _ in failures)})"
+    if original is not None:
+        what += f" while undoing after {type(original).__name__}: {original}"
+    return SagaError(f"saga: {what}", [e for _, e in failures], details)
