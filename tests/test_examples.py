@@ -32,3 +32,46 @@ def test_order_demo(tmp_path: Path) -> None:
     # The count varies: the two parallel results may reach the workflow in one task or in two.
     assert re.search(r"reopened the store: order-A-1001 is completed, \d+ events, same result: True", out)
     assert data_dir.is_dir()
+
+
+def run_example(name: str, tmp_path: Path) -> str:
+    """Run examples/<name> on a fresh store directory; return its stdout after checking it succeeded."""
+    data_dir = tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, f"examples/{name}", str(data_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert f"store: lmdb://{data_dir}" in proc.stdout
+    assert data_dir.is_dir()
+    return proc.stdout
+
+
+def test_saga(tmp_path: Path) -> None:
+    out = run_example("saga.py", tmp_path)
+    steps = ["[activity] book flight to Lisbon for alice ... ok", "[activity] book hotel in Lisbon, 3 nights ... ok",
+             "[activity] book a convertible car in Lisbon ... none left",
+             "[activity] cancel hotel HOTEL-T-42 ... ok", "[activity] cancel flight FLIGHT-T-42 ... ok"]
+    positions = [out.index(s) for s in steps]
+    assert positions == sorted(positions), out  # compensations ran after the failure, in reverse
+    assert "cancel car" not in out
+    assert "trip T-42 was not booked; the workflow failed with:" in out
+    assert "ApplicationError [CarUnavailable]: no convertible available in Lisbon" in out
+    recorded = re.findall(r"^\s+\d+\s+(\w+)\s+(ok|FAILED)$", out, re.MULTILINE)
+    assert recorded == [("book_flight", "ok"), ("book_hotel", "ok"), ("book_car", "FAILED"),
+                        ("cancel_hotel", "ok"), ("cancel_flight", "ok")]
+    assert out.rstrip().endswith("WorkflowExecutionFailed")
+
+
+def test_timers(tmp_path: Path) -> None:
+    out = run_example("timers.py", tmp_path)
+    assert "confirm-carol: {'confirmed': True, 'by': 'carol'}" in out
+    assert "confirm-bob: {'confirmed': False}" in out
+    assert "email to support@example.com: bob@example.com did not confirm in time" in out
+    assert "email to alice@example.com: reminder: dentist at 9:00" in out
+    slept = re.search(r"reminder-1: reminder sent after (\d+\.\d+)s on the workflow clock", out)
+    assert slept is not None and float(slept.group(1)) >= 0.3, out
+    assert "TimerStarted, TimerFired" in out
+    assert out.index("did not confirm") > out.index("carol confirmed")  # the timeout came after the signal
+    assert re.search(r"finished in \d+\.\d+s", out)

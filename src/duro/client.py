@@ -12,7 +12,7 @@ from typing import Any
 from duro._core import codec
 from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter
-from duro.errors import WorkflowFailedError, WorkflowNotFoundError
+from duro.errors import DuroError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.stores import open_store
 from duro.stores.base import RUNNING, RunInfo, StartRequest, new_run_id, run_key_of
@@ -247,7 +247,11 @@ class WorkflowHandle:
             break
         if ev.type == codec.WORKFLOW_COMPLETED:
             return self.client.converter.decode(ev.payload, self._result_hint)
-        cause = decode_failure(ev.payload)
+        if ev.type == codec.WORKFLOW_CONTINUED_AS_NEW:
+            cause: BaseException = DuroError(f"run {info.run_id} continued as new as run {info.next_run_id}; "
+                                             "use a handle without run_id to follow it")
+        else:
+            cause = decode_failure(ev.payload)
         err = WorkflowFailedError(f"workflow {self.id!r} (run {info.run_id}) {info.status}: {cause}",
                                   workflow_id=self.id, run_id=info.run_id)
         raise err from cause

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -87,6 +87,7 @@ async def trip_caught(ctx: duro.WorkflowContext) -> dict[str, Any]:
         cause = e.__cause__
         return {"type": e.type, "details": e.details, "n": len(e.compensation_errors),
                 "first": type(e.compensation_errors[0]).__name__, "cause": f"{type(cause).__name__}: {cause}"}
+    raise AssertionError("the saga block always raises")
 
 
 @duro.workflow
@@ -161,9 +162,9 @@ async def bad_registration(ctx: duro.WorkflowContext) -> list[str]:
     return errors
 
 
-WORKFLOWS = [trip, trip_bad_compensations, trip_caught, trip_timeout, trip_task_cancelled, explicit_compensate,
+WORKFLOWS: list[Callable[..., Any]] = [trip, trip_bad_compensations, trip_caught, trip_timeout, trip_task_cancelled, explicit_compensate,
              bad_registration]
-ACTIVITIES = [book, book_failing, cancel, cancel_failing]
+ACTIVITIES: list[Callable[..., Any]] = [book, book_failing, cancel, cancel_failing]
 
 
 @pytest.fixture

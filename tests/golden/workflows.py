@@ -44,7 +44,7 @@ async def undo(ctx: duro.ActivityContext, ref: str) -> str:
     return f"undid {ref}"
 
 
-ACTIVITIES = [greet, add, flaky_once, refuse, undo]
+ACTIVITIES: list[Callable[..., Any]] = [greet, add, flaky_once, refuse, undo]
 
 # --- workflows (their current code: what the histories are replayed against) ----------------------
 
@@ -109,7 +109,7 @@ async def nondeterministic_order(ctx: duro.WorkflowContext) -> list[Any]:
     return [total, greeting]
 
 
-WORKFLOWS = [sequential, parallel, signal, timer, retry, failure, saga, nondeterministic_order]
+WORKFLOWS: list[Callable[..., Any]] = [sequential, parallel, signal, timer, retry, failure, saga, nondeterministic_order]
 
 # --- what the generator records ---------------------------------------------------------------------
 
