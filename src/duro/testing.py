@@ -1,18 +1,127 @@
-"""Testing tools: ``Replayer`` re-runs recorded histories against current workflow code."""
+"""Testing tools: ``WorkflowEnvironment`` (in-process, with time skipping) and ``Replayer``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from duro._instance import WorkflowInstance
+from duro.client import Client
 from duro.converter import DataConverter, default_converter
 from duro.errors import NonDeterminismError
 from duro.history import History
-from duro.stores.base import run_key_of
+from duro.stores import open_store
+from duro.stores.base import Clock, run_key_of
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
-__all__ = ["Replayer"]
+__all__ = ["Replayer", "SkippingClock", "WorkflowEnvironment"]
+
+
+class SkippingClock(Clock):
+    """Wall-clock time plus an offset that the test environment moves forward to skip waiting."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        """Seconds since the epoch, as the workflows see it."""
+        return time.time() + self.offset
+
+
+class WorkflowEnvironment:
+    """An in-process duro for tests: a temporary LMDB store and a client, removed afterwards.
+
+    With ``time_skipping=True``, whenever nothing but timers is pending (no workflow task, no
+    activity, nothing being committed), the clock jumps to the next timer: a workflow that
+    sleeps for a day finishes at once. Activities still run in real time.
+
+    Use ``async with WorkflowEnvironment(time_skipping=True) as env:`` and ``env.client``.
+    """
+
+    def __init__(self, *, time_skipping: bool = False, converter: DataConverter | None = None) -> None:
+        self.time_skipping = time_skipping
+        self._converter = converter
+        self._dir: str | None = None
+        self._client: Client | None = None
+        self._skipper: asyncio.Task[None] | None = None
+        self.clock = SkippingClock()
+        self.skipped = 0.0
+
+    @property
+    def client(self) -> Client:
+        """The client connected to the environment's store."""
+        if self._client is None:
+            raise RuntimeError("use the WorkflowEnvironment as `async with WorkflowEnvironment() as env:` first")
+        return self._client
+
+    async def __aenter__(self) -> WorkflowEnvironment:
+        self._dir = tempfile.mkdtemp(prefix="duro-test-env-")
+        store = open_store(f"lmdb://{self._dir}")
+        store.clock = self.clock
+        self._client = Client(store, self._converter)
+        if self.time_skipping:
+            self._skipper = asyncio.ensure_future(self._skip_loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._skipper is not None:
+            self._skipper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._skipper
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    async def sleep(self, seconds: float) -> None:
+        """Move the environment's clock forward by ``seconds`` (timers due by then fire)."""
+        if seconds < 0:
+            raise ValueError("cannot move the clock backwards")
+        self._advance(self.clock.now() + seconds)
+        await asyncio.sleep(0.01)
+
+    def _advance(self, to: float) -> None:
+        gap = to - self.clock.now()
+        if gap > 0:
+            self.clock.offset += gap
+            self.skipped += gap
+        wake = self.client.store._local.get(("timer", ""))
+        if wake is not None:
+            wake(0.0)  # let the workers' timer loops fire what is due now
+
+    async def _skip_loop(self) -> None:
+        store = self.client.store
+        idle_checks = 0
+        while True:
+            await asyncio.sleep(0.002)
+            if not self._idle():
+                idle_checks = 0
+                continue
+            idle_checks += 1
+            # Idle twice in a row (a few ms apart): not a gap between a commit and its follow-up.
+            if idle_checks < 2:
+                continue
+            due = store.next_timer_due()
+            if due is not None and due > self.clock.now():
+                self._advance(due)
+                idle_checks = 0
+
+    def _idle(self) -> bool:
+        store = self.client.store
+        if not store._queue.empty() or store.has_any_tasks():
+            return False
+        for worker in store.local_workers:
+            if worker._active or worker._act_running or worker._act_backlog or worker._wf_backlog:
+                return False
+        return True
+
 
 
 class Replayer:

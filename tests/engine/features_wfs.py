@@ -141,7 +141,7 @@ async def sleeper(ctx: duro.WorkflowContext, seconds: float) -> str:
 async def condition_timeout(ctx: duro.WorkflowContext) -> str:
     try:
         await ctx.wait_condition(lambda: False, timeout=0.05)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "timed out"
     return "?"
 
@@ -150,7 +150,7 @@ async def condition_timeout(ctx: duro.WorkflowContext) -> str:
 async def timer_race(ctx: duro.WorkflowContext) -> str:
     try:
         await asyncio.wait_for(ctx.execute_activity(note, "fast"), timeout=60)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "timeout"
     return "activity won"
 

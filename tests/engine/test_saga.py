@@ -135,6 +135,16 @@ async def trip_task_cancelled(ctx: duro.WorkflowContext) -> list[Any]:
 
 
 @duro.workflow
+async def trip_waiting(ctx: duro.WorkflowContext, who: str) -> None:
+    """Waits inside the saga block, so an evicted instance drops its coroutine there (GeneratorExit)."""
+    async with duro.Saga(ctx) as saga:
+        ref = await ctx.execute_activity(book, who)
+        saga.add_compensation(cancel, ref)
+        await ctx.wait_signal("go")
+        await ctx.execute_activity(book_failing, f"{who}'s car")
+
+
+@duro.workflow
 async def explicit_compensate(ctx: duro.WorkflowContext, approve: bool) -> str:
     """A workflow that rolls back on a decision rather than an error."""
     async with duro.Saga(ctx) as saga:
@@ -162,8 +172,10 @@ async def bad_registration(ctx: duro.WorkflowContext) -> list[str]:
     return errors
 
 
-WORKFLOWS: list[Callable[..., Any]] = [trip, trip_bad_compensations, trip_caught, trip_timeout, trip_task_cancelled, explicit_compensate,
-             bad_registration]
+WORKFLOWS: list[Callable[..., Any]] = [
+    trip, trip_bad_compensations, trip_caught, trip_timeout, trip_task_cancelled, trip_waiting,
+    explicit_compensate, bad_registration,
+]
 ACTIVITIES: list[Callable[..., Any]] = [book, book_failing, cancel, cancel_failing]
 
 
@@ -272,6 +284,45 @@ async def test_compensations_are_shielded_from_repeated_cancellation(client: dur
     assert LOG == ["book x", "book y", "cancel z failed", "cancel y-ref", "cancel x-ref"]
     assert len(notes) == 1 and notes[0].startswith("saga compensation failed: cancel_failing: ActivityError:")
     await replay(handle)
+
+
+async def test_cancelled_workflow_compensates_then_ends_cancelled(client: duro.Client, worker: duro.Worker) -> None:
+    handle = await client.start_workflow(trip_waiting, "cy", id="wf-cancel", task_queue="saga")
+    for _ in range(200):
+        if LOG == ["book cy"]:
+            break
+        await asyncio.sleep(0.01)
+    await handle.cancel()
+    with pytest.raises(duro.WorkflowFailedError) as info:
+        await handle.result(timeout=10)
+    assert isinstance(info.value.__cause__, duro.CancelledError)
+    assert (await handle.describe()).status == "canceled"
+    assert LOG == ["book cy", "cancel cy-ref"]
+    history = await replay(handle)
+    assert scheduled(history) == ["book", "cancel"]
+    assert history[-1].event_type == "WorkflowExecutionCanceled"
+
+
+async def test_eviction_inside_the_block_does_not_compensate(client: duro.Client) -> None:
+    # One cached instance for two runs: each evicts the other, closing its coroutine inside the
+    # saga block. That is not a failure: nothing may run then. After replay, the runs fail and compensate.
+    async with duro.Worker(client, task_queue="saga", workflows=WORKFLOWS, activities=ACTIVITIES,
+                           max_cached_workflows=1) as w:
+        handles = [await client.start_workflow(trip_waiting, who, id=f"evict-{who}", task_queue="saga")
+                   for who in ("ann", "bob")]
+        for _ in range(200):
+            if sorted(LOG) == ["book ann", "book bob"] and w.stats["workflow_tasks"] >= 4:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(LOG) == ["book ann", "book bob"]
+        for h in handles:
+            await h.signal("go")
+            with pytest.raises(duro.WorkflowFailedError):
+                await h.result()
+        assert w.stats["replays"] >= 1
+    assert LOG.count("cancel ann-ref") == 1 and LOG.count("cancel bob-ref") == 1
+    for h in handles:
+        await replay(h)
 
 
 @pytest.mark.parametrize(("approve", "expected"), [(True, ["book a"]), (False, ["book a", "cancel a-ref"])])

@@ -109,7 +109,9 @@ async def nondeterministic_order(ctx: duro.WorkflowContext) -> list[Any]:
     return [total, greeting]
 
 
-WORKFLOWS: list[Callable[..., Any]] = [sequential, parallel, signal, timer, retry, failure, saga, nondeterministic_order]
+WORKFLOWS: list[Callable[..., Any]] = [
+    sequential, parallel, signal, timer, retry, failure, saga, nondeterministic_order,
+]
 
 # --- what the generator records ---------------------------------------------------------------------
 

@@ -1023,6 +1023,11 @@ class LmdbStore:
                     return True
         return False
 
+    def has_any_tasks(self) -> bool:
+        """Whether any workflow or activity task is pending or running (any queue)."""
+        with self.env.begin() as txn:
+            return bool(txn.cursor(db=self._wtask).first() or txn.cursor(db=self._atask).first())
+
     def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
         """All events of a run from ``from_event_id`` on (decoded from the memory map)."""
         with self.env.begin(buffers=True) as txn:
