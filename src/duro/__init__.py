@@ -20,7 +20,7 @@ from duro.errors import (
     WorkflowNotFoundError,
 )
 from duro.history import History, HistoryEvent
-from duro.saga import Saga
+from duro.saga import Saga, SagaError
 from duro.worker import Worker
 from duro.workflow import WorkflowContext, WorkflowInfo, workflow
 
@@ -42,6 +42,7 @@ __all__ = [
     "NonDeterminismError",
     "RetryPolicy",
     "Saga",
+    "SagaError",
     "StoreURLError",
     "TerminatedError",
     "TimeoutError",

@@ -8,7 +8,6 @@ the recorded ones. Live and replay run exactly the same code path.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import os
 import random
@@ -67,11 +66,21 @@ class _Location:
     __repr__ = __str__
 
 
+_LOOP_FILE = os.path.join(_PKG_DIR, "_loop.py")
+
+
 def _caller_location() -> _Location | str:
-    """The innermost frame outside duro (and asyncio): the workflow code that asked."""
+    """The innermost frame outside duro (and asyncio): the workflow code that asked.
+
+    The walk stops at the workflow loop: above it is the engine (or a Replayer's caller), never
+    the workflow code, so a command issued from duro's own helpers is reported as unknown rather
+    than blamed on the test that drove the replay.
+    """
     f: Any = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
+        if fn == _LOOP_FILE:
+            break
         if not fn.startswith(_PKG_DIR) and "asyncio" not in fn:
             return _Location(fn, f.f_lineno)
         f = f.f_back
@@ -166,9 +175,17 @@ class WorkflowInstance:
                                     f"{ctx.get('message', '')} {exc!r}") from exc
         if self._divergence is not None:
             raise self._divergence
+        if self._pending and self._any_cancelled():
+            self._cancel_dropped_activities()
         main = self._main
         if main is not None and main.done() and self.close_status is None:
             self._finish(main)
+
+    def _any_cancelled(self) -> bool:
+        for entry in self._pending.values():
+            if entry[0].cancelled():
+                return True
+        return False
 
     def _check_conditions(self) -> bool:
         fired = False
@@ -367,7 +384,6 @@ class WorkflowInstance:
             # The arguments and options were recorded when this command first ran; replay only
             # needs the command's identity to match it (and the future to resolve).
             self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, b""))
-            fut.add_done_callback(functools.partial(self._activity_done, seq))
             return fut
         stc = to_seconds(start_to_close, "start_to_close_timeout")
         s2c = to_seconds(schedule_to_close, "schedule_to_close_timeout")
@@ -386,7 +402,6 @@ class WorkflowInstance:
             self.seq -= 1
             raise
         self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload))
-        fut.add_done_callback(functools.partial(self._activity_done, seq))
         self.activity_tasks.append(ActivityTask(
             run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
             task_queue=queue, seq=seq, name=name, args=payload, attempt=1,
@@ -409,14 +424,18 @@ class WorkflowInstance:
         if not self.replaying:
             self.cancelled_timers.append(seq)
 
-    def _activity_done(self, seq: int, fut: asyncio.Future[Any]) -> None:
-        """A cancelled activity future (gather cancelled, cancel requested...) cancels the activity."""
-        if fut.cancelled():
-            entry = self._pending.pop(seq, None)
-            if entry is not None:
-                self._command(Event(codec.ACTIVITY_CANCEL_REQUESTED, 0, 0, seq, 0, "", b""), "activity cancelled")
-                if not self.replaying:
-                    self.cancel_activities.append((entry[3], seq))
+    def _cancel_dropped_activities(self) -> None:
+        """Cancel the activities whose futures the code cancelled (gather cancelled, cancel requested...).
+
+        Checked once per activation rather than with a done-callback per future: cheaper on the hot
+        path, and just as deterministic (the scan follows the order the activities were scheduled).
+        """
+        dropped = [seq for seq, entry in self._pending.items() if entry[0].cancelled()]
+        for seq in dropped:
+            entry = self._pending.pop(seq)
+            self._command(Event(codec.ACTIVITY_CANCEL_REQUESTED, 0, 0, seq, 0, "", b""), "activity cancelled")
+            if not self.replaying:
+                self.cancel_activities.append((entry[3], seq))
 
     # ------------------------------------------------------------------ child workflows
 

@@ -210,44 +210,78 @@ class Saga:
     # ------------------------------------------------------------------ running
 
     async def _run_shielded(self) -> tuple[list[tuple[_Compensation, BaseException]], asyncio.CancelledError | None]:
-        """Run the compensations in a task of their own that cancellation cannot stop.
+        """Run (and forget) the registered compensations, shielded from cancellation.
 
-        Returns the failures and, if the caller was cancelled while they ran, the (last)
-        ``CancelledError`` it received: the caller must re-raise it. The compensations are
-        forgotten, so they never run twice.
+        They run in the caller's task, so a replay divergence names the workflow's line that
+        started them (the ``async with`` or the ``compensate()`` call). Each activity future is
+        awaited through ``asyncio.shield``: cancelling the caller neither cancels the activity
+        nor stops the compensations that follow.
+
+        Returns:
+            The failed compensations with their errors, in the order they were started, and the
+            last ``CancelledError`` the caller received while they ran (None if it was not
+            cancelled meanwhile): the caller must re-raise it.
         """
         compensations = self._compensations[::-1]
         self._compensations = []
-        if not compensations:
-            return [], None
-        runner = asyncio.get_running_loop().create_task(self._run(compensations), name="duro-saga-compensations")
-        cancelled: asyncio.CancelledError | None = None
-        while True:
-            try:
-                return await asyncio.shield(runner), cancelled
-            except asyncio.CancelledError as e:
-                if runner.cancelled():
-                    raise  # the runner itself was cancelled from outside: nothing left to wait for
-                cancelled = e  # keep waiting for the compensations
-
-    async def _run(self, compensations: list[_Compensation]) -> list[tuple[_Compensation, BaseException]]:
-        if self._parallel:
-            outcomes = await asyncio.gather(*(self._run_one(c) for c in compensations), return_exceptions=True)
-            return [(c, e) for c, e in zip(compensations, outcomes, strict=True) if isinstance(e, BaseException)]
         failures: list[tuple[_Compensation, BaseException]] = []
+        cancelled: asyncio.CancelledError | None = None
+        if self._parallel:
+            # Start them all (in reverse registration order), then wait for all of them together.
+            started: list[tuple[_Compensation, asyncio.Future[Any] | Exception]] = []
+            for c in compensations:
+                try:
+                    started.append((c, self._start(c)))
+                except Exception as e:  # for example arguments the converter cannot encode
+                    started.append((c, e))
+            futures = [f for _, f in started if isinstance(f, asyncio.Future)]
+            outcomes: list[Any] = []
+            if futures:
+                together = asyncio.gather(*futures, return_exceptions=True)
+                cancelled = await _wait_shielded(together)
+                outcomes = together.result()
+            results = iter(outcomes)
+            for c, f in started:
+                outcome = f if isinstance(f, Exception) else next(results)
+                if isinstance(outcome, BaseException):
+                    failures.append((c, outcome))
+            return failures, cancelled
         for c in compensations:
             try:
-                await self._run_one(c)
-            except (Exception, asyncio.CancelledError) as e:
+                fut = self._start(c)
+            except Exception as e:
                 failures.append((c, e))
-        return failures
+                continue
+            cancelled = await _wait_shielded(fut) or cancelled
+            error = asyncio.CancelledError("the compensation was cancelled") if fut.cancelled() else fut.exception()
+            if error is not None:
+                failures.append((c, error))
+        return failures, cancelled
 
-    async def _run_one(self, c: _Compensation) -> None:
-        await self._ctx.execute_activity(
+    def _start(self, c: _Compensation) -> asyncio.Future[Any]:
+        return self._ctx.execute_activity(
             c.activity, *c.args, start_to_close_timeout=c.start_to_close_timeout,
             schedule_to_close_timeout=c.schedule_to_close_timeout, heartbeat_timeout=c.heartbeat_timeout,
             retry_policy=c.retry_policy, task_queue=c.task_queue,
         )
+
+
+async def _wait_shielded(fut: asyncio.Future[Any]) -> asyncio.CancelledError | None:
+    """Wait until ``fut`` is done, whatever cancellations the waiting task receives meanwhile.
+
+    Returns the last ``CancelledError`` the waiting task received (None if it received none);
+    the outcome of ``fut`` is left in ``fut`` (its exception counts as retrieved).
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError as e:
+            if not fut.cancelled():  # not fut's own cancellation: the waiting task's
+                cancelled = e
+        except Exception:
+            pass  # the caller reads it from fut
+    return cancelled
 
 
 def _describe(failures: list[tuple[_Compensation, BaseException]]) -> list[str]:

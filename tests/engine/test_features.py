@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from tests.engine import features_wfs as f
 
 import duro
+from tests.engine import features_wfs as f
 
 
 @pytest.fixture

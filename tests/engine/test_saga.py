@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -172,6 +173,15 @@ async def bad_registration(ctx: duro.WorkflowContext) -> list[str]:
     return errors
 
 
+@duro.workflow(name="trip")
+async def trip_changed(ctx: duro.WorkflowContext, items: list[str], fail_at: str | None, parallel: bool) -> None:
+    """``trip`` with a different compensation: its recorded histories no longer replay."""
+    async with duro.Saga(ctx, parallel=parallel) as saga:  # the divergence is reported here
+        for item in items:
+            ref = await ctx.execute_activity(book_failing if item == fail_at else book, item)
+            saga.add_compensation(cancel_failing, ref)
+
+
 WORKFLOWS: list[Callable[..., Any]] = [
     trip, trip_bad_compensations, trip_caught, trip_timeout, trip_task_cancelled, trip_waiting,
     explicit_compensate, bad_registration,
@@ -218,6 +228,20 @@ async def test_compensations_run_in_reverse_then_the_error_propagates(client: du
     history = await replay(handle)
     assert scheduled(history) == ["book", "book", "book_failing", "cancel", "cancel"]
     assert history[-1].event_type == "WorkflowExecutionFailed"
+
+
+async def test_changed_compensation_is_a_nondeterminism_error(client: duro.Client, worker: duro.Worker) -> None:
+    handle = await client.start_workflow(trip, ["a", "b"], "b", False, id="changed", task_queue="saga")
+    with pytest.raises(duro.WorkflowFailedError):
+        await handle.result()
+    with pytest.raises(duro.NonDeterminismError) as info:
+        await duro.testing.Replayer(workflows=[trip_changed]).replay(await handle.fetch_history())
+    message = str(info.value)
+    assert "recorded ActivityTaskScheduled(seq=3, name='cancel')" in message
+    assert "name='cancel_failing')" in message
+    lines, first = inspect.getsourcelines(trip_changed)
+    saga_line = first + next(i for i, line in enumerate(lines) if "async with duro.Saga" in line)
+    assert message.endswith(f"{__file__}:{saga_line}"), message
 
 
 async def test_parallel_runs_all_compensations(client: duro.Client, worker: duro.Worker) -> None:

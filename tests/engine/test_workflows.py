@@ -7,10 +7,10 @@ import datetime
 from collections.abc import AsyncIterator
 
 import pytest
-from tests.engine import wfs
-from tests.engine.wfs import Order, Receipt
 
 import duro
+from tests.engine import wfs
+from tests.engine.wfs import Order, Receipt
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # the repository root: run as a script, import tests.golden
 
-from tests.golden.workflows import ACTIVITIES, CASES, Case  # noqa: E402
-
 import duro  # noqa: E402
+from tests.golden.workflows import ACTIVITIES, CASES, Case  # noqa: E402
 
 
 async def record(client: duro.Client, case: Case) -> duro.History:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.engine import wfs
-from tests.engine.wfs import Order, Receipt
 
 import duro
+from tests.engine import wfs
+from tests.engine.wfs import Order, Receipt
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_MAIN = Path(__file__).resolve().with_name("worker_main.py")

@@ -19,9 +19,8 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.engine import wfs  # noqa: E402
-
 import duro  # noqa: E402
+from tests.engine import wfs  # noqa: E402
 
 
 async def main(url: str, task_queue: str) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.golden import workflows
 
 import duro
+from tests.golden import workflows
 
 GOLDEN = Path(workflows.__file__).resolve().parent
 FILES = sorted(GOLDEN.glob("*.json"))

@@ -1,0 +1,98 @@
+"""Cancellation: a workflow waits on a long durable timer and an activity, is cancelled, cleans up.
+
+``handle.cancel()`` raises ``asyncio.CancelledError`` inside the workflow at the ``await`` where
+it is waiting. Everything it was waiting on is cancelled with it: the durable timer is dropped and
+the running activity learns about it at its next heartbeat (``ctx.is_cancelled``). The workflow
+may catch the error and still run activities (here: a cleanup) before it ends as cancelled.
+
+    .venv/bin/python examples/cancellation.py [DATA_DIR]    # default: ./duro-data/cancellation-<timestamp>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import duro
+
+DEADLINE = 24 * 3600  # seconds: the export may take up to a day (a durable timer)
+EXPORT_STOPPED = asyncio.Event()  # only for this demo: main() waits until the activity has stopped
+
+
+@duro.activity
+async def create_workspace(ctx: duro.ActivityContext, report: str) -> str:
+    print(f"  [activity] create workspace for {report} ... ok")
+    return f"ws-{report}"
+
+
+@duro.activity
+async def export_rows(ctx: duro.ActivityContext, report: str) -> int:
+    """A long export. It heartbeats; a heartbeat is also how it learns it is no longer wanted."""
+    rows = 0
+    while not ctx.is_cancelled:
+        rows += 1000
+        ctx.heartbeat(rows)
+        await asyncio.sleep(0.02)
+    print(f"  [activity] export {report}: a heartbeat says it was cancelled; stopping after {rows} rows")
+    EXPORT_STOPPED.set()
+    return rows  # nobody waits for this result any more: the workflow cancelled the activity
+
+
+@duro.activity
+async def delete_workspace(ctx: duro.ActivityContext, workspace: str) -> None:
+    await asyncio.sleep(0.1)  # stands in for deleting the export's temporary files
+    print(f"  [activity] delete workspace {workspace} ... ok")
+
+
+@duro.workflow
+async def export_report(ctx: duro.WorkflowContext, report: str) -> str:
+    workspace = await ctx.execute_activity(create_workspace, report, start_to_close_timeout=10)
+    try:
+        # Two things are pending here: the export activity and the durable timer of wait_for.
+        rows = await asyncio.wait_for(
+            ctx.execute_activity(export_rows, report, heartbeat_timeout=2), timeout=DEADLINE)
+        return f"exported {rows} rows"
+    except asyncio.CancelledError:
+        if not ctx.is_replaying:
+            print("  [workflow] cancelled: cleaning up before it ends")
+        await ctx.execute_activity(delete_workspace, workspace, start_to_close_timeout=10)
+        raise  # end as cancelled; returning a value here would complete the workflow instead
+
+
+async def main(data_dir: str) -> None:
+    url = f"lmdb://{data_dir}"
+    print(f"store: {url}")
+    t0 = time.perf_counter()
+    async with duro.Client.connect(url) as client:
+        async with duro.Worker(client, task_queue="reports", workflows=[export_report],
+                               activities=[create_workspace, export_rows, delete_workspace]):
+            handle = await client.start_workflow(export_report, "Q3-sales", id="export-Q3-sales",
+                                                 task_queue="reports")
+            print(f"started workflow {handle.id}")
+            await asyncio.sleep(0.3)  # let the export run a little
+            print("client: cancel the workflow")
+            await handle.cancel()
+            try:
+                print(f"result: {await handle.result()}")
+            except duro.WorkflowFailedError as e:
+                print(f"result: WorkflowFailedError, caused by {type(e.__cause__).__name__}: {e.__cause__}")
+            print(f"status: {(await handle.describe()).status}")
+            await asyncio.wait_for(EXPORT_STOPPED.wait(), timeout=10)
+            history = await handle.fetch_history()
+
+    print(f"\nthe history ({len(history)} events):")
+    for event in history:
+        if event.event_type != "WorkflowTaskCompleted":
+            print(f"  {event.event_id:>3}  {event.event_type:<34} {event.name or f'#{event.ref}'}")
+    print(f"finished in {time.perf_counter() - t0:.2f}s")
+
+
+if __name__ == "__main__":
+    directory = sys.argv[1] if len(sys.argv) > 1 else f"./duro-data/cancellation-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main(directory))
+    else:
+        uvloop.run(main(directory))
