@@ -17,7 +17,7 @@ async def test_time_skipping_runs_a_day_long_sleep_at_once() -> None:
             assert time.monotonic() - t0 < 5
             assert env.skipped >= 86_000
             history = await env.client.get_handle("day").fetch_history()
-            fired = [e for e in history if e.event_type == "TimerFired"][0]
+            fired = next(e for e in history if e.event_type == "TimerFired")
             assert (fired.timestamp - history[0].timestamp).total_seconds() >= 86_400
 
 
