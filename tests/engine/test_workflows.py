@@ -239,3 +239,12 @@ async def test_malformed_store_urls() -> None:
         with pytest.raises(duro.StoreURLError):
             async with duro.Client.connect(url):
                 pass
+
+
+async def test_history_longer_than_temporals_cap(client: duro.Client, worker: duro.Worker) -> None:
+    # Temporal stops a run at 51,200 events; duro has no cap (and no per-event cost that grows).
+    handle = await client.start_workflow(wfs.fanout_rounds, 15, 2000, id="huge", task_queue="t")
+    assert await handle.result(timeout=60) == 15 * sum(range(2000))
+    history = await handle.fetch_history()
+    assert len(history) > 51_200
+    await duro.testing.Replayer(workflows=[wfs.fanout_rounds]).replay(history)

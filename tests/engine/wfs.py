@@ -200,3 +200,14 @@ ALL_WORKFLOWS = [order_workflow, retry_workflow, timeout_workflow, heartbeat_wor
                  long_workflow, fanout_workflow]
 ALL_ACTIVITIES = [validate, reserve, charge, ship, flaky, slow, slow_sync, heartbeating, record_pid,
                   block_forever_first_time, echo]
+
+
+@duro.workflow
+async def fanout_rounds(ctx: duro.WorkflowContext, rounds: int, k: int) -> int:
+    total = 0
+    for _ in range(rounds):
+        total += sum(await asyncio.gather(*(ctx.execute_activity(echo, i) for i in range(k))))
+    return total
+
+
+ALL_WORKFLOWS.append(fanout_rounds)

@@ -1,0 +1,108 @@
+"""The feature examples (signals/queries/updates, child workflows, cancellation) run and print what they promise."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_example(name: str, tmp_path: Path) -> str:
+    """Run examples/<name> on a fresh store directory; return its stdout after checking it succeeded."""
+    data_dir = tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, f"examples/{name}", str(data_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert f"store: lmdb://{data_dir}" in proc.stdout
+    assert data_dir.is_dir()
+    return proc.stdout
+
+
+def in_order(out: str, lines: list[str]) -> None:
+    """Every line is in ``out``, in this order."""
+    positions = [out.index(line) for line in lines]
+    assert positions == sorted(positions), out
+
+
+def recorded(out: str) -> list[tuple[str, str]]:
+    """The (event type, name) rows of the history table an example prints."""
+    return [(m[0], m[1].strip()) for m in re.findall(r"^\s+\d+\s{2}(\w+) *(.*)$", out, re.MULTILINE)]
+
+
+def test_signal_query(tmp_path: Path) -> None:
+    out = run_example("signal_query.py", tmp_path)
+    in_order(out, [
+        "started workflow cart-alice",
+        "signal add_item: 2 x book",
+        "signal add_item: 3 x pen",
+        "update apply_coupon('WELCOME10'): accepted, new total 3375 cents",
+        "query items: ['2 x book', '3 x pen']",
+        "query total: 3375 cents",
+        "update apply_coupon('FREESTUFF'): rejected by the validator: unknown coupon 'FREESTUFF'",
+        "signal checkout",
+        "[activity] charge alice $33.75 ... ok",
+        "result: {'customer': 'alice', 'items': 2, 'total_cents': 3375, 'payment': 'PAY-alice-3375'}",
+    ])
+    sizes = re.search(r"\(history: (\d+) events before, (\d+) after\)", out)
+    assert sizes is not None and sizes.group(1) == sizes.group(2), out  # the rejected update wrote nothing
+    events = recorded(out)
+    assert [e for e in events if e[0] not in ("ActivityTaskScheduled", "ActivityTaskCompleted")] == [
+        ("WorkflowExecutionStarted", "shopping_cart"),
+        ("WorkflowExecutionSignaled", "add_item"), ("WorkflowExecutionSignaled", "add_item"),
+        ("WorkflowExecutionUpdateAccepted", "apply_coupon"), ("WorkflowExecutionUpdateCompleted", ""),
+        ("WorkflowExecutionSignaled", "checkout"), ("WorkflowExecutionCompleted", ""),
+    ], out
+
+
+def test_child_workflow(tmp_path: Path) -> None:
+    out = run_example("child_workflow.py", tmp_path)
+    for warehouse in ("berlin", "lyon", "porto"):
+        assert f"[activity] pack A-7 in {warehouse} ... ok" in out
+    in_order(out, ["started workflow order-A-7", "[activity] invoice A-7 for 3 parcels ... ok",
+                   "result: {'tracking': ['TRK-BER-A-7', 'TRK-LYO-A-7', 'TRK-POR-A-7'], 'invoice': 'INV-A-7'}"])
+    rows = re.findall(r"^  (\S+)\s+(\w+)\s+(\w+)\s+-> (.*)$", out, re.MULTILINE)
+    assert rows == [
+        ("order-A-7", "fulfil_order", "completed",
+         "{'tracking': ['TRK-BER-A-7', 'TRK-LYO-A-7', 'TRK-POR-A-7'], 'invoice': 'INV-A-7'}"),
+        ("order-A-7/invoice", "invoice", "completed", "INV-A-7"),
+        ("order-A-7/ship-berlin", "ship_from", "completed", "TRK-BER-A-7"),
+        ("order-A-7/ship-lyon", "ship_from", "completed", "TRK-LYO-A-7"),
+        ("order-A-7/ship-porto", "ship_from", "completed", "TRK-POR-A-7"),
+    ], out
+    events = recorded(out)
+    assert events.count(("StartChildWorkflowExecutionInitiated", "ship_from")) == 3, out
+    assert events.count(("StartChildWorkflowExecutionInitiated", "invoice")) == 1, out
+    assert events.count(("ChildWorkflowExecutionCompleted", "")) == 4, out
+    assert ("SignalExternalWorkflowExecutionInitiated", "parcels") in events, out
+    assert events[-1] == ("WorkflowExecutionCompleted", ""), out
+
+
+def test_cancellation(tmp_path: Path) -> None:
+    out = run_example("cancellation.py", tmp_path)
+    in_order(out, [
+        "started workflow export-Q3-sales",
+        "[activity] create workspace for Q3-sales ... ok",
+        "client: cancel the workflow",
+        "[workflow] cancelled: cleaning up before it ends",
+        "[activity] delete workspace ws-Q3-sales ... ok",
+        "result: WorkflowFailedError, caused by CancelledError: the workflow was cancelled",
+        "status: canceled",
+    ])
+    # The running activity learned of the cancellation through a heartbeat.
+    assert re.search(r"\[activity\] export Q3-sales: a heartbeat says it was cancelled; stopping after \d+ rows",
+                     out), out
+    types = [t for t, _ in recorded(out)]
+    for event in ("TimerStarted", "WorkflowExecutionCancelRequested", "TimerCanceled", "ActivityTaskCancelRequested"):
+        assert event in types, out
+    in_order("\n".join(types), ["WorkflowExecutionStarted", "WorkflowExecutionCancelRequested",
+                                "TimerCanceled", "WorkflowExecutionCanceled"])
+    assert ("ActivityTaskCompleted", "delete_workspace") in recorded(out), out  # the cleanup is recorded
+    assert types[-1] == "WorkflowExecutionCanceled", out
+    finished = re.search(r"finished in (\d+\.\d+)s", out)
+    assert finished is not None and float(finished.group(1)) < 20, out  # the day-long timer did not run out
