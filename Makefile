@@ -43,5 +43,10 @@ bench: install
 	$(VPY) benchmarks/bench_replay.py
 	$(VPY) benchmarks/bench_codec.py
 
+# Every peer (Temporal, DBOS on SQLite and PostgreSQL, Restate) installed into its own environment
+# from its registry, run one after another; writes the table and chart into BENCHMARKS.md.
+bench-peers: install postgres
+	$(VPY) benchmarks/peers/run_all.py
+
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/duro/_core/*.so csrc/duro/_core/*.c csrc/duro/_core/*.html

@@ -17,7 +17,8 @@ import time
 import duro
 
 DEADLINE = 24 * 3600  # seconds: the export may take up to a day (a durable timer)
-EXPORT_STOPPED = asyncio.Event()  # only for this demo: main() waits until the activity has stopped
+# Only for this demo, where the activity runs in the same process: main() watches it with these.
+EXPORT_RUNNING, EXPORT_STOPPED = asyncio.Event(), asyncio.Event()
 
 
 @duro.activity
@@ -29,6 +30,7 @@ async def create_workspace(ctx: duro.ActivityContext, report: str) -> str:
 @duro.activity
 async def export_rows(ctx: duro.ActivityContext, report: str) -> int:
     """A long export. It heartbeats; a heartbeat is also how it learns it is no longer wanted."""
+    EXPORT_RUNNING.set()
     rows = 0
     while not ctx.is_cancelled:
         rows += 1000
@@ -70,7 +72,8 @@ async def main(data_dir: str) -> None:
             handle = await client.start_workflow(export_report, "Q3-sales", id="export-Q3-sales",
                                                  task_queue="reports")
             print(f"started workflow {handle.id}")
-            await asyncio.sleep(0.3)  # let the export run a little
+            await EXPORT_RUNNING.wait()
+            await asyncio.sleep(0.2)  # let the export run a little
             print("client: cancel the workflow")
             await handle.cancel()
             try:

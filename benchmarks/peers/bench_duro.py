@@ -1,0 +1,153 @@
+"""duro's entry in the side-by-side harness: any workload of ../shared/WORKLOADS.md on any store URL.
+
+    python benchmarks/peers/bench_duro.py --workload {W1,W1L,W2,W3,W4} [--n N] [--concurrency C]
+                                          [--store lmdb://DIR] [--out result.json]
+
+Worker and client run in one process on uvloop; every commit is fsynced (LMDB sync=True).
+Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import _common as c  # noqa: E402
+
+import duro  # noqa: E402
+from duro.stores.base import run_key_of  # noqa: E402
+
+DEFAULT_N = {"W1": 2000, "W1L": 200, "W2": 500, "W3": 200, "W4": 2000}
+
+
+async def w1(client: duro.Client, n: int, concurrency: int) -> dict[str, Any]:
+    sem = asyncio.Semaphore(concurrency)
+    lat: list[float] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            t = time.perf_counter()
+            r = await client.execute_workflow(c.order, {"order_id": f"O{i}", "amount": i}, id=f"w1-{i}",
+                                              task_queue="bench")
+            lat.append(time.perf_counter() - t)
+            assert r["tracking"] == f"T-O{i}"
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "throughput_per_s": n / wall, "latency_ms": c.percentiles_ms(lat)}
+
+
+async def sequential(n: int, one: Any) -> dict[str, Any]:
+    lat: list[float] = []
+    for i in range(20 + n):
+        t = time.perf_counter()
+        await one(i)
+        if i >= 20:
+            lat.append(time.perf_counter() - t)
+    wall = sum(lat)
+    return {"wall_s": wall, "throughput_per_s": n / wall, "latency_ms": c.percentiles_ms(lat)}
+
+
+async def w2(client: duro.Client, k: int) -> dict[str, Any]:
+    times = []
+    for i in range(5):
+        t = time.perf_counter()
+        assert await client.execute_workflow(c.fanout, k, id=f"w2-{i}", task_queue="bench") == sum(range(k))
+        times.append(time.perf_counter() - t)
+    wall = statistics.median(times)
+    return {"wall_s": wall, "throughput_per_s": k / wall, "latency_ms": c.percentiles_ms(times),
+            "notes": f"K={k} activities gathered in one workflow; 5 runs, median"}
+
+
+async def w3_one(client: duro.Client, i: int) -> None:
+    handle = await client.start_workflow(c.approval, id=f"w3-{i}", task_queue="bench")
+    await handle.signal("approve", {"by": "alice"})
+    assert (await handle.result())["by"] == "alice"
+
+
+async def w4(client: duro.Client, n: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    handle = await client.start_workflow(c.long, n, id="w4", task_queue="bench")
+    assert await handle.result() == sum(range(n))
+    run_s = time.perf_counter() - t0
+    replayer = duro.testing.Replayer(workflows=[c.long])
+    key = run_key_of(handle.run_id or "")
+    times, events = [], 0
+    for _ in range(5):
+        t = time.perf_counter()
+        history = duro.History(handle.id, handle.run_id or "", client.store.read_history(key))
+        await replayer.replay(history)
+        times.append(time.perf_counter() - t)
+        events = len(history)
+    wall = statistics.median(times)
+    return {"wall_s": wall, "throughput_per_s": events / wall, "latency_ms": c.percentiles_ms(times),
+            "notes": f"run_s={run_s:.3f}; timed: read {events} events from the store + decode + "
+                     f"duro.testing.Replayer.replay (re-run the code, match every command), median of 5; "
+                     f"{n / wall:.0f} activities/s"}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = None
+    url = args.store
+    if url is None:
+        tmp = tempfile.mkdtemp(prefix="duro-bench-")
+        url = f"lmdb://{tmp}"
+    try:
+        async with duro.Client.connect(url) as client:
+            async with duro.Worker(client, task_queue="bench", workflows=[c.order, c.fanout, c.approval, c.long],
+                                   activities=[c.validate, c.charge, c.ship, c.echo]):
+                w = args.workload
+                if w == "W1":
+                    res = await w1(client, args.n, args.concurrency)
+                elif w == "W1L":
+                    res = await sequential(args.n, lambda i: client.execute_workflow(
+                        c.order, {"order_id": f"L{i}", "amount": i}, id=f"w1l-{i}", task_queue="bench"))
+                elif w == "W2":
+                    res = await w2(client, args.n)
+                elif w == "W3":
+                    res = await sequential(args.n, lambda i: w3_one(client, i))
+                else:
+                    res = await w4(client, args.n)
+                store = client.store
+                notes = res.pop("notes", "")
+                notes = (notes + "; " if notes else "") + (
+                    f"worker+client in one process (uvloop); {store.commits} group commits for "
+                    f"{store.ops_committed} store operations")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    res["wall_s"] = round(res["wall_s"], 5)
+    res["throughput_per_s"] = round(res["throughput_per_s"], 1)
+    scheme = url.split("://", 1)[0]
+    return {"system": f"duro-{scheme}", "version": duro.__version__, "workload": args.workload, "n": args.n, **res,
+            "durable": "LMDB sync=True: each group commit fsynced before any caller or workflow sees it",
+            "notes": notes}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workload", required=True, choices=list(DEFAULT_N))
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--store", default=None)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    if a.n is None:
+        a.n = DEFAULT_N[a.workload]
+    try:
+        import uvloop
+
+        result = uvloop.run(main(a))
+    except ImportError:
+        result = asyncio.run(main(a))
+    c.emit(result, a.out)
