@@ -87,7 +87,8 @@ async def main(data_dir: str) -> None:
     print(f"\nthe history ({len(history)} events):")
     for event in history:
         if event.event_type != "WorkflowTaskCompleted":
-            print(f"  {event.event_id:>3}  {event.event_type:<34} {event.name or f'#{event.ref}'}")
+            detail = event.name or (f"#{event.ref}" if event.ref else "")  # ref: the activity or timer number
+            print(f"  {event.event_id:>3}  {event.event_type:<34} {detail}")
     print(f"finished in {time.perf_counter() - t0:.2f}s")
 
 

@@ -1,7 +1,7 @@
 """Signals, queries and updates: a shopping cart that lives in a workflow.
 
 * signals (``handle.signal``) add items; the workflow's signal handler collects them. A signal is
-  recorded in the history and returns once it is durable; it has no answer.
+  recorded in the history; ``signal()`` returns once it is durable, with no answer.
 * queries (``handle.query``) read the cart while the workflow runs; they write nothing. Here a
   worker in this process answers from its live workflow; without one, the client replays the
   history to answer (it needs the workflow's code for that).

@@ -21,10 +21,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import _common as c  # noqa: E402
+import _common as c
 
-import duro  # noqa: E402
-from duro.stores.base import run_key_of  # noqa: E402
+import duro
+from duro.stores.base import run_key_of
 
 DEFAULT_N = {"W1": 2000, "W1L": 200, "W2": 500, "W3": 200, "W4": 2000}
 

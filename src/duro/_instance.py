@@ -79,8 +79,8 @@ def _caller_location() -> _Location | str:
     f: Any = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
-        if fn == _LOOP_FILE:
-            break
+        if fn == _LOOP_FILE and f.f_code.co_name in ("_run_ready", "run_until_quiescent"):
+            break  # the engine drives the loop from here: no workflow code above
         if not fn.startswith(_PKG_DIR) and "asyncio" not in fn:
             return _Location(fn, f.f_lineno)
         f = f.f_back

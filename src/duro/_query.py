@@ -1,28 +1,39 @@
-"""Queries and updates from a handle: answered by an in-process worker or by local replay."""
+"""Queries and updates from a handle: answered in this process, or by a worker of another process.
+
+Order for a query: a live instance held by a worker of this process; else a replay of the history
+here, when this process has the workflow's code; else a request through the store to the workers
+of the run's task queue in other processes. Updates go to a worker of this process, or through
+the store to one in another process.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from duro._instance import WorkflowInstance
+from duro.converter import decode_failure, encode_failure
 from duro.errors import DuroError
-from duro.stores.base import RUNNING, run_key_of, unpack
+from duro.stores.base import RUNNING, pack, run_key_of, unpack
 
 if TYPE_CHECKING:
     from duro.client import WorkflowHandle
+    from duro.worker import Worker
     from duro.workflow import WorkflowDefinition
+
+REMOTE_TIMEOUT_S = 10.0
 
 
 async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -> Any:
-    """Answer query ``name``: from a live cached instance in this process, else by replaying here."""
+    """Answer query ``name`` (see the module docstring for who answers)."""
     client = handle.client
     store = client.store
     conv = client.converter
     info = handle._info()
     run_key = run_key_of(info.run_id)
-    # Arguments and the answer cross as payloads, as they would between processes.
-    decoded_args = conv.decode_args(conv.encode_args(args), ())
+    payload = conv.encode_args(args)
     for worker in list(store.local_workers):
         inst = worker._cache.get(run_key)
         if inst is None:
@@ -30,19 +41,34 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) ->
         while inst.busy and worker._cache.get(run_key) is inst:
             await asyncio.sleep(0.0005)
         if worker._cache.get(run_key) is inst:
-            return conv.decode(conv.encode(inst.query(name, decoded_args)), handle._result_hint_for(name))
-    defn = _definition(handle, info.workflow_type)
-    events = store.read_history(run_key)
+            return conv.decode(conv.encode(inst.query(name, conv.decode_args(payload, ()))))
+    defn = _local_definition(handle, info.workflow_type)
+    if defn is not None:
+        return conv.decode(conv.encode(_query_by_replay(handle, defn, run_key, name, payload)))
+    head = orjson.dumps({"kind": "query", "run": info.run_id, "name": name})
+    answer = await store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
+    if answer is None:
+        raise DuroError(
+            f"cannot answer query {name!r} for workflow {handle.id!r}: no worker of task queue {info.task_queue!r} "
+            f"answered within {REMOTE_TIMEOUT_S:.0f}s and this process does not have the code of workflow type "
+            f"{info.workflow_type!r}. Run a worker for that queue, or query through a handle from "
+            "start_workflow(fn, ...) or client.get_handle(id, workflow=fn)")
+    return _unwrap(client.converter, answer)
+
+
+def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: bytes, name: str,
+                     payload: bytes) -> Any:
+    conv = handle.client.converter
+    events = handle.client.store.read_history(run_key)
     inst = WorkflowInstance(defn, run_key, events[0], conv)
     try:
         inst.replay(events)
-        answer = inst.query(name, decoded_args)
+        return inst.query(name, conv.decode_args(payload, ()))
     finally:
         inst.close()
-    return conv.decode(conv.encode(answer), None)
 
 
-def _definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDefinition:
+def _local_definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDefinition | None:
     defn = handle._defn
     if defn is not None and defn.name == workflow_type:
         return defn
@@ -50,29 +76,60 @@ def _definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDefinitio
         found = worker._workflows.get(workflow_type)
         if found is not None:
             return found  # type: ignore[no-any-return]
-    raise DuroError(
-        f"cannot answer a query for workflow {handle.id!r}: no worker in this process holds it and this process "
-        f"does not have the code of workflow type {workflow_type!r}. Query through a handle from "
-        "start_workflow(fn, ...) or client.get_handle(id, workflow=fn), or run a Worker that registers it here")
+    return None
 
 
 async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -> Any:
-    """Deliver update ``name`` through a worker of the run's task queue in this process."""
+    """Deliver update ``name`` through a worker of the run's task queue (this process first)."""
     client = handle.client
     info = handle._info()
     if info.status != RUNNING:
         raise DuroError(f"workflow {handle.id!r} is {info.status}; updates need a running workflow")
+    payload = client.converter.encode_args(args)
     for worker in list(client.store.local_workers):
         if worker.task_queue == info.task_queue and info.workflow_type in worker._workflows:
-            payload = await worker.execute_update(run_key_of(info.run_id), name, client.converter.encode_args(args))
-            meta_b, result = unpack(payload)
-            import orjson
+            answer = await worker.execute_update(run_key_of(info.run_id), name, payload)
+            return _unwrap(client.converter, answer)
+    head = orjson.dumps({"kind": "update", "run": info.run_id, "name": name})
+    reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
+    if reply is None:
+        raise DuroError(
+            f"no worker of task queue {info.task_queue!r} took update {name!r} within {REMOTE_TIMEOUT_S:.0f}s; "
+            "updates are validated by a worker before anything is written, so one must be running")
+    return _unwrap(client.converter, reply)
 
-            from duro.converter import decode_failure
 
-            if orjson.loads(meta_b)["ok"]:
-                return client.converter.decode(result)
-            raise decode_failure(result)
-    raise DuroError(
-        f"no worker for task queue {info.task_queue!r} with workflow {info.workflow_type!r} runs in this process; "
-        "execute_update needs one (updates are validated by the worker before anything is written)")
+def _unwrap(conv: Any, answer: bytes) -> Any:
+    meta_b, result = unpack(answer)
+    if orjson.loads(meta_b)["ok"]:
+        return conv.decode(result)
+    raise decode_failure(result)
+
+
+async def answer_request(worker: Worker, raw: bytes) -> bytes:
+    """A worker's answer to a request from another process: pack({"ok"}, result or failure)."""
+    head_b, payload = unpack(raw)
+    head = orjson.loads(head_b)
+    try:
+        run_key = run_key_of(head["run"])
+        if head["kind"] == "update":
+            return await worker.execute_update(run_key, head["name"], payload)
+        inst = worker._cache.get(run_key)
+        if inst is not None:
+            while inst.busy:
+                await asyncio.sleep(0.0005)
+            result = inst.query(head["name"], worker.converter.decode_args(payload, ()))
+        else:
+            events = worker.store.read_history(run_key)
+            defn = worker._workflows.get(events[0].name) if events else None
+            if defn is None:
+                raise DuroError(f"this worker does not run workflow type {events[0].name if events else '?'!r}")
+            fresh = WorkflowInstance(defn, run_key, events[0], worker.converter)
+            try:
+                fresh.replay(events)
+                result = fresh.query(head["name"], worker.converter.decode_args(payload, ()))
+            finally:
+                fresh.close()
+        return pack(b'{"ok":true}', worker.converter.encode(result))
+    except Exception as e:  # the error goes back to the asking process
+        return pack(b'{"ok":false}', encode_failure(e))

@@ -72,8 +72,10 @@ class JsonConverter:
         try:
             return orjson.dumps(value, default=_default, option=_OPTS)
         except orjson.JSONEncodeError as e:
+            # orjson replaces the message of an error raised in _default; that one says more.
+            reason = e.__cause__ if isinstance(e.__cause__, TypeError) else e
             raise TypeError(
-                f"cannot encode {type(value).__qualname__} for duro: {e}. Pass JSON types, dataclasses, "
+                f"cannot encode {type(value).__qualname__} for duro: {reason}. Pass JSON types, dataclasses, "
                 "msgspec Structs or pydantic models"
             ) from None
 

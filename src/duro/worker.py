@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import concurrent.futures
 import contextvars
 import logging
@@ -110,6 +109,8 @@ class Worker:
         self._retry_backoff: dict[bytes, float] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._running = False
+        self._serving_requests = False
+        self._requests_in_progress: set[str] = set()
         self._stopped = asyncio.Event()
         self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "activities": 0}
 
@@ -190,6 +191,29 @@ class Worker:
         self._wake_wf.set()
         self._wake_act.set()
         self._wake_timer.set()
+        if self._workflows and not self._serving_requests:
+            self._serving_requests = True
+            self._spawn(self._serve_requests())
+
+    async def _serve_requests(self) -> None:
+        """Answer queries and updates that clients in other processes left for this queue."""
+        try:
+            for request_id, raw in self.store.pending_requests(self.task_queue):
+                if request_id in self._requests_in_progress:
+                    continue
+                self._requests_in_progress.add(request_id)
+                self._spawn(self._serve_request(request_id, raw))
+        finally:
+            self._serving_requests = False
+
+    async def _serve_request(self, request_id: str, raw: bytes) -> None:
+        from duro._query import answer_request
+
+        try:
+            answer = await answer_request(self, raw)
+            await self.store.answer(self.task_queue, request_id, answer)
+        finally:
+            self._requests_in_progress.discard(request_id)
 
     # ------------------------------------------------------------------ workflow tasks
 
@@ -221,17 +245,18 @@ class Worker:
 
     async def _wf_poll_loop(self) -> None:
         store = self.store
-        while True:
-            if store.has_pending_wtasks(self.task_queue):
-                free = self.max_wf_tasks - len(self._active)
-                if free > 0:
-                    for run_key in await store.claim_workflow_tasks(self.task_queue, free):
-                        self._on_wtask(run_key)
+        while self._running:
+            # Cleared before looking, so a wake-up that arrives while we look is not lost.
             self._wake_wf.clear()
             try:
-                await asyncio.wait_for(self._wake_wf.wait(), _POLL_INTERVAL_S)
-            except builtins.TimeoutError:
-                pass
+                if store.has_pending_wtasks(self.task_queue):
+                    free = self.max_wf_tasks - len(self._active)
+                    if free > 0:
+                        for run_key in await store.claim_workflow_tasks(self.task_queue, free):
+                            self._on_wtask(run_key)
+            except Exception:  # keep polling: a failed claim must not stop the worker
+                log.exception("claiming workflow tasks of %r failed", self.task_queue)
+            await _wait(self._wake_wf, _POLL_INTERVAL_S)
 
     def _evict(self, run_key: bytes) -> None:
         inst = self._cache.pop(run_key, None)
@@ -312,7 +337,7 @@ class Worker:
             inst.busy = False
         self._retry_backoff.pop(run_key, None)
 
-    async def execute_update(self, run_key: bytes, name: str, args: bytes) -> Any:
+    async def execute_update(self, run_key: bytes, name: str, args: bytes) -> bytes:
         """Validate and run an update on a run of this worker's queue; the handler's result.
 
         Raises the validator's error (nothing is written then), or ``WorkflowFailedError``-free
@@ -405,17 +430,14 @@ class Worker:
     async def _timer_loop(self) -> None:
         store = self.store
         self._next_timer = store.next_timer_due()
-        while True:
+        while self._running:
             now = store.clock.now()
             if self._next_timer is not None and self._next_timer <= now:
                 self._next_timer = await store.fire_timers()
                 continue
             wait = _POLL_INTERVAL_S if self._next_timer is None else min(self._next_timer - now, _POLL_INTERVAL_S)
             self._wake_timer.clear()
-            try:
-                await asyncio.wait_for(self._wake_timer.wait(), max(wait, 0.0005))
-            except builtins.TimeoutError:
-                pass
+            await _wait(self._wake_timer, max(wait, 0.0005))
             if self._next_timer is None or self._wake_timer.is_set():
                 due = store.next_timer_due()
                 if due is not None and (self._next_timer is None or due < self._next_timer):
@@ -438,19 +460,19 @@ class Worker:
 
     async def _act_poll_loop(self) -> None:
         store = self.store
-        while True:
+        while self._running:
+            self._wake_act.clear()
             free = self.max_activities - self._act_running - len(self._act_backlog)
             if free > 0:
-                for task in await store.claim_activity_tasks(self.task_queue, free):
-                    self._on_atask(task)
-            self._wake_act.clear()
-            try:
-                await asyncio.wait_for(self._wake_act.wait(), _POLL_INTERVAL_S)
-            except builtins.TimeoutError:
-                pass
+                try:
+                    for task in await store.claim_activity_tasks(self.task_queue, free):
+                        self._on_atask(task)
+                except Exception:  # keep polling: a failed claim must not stop the worker
+                    log.exception("claiming activity tasks of %r failed", self.task_queue)
+            await _wait(self._wake_act, _POLL_INTERVAL_S)
 
     async def _reap_loop(self) -> None:
-        while True:
+        while self._running:
             try:
                 if await self.store.reap():
                     self._wake_wf.set()
@@ -557,6 +579,24 @@ class Worker:
         if hb is None:
             hb = ctx._heartbeater = _Heartbeater(self, ctx._task, ctx)
         hb.heartbeat(details)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set, or ``timeout`` seconds pass (then the event is set for us).
+
+    Neither ``asyncio.wait_for`` nor ``asyncio.timeout``: on Python 3.11 both cancel the waiting
+    task at the deadline, and a cancellation racing with ``event.set()`` can be swallowed (the
+    loop would then not stop on shutdown) or left pending (measured here: a poll loop that never
+    woke again). The callers clear the event before they look for work, so a timer setting it is
+    harmless.
+    """
+    if event.is_set():
+        return
+    timer = asyncio.get_running_loop().call_later(timeout, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
 
 
 async def _watch(runner: asyncio.Future[Any], ctx: ActivityContext, timeout: float | None,

@@ -248,3 +248,12 @@ async def test_history_longer_than_temporals_cap(client: duro.Client, worker: du
     history = await handle.fetch_history()
     assert len(history) > 51_200
     await duro.testing.Replayer(workflows=[wfs.fanout_rounds]).replay(history)
+
+
+async def test_worker_shuts_down_promptly_while_woken(client: duro.Client) -> None:
+    worker = duro.Worker(client, task_queue="t", workflows=[wfs.signal_workflow], activities=[wfs.echo])
+    await worker.start()
+    await asyncio.sleep(0.05)
+    for _ in range(3):
+        worker._on_foreign_change()  # wake-ups racing with the cancellation of the poll loops
+    await asyncio.wait_for(worker.shutdown(), 5)

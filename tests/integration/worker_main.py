@@ -23,11 +23,19 @@ import duro  # noqa: E402
 from tests.engine import wfs  # noqa: E402
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: print every asyncio task's stack to stderr (for debugging a stuck worker)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main(url: str, task_queue: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     async with duro.Client.connect(url) as client:
         async with duro.Worker(client, task_queue=task_queue, workflows=wfs.ALL_WORKFLOWS,
                                activities=wfs.ALL_ACTIVITIES, identity=f"worker-main-{os.getpid()}"):

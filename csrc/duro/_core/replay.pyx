@@ -65,8 +65,12 @@ def split_activations(list events):
             buffered = keep
             commands = []
             while i < n and (<Event>events[i]).type in COMMAND_TYPES:
-                commands.append(events[i])
-                last = (<Event>events[i]).event_id
+                b = <Event>events[i]
+                if b.event_id <= last:
+                    raise NonDeterminismError(
+                        f"history is out of order: event {b.event_id} follows event {last}", event_id=b.event_id)
+                commands.append(b)
+                last = b.event_id
                 i += 1
             out.append((take, ev, commands))
         elif ev.type in COMMAND_TYPES:

@@ -9,6 +9,9 @@ Layout (LMDB named databases; integers big-endian in keys so cursors walk them i
 - ``atask``    queue + 0x00 + run_key + seq(u64)        -> pack(meta JSON, args, heartbeat details)
 - ``timer``    fire_at µs(u64) + run_key + seq(u64)     -> b""
 - ``meta``     b"batch"                                 -> id of the last batch (written by every batch)
+- ``req``      queue + 0x00 + request id                -> pack(JSON {kind, run, name}, args): a query or
+                                                            update for whichever worker of the queue has it
+- ``resp``     request id                               -> pack(JSON {ok}, payload): the answer
 
 Durability: every state change is an *op* run by the writer thread inside one write transaction
 shared by all ops queued at that moment (group commit); the environment is opened with
@@ -170,6 +173,8 @@ class LmdbStore:
         self._atask = self.env.open_db(b"atask")
         self._timer = self.env.open_db(b"timer")
         self._meta = self.env.open_db(b"meta")
+        self._req = self.env.open_db(b"req")
+        self._resp = self.env.open_db(b"resp")
         self.log = HistoryLog(self.env, self._history_db)
         self._refs = 0
         self._closed = False
@@ -183,7 +188,8 @@ class LmdbStore:
         self._own_txns: set[int] = set()
         self._wcache: dict[bytes, dict[str, Any]] = {}
         self._last_own_txn = -1
-        self._seen_txn = self.env.last_txnid()
+        with self.env.begin() as snap:
+            self._seen_txn = snap.id()
         # Counters for benchmarks and profiling: batches, ops, seconds running ops / in commit+fsync.
         self.commits = 0
         self.ops_committed = 0
@@ -279,7 +285,11 @@ class LmdbStore:
         delay = 0.0005
         while not self._watch_stop.wait(delay):
             try:
-                last = self.env.last_txnid()
+                # The id of a fresh read snapshot, not env.last_txnid(): LMDB advances the latter
+                # a moment before a new reader can see the commit, and a waiter woken in that gap
+                # would read the old state and never be woken again.
+                with self.env.begin() as snap:
+                    last = snap.id()
             except mdb.Error:
                 return
             if last == self._seen_txn:
@@ -1022,6 +1032,71 @@ class LmdbStore:
                 if orjson.loads(raw)["o"] != OWNER:
                     return True
         return False
+
+    # ------------------------------------------------------------------ requests to other processes
+    # Queries and updates for a run whose worker lives in another process travel through the
+    # store: the client writes a request, the worker (woken by the foreign commit) answers.
+
+    def _op_put_request(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, request_id: str,
+                        head: bytes, args: bytes) -> None:
+        txn.put(task_queue.encode() + b"\x00" + request_id.encode(), pack(head, args), db=self._req)
+
+    def _op_answer(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, request_id: str,
+                   answer: bytes) -> None:
+        if txn.delete(task_queue.encode() + b"\x00" + request_id.encode(), db=self._req):
+            txn.put(request_id.encode(), answer, db=self._resp)
+
+    def _op_take_answer(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, request_id: str) -> bytes | None:
+        answer = txn.get(request_id.encode(), db=self._resp)
+        if answer is not None:
+            txn.delete(request_id.encode(), db=self._resp)
+        else:  # nobody answered: withdraw the request
+            txn.delete(task_queue.encode() + b"\x00" + request_id.encode(), db=self._req)
+        return answer
+
+    async def request(self, task_queue: str, head: bytes, args: bytes, timeout: float) -> bytes | None:
+        """Ask the workers of ``task_queue`` in other processes; their answer, or None after ``timeout``."""
+        request_id = new_run_id()
+        await self._submit(self._op_put_request, task_queue, request_id, head, args)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        key = request_id.encode()
+        changed = asyncio.Event()
+        unsubscribe = self.on_foreign_change(changed.set)
+        try:
+            while True:
+                with self.env.begin() as txn:
+                    if txn.get(key, db=self._resp) is not None:
+                        break
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), min(left, 0.05))
+                except TimeoutError:
+                    pass
+        finally:
+            unsubscribe()
+        answer: bytes | None = await self._submit(self._op_take_answer, task_queue, request_id)
+        return answer
+
+    def pending_requests(self, task_queue: str) -> list[tuple[str, bytes]]:
+        """Requests waiting for a worker of ``task_queue``: (request id, packed request)."""
+        prefix = task_queue.encode() + b"\x00"
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._req)
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    out.append((key[len(prefix):].decode(), value))
+        return out
+
+    async def answer(self, task_queue: str, request_id: str, answer: bytes) -> None:
+        """Answer a request (once; a withdrawn request is not answered)."""
+        await self._submit(self._op_answer, task_queue, request_id, answer)
 
     def has_any_tasks(self) -> bool:
         """Whether any workflow or activity task is pending or running (any queue)."""

@@ -1,0 +1,54 @@
+"""Queries and updates answered by a worker in another process (this process has no workflow code)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import duro
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def remote_worker(store: str) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests/integration/feature_worker.py"), store, "remote"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.strip() == b"ready", first + proc.stdout.read()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_query_and_update_through_a_worker_in_another_process(
+        client: duro.Client, remote_worker: subprocess.Popen[bytes]) -> None:
+    handle = await client.start_workflow("queried", id="remote-q", task_queue="remote")
+    await handle.signal("add", "a")
+    for _ in range(200):
+        if await handle.query("items") == ["a"]:
+            break
+        await asyncio.sleep(0.02)
+    assert await handle.query("items") == ["a"]
+    assert await handle.query("count_plus", 5) == 6
+    with pytest.raises(duro.ApplicationError, match="empty items are rejected"):
+        await handle.execute_update("add", "")
+    assert await handle.execute_update("add", "b") == 2
+    with pytest.raises(duro.DuroError, match="no query handler"):
+        await handle.query("missing")
+    await handle.signal("add", "stop")
+    assert await handle.result(timeout=20) == ["a", "b", "stop"]
+    # A closed run is still queryable (by replay in the worker's process).
+    assert await handle.query("items") == ["a", "b", "stop"]
