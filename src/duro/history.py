@@ -71,7 +71,14 @@ class History(Sequence[HistoryEvent]):
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._raw = list(events)
-        self._events = [_from_event(e) for e in self._raw]
+        self._readable: list[HistoryEvent] | None = None
+
+    @property
+    def _events(self) -> list[HistoryEvent]:
+        # Built on first use: replay needs only the core events, and a long history has many.
+        if self._readable is None:
+            self._readable = [_from_event(e) for e in self._raw]
+        return self._readable
 
     @overload
     def __getitem__(self, i: int) -> HistoryEvent: ...
@@ -83,7 +90,7 @@ class History(Sequence[HistoryEvent]):
         return self._events[i]
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._raw)
 
     def __iter__(self) -> Iterator[HistoryEvent]:
         return iter(self._events)
