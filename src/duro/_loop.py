@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import math
 import os
@@ -114,7 +113,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._start_timer = start_timer
         self._cancel_timer = cancel_timer
         self._now = 0.0
-        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        # A plain list, swapped out per pass (see _run_ready): a deque preallocates a 64-slot block,
+        # and a worker may hold 100,000 parked loops.
+        self._ready: list[asyncio.Handle] = []
         # Live durable timers: seq -> handle, in the order they were started. A timer leaves when
         # it fires or is cancelled, so a late fire_timer for it is ignored.
         self._timers: dict[int, _WorkflowTimerHandle] = {}
@@ -125,7 +126,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._tasks: dict[asyncio.Task[Any], None] = {}
         # Async generators first iterated on this loop, in first-iteration order (a weak dict, not
         # a WeakSet, so that iteration order is deterministic).
-        self._asyncgens: weakref.WeakKeyDictionary[Any, None] = weakref.WeakKeyDictionary()
+        # Made on first use: most workflows never iterate an async generator, and a parked
+        # workflow's loop should cost little memory.
+        self._asyncgens_map: weakref.WeakKeyDictionary[Any, None] | None = None
         self._task_counter = 0
         self._task_factory: _TaskFactory | None = None
         self._exception_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
@@ -236,15 +239,19 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             self._deactivate(saved)
 
     def _run_ready(self) -> None:
-        ready = self._ready
-        while ready:
-            handle = ready.popleft()
-            if not handle._cancelled:
-                handle._run()
-            # Drop the handle now rather than at the next iteration: when it was the last
-            # reference to a finished task (its done callback), the task is finalized here,
-            # so a "never retrieved" exception reaches unhandled_errors before we return.
-            del handle
+        # FIFO: callbacks scheduled while a batch runs go to a fresh list, run in the next pass.
+        while self._ready:
+            batch = self._ready
+            self._ready = []
+            for i in range(len(batch)):
+                handle = batch[i]
+                batch[i] = None  # type: ignore[call-overload]
+                if not handle._cancelled:
+                    handle._run()
+                # Drop the handle now rather than at the next iteration: when it was the last
+                # reference to a finished task (its done callback), the task is finalized here,
+                # so a "never retrieved" exception reaches unhandled_errors before we return.
+                del handle
 
     # ------------------------------------------------------------------ loop state
 
@@ -299,7 +306,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         finally:
             self._deactivate(saved)
             self._ready.clear()
-            self._asyncgens.clear()
+            if self._asyncgens_map is not None:
+                self._asyncgens_map.clear()
 
     def get_debug(self) -> bool:
         """Return the asyncio debug flag (False unless ``set_debug(True)``)."""
@@ -528,6 +536,12 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             )
 
     # ------------------------------------------------------------ async generators
+
+    @property
+    def _asyncgens(self) -> weakref.WeakKeyDictionary[Any, None]:
+        if self._asyncgens_map is None:
+            self._asyncgens_map = weakref.WeakKeyDictionary()
+        return self._asyncgens_map
 
     def _asyncgen_firstiter(self, agen: AsyncGenerator[Any, Any]) -> None:
         self._asyncgens[agen] = None
