@@ -22,7 +22,14 @@ from duro._core.codec import Event
 from duro._core.replay import CommandMatcher, split_activations
 from duro._loop import WorkflowLoop
 from duro.activity import RetryPolicy, get_activity_definition, to_seconds
-from duro.converter import DataConverter, decode_failure, encode_failure, failure_from_dict
+from duro.converter import (
+    DataConverter,
+    convert,
+    decode_failure,
+    encode_failure,
+    failure_from_dict,
+    parameter_hints,
+)
 from duro.errors import ActivityError, DuroError, NonDeterminismError, WorkflowFailedError, WorkflowIOError
 from duro.stores.base import ActivityTask, ChildStart, ExternalRequest, pack, unpack
 from duro.workflow import WorkflowContext, WorkflowDefinition, WorkflowInfo
@@ -354,7 +361,7 @@ class WorkflowInstance:
         self._signals.setdefault(name, []).append(args)
 
     def _call_handler(self, handler: Callable[..., Any], args: list[Any]) -> None:
-        result = handler(*args)
+        result = handler(*_typed(handler, args))
         if asyncio.iscoroutine(result):
             self.loop.create_task(result)
 
@@ -528,7 +535,7 @@ class WorkflowInstance:
         if handler is None:
             raise DuroError(f"workflow {self.info.workflow_type!r} has no query handler {name!r}; known: "
                             f"{sorted(self._query_handlers)}")
-        return self._guarded(handler, args, "query")
+        return self._guarded(handler, _typed(handler, args), "query")
 
     def _guarded(self, fn: Callable[..., Any], args: list[Any], what: str) -> Any:
         self._in_query = True
@@ -558,7 +565,7 @@ class WorkflowInstance:
             raise DuroError(f"workflow {self.info.workflow_type!r} has no update handler {name!r}; known: "
                             f"{sorted(self._update_handlers)}")
         if entry[1] is not None:
-            self._guarded(entry[1], args, "update validator")
+            self._guarded(entry[1], _typed(entry[1], args), "update validator")
 
     def _run_update(self, update_id: str, name: str, args_b: bytes) -> None:
         entry = self._update_handlers.get(name)
@@ -571,7 +578,7 @@ class WorkflowInstance:
         if entry is None:
             finish(False, encode_failure(DuroError(f"no update handler {name!r}")))
             return
-        args = self.converter.decode_args(args_b, ())
+        args = _typed(entry[0], self.converter.decode_args(args_b, ()))
 
         async def run() -> None:
             try:
@@ -624,6 +631,28 @@ class WorkflowInstance:
     def close(self) -> None:
         """Drop the coroutines without running them further (on eviction)."""
         self.loop.close()
+
+
+_HANDLER_HINTS: dict[Any, list[Any]] = {}
+
+
+def _typed(handler: Callable[..., Any], args: list[Any]) -> list[Any]:
+    """Handler arguments converted to the handler's parameter annotations (dataclasses, models...)."""
+    # Keyed by code object: a handler defined inside the workflow (a closure, a lambda) is a new
+    # function in every run, but its annotations are those of the same code.
+    fn = getattr(handler, "__func__", handler)
+    key = getattr(fn, "__code__", fn)
+    hints = _HANDLER_HINTS.get(key)
+    if hints is None:
+        try:
+            hints = parameter_hints(handler, skip_first=False)[0]
+        except (TypeError, ValueError):  # builtins such as list.append have no signature
+            hints = []
+        if len(_HANDLER_HINTS) < 10_000:
+            _HANDLER_HINTS[key] = hints
+    if not hints:
+        return args
+    return [convert(a, hints[i]) if i < len(hints) and hints[i] is not None else a for i, a in enumerate(args)]
 
 
 def _signal_value(args: list[Any]) -> Any:

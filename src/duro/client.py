@@ -153,10 +153,19 @@ class Client:
             execution_timeout=to_seconds(execution_timeout, "execution_timeout"),
             run_timeout=to_seconds(run_timeout, "run_timeout"),
         )
-        await self.store.start_workflow(req)
+        worker = self._eager_worker(name, task_queue)
+        if worker is None or not await worker.eager_start(req):
+            await self.store.start_workflow(req)
         handle = WorkflowHandle(self, id, run_id, result_hint=defn.return_hint if defn else None)
         handle._defn = defn
         return handle
+
+    def _eager_worker(self, workflow_type: str, task_queue: str) -> Any:
+        """A worker of this process that can run the first task of the workflow right away."""
+        for worker in self.store.local_workers:
+            if worker.task_queue == task_queue and workflow_type in worker._workflows and worker._running:
+                return worker
+        return None
 
     async def execute_workflow(self, workflow: Callable[..., Any] | str, *args: Any, id: str, task_queue: str,
                                **kwargs: Any) -> Any:
@@ -216,8 +225,19 @@ class WorkflowHandle:
     def _result_hint_for(self, query: str) -> Any:
         return None
 
+    def _target(self) -> str | None:
+        """The run that signals, queries, cancels and describes address.
+
+        A handle from ``start_workflow`` follows its workflow through continue-as-new (as its
+        ``result()`` does): once its run continued as new, it addresses the latest run.
+        """
+        if self.run_id is None or not self._follow_runs:
+            return self.run_id
+        info = self.client.store.find_run(self.id, self.run_id)
+        return None if info.status == "continued_as_new" else self.run_id
+
     def _info(self) -> RunInfo:
-        return self.client.store.find_run(self.id, self.run_id)
+        return self.client.store.find_run(self.id, self._target())
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to close and return its result.
@@ -261,7 +281,7 @@ class WorkflowHandle:
         if not isinstance(name, str) or not name:
             raise ValueError("a signal name must be a non-empty string")
         payload = self.client.converter.encode_args(args)
-        await self.client.store.signal_workflow(self.id, self.run_id, name, payload)
+        await self.client.store.signal_workflow(self.id, self._target(), name, payload)
 
     async def describe(self) -> WorkflowExecution:
         """Status, type, times and history length of the run."""
@@ -283,7 +303,7 @@ class WorkflowHandle:
         The workflow may catch it and still run cleanup activities; ``result()`` then raises
         ``WorkflowFailedError`` caused by ``duro.CancelledError`` if it ended cancelled.
         """
-        await self.client.store.cancel_workflow(self.id, self.run_id)
+        await self.client.store.cancel_workflow(self.id, self._target())
 
     async def query(self, name: str, *args: Any) -> Any:
         """Ask the workflow a question; nothing is written.
@@ -309,4 +329,4 @@ class WorkflowHandle:
 
     async def terminate(self, reason: str = "") -> None:
         """Close the run at once; its code does not run again."""
-        await self.client.store.terminate_workflow(self.id, self.run_id, reason)
+        await self.client.store.terminate_workflow(self.id, self._target(), reason)

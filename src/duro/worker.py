@@ -21,7 +21,14 @@ from duro._loop import install_io_guard
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
 from duro.errors import ApplicationError, DuroError, NonDeterminismError, TimeoutError
-from duro.stores.base import ActivityOutcome, ActivityTask, Conflict, WorkflowTaskCompletion
+from duro.stores.base import (
+    ActivityOutcome,
+    ActivityTask,
+    Conflict,
+    StartRequest,
+    WorkflowTaskCompletion,
+    run_key_of,
+)
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
 if TYPE_CHECKING:
@@ -236,6 +243,8 @@ class Worker:
 
     def _wf_done(self, run_key: bytes) -> None:
         self._active.discard(run_key)
+        if len(self._cache) > self.max_cached:  # it could not be trimmed while runs were busy
+            self._trim_cache()
         if run_key in self._again:
             self._again.discard(run_key)
             self._on_wtask(run_key)
@@ -337,6 +346,60 @@ class Worker:
             inst.busy = False
         self._retry_backoff.pop(run_key, None)
 
+    async def eager_start(self, req: StartRequest) -> bool:
+        """Start ``req`` with its first workflow task run here, committed with the start.
+
+        Returns False (nothing written) when the first task cannot run here; the caller then
+        starts the workflow the ordinary way. Raises what starting raises (already started...).
+        """
+        from duro.stores.lmdb import started_event
+
+        defn = self._workflows.get(req.workflow_type)
+        if defn is None or not self._running or len(self._active) >= self.max_wf_tasks:
+            return False
+        store = self.store
+        now_us = int(store.clock.now() * 1_000_000)
+        started = started_event(req, now_us).with_id(1)
+        run_key = run_key_of(req.run_id)
+        try:
+            inst = WorkflowInstance(defn, run_key, started, self.converter)
+            inst.activate([started])
+        except (WorkflowTaskError, NonDeterminismError, TypeError, ValueError):
+            return False  # let the ordinary path run (and report) it
+        commands, atasks, timers = inst.take_commands()
+        children, external, cancel_timers, cancel_activities = inst.take_extras()
+        first = WorkflowTaskCompletion(
+            run_key=run_key, task_queue=req.task_queue, epoch=0, processed_through=1, commands=commands,
+            activity_tasks=atasks, timers=timers, close_status=inst.close_status, children=children,
+            external=external, cancel_timers=cancel_timers, cancel_activities=cancel_activities,
+        )
+        self._active.add(run_key)
+        inst.busy = True
+        try:
+            nxt = await store.start_workflow_eager(req, now_us, first)
+        except BaseException:
+            inst.busy = False
+            self._wf_done(run_key)
+            inst.close()
+            raise
+        self.stats["workflow_tasks"] += 1
+        inst.epoch = 1
+        inst.last_marker_id = 2
+        # Our own events end after the commands; the same commit may have added inputs after them
+        # (a child that could not start): those are left for the next task to read.
+        inst.last_event_id = 2 + len(commands)
+        inst.next_event_id = nxt
+        inst.busy = False
+        # Cached before the run is released: a task the same commit queued for it (a child that
+        # could not start, say) must find this instance, not rebuild a second one.
+        if inst.close_status is None:
+            self._cache[run_key] = inst
+            self._trim_cache()
+        else:
+            inst.close()
+        self._wf_done(run_key)
+        return True
+
     async def execute_update(self, run_key: bytes, name: str, args: bytes) -> bytes:
         """Validate and run an update on a run of this worker's queue; the handler's result.
 
@@ -404,7 +467,9 @@ class Worker:
         # Events between what we read and our marker (if any) are inputs we have not seen yet:
         # then the read position stays before them; otherwise it moves past our own commands.
         if inst.last_marker_id == inst.next_event_id + len(inputs):
-            inst.last_event_id = nxt - 1
+            # Past our own commands only: the store may have appended inputs after them in the
+            # same commit (a child that could not start), which the next task must read.
+            inst.last_event_id = inst.last_marker_id + len(commands)
         inst.next_event_id = nxt
         if inst.close_status is not None:
             self._evict(inst.run_key)
@@ -552,7 +617,8 @@ class Worker:
         # One commit per step: when this process holds the workflow idle in memory and this is the
         # only result it waits for, resume it now and commit the result with its next commands.
         if (inst is not None and not inst.busy and task.run_key not in self._active
-                and inst.pending_activities == 1 and task.task_queue == inst.info.task_queue):
+                and inst.pending_activities == 1 and task.task_queue == inst.info.task_queue
+                and inst.last_event_id == inst.next_event_id - 1):  # it has seen the whole history
             ev = Event(codec.ACTIVITY_COMPLETED, 0, int(self.store.clock.now() * 1e6), task.seq, task.attempt,
                        task.name, payload)
             self._active.add(task.run_key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import duro
@@ -158,3 +159,26 @@ async def timer_race(ctx: duro.WorkflowContext) -> str:
 WORKFLOWS: list[Any] = [cancellable, shielded, child, waiting_child, parent, signalling_parent, abandoning_parent,
                         failing_child_parent, counter, queried, versioned, sleeper, condition_timeout, timer_race]
 ACTIVITIES: list[Any] = [note, long_heartbeating]
+
+
+@dataclasses.dataclass
+class Item:
+    name: str
+    qty: int
+
+
+@duro.workflow
+async def typed_handlers(ctx: duro.WorkflowContext) -> list[str]:
+    seen: list[str] = []
+
+    def on_item(item: Item) -> None:
+        assert isinstance(item, Item), type(item)
+        seen.append(f"{item.name}x{item.qty}")
+
+    ctx.set_signal_handler("item", on_item)
+    ctx.set_query_handler("count", lambda item: sum(1 for s in seen if s.startswith(item.name)))
+    await ctx.wait_condition(lambda: len(seen) >= 2)
+    return seen
+
+
+WORKFLOWS.append(typed_handlers)

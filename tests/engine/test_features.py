@@ -171,7 +171,7 @@ async def test_timers_inside_asyncio_helpers(client: duro.Client, worker: duro.W
 async def test_id_reuse_policy(client: duro.Client, worker: duro.Worker, policy: str, first_fails: bool,
                                allowed: bool) -> None:
     wid = f"reuse-{policy}-{first_fails}"
-    first = await client.start_workflow(f.sleeper, 0.0, id=wid, task_queue="f")
+    first = await client.start_workflow(f.sleeper, 3600.0 if first_fails else 0.0, id=wid, task_queue="f")
     if first_fails:
         await client.get_handle(wid).terminate("make it fail")
     else:
@@ -182,3 +182,17 @@ async def test_id_reuse_policy(client: duro.Client, worker: duro.Worker, policy:
     else:
         with pytest.raises(duro.WorkflowAlreadyStartedError):
             await client.start_workflow(f.sleeper, 0.0, id=wid, task_queue="f", id_reuse_policy=policy)
+
+
+async def test_handler_arguments_arrive_as_their_annotated_types(client: duro.Client, worker: duro.Worker) -> None:
+    handle = await client.start_workflow(f.typed_handlers, id="typed", task_queue="f")
+    await handle.signal("item", f.Item("apple", 2))
+    await handle.signal("item", f.Item("pear", 1))
+    assert await handle.result(timeout=10) == ["applex2", "pearx1"]
+
+
+async def test_start_handle_follows_continue_as_new(client: duro.Client, worker: duro.Worker) -> None:
+    handle = await client.start_workflow(f.counter, 0, 2, id="can-follow", task_queue="f")
+    assert await handle.result(timeout=10) == 2
+    desc = await handle.describe()  # the latest run, not the first one
+    assert desc.status == "completed" and desc.run_id != handle.run_id
