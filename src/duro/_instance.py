@@ -42,6 +42,7 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_RETRY = RetryPolicy().to_dict()
 
 
+_ACTIVITY_SCHEDULED = codec.ACTIVITY_SCHEDULED
 _NO_EXTRAS: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])  # never mutated
 
 
@@ -169,14 +170,17 @@ class WorkflowInstance:
     def activate(self, inputs: list[Event]) -> None:
         """Apply input events in order, then run the code until every branch is blocked."""
         loop = self.loop
-        t = loop.time()
+        t_us = 0
+        last = self.last_event_id
         for ev in inputs:
-            if ev.timestamp > t:
-                t = ev.timestamp
+            if ev.timestamp_us > t_us:
+                t_us = ev.timestamp_us
             self._apply(ev)
-            if ev.event_id > self.last_event_id:
-                self.last_event_id = ev.event_id
-        loop.set_time(t)
+            if ev.event_id > last:
+                last = ev.event_id
+        self.last_event_id = last
+        if t_us / 1e6 > loop.time():
+            loop.set_time(t_us / 1e6)
         self._run()
 
     def _run(self) -> None:
@@ -403,7 +407,9 @@ class WorkflowInstance:
         if self.replaying:
             # The arguments and options were recorded when this command first ran; replay only
             # needs the command's identity to match it (and the future to resolve).
-            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, b""))
+            matcher = self._matcher
+            if matcher is None or not matcher.matches_parts(_ACTIVITY_SCHEDULED, seq, name):
+                self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, b""))
             return fut
         stc = to_seconds(start_to_close, "start_to_close_timeout")
         s2c = to_seconds(schedule_to_close, "schedule_to_close_timeout")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import os
 import reprlib
@@ -77,6 +78,21 @@ def _not_driven_here(name: str) -> Callable[..., NoReturn]:
     method.__qualname__ = f"WorkflowLoop.{name}"
     method.__doc__ = "Refused: the engine drives this loop (run_until_quiescent); raises WorkflowIOError."
     return method
+
+
+class _Ready(asyncio.Handle):
+    """A Handle made without asyncio's debug bookkeeping: the hot path of every resolved future."""
+
+    __slots__ = ()
+
+    def __init__(self, callback: Callable[..., object], args: Any, loop: Any, context: Context | None) -> None:
+        self._context = context if context is not None else contextvars.copy_context()
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):
@@ -336,8 +352,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         Returns:
             A handle whose ``cancel()`` prevents the call.
         """
-        self._check_closed()
-        handle = asyncio.Handle(callback, args, self, context)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle = asyncio.Handle(callback, args, self, context) if self._debug else _Ready(callback, args, self, context)
         self._ready.append(handle)
         return handle
 

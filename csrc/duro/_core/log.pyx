@@ -218,6 +218,9 @@ cdef class HistoryLog:
         _check_run_key(run_key)
         if to_event_id and to_event_id < from_event_id:
             return events
+        read_run = getattr(txn, "read_run", None)
+        if read_run is not None:  # duro's own LMDB binding: decode in place, no copies, no cursor objects
+            return read_run(self.db, run_key, from_event_id, to_event_id)
         with txn.cursor(db=self.db) as cursor:
             if not cursor.set_range(_make_key(run_key, from_event_id)):
                 return events

@@ -14,7 +14,12 @@ points into the map; ``Cursor.decode_*`` helpers in log.pyx decode straight from
 """
 
 from libc.stdint cimport uint64_t
+from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from duro._core.codec cimport Event, event_from_buffer
+
+from duro.errors import CorruptHistoryError
 
 cdef extern from "lmdb.h" nogil:
     ctypedef struct MDB_env:
@@ -288,6 +293,62 @@ cdef class Transaction:
             return False
         _check(rc, "mdb_del")
         return True
+
+    def read_run(self, Database db, bytes run_key, uint64_t from_id=1, uint64_t to_id=0):
+        """Decode a run's history straight from the map: events with ids from..to (0: to the end).
+
+        Keys are run_key (16 bytes) + the event id as u64 big-endian. Each value is decoded where
+        it lies in LMDB's map (valid only inside this transaction); the Events own copies of
+        their name and payload, so they outlive it. A malformed key or envelope raises
+        CorruptHistoryError naming the run and the event id.
+        """
+        cdef MDB_cursor* cur
+        cdef MDB_val k, v
+        cdef unsigned char start[24]
+        cdef const unsigned char* kp
+        cdef const unsigned char* rk
+        cdef uint64_t event_id
+        cdef int rc, i
+        cdef list events = []
+        cdef Event ev
+        self._live()
+        if PyBytes_GET_SIZE(run_key) != 16:
+            raise ValueError(f"run_key must be 16 bytes, got {PyBytes_GET_SIZE(run_key)}")
+        rk = <const unsigned char*>PyBytes_AS_STRING(run_key)
+        for i in range(16):
+            start[i] = rk[i]
+        for i in range(8):
+            start[16 + i] = <unsigned char>((from_id >> (56 - 8 * i)) & 0xFF)
+        k.mv_size = 24
+        k.mv_data = <void*>start
+        _check(mdb_cursor_open(self.txn, self._dbi(db), &cur), "mdb_cursor_open")
+        try:
+            rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
+            while rc == 0:
+                kp = <const unsigned char*>k.mv_data
+                if k.mv_size < 16 or memcmp(kp, rk, 16) != 0:
+                    break
+                if k.mv_size != 24:
+                    raise CorruptHistoryError(f"run {run_key.hex()}: history key of {k.mv_size} bytes, expected 24")
+                event_id = 0
+                for i in range(8):
+                    event_id = (event_id << 8) | kp[16 + i]
+                if to_id and event_id > to_id:
+                    break
+                try:
+                    ev = event_from_buffer(<const unsigned char*>v.mv_data, <Py_ssize_t>v.mv_size)
+                except CorruptHistoryError as exc:
+                    raise CorruptHistoryError(f"run {run_key.hex()} event {event_id}: {exc}") from exc
+                if ev.event_id != event_id:
+                    raise CorruptHistoryError(
+                        f"run {run_key.hex()} event {event_id}: the stored envelope says event {ev.event_id}")
+                events.append(ev)
+                rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)
+            if rc != 0 and rc != MDB_NOTFOUND:
+                _check(rc, "mdb_cursor_get")
+        finally:
+            mdb_cursor_close(cur)
+        return events
 
     def cursor(self, Database db=None):
         """A cursor over one database, valid until the transaction ends."""

@@ -160,6 +160,17 @@ cdef class CommandMatcher:
         self._i += 1
         return True
 
+    cpdef bint matches_parts(self, int type, unsigned long long ref, str name):
+        """``matches`` for a command given by its parts: no Event is built when it matches."""
+        cdef Event r
+        if self._i >= len(self._recorded):
+            return False
+        r = <Event>self._recorded[self._i]
+        if type != r.type or ref != r.ref or name != r.name:
+            return False
+        self._i += 1
+        return True
+
     def take_marker(self, str name):
         """If the next recorded command is MarkerRecorded ``name``, consume it and return True.
 
