@@ -162,8 +162,11 @@ class Client:
 
     def _eager_worker(self, workflow_type: str, task_queue: str) -> Any:
         """A worker of this process that can run the first task of the workflow right away."""
+        loop = asyncio.get_running_loop()
         for worker in self.store.local_workers:
-            if worker.task_queue == task_queue and workflow_type in worker._workflows and worker._running:
+            # Only a worker on this event loop: its instances must not be touched from another thread.
+            if (worker.task_queue == task_queue and workflow_type in worker._workflows and worker._running
+                    and worker._loop is loop):
                 return worker
         return None
 

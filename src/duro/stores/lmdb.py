@@ -118,6 +118,20 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_exception(value)
 
 
+def _settle(fut: asyncio.Future[Any], value: Any) -> None:
+    """Resolve a waiter from whichever loop runs this: its own loop may be another thread's."""
+    loop = fut.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        if not fut.done():
+            fut.set_result(value)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(lambda: None if fut.done() else fut.set_result(value))
+
+
 def _run_callbacks(items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
     for fn, args in items:
         fn(*args)
@@ -500,8 +514,7 @@ class LmdbStore:
 
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):
-            if not fut.done():
-                fut.set_result(info)
+            _settle(fut, info)
 
     def _recheck_waiters(self) -> None:
         """After another process committed: release waiters whose run it closed (watcher thread)."""
@@ -739,8 +752,8 @@ class LmdbStore:
 
     def _release_update(self, update_id: str, payload: bytes) -> None:
         fut = self._update_waiters.pop(update_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(payload)
+        if fut is not None:
+            _settle(fut, payload)
 
     def _op_release_wtask(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes,
                           seen_through: int) -> None:

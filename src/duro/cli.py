@@ -1,0 +1,480 @@
+"""The ``duro`` command: look at and drive workflows in a store from a shell.
+
+::
+
+    duro [--store URL] list [--status S] [--type T] [--limit N] [--json]
+    duro [--store URL] describe WORKFLOW_ID [--run RUN_ID] [--json]
+    duro [--store URL] history WORKFLOW_ID [--run RUN_ID] [--json]
+    duro [--store URL] result WORKFLOW_ID [--timeout SECONDS]
+    duro [--store URL] signal WORKFLOW_ID NAME [JSON_ARG ...]
+    duro [--store URL] query WORKFLOW_ID NAME [JSON_ARG ...]
+    duro [--store URL] cancel WORKFLOW_ID
+    duro [--store URL] terminate WORKFLOW_ID [--reason TEXT]
+    duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...]
+
+The store is ``--store``, else the environment variable ``DURO_STORE``, else
+``lmdb://./duro-data``. Arguments of workflows, signals and queries are JSON, one per word
+(``'{"by": "alice"}'``, ``42``, ``'"text"'``). Exit status: 0 on success, 1 when the operation
+failed (unknown workflow, failed run, closed run...), 2 for bad input (options, JSON, store URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+from duro._core import mdb
+from duro.client import Client, WorkflowExecution
+from duro.errors import ApplicationError, DuroError, StoreURLError, WorkflowFailedError
+from duro.history import History, HistoryEvent
+
+__all__ = ["DEFAULT_STORE", "STORE_ENV", "main"]
+
+DEFAULT_STORE = "lmdb://./duro-data"
+STORE_ENV = "DURO_STORE"
+STATUSES = ("running", "completed", "failed", "terminated", "canceled", "continued_as_new", "timed_out")
+PAYLOAD_WIDTH = 48
+
+
+class UsageError(Exception):
+    """Bad input on the command line (exit status 2)."""
+
+
+class OperationError(Exception):
+    """The operation could not be done (exit status 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are exceptions, reported in one line by ``main``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise a UsageError instead of printing the usage and exiting."""
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``duro`` command.
+
+    Returns:
+        The parser; its namespaces carry ``command`` (the subcommand) and its options.
+    """
+    from duro import __version__
+
+    # --store is accepted before the subcommand and after it (a subcommand's value wins).
+    store_help = f"the store URL (default: ${STORE_ENV}, else {DEFAULT_STORE})"
+    common = _Parser(add_help=False)
+    common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=store_help)
+
+    parser = _Parser(
+        prog="duro",
+        description="Look at and drive duro workflows in a store.",
+        epilog="Arguments of workflows, signals and queries are JSON, one per word: "
+        "duro signal order-1 approve '{\"by\": \"alice\"}'",
+    )
+    parser.add_argument("--store", metavar="URL", default=None, help=store_help)
+    parser.add_argument("--version", action="version", version=f"duro {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", parents=[common], help="list workflows (the latest run of each id)",
+                       description="List workflows: the latest run of each workflow id.")
+    p.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    p.add_argument("--type", dest="workflow_type", metavar="TYPE", help="only workflows of this registered type")
+    p.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N workflows (default 100)")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+
+    p = sub.add_parser("describe", parents=[common], help="status, type, times and length of a run",
+                       description="Describe a workflow run (the latest run unless --run is given).")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("--run", dest="run_id", metavar="RUN_ID", help="a specific run (default: the latest)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+    p = sub.add_parser("history", parents=[common], help="the recorded events of a run",
+                       description="Print the event history of a run (the latest run unless --run is given).")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("--run", dest="run_id", metavar="RUN_ID", help="a specific run (default: the latest)")
+    p.add_argument("--json", action="store_true",
+                   help="print the exact history as JSON (readable back with duro.History.from_json)")
+
+    p = sub.add_parser("result", parents=[common], help="wait for a workflow and print its result",
+                       description="Wait for the workflow to close and print its result as JSON. If it did not "
+                       "complete (failed, cancelled, terminated, timed out), print the error and exit with 1.")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="give up after this many seconds")
+
+    p = sub.add_parser("signal", parents=[common], help="send a signal",
+                       description="Send signal NAME to the workflow, with each JSON_ARG as an argument.")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
+
+    p = sub.add_parser("query", parents=[common], help="ask a workflow's query handler",
+                       description="Ask query NAME of the workflow and print the answer as JSON. A worker of the "
+                       "run's task queue (in any process) answers.")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
+
+    p = sub.add_parser("cancel", parents=[common], help="request cancellation of a workflow",
+                       description="Request cancellation: the workflow code sees asyncio.CancelledError.")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+
+    p = sub.add_parser("terminate", parents=[common], help="close a workflow at once",
+                       description="Terminate the workflow: its run closes at once and its code does not run again.")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("--reason", default="", metavar="TEXT", help="why (recorded in the history)")
+
+    p = sub.add_parser("start", parents=[common], help="start a workflow by its registered name",
+                       description="Start a workflow of registered type TYPE with each JSON_ARG as an argument, "
+                       "and print its run id. A worker of the task queue runs it.")
+    p.add_argument("workflow_type", metavar="TYPE")
+    p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
+    p.add_argument("--id", dest="workflow_id", required=True, metavar="ID", help="the workflow id")
+    p.add_argument("--task-queue", required=True, metavar="Q", help="the task queue whose workers run it")
+    p.add_argument("--id-reuse-policy", default="allow_duplicate",
+                   choices=("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate"),
+                   help="whether the id of a closed run may be used again (default allow_duplicate)")
+    p.add_argument("--execution-timeout", type=_seconds, metavar="SECONDS", help="limit for the whole workflow")
+    p.add_argument("--run-timeout", type=_seconds, metavar="SECONDS", help="limit for each run")
+    return parser
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    JSON arguments may come before, between or after the options (``start T --id X --task-queue Q
+    ARG ...``): argparse leaves the ones after an option unparsed, and they are put back here, in order.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The namespace: ``command``, ``store`` and the options of the command.
+
+    Raises:
+        UsageError: the command line is not valid.
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        unknown = [e for e in extras if e.startswith("-") and not _is_json(e)]
+        if unknown or not hasattr(args, "json_args"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown or extras)}")
+        args.json_args = [*args.json_args, *extras]
+    return args
+
+
+def _json_args(texts: Sequence[str]) -> list[Any]:
+    """Parse each word as one JSON value."""
+    values = []
+    for i, text in enumerate(texts, 1):
+        try:
+            values.append(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise UsageError(
+                f"argument {i} ({text!r}) is not JSON: {e.msg}; write strings in double quotes, "
+                "e.g. '\"text\"' or '{\"by\": \"alice\"}'"
+            ) from None
+    return values
+
+
+def store_url(option: str | None) -> str:
+    """The store URL to use: ``--store``, else ``$DURO_STORE``, else ``lmdb://./duro-data``."""
+    return option or os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
+def _check_store_exists(url: str) -> None:
+    """Refuse to create an LMDB store for a command that only reads or addresses existing workflows."""
+    parsed = urlparse(url)
+    if parsed.scheme != "lmdb":
+        return  # open_store says what is wrong with it
+    raw = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
+    if not raw:
+        return
+    path = Path(raw).expanduser()
+    if not (path / "data.mdb").is_file():
+        raise OperationError(
+            f"no duro store at {str(path)!r} (store URL {url!r}); pass --store URL or set {STORE_ENV}")
+
+
+# ---------------------------------------------------------------------------------------- output
+
+
+def _json(value: Any, *, indent: int | None = None) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+
+
+def _time(t: datetime.datetime | None) -> str:
+    return "-" if t is None else t.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _execution_dict(ex: WorkflowExecution) -> dict[str, Any]:
+    return {
+        "workflow_id": ex.workflow_id, "run_id": ex.run_id, "workflow_type": ex.workflow_type,
+        "task_queue": ex.task_queue, "status": ex.status, "start_time": ex.start_time.isoformat(),
+        "close_time": ex.close_time.isoformat() if ex.close_time else None, "history_length": ex.history_length,
+    }
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> list[str]:
+    """Rows aligned in columns (the last column is not padded)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _payload_summary(event: HistoryEvent, width: int = PAYLOAD_WIDTH) -> str:
+    """The event's payload as short JSON (a start event shows its arguments)."""
+    data = event.data()
+    if isinstance(data, dict) and set(data) == {"meta", "args"}:
+        data = data["args"]
+    if isinstance(data, dict) and "message" in data and "kind" in data and "stack" in data:  # a failure
+        text = f"{data.get('type') or data['kind']}: {data['message']}"
+        return text if len(text) <= width else text[: width - 3] + "..."
+    if isinstance(data, bytes):
+        if not data:
+            return ""
+        try:
+            data = json.loads(data)  # true, false, null and negative numbers come back as bytes
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return f"<{len(data)} bytes>"
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _event_label(event: HistoryEvent) -> str:
+    """The event's name, with the command's sequence number where it has one."""
+    kind = event.event_type
+    if event.ref and kind.startswith(("Activity", "Timer", "StartChild", "ChildWorkflow", "SignalExternal")):
+        return f"{event.name} #{event.ref}".strip()
+    return event.name
+
+
+def history_lines(history: History) -> list[str]:
+    """A readable table of a history: id, milliseconds since the start, type, name / seq, payload.
+
+    Args:
+        history: the events of one run.
+
+    Returns:
+        The lines of the table, a title first.
+    """
+    title = f"workflow {history.workflow_id!r} run {history.run_id}: {len(history)} events"
+    if not len(history):
+        return [title]
+    t0 = history[0].timestamp
+    rows = [
+        [str(e.event_id), f"{(e.timestamp - t0).total_seconds() * 1000:.1f}", e.event_type, _event_label(e),
+         _payload_summary(e)]
+        for e in history
+    ]
+    return [title, *_table(["id", "+ms", "event type", "name / seq", "payload"], rows, right=(0, 1))]
+
+
+def _failure_text(err: BaseException) -> str:
+    """The error of a failed run in one line, with the chain of causes (types, details) its message lacks."""
+    text = str(err)
+    causes = []
+    cause = err.__cause__
+    while cause is not None:
+        desc = type(cause).__name__
+        if isinstance(cause, ApplicationError):
+            if cause.type != "ApplicationError":
+                desc += f" type {cause.type!r}"
+            if cause.details is not None:
+                desc += f" details {_json(cause.details)}"
+        if str(cause) and str(cause) not in text:
+            desc += f": {cause}"
+        causes.append(desc)
+        cause = cause.__cause__
+    return f"{text} (cause: {', caused by '.join(causes)})" if causes else text
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+async def _list(client: Client, args: argparse.Namespace) -> int:
+    runs = await client.list_workflows(status=args.status, workflow_type=args.workflow_type, limit=args.limit)
+    if args.json:
+        print(_json([_execution_dict(r) for r in runs], indent=2))
+        return 0
+    if not runs:
+        print("no workflows")
+        return 0
+    rows = [[r.workflow_id, r.workflow_type, r.status, _time(r.start_time), _time(r.close_time),
+             str(r.history_length)] for r in runs]
+    for line in _table(["workflow id", "type", "status", "started (UTC)", "closed (UTC)", "events"], rows,
+                       right=(5,)):
+        print(line)
+    return 0
+
+
+async def _describe(client: Client, args: argparse.Namespace) -> int:
+    ex = await client.get_handle(args.workflow_id, args.run_id).describe()
+    if args.json:
+        print(_json(_execution_dict(ex), indent=2))
+        return 0
+    fields = [("workflow id", ex.workflow_id), ("run id", ex.run_id), ("type", ex.workflow_type),
+              ("task queue", ex.task_queue), ("status", ex.status), ("started", _time(ex.start_time) + " UTC"),
+              ("closed", _time(ex.close_time) + (" UTC" if ex.close_time else "")),
+              ("events", str(ex.history_length))]
+    for key, value in fields:
+        print(f"{key + ':':<12} {value}")
+    return 0
+
+
+async def _history(client: Client, args: argparse.Namespace) -> int:
+    history = await client.get_handle(args.workflow_id, args.run_id).fetch_history()
+    if args.json:
+        print(history.to_json())
+        return 0
+    for line in history_lines(history):
+        print(line)
+    return 0
+
+
+async def _result(client: Client, args: argparse.Namespace) -> int:
+    handle = client.get_handle(args.workflow_id)
+    try:
+        value = await handle.result(timeout=args.timeout)
+    except WorkflowFailedError as e:
+        raise OperationError(_failure_text(e)) from None
+    except TimeoutError:  # asyncio's timeout (duro.TimeoutError is a DuroError)
+        raise OperationError(
+            f"workflow {args.workflow_id!r} did not close within {args.timeout:g} seconds") from None
+    print(_json(value, indent=2))
+    return 0
+
+
+async def _signal(client: Client, args: argparse.Namespace) -> int:
+    values = _json_args(args.json_args)
+    await client.get_handle(args.workflow_id).signal(args.name, *values)
+    print(f"sent signal {args.name!r} to workflow {args.workflow_id!r}")
+    return 0
+
+
+async def _query(client: Client, args: argparse.Namespace) -> int:
+    values = _json_args(args.json_args)
+    answer = await client.get_handle(args.workflow_id).query(args.name, *values)
+    print(_json(answer, indent=2))
+    return 0
+
+
+async def _cancel(client: Client, args: argparse.Namespace) -> int:
+    await client.get_handle(args.workflow_id).cancel()
+    print(f"requested cancellation of workflow {args.workflow_id!r}")
+    return 0
+
+
+async def _terminate(client: Client, args: argparse.Namespace) -> int:
+    await client.get_handle(args.workflow_id).terminate(args.reason)
+    print(f"terminated workflow {args.workflow_id!r}")
+    return 0
+
+
+async def _start(client: Client, args: argparse.Namespace) -> int:
+    values = _json_args(args.json_args)
+    handle = await client.start_workflow(
+        args.workflow_type, *values, id=args.workflow_id, task_queue=args.task_queue,
+        id_reuse_policy=args.id_reuse_policy, execution_timeout=args.execution_timeout,
+        run_timeout=args.run_timeout,
+    )
+    print(handle.run_id)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
+    "list": _list, "describe": _describe, "history": _history, "result": _result, "signal": _signal,
+    "query": _query, "cancel": _cancel, "terminate": _terminate, "start": _start,
+}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    url = store_url(args.store)
+    command = _COMMANDS[args.command]
+    if args.command != "start":  # only start may create a store; the others need its workflows
+        _check_store_exists(url)
+    async with Client.connect(url) as client:
+        return await command(client, args)
+
+
+def _error(message: str) -> None:
+    print(f"duro: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``duro`` command.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status: 0 on success, 1 when the operation failed, 2 for bad input.
+    """
+    try:
+        return asyncio.run(_run(parse_args(argv)))
+    except SystemExit as e:  # --help and --version
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except UsageError as e:
+        _error(str(e))
+    except StoreURLError as e:
+        _error(str(e))
+    except OperationError as e:
+        _error(str(e))
+        return 1
+    except DuroError as e:
+        _error(str(e))
+        return 1
+    except (ValueError, TypeError) as e:
+        _error(str(e))
+    except (OSError, mdb.Error) as e:
+        _error(f"cannot open or use the store: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""The ``duro`` command line, against workflows run by an in-process worker.
+
+``duro.cli.main`` runs its work with ``asyncio.run``, so it is called in a thread (``asyncio.to_thread``)
+or as a subprocess (``python -m duro.cli``), never on the test's own loop. Commands that hand work to
+the in-process worker's loop (``start``: eager start) or wait for another loop's commit (``result``
+of a running workflow), and ``query`` (answered through the store), run as subprocesses, as they do
+for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import duro
+from duro.cli import main
+from tests.engine import features_wfs, wfs
+from tests.engine.wfs import Order
+
+REPO = Path(__file__).resolve().parents[1]
+QUEUE = "cli"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Coroutine[Any, Any, Result]]
+
+
+@pytest.fixture
+async def worker(client: duro.Client) -> AsyncIterator[duro.Worker]:
+    workflows: list[Any] = [*wfs.ALL_WORKFLOWS, features_wfs.queried]
+    activities: list[Any] = [*wfs.ALL_ACTIVITIES, features_wfs.note]
+    async with duro.Worker(client, task_queue=QUEUE, workflows=workflows, activities=activities) as w:
+        yield w
+
+
+@pytest.fixture
+def cli(store: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run ``duro --store STORE ARGS...`` in a thread of this process (it shares the store)."""
+
+    async def run(*argv: str) -> Result:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, ["--store", store, *argv])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def cli_process(store: str) -> Cli:
+    """Run ``python -m duro.cli --store STORE ARGS...`` as another process (the test's loop keeps running)."""
+
+    async def run(*argv: str, timeout: float = 30) -> Result:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+        env.pop("DURO_STORE", None)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "duro.cli", "--store", store, *argv, cwd=REPO, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode is not None
+        return Result(proc.returncode, out.decode(), err.decode())
+
+    return run
+
+
+def one_error_line(r: Result, code: int, *fragments: str) -> None:
+    """The command failed with ``code`` and one ``duro: error:`` line holding each fragment."""
+    assert r.code == code, r
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("duro: error: "), r.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+async def wait_status(client: duro.Client, workflow_id: str, status: str) -> None:
+    for _ in range(500):
+        if (await client.get_handle(workflow_id).describe()).status == status:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{workflow_id} did not become {status}")
+
+
+async def some_workflows(client: duro.Client) -> dict[str, duro.WorkflowHandle]:
+    """A completed order, a failed workflow and a running one waiting for signals."""
+    order = await client.start_workflow(wfs.order_workflow, Order("A1", 5), id="order-A1", task_queue=QUEUE)
+    await order.signal("approve", {"by": "alice"})
+    await order.result()
+    failing = await client.start_workflow(wfs.failing_workflow, id="fails", task_queue=QUEUE)
+    with pytest.raises(duro.WorkflowFailedError):
+        await failing.result()
+    waiting = await client.start_workflow(wfs.signal_workflow, 2, id="waits", task_queue=QUEUE)
+    await wait_status(client, "waits", "running")
+    return {"order": order, "failing": failing, "waiting": waiting}
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+async def test_list(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    handles = await some_workflows(client)
+    r = await cli("list")
+    assert r.code == 0 and r.err == ""
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["workflow", "id", "type", "status", "started", "(UTC)", "closed", "(UTC)", "events"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"order-A1", "fails", "waits"}
+    assert rows["order-A1"][1:3] == ["order_workflow", "completed"]
+    assert rows["fails"][1:3] == ["failing_workflow", "failed"]
+    assert rows["waits"][1:3] == ["signal_workflow", "running"] and rows["waits"][5] == "-"
+    desc = await handles["order"].describe()
+    assert rows["order-A1"][-1] == str(desc.history_length)
+
+    r = await cli("list", "--status", "running")
+    assert [line.split()[0] for line in r.out.splitlines()[1:]] == ["waits"]
+    r = await cli("list", "--type", "failing_workflow", "--json")
+    assert r.code == 0
+    (doc,) = json.loads(r.out)
+    assert doc["workflow_id"] == "fails" and doc["status"] == "failed" and doc["task_queue"] == QUEUE
+    assert doc["run_id"] == handles["failing"].run_id and doc["close_time"] is not None
+    r = await cli("list", "--limit", "2", "--json")
+    assert len(json.loads(r.out)) == 2
+    r = await cli("list", "--status", "timed_out")
+    assert r.code == 0 and r.out.strip() == "no workflows"
+    assert json.loads((await cli("list", "--status", "timed_out", "--json")).out) == []
+
+
+async def test_describe(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    handles = await some_workflows(client)
+    r = await cli("describe", "order-A1")
+    assert r.code == 0 and r.err == ""
+    fields = dict(re.split(r":\s+", line, maxsplit=1) for line in r.out.splitlines())
+    desc = await handles["order"].describe()
+    assert fields["workflow id"] == "order-A1" and fields["run id"] == desc.run_id
+    assert fields["type"] == "order_workflow" and fields["task queue"] == QUEUE
+    assert fields["status"] == "completed" and fields["events"] == str(desc.history_length)
+    assert fields["closed"].endswith("UTC")
+
+    r = await cli("describe", "waits", "--json")
+    doc = json.loads(r.out)
+    assert doc["status"] == "running" and doc["close_time"] is None and doc["workflow_type"] == "signal_workflow"
+    r = await cli("describe", "order-A1", "--run", desc.run_id, "--json")
+    assert json.loads(r.out)["run_id"] == desc.run_id
+
+
+async def test_history_table_and_json(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    handles = await some_workflows(client)
+    history = await handles["order"].fetch_history()
+
+    r = await cli("history", "order-A1")
+    assert r.code == 0 and r.err == ""
+    lines = r.out.splitlines()
+    assert lines[0] == f"workflow 'order-A1' run {history.run_id}: {len(history)} events"
+    assert lines[1].split()[:3] == ["id", "+ms", "event"]
+    body = lines[2:]
+    assert len(body) == len(history)
+    assert body[0].split()[:4] == ["1", "0.0", "WorkflowExecutionStarted", "order_workflow"]
+    assert '[{"order_id":"A1","amount":5}]' in body[0]
+    assert any(line.split()[2:5] == ["ActivityTaskScheduled", "validate", "#1"] for line in body)
+    assert any("WorkflowExecutionSignaled" in line and '{"by":"alice"}' in line for line in body)
+    assert body[-1].split()[2] == "WorkflowExecutionCompleted"
+
+    r = await cli("history", "order-A1", "--json")
+    assert r.code == 0
+    again = duro.History.from_json(r.out)
+    assert (again.workflow_id, again.run_id) == ("order-A1", history.run_id)
+    assert [(e.event_id, e.event_type, e.name, e.payload) for e in again] == [
+        (e.event_id, e.event_type, e.name, e.payload) for e in history]
+    await duro.testing.Replayer(workflows=[wfs.order_workflow]).replay(again)
+
+    r = await cli("history", "order-A1", "--run", history.run_id, "--json")
+    assert len(duro.History.from_json(r.out)) == len(history)
+
+
+# ------------------------------------------------------------------------------------ acting
+
+
+async def test_signal_completes_the_workflow(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    handle = await client.start_workflow(wfs.signal_workflow, 2, id="sig", task_queue=QUEUE)
+    r = await cli("signal", "sig", "item", '"a"')
+    assert r.code == 0 and r.err == "" and "item" in r.out
+    r = await cli("signal", "sig", "item", '{"by": "alice", "n": [1, 2]}')
+    assert r.code == 0
+    assert await asyncio.wait_for(handle.result(), 10) == ["a", {"by": "alice", "n": [1, 2]}]
+
+    r = await cli("result", "sig")
+    assert r.code == 0 and json.loads(r.out) == ["a", {"by": "alice", "n": [1, 2]}]
+    one_error_line(await cli("signal", "sig", "item", "1"), 1, "sig")  # closed: nothing to signal
+
+
+async def test_signal_with_bad_json_is_a_usage_error(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    await client.start_workflow(wfs.signal_workflow, 1, id="sig", task_queue=QUEUE)
+    r = await cli("signal", "sig", "item", "{by: alice}")
+    one_error_line(r, 2, "argument 1", "{by: alice}", "not JSON")
+    r = await cli("signal", "sig", "item", "alice")
+    one_error_line(r, 2, "'alice'", "not JSON")
+    assert [e.event_type for e in await client.get_handle("sig").fetch_history()].count(
+        "WorkflowExecutionSignaled") == 0
+
+
+async def test_terminate(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    handle = await client.start_workflow(wfs.signal_workflow, 1, id="term", task_queue=QUEUE)
+    await wait_status(client, "term", "running")
+    r = await cli("terminate", "term", "--reason", "no longer needed")
+    assert r.code == 0 and r.err == "" and "term" in r.out
+    assert (await handle.describe()).status == "terminated"
+    with pytest.raises(duro.WorkflowFailedError) as info:
+        await handle.result()
+    assert isinstance(info.value.__cause__, duro.TerminatedError)
+
+    one_error_line(await cli("result", "term"), 1, "terminated", "no longer needed")
+    one_error_line(await cli("terminate", "term"), 1, "term")  # already closed
+
+
+async def test_cancel(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    handle = await client.start_workflow(wfs.signal_workflow, 1, id="canc", task_queue=QUEUE)
+    await wait_status(client, "canc", "running")
+    r = await cli("cancel", "canc")
+    assert r.code == 0 and r.err == ""
+    with pytest.raises(duro.WorkflowFailedError) as info:
+        await asyncio.wait_for(handle.result(), 10)
+    assert isinstance(info.value.__cause__, duro.CancelledError)
+    one_error_line(await cli("result", "canc"), 1, "canc", "cancel")
+
+
+async def test_result(client: duro.Client, worker: duro.Worker, cli: Cli, cli_process: Cli) -> None:
+    await some_workflows(client)
+    r = await cli("result", "order-A1")
+    assert r.code == 0 and r.err == ""
+    assert json.loads(r.out) == {"order_id": "A1", "tracking": "T-A1", "charged": 5}
+
+    r = await cli("result", "fails")
+    one_error_line(r, 1, "'fails'", "failed", "boom", "ApplicationError type 'Boom'", '{"k": 1}')
+
+    r = await cli("result", "waits", "--timeout", "0.2")
+    one_error_line(r, 1, "'waits'", "did not close within 0.2 seconds")
+
+    # Another process waits for the result; it wakes up when the worker here completes the run.
+    waiting = asyncio.create_task(cli_process("result", "waits", "--timeout", "30"))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    handle = client.get_handle("waits")
+    await handle.signal("item", 1)
+    await handle.signal("item", [2, "x"])
+    r = await waiting
+    assert r.code == 0, r
+    assert json.loads(r.out) == [1, [2, "x"]]
+
+
+async def test_start_by_name(client: duro.Client, worker: duro.Worker, cli: Cli, cli_process: Cli) -> None:
+    r = await cli_process("start", "signal_workflow", "--id", "started", "--task-queue", QUEUE, "2")
+    assert r.code == 0, r
+    run_id = r.out.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", run_id)
+    handle = client.get_handle("started")
+    desc = await handle.describe()
+    assert (desc.run_id, desc.workflow_type, desc.task_queue) == (run_id, "signal_workflow", QUEUE)
+    await handle.signal("item", "a")
+    await handle.signal("item", "b")
+    assert await asyncio.wait_for(handle.result(), 10) == ["a", "b"]
+
+    # JSON arguments may come before and after the options.
+    r = await cli_process("start", "signal_workflow", "1", "--id", "started-2", "--task-queue", QUEUE)
+    assert r.code == 0, r
+    r = await cli_process("start", "signal_workflow", "--id", "started-2", "--task-queue", QUEUE, "1")
+    one_error_line(r, 1, "'started-2'", "already running")
+    r = await cli_process("start", "signal_workflow", "--id", "x", "--task-queue", QUEUE, "[1,")
+    one_error_line(r, 2, "not JSON")
+    r = await cli_process("start", "signal_workflow", "--id", "x", "1")
+    one_error_line(r, 2, "--task-queue")
+
+
+async def test_query_answered_by_a_worker_of_another_process(client: duro.Client, worker: duro.Worker,
+                                                              cli_process: Cli) -> None:
+    handle = await client.start_workflow(features_wfs.queried, id="asked", task_queue=QUEUE)
+    await handle.signal("add", "a")
+    for _ in range(500):
+        if await handle.query("items") == ["a"]:
+            break
+        await asyncio.sleep(0.01)
+    r = await cli_process("query", "asked", "items")
+    assert r.code == 0, r
+    assert json.loads(r.out) == ["a"]
+    r = await cli_process("query", "asked", "count_plus", "10")
+    assert r.code == 0 and json.loads(r.out) == 11
+    r = await cli_process("query", "asked", "no_such_query")
+    one_error_line(r, 1, "no_such_query")
+    await handle.signal("add", "stop")
+    assert await asyncio.wait_for(handle.result(), 10) == ["a", "stop"]
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+async def test_unknown_workflow_id(client: duro.Client, cli: Cli) -> None:
+    for argv in (["describe", "nope"], ["history", "nope"], ["result", "nope"], ["signal", "nope", "s"],
+                 ["cancel", "nope"], ["terminate", "nope"], ["query", "nope", "q"]):
+        one_error_line(await cli(*argv), 1, "'nope'", "not in this store")
+    await client.start_workflow(wfs.signal_workflow, 1, id="known", task_queue="nobody")
+    one_error_line(await cli("describe", "known", "--run", "0" * 32), 1, "'known'", "not in this store")
+    one_error_line(await cli("history", "known", "--run", "not-a-run-id"), 1, "not in this store")
+
+
+def test_bad_store_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for url in ("foo", "http://example.com/x", "lmdb://", "postgresql://localhost/test"):
+        code = main(["--store", url, "list"])
+        one_error_line(Result(code, *capsys.readouterr()), 2)
+    code = main(["--store", "nope://x", "list"])
+    one_error_line(Result(code, *capsys.readouterr()), 2, "unsupported store URL", "'nope://x'", "lmdb://")
+
+    missing = tmp_path / "missing"
+    code = main(["--store", f"lmdb://{missing}", "describe", "x"])
+    one_error_line(Result(code, *capsys.readouterr()), 1, "no duro store at", str(missing), "--store", "DURO_STORE")
+    assert not missing.exists()  # reading does not create a store
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    code = main(["--store", f"lmdb://{not_a_dir}", "start", "t", "--id", "i", "--task-queue", "q"])
+    one_error_line(Result(code, *capsys.readouterr()), 1, str(not_a_dir))
+
+
+def test_store_from_the_environment(store: str, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DURO_STORE", store)
+    assert main(["start", "some_type", "--id", "env-1", "--task-queue", "nobody", '{"a": 1}']) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert main(["list", "--json"]) == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert (doc["workflow_id"], doc["run_id"], doc["workflow_type"]) == ("env-1", run_id, "some_type")
+    # --store wins over the environment, before or after the command.
+    monkeypatch.setenv("DURO_STORE", "lmdb:///nonexistent/duro-store")
+    assert main(["list", "--store", store]) == 0
+    assert "env-1" in capsys.readouterr().out
+    assert main(["--store", store, "describe", "env-1"]) == 0
+    assert main(["list"]) == 1
+    assert "/nonexistent/duro-store" in capsys.readouterr().err
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, fragment in (([], "COMMAND"), (["bogus"], "bogus"), (["list", "--limit", "0"], "--limit"),
+                           (["list", "--status", "done"], "--status"), (["list", "--bogus"], "--bogus"),
+                           (["describe"], "WORKFLOW_ID"), (["result", "x", "--timeout", "soon"], "--timeout"),
+                           (["history", "x", "extra"], "extra")):
+        code = main(argv)
+        one_error_line(Result(code, *capsys.readouterr()), 2, fragment)
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: duro") and "history" in out and "DURO_STORE" in out
+    assert main(["start", "--help"]) == 0
+    assert "--task-queue" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"duro {duro.__version__}"
