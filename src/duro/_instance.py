@@ -19,7 +19,7 @@ import orjson
 
 from duro._core import codec
 from duro._core.codec import Event
-from duro._core.replay import CommandMatcher, split_activations
+from duro._core.replay import CommandMatcher, drive, split_activations
 from duro._loop import WorkflowLoop
 from duro.activity import RetryPolicy, get_activity_definition, to_seconds
 from duro.converter import (
@@ -288,20 +288,13 @@ class WorkflowInstance:
         self.replaying = True
         try:
             with self.loop.held():
-                for inputs, marker, recorded in activations[:-1]:
-                    matcher.begin(recorded, marker)
-                    self.activate(inputs)
-                    if self._divergence is not None:
-                        raise self._divergence
-                    matcher.finish()
-                    self.commands.clear()
-                    self.take_extras()
-                    assert marker is not None
-                    self.last_event_id = recorded[-1].event_id if recorded else marker.event_id
-                    self.epoch += 1
+                last = drive(self, activations, matcher)  # the per-task loop, compiled
         finally:
             self.replaying = False
             self._matcher = None
+        self.epoch += len(activations) - 1
+        if last:
+            self.last_event_id = last
         if events:
             self.last_event_id = max(self.last_event_id, events[-1].event_id)
         return activations[-1][0]

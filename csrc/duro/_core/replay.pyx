@@ -143,7 +143,7 @@ cdef class CommandMatcher:
         self._i = 0
         self._marker = None
 
-    def begin(self, list recorded, object marker):
+    cpdef begin(self, list recorded, object marker):
         """Expect ``recorded`` (the commands of one recorded workflow task) next."""
         self._recorded = recorded
         self._i = 0
@@ -194,7 +194,35 @@ cdef class CommandMatcher:
             return e
         return NonDeterminismError(f"workflow {self._workflow_type!r}: unexpected command {describe(produced)}")
 
-    def finish(self):
+    cpdef finish(self):
         """Raise NonDeterminismError if recorded commands of this task were not asked for."""
         if self._i < len(self._recorded):
             match_commands([], self._recorded[self._i:], [], self._workflow_type, self._marker)
+
+
+def drive(object inst, list activations, CommandMatcher matcher):
+    """Replay every completed workflow task of ``activations`` (from ``split_activations``) on ``inst``.
+
+    For each task: expect its recorded commands, feed its inputs to ``inst.activate`` (the code
+    asks for commands, which the matcher checks as they come), then check nothing recorded was
+    left out. Returns the id of the last event replayed (0 when there was no completed task).
+    The last element of ``activations`` (inputs no task has processed) is not replayed.
+    """
+    cdef Py_ssize_t i, n = len(activations) - 1
+    cdef tuple act
+    cdef list recorded
+    cdef Event marker
+    cdef unsigned long long last = 0
+    activate = inst.activate
+    for i in range(n):
+        act = <tuple>activations[i]
+        recorded = <list>act[2]
+        marker = <Event>act[1]
+        matcher.begin(recorded, marker)
+        activate(act[0])
+        divergence = inst._divergence
+        if divergence is not None:
+            raise divergence
+        matcher.finish()
+        last = (<Event>recorded[len(recorded) - 1]).event_id if recorded else marker.event_id
+    return last
