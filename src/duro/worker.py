@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import gc
 import logging
 import time
 from collections import OrderedDict, deque
@@ -58,6 +59,10 @@ class Worker:
             for sync activities).
         max_cached_workflows: live workflow instances kept in memory (LRU); a miss replays history.
         identity: a name for this worker in logs.
+        gc_threshold: while the worker runs, raise the interpreter's generation-0 GC threshold to
+            at least this (None: leave the GC alone). Each parked workflow keeps a few dozen
+            objects alive; with CPython's default of 700 the cyclic collector keeps walking them
+            all, which halves how fast 100,000 parked workflows resume. Restored on shutdown.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class Worker:
         max_concurrent_activities: int = 200,
         max_cached_workflows: int = 10_000,
         identity: str | None = None,
+        gc_threshold: int | None = 50_000,
     ) -> None:
         if not isinstance(task_queue, str) or not task_queue or "\x00" in task_queue:
             raise ValueError("task_queue must be a non-empty string without NUL characters")
@@ -86,6 +92,10 @@ class Worker:
         self.converter = client.converter
         self.task_queue = task_queue
         self.identity = identity or f"worker-{id(self):x}"
+        if gc_threshold is not None and (not isinstance(gc_threshold, int) or gc_threshold < 1):
+            raise ValueError(f"gc_threshold must be a positive int or None, got {gc_threshold!r}")
+        self._gc_threshold = gc_threshold
+        self._saved_gc: tuple[int, ...] | None = None
         self._workflows: dict[str, WorkflowDefinition] = {}
         for wf in workflows:
             d = get_workflow_definition(wf)
@@ -137,6 +147,11 @@ class Worker:
         self._running = True
         self._loop = asyncio.get_running_loop()
         install_io_guard()
+        if self._gc_threshold is not None:
+            current = gc.get_threshold()
+            if current[0] < self._gc_threshold:
+                self._saved_gc = current
+                gc.set_threshold(self._gc_threshold, *current[1:])
         store = self.store
         if self._workflows:
             store.add_local_worker("workflow", self.task_queue, self._on_wtask)
@@ -169,6 +184,9 @@ class Worker:
             return
         self._running = False
         self._stopped.set()
+        if self._saved_gc is not None and gc.get_threshold()[0] == self._gc_threshold:
+            gc.set_threshold(*self._saved_gc)
+        self._saved_gc = None
         store = self.store
         store.remove_local_worker("workflow", self.task_queue)
         store.remove_local_worker("activity", self.task_queue)

@@ -257,3 +257,14 @@ async def test_worker_shuts_down_promptly_while_woken(client: duro.Client) -> No
     for _ in range(3):
         worker._on_foreign_change()  # wake-ups racing with the cancellation of the poll loops
     await asyncio.wait_for(worker.shutdown(), 5)
+
+
+async def test_worker_raises_the_gc_threshold_while_it_runs(client: duro.Client) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    async with duro.Worker(client, task_queue="t", workflows=[wfs.signal_workflow], gc_threshold=123_456):
+        assert gc.get_threshold()[0] == max(before[0], 123_456)
+    assert gc.get_threshold() == before
+    with pytest.raises(ValueError, match="gc_threshold"):
+        duro.Worker(client, task_queue="t", workflows=[wfs.signal_workflow], gc_threshold=0)
