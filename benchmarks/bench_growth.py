@@ -50,11 +50,16 @@ async def main(checkpoints: list[int], n: int, concurrency: int) -> dict[str, ob
                         step = min(20_000, target - done)
                         await run_batch(client, done, step, concurrency)
                         done += step
+                    st = client.store
+                    before = (st.commits, st.time_in_ops, st.time_in_commit, time.process_time())
                     wall = await run_batch(client, done, n, concurrency)
                     done += n
                     size_mb = os.path.getsize(os.path.join(tmp, "data.mdb")) / 1e6
                     points.append({"completed_before": target, "throughput_per_s": round(n / wall, 1),
-                                   "store_mb": round(size_mb, 1)})
+                                   "store_mb": round(size_mb, 1), "commits": st.commits - before[0],
+                                   "writer_ops_s": round(st.time_in_ops - before[1], 3),
+                                   "writer_commit_s": round(st.time_in_commit - before[2], 3),
+                                   "cpu_s": round(time.process_time() - before[3], 3), "wall_s": round(wall, 3)})
                     print(points[-1], file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
