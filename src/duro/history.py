@@ -33,11 +33,12 @@ class HistoryEvent:
     def data(self) -> Any:
         """The payload decoded as JSON where it is JSON (arguments, results), else the raw bytes."""
         raw = self.payload
-        if raw[:1] in (b"[", b"{", b'"') or raw[:1].isdigit():
-            try:
-                return orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                pass
+        if not raw:
+            return None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
         if len(raw) >= 4:  # a packed record: u32 length + JSON metadata, then the arguments
             n = int.from_bytes(raw[:4], "little")
             if 4 + n <= len(raw):
