@@ -622,6 +622,10 @@ class WorkflowInstance:
             self._conditions.append((fn, fut))
         return fut
 
+    def is_pending(self, seq: int) -> bool:
+        """Whether the code still waits for the result of activity ``seq``."""
+        return seq in self._pending
+
     @property
     def pending_activities(self) -> int:
         """How many activities and other commands still wait for a result."""

@@ -635,7 +635,8 @@ class Worker:
         # One commit per step: when this process holds the workflow idle in memory and this is the
         # only result it waits for, resume it now and commit the result with its next commands.
         if (inst is not None and not inst.busy and task.run_key not in self._active
-                and inst.pending_activities == 1 and task.task_queue == inst.info.task_queue
+                and inst.pending_activities == 1 and inst.is_pending(task.seq)
+                and task.task_queue == inst.info.task_queue
                 and inst.last_event_id == inst.next_event_id - 1):  # it has seen the whole history
             ev = Event(codec.ACTIVITY_COMPLETED, 0, int(self.store.clock.now() * 1e6), task.seq, task.attempt,
                        task.name, payload)
