@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_example(name: str, tmp_path: Path) -> str:
-    """Run examples/<name> on a fresh store directory; return its stdout after checking it succeeded."""
-    data_dir = tmp_path / "store"
-    proc = subprocess.run(
-        [sys.executable, f"examples/{name}", str(data_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert f"store: lmdb://{data_dir}" in proc.stdout
-    assert data_dir.is_dir()
-    return proc.stdout
+from tests.test_examples import run_example
 
 
 def in_order(out: str, lines: list[str]) -> None:

@@ -17,6 +17,17 @@ from duro.errors import CorruptHistoryError
 __all__ = ["History", "HistoryEvent"]
 
 
+_NOT_JSON = object()
+
+
+def _json(raw: bytes) -> Any:
+    """``raw`` decoded as JSON, or ``_NOT_JSON``."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
 @dataclass(frozen=True)
 class HistoryEvent:
     """One recorded event, in readable form. ``payload`` holds the exact recorded bytes."""
@@ -35,20 +46,16 @@ class HistoryEvent:
         raw = self.payload
         if not raw:
             return None
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
+        value = _json(raw)
+        if value is not _NOT_JSON:
+            return value
         if len(raw) >= 4:  # a packed record: u32 length + JSON metadata, then the arguments
             n = int.from_bytes(raw[:4], "little")
-            if 4 + n <= len(raw):
-                try:
-                    meta = orjson.loads(raw[4 : 4 + n])
-                    rest = raw[4 + n :]
-                    args = orjson.loads(rest[4:]) if len(rest) >= 4 else None
-                    return {"meta": meta, "args": args}
-                except orjson.JSONDecodeError:
-                    pass
+            rest = raw[4 + n :]
+            meta = _json(raw[4 : 4 + n]) if 4 + n <= len(raw) else _NOT_JSON
+            args = _json(rest[4:]) if len(rest) >= 4 else None
+            if meta is not _NOT_JSON and args is not _NOT_JSON:
+                return {"meta": meta, "args": args}
         return raw
 
     def to_event(self) -> Event:

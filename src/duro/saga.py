@@ -279,8 +279,8 @@ async def _wait_shielded(fut: asyncio.Future[Any]) -> asyncio.CancelledError | N
         except asyncio.CancelledError as e:
             if not fut.cancelled():  # not fut's own cancellation: the waiting task's
                 cancelled = e
-        except Exception:
-            pass  # the caller reads it from fut
+        except Exception:  # fut failed: the caller reads the error from fut
+            break
     return cancelled
 
 

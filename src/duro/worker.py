@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from duro._aio import wait_event
 from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import is_command
@@ -129,7 +130,7 @@ class Worker:
         self._serving_requests = False
         self._requests_in_progress: set[str] = set()
         self._stopped = asyncio.Event()
-        self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "activities": 0}
+        self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "fused_conflicts": 0, "activities": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -283,7 +284,7 @@ class Worker:
                             self._on_wtask(run_key)
             except Exception:  # keep polling: a failed claim must not stop the worker
                 log.exception("claiming workflow tasks of %r failed", self.task_queue)
-            await _wait(self._wake_wf, _POLL_INTERVAL_S)
+            await wait_event(self._wake_wf, _POLL_INTERVAL_S)
 
     def _evict(self, run_key: bytes) -> None:
         inst = self._cache.pop(run_key, None)
@@ -520,7 +521,7 @@ class Worker:
                 continue
             wait = _POLL_INTERVAL_S if self._next_timer is None else min(self._next_timer - now, _POLL_INTERVAL_S)
             self._wake_timer.clear()
-            await _wait(self._wake_timer, max(wait, 0.0005))
+            await wait_event(self._wake_timer, max(wait, 0.0005))
             if self._next_timer is None or self._wake_timer.is_set():
                 due = store.next_timer_due()
                 if due is not None and (self._next_timer is None or due < self._next_timer):
@@ -552,7 +553,7 @@ class Worker:
                         self._on_atask(task)
                 except Exception:  # keep polling: a failed claim must not stop the worker
                     log.exception("claiming activity tasks of %r failed", self.task_queue)
-            await _wait(self._wake_act, _POLL_INTERVAL_S)
+            await wait_event(self._wake_act, _POLL_INTERVAL_S)
 
     async def _reap_loop(self) -> None:
         while self._running:
@@ -647,8 +648,8 @@ class Worker:
                 await self._commit(inst, 0, [ev], (task.seq, task.attempt))
                 self.stats["fused"] += 1
                 return
-            except Conflict:
-                pass  # the run moved on meanwhile: record the result the ordinary way below
+            except Conflict:  # the run moved on meanwhile: record the result the ordinary way below
+                self.stats["fused_conflicts"] += 1
             except (WorkflowTaskError, NonDeterminismError) as e:
                 log.error("workflow task of run %s failed: %s", task.run_key.hex(), e)
                 self._evict(task.run_key)
@@ -664,24 +665,6 @@ class Worker:
         if hb is None:
             hb = ctx._heartbeater = _Heartbeater(self, ctx._task, ctx)
         hb.heartbeat(details)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait until ``event`` is set, or ``timeout`` seconds pass (then the event is set for us).
-
-    Neither ``asyncio.wait_for`` nor ``asyncio.timeout``: on Python 3.11 both cancel the waiting
-    task at the deadline, and a cancellation racing with ``event.set()`` can be swallowed (the
-    loop would then not stop on shutdown) or left pending (measured here: a poll loop that never
-    woke again). The callers clear the event before they look for work, so a timer setting it is
-    harmless.
-    """
-    if event.is_set():
-        return
-    timer = asyncio.get_running_loop().call_later(timeout, event.set)
-    try:
-        await event.wait()
-    finally:
-        timer.cancel()
 
 
 async def _watch(runner: asyncio.Future[Any], ctx: ActivityContext, timeout: float | None,

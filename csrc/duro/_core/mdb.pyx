@@ -22,12 +22,10 @@ from duro._core.codec cimport Event, event_from_buffer
 from duro.errors import CorruptHistoryError
 
 cdef extern from "lmdb.h" nogil:
-    ctypedef struct MDB_env:
-        pass
-    ctypedef struct MDB_txn:
-        pass
-    ctypedef struct MDB_cursor:
-        pass
+    # Opaque handles: lmdb.h declares them only as incomplete structs.
+    ctypedef struct MDB_env
+    ctypedef struct MDB_txn
+    ctypedef struct MDB_cursor
     ctypedef unsigned int MDB_dbi
     ctypedef struct MDB_val:
         size_t mv_size

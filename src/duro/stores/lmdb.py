@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, urlparse
 
 import orjson
 
+from duro._aio import wait_event
 from duro._core import codec, mdb
 from duro._core.codec import Event
 from duro._core.log import HistoryLog
@@ -1088,10 +1089,7 @@ class LmdbStore:
                 if left <= 0:
                     break
                 changed.clear()
-                try:
-                    await asyncio.wait_for(changed.wait(), min(left, 0.05))
-                except TimeoutError:
-                    pass
+                await wait_event(changed, min(left, 0.05))
         finally:
             unsubscribe()
         answer: bytes | None = await self._submit(self._op_take_answer, task_queue, request_id)
