@@ -132,3 +132,49 @@ class WorkflowIOError(DuroError):
 
 class StoreURLError(DuroError, ValueError):
     """A store URL that duro cannot open; the message says which forms are accepted."""
+
+
+class StoreError(DuroError):
+    """The store could not carry out an operation; nothing of that operation was written.
+
+    Subclasses say why (full, damaged, not permitted, a value past a limit); the message says what
+    to do. Operations acknowledged before the error stay durable.
+    """
+
+
+class StoreFullError(StoreError):
+    """The disk under the store, or the store's LMDB map, is full; free space (or grow the map) and retry."""
+
+
+class StoreCorruptedError(StoreError):
+    """The store's files are damaged (truncated, overwritten, not an LMDB environment).
+
+    Attributes:
+        path: the damaged file.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StorePermissionError(StoreError, PermissionError):
+    """This process may not read or write the store's files; the message names the path."""
+
+
+class StoreLimitError(StoreError, ValueError):
+    """A key or value is larger than the store accepts; the message names the limit."""
+
+
+class PayloadTooLargeError(DuroError, ValueError):
+    """An encoded argument, result, signal or heartbeat is larger than the configured limit.
+
+    Attributes:
+        size: the encoded size in bytes.
+        limit: the limit in bytes.
+    """
+
+    def __init__(self, message: str, *, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit

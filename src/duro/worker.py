@@ -41,8 +41,12 @@ __all__ = ["Worker"]
 log = logging.getLogger("duro.worker")
 
 _TERMINAL = (codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT)
+# Events after a cached instance's position that are not inputs of its code.
+_NOT_INPUTS = (codec.WORKFLOW_TASK_COMPLETED, codec.WORKFLOW_TASK_FAILED)
 _POLL_INTERVAL_S = 1.0
 _REAP_INTERVAL_S = 2.0
+_RENEW_INTERVAL_S = 60.0
+_RENEWED_LEASE_S = 330.0  # the lease of an activity without timeouts: 300 s + the 30 s slack
 
 
 class Worker:
@@ -130,7 +134,10 @@ class Worker:
         self._serving_requests = False
         self._requests_in_progress: set[str] = set()
         self._stopped = asyncio.Event()
-        self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "fused_conflicts": 0, "activities": 0}
+        self._act_live: dict[tuple[bytes, int], ActivityTask] = {}
+        self._last_renew = 0.0
+        self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "fused_conflicts": 0, "activities": 0,
+                      "task_failures": 0, "stale_activities": 0, "report_retries": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,6 +245,8 @@ class Worker:
         try:
             answer = await answer_request(self, raw)
             await self.store.answer(self.task_queue, request_id, answer)
+        except Exception:  # the asker times out with a clear message; keep serving others
+            log.exception("answering request %s failed", request_id)
         finally:
             self._requests_in_progress.discard(request_id)
 
@@ -317,17 +326,43 @@ class Worker:
             await self._workflow_task_inner(run_key, history)
         except asyncio.CancelledError:
             raise
-        except (WorkflowTaskError, NonDeterminismError) as e:
+        except Conflict:
+            # The run moved on while the task ran (new inputs, another worker): run it again on
+            # fresh state; a closed run's task is then released.
             self._evict(run_key)
-            delay = min(self._retry_backoff.get(run_key, 0.5) * 2, 60.0)
-            self._retry_backoff[run_key] = delay
-            log.error("workflow task of run %s failed (retrying in %.1fs): %s", run_key.hex(), delay, e)
-            asyncio.get_running_loop().call_later(delay, self._on_wtask, run_key)
-        except Exception:
+            self._again.add(run_key)
+        except Exception as e:
+            inst = self._cache.get(run_key)
+            epoch = inst.epoch if inst is not None else -1
             self._evict(run_key)
-            log.exception("workflow task of run %s failed", run_key.hex())
+            await self._task_failed(run_key, epoch, e)
         finally:
             self._wf_done(run_key)
+
+    async def _task_failed(self, run_key: bytes, epoch: int, exc: Exception) -> None:
+        """A workflow task raised: record it in the history and retry it after a backoff.
+
+        Whatever raised (the workflow's own code, a missing registration, a non-determinism, a
+        damaged history, a store error), the run is never left with a task that nobody retries.
+        The store keeps the task unleased and due after the backoff, so a worker with fixed code,
+        in this process or another, picks it up; when even recording fails (a full disk), this
+        worker retries the task itself.
+        """
+        etype = type(exc).__name__
+        log.error("workflow task of run %s failed: %s: %s", run_key.hex(), etype, exc,
+                  exc_info=not isinstance(exc, (WorkflowTaskError, NonDeterminismError)))
+        self.stats["task_failures"] += 1
+        try:
+            delay = await self.store.fail_workflow_task(self.task_queue, run_key, epoch, etype, encode_failure(exc))
+        except Exception as record_error:
+            delay = min(self._retry_backoff.get(run_key, 0.25) * 2, 60.0)
+            self._retry_backoff[run_key] = delay
+            log.error("could not record the failed workflow task of run %s (%s); retrying it here in %.1fs",
+                      run_key.hex(), record_error, delay)
+            asyncio.get_running_loop().call_later(delay, self._on_wtask, run_key)
+            return
+        if delay is not None:
+            asyncio.get_running_loop().call_later(delay + 0.001, self._wake_wf.set)
 
     def _prepare(self, run_key: bytes, history: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
         """The run's instance (cached, or rebuilt by replay) and the inputs it has not processed yet."""
@@ -340,7 +375,7 @@ class Worker:
             if not foreign and not any(ev.type in _TERMINAL for ev in new):
                 if new:
                     inst.next_event_id = new[-1].event_id + 1
-                return inst, [ev for ev in new if not is_command(ev.type) and ev.type != codec.WORKFLOW_TASK_COMPLETED]
+                return inst, [ev for ev in new if not is_command(ev.type) and ev.type not in _NOT_INPUTS]
             self._evict(run_key)  # another worker moved the run on, or it was closed: start over
         inst, pending = self._load(run_key, history)
         if inst is not None:
@@ -517,7 +552,12 @@ class Worker:
         while self._running:
             now = store.clock.now()
             if self._next_timer is not None and self._next_timer <= now:
-                self._next_timer = await store.fire_timers()
+                try:
+                    self._next_timer = await store.fire_timers()
+                except Exception:  # a full disk, say: keep the loop, try again shortly
+                    log.exception("firing timers failed; retrying")
+                    self._wake_timer.clear()
+                    await wait_event(self._wake_timer, 0.5)
                 continue
             wait = _POLL_INTERVAL_S if self._next_timer is None else min(self._next_timer - now, _POLL_INTERVAL_S)
             self._wake_timer.clear()
@@ -558,6 +598,7 @@ class Worker:
     async def _reap_loop(self) -> None:
         while self._running:
             try:
+                await self._renew_leases()
                 if await self.store.reap():
                     self._wake_wf.set()
                     self._wake_act.set()
@@ -565,10 +606,41 @@ class Worker:
                 log.exception("reaping expired leases failed")
             await asyncio.sleep(_REAP_INTERVAL_S)
 
+    async def _renew_leases(self) -> None:
+        """Keep the leases of this worker's long activities without a timeout alive.
+
+        Leases of this process expire like any other (so nothing is stranded in a live worker);
+        an attempt with a timeout is ended by its timeout before its lease runs out, one without
+        is renewed here while it runs.
+        """
+        now = time.monotonic()
+        if now - self._last_renew < _RENEW_INTERVAL_S:
+            return
+        self._last_renew = now
+        items = [(t.run_key, t.seq, t.attempt) for t in self._act_live.values()
+                 if not t.start_to_close_timeout and not t.schedule_to_close_timeout]
+        if items:
+            await self.store.renew_activity_leases(self.task_queue, items, _RENEWED_LEASE_S)
+
     async def _run_activity(self, task: ActivityTask) -> None:
+        key = (task.run_key, task.seq)
         try:
+            # The lease may have been lost between the claim and now (this process was paused,
+            # say, and another took the attempt over): then this attempt must not start.
+            if not self.store.holds_activity(task.task_queue, task.run_key, task.seq, task.attempt):
+                self.stats["stale_activities"] += 1
+                log.warning("activity %r (seq %d attempt %d) of run %s is no longer leased to this worker; "
+                            "not starting it", task.name, task.seq, task.attempt, task.run_key.hex())
+                return
+            self._act_live[key] = task
             await self._run_activity_inner(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the attempt's lease expires and the reaper retries it
+            log.exception("activity %r of run %s failed outside its code", task.name, task.run_key.hex())
         finally:
+            if self._act_live.get(key) is task:
+                del self._act_live[key]
             self._act_running -= 1
             while self._act_backlog and self._act_running < self.max_activities:
                 nxt = self._act_backlog.popleft()
@@ -629,7 +701,27 @@ class Worker:
         outcome = ActivityOutcome(run_key=task.run_key, task_queue=task.task_queue, seq=task.seq,
                                   attempt=task.attempt, failure=encode_failure(exc), error_type=etype,
                                   non_retryable=non_retryable)
-        await self.store.complete_activity(outcome)
+        await self._record_outcome(outcome)
+
+    async def _record_outcome(self, outcome: ActivityOutcome) -> None:
+        """Commit an attempt's end, retrying while the store cannot take it (a full disk, say).
+
+        Gives up only when the worker stops: the attempt's lease then expires and the reaper
+        retries the activity.
+        """
+        delay = 0.05
+        while True:
+            try:
+                await self.store.complete_activity(outcome)
+                return
+            except Exception as e:
+                if not self._running:
+                    raise
+                self.stats["report_retries"] += 1
+                log.warning("recording the end of activity seq %d of run %s failed (%s); retrying in %.2fs",
+                            outcome.seq, outcome.run_key.hex(), e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _report_success(self, task: ActivityTask, payload: bytes) -> None:
         inst = self._cache.get(task.run_key)
@@ -650,13 +742,14 @@ class Worker:
                 return
             except Conflict:  # the run moved on meanwhile: record the result the ordinary way below
                 self.stats["fused_conflicts"] += 1
-            except (WorkflowTaskError, NonDeterminismError) as e:
+            except Exception as e:  # its code raised, or the commit failed: the ordinary path records
+                # the result and the workflow task then runs (and, if it raises, is recorded) anew
                 log.error("workflow task of run %s failed: %s", task.run_key.hex(), e)
                 self._evict(task.run_key)
             finally:
                 inst.busy = False
                 self._wf_done(task.run_key)
-        await self.store.complete_activity(ActivityOutcome(
+        await self._record_outcome(ActivityOutcome(
             run_key=task.run_key, task_queue=task.task_queue, seq=task.seq, attempt=task.attempt, result=payload))
 
 

@@ -61,6 +61,7 @@ def test_constants() -> None:
     expected = {
         "WORKFLOW_STARTED": (1, "WorkflowExecutionStarted"),
         "WORKFLOW_TASK_COMPLETED": (2, "WorkflowTaskCompleted"),
+        "WORKFLOW_TASK_FAILED": (15, "WorkflowTaskFailed"),
         "WORKFLOW_COMPLETED": (3, "WorkflowExecutionCompleted"),
         "WORKFLOW_FAILED": (4, "WorkflowExecutionFailed"),
         "WORKFLOW_TERMINATED": (5, "WorkflowExecutionTerminated"),

@@ -56,7 +56,7 @@ def shape(activations: list[tuple[list[Event], Event | None, list[Event]]]) -> l
 
 
 def test_is_command_partitions_the_event_types() -> None:
-    others = {TASK, codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT}
+    others = {TASK, codec.WORKFLOW_TASK_FAILED, codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT}
     assert COMMANDS | INPUTS | others == set(codec.EVENT_NAMES)
     for t in COMMANDS:
         assert is_command(t), codec.EVENT_NAMES[t]

@@ -15,11 +15,21 @@ points into the map; ``Cursor.decode_*`` helpers in log.pyx decode straight from
 
 from libc.stdint cimport uint64_t
 from libc.string cimport memcmp
+from libc.errno cimport ENOSPC, EIO, EACCES, EROFS, EPERM, EDQUOT
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from duro._core.codec cimport Event, event_from_buffer
 
-from duro.errors import CorruptHistoryError
+import time as _time
+
+from duro.errors import (
+    CorruptHistoryError,
+    StoreCorruptedError,
+    StoreError,
+    StoreFullError,
+    StoreLimitError,
+    StorePermissionError,
+)
 
 cdef extern from "lmdb.h" nogil:
     # Opaque handles: lmdb.h declares them only as incomplete structs.
@@ -46,7 +56,9 @@ cdef extern from "lmdb.h" nogil:
         MDB_GET_CURRENT
 
     int MDB_RDONLY, MDB_NOTLS, MDB_NOSYNC, MDB_NOMETASYNC, MDB_NORDAHEAD, MDB_CREATE
-    int MDB_NOOVERWRITE, MDB_NOTFOUND, MDB_KEYEXIST, MDB_MAP_FULL
+    int MDB_NOOVERWRITE, MDB_NOTFOUND, MDB_KEYEXIST, MDB_MAP_FULL, MDB_MAP_RESIZED, MDB_BAD_VALSIZE
+    int MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID, MDB_VERSION_MISMATCH, MDB_PANIC, MDB_BAD_TXN
+    int MDB_TXN_FULL, MDB_READERS_FULL
 
     int mdb_env_create(MDB_env** env)
     int mdb_env_open(MDB_env* env, const char* path, unsigned int flags, int mode)
@@ -54,6 +66,7 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_set_maxreaders(MDB_env* env, unsigned int readers)
     int mdb_env_set_maxdbs(MDB_env* env, MDB_dbi dbs)
     int mdb_env_info(MDB_env* env, MDB_envinfo* stat)
+    int mdb_env_get_maxkeysize(MDB_env* env)
     void mdb_env_close(MDB_env* env)
     int mdb_env_sync(MDB_env* env, int force)
     int mdb_txn_begin(MDB_env* env, MDB_txn* parent, unsigned int flags, MDB_txn** txn)
@@ -71,12 +84,36 @@ cdef extern from "lmdb.h" nogil:
     char* mdb_strerror(int err)
 
 
-class Error(Exception):
-    """An LMDB call failed; the message carries LMDB's own explanation."""
+class Error(StoreError):
+    """An LMDB call failed; the message carries LMDB's own explanation and what to do."""
 
 
-class MapFullError(Error):
-    """The environment's map_size is exhausted: reopen the store with a larger map_size."""
+class MapFullError(Error, StoreFullError):
+    """The environment's map is exhausted (the store grows it; past ``max_map_size`` this is raised)."""
+
+
+class DiskFullError(Error, StoreFullError):
+    """The disk under the store is full (or the user's quota is spent)."""
+
+
+class CorruptedError(Error, StoreCorruptedError):
+    """LMDB found a damaged page or meta page."""
+
+
+class PermissionDeniedError(Error, StorePermissionError):
+    """The operating system refused access to the store's files."""
+
+
+class LimitError(Error, StoreLimitError):
+    """A key or value is larger than LMDB accepts."""
+
+
+class MapResizedError(Error):
+    """Another process grew the map; the environment adopts the new size and the call is retried."""
+
+
+class TxnBrokenError(Error):
+    """An earlier call in this transaction failed; LMDB requires it to be aborted."""
 
 
 cdef int _check(int rc, str what) except -1:
@@ -84,7 +121,26 @@ cdef int _check(int rc, str what) except -1:
         return 0
     msg = f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}"
     if rc == MDB_MAP_FULL:
-        raise MapFullError(msg + " (open the store with a larger ?map_size=BYTES)")
+        raise MapFullError(msg + " (the store's map is full: open it with a larger ?max_map_size=BYTES)")
+    if rc == ENOSPC or rc == EDQUOT:
+        raise DiskFullError(msg + " (the disk under the store is full: free space; nothing of this operation "
+                            "was written, and it can be retried)")
+    if rc == EIO:
+        raise DiskFullError(msg + " (the disk reported an I/O error: usually a full disk; free space and retry. "
+                            "Nothing of this operation was written)")
+    if rc == EACCES or rc == EPERM or rc == EROFS:
+        raise PermissionDeniedError(msg + " (this process may not read or write the store's files: check their "
+                                    "owner and mode, or the mount)")
+    if rc == MDB_BAD_VALSIZE:
+        raise LimitError(msg + " (a key is longer than LMDB's limit of 511 bytes: use a shorter workflow id, task "
+                         "queue or name)")
+    if rc == MDB_CORRUPTED or rc == MDB_PAGE_NOTFOUND or rc == MDB_INVALID or rc == MDB_VERSION_MISMATCH \
+            or rc == MDB_PANIC:
+        raise CorruptedError(msg + " (the store's files are damaged: run `duro check` and restore from a backup)")
+    if rc == MDB_MAP_RESIZED:
+        raise MapResizedError(msg)
+    if rc == MDB_BAD_TXN:
+        raise TxnBrokenError(msg + " (an earlier call in this transaction failed)")
     raise Error(msg)
 
 
@@ -107,14 +163,26 @@ cdef class Database:
 
 
 cdef class Environment:
-    """An LMDB environment (a directory holding data.mdb and lock.mdb)."""
+    """An LMDB environment (a directory holding data.mdb and lock.mdb).
+
+    Map size changes: LMDB lets a process change its map only while it has no transaction open.
+    Every transaction of this binding is counted in ``active`` (the GIL makes the count exact), and
+    ``resize`` closes a gate that holds new transactions back until the open ones finished, so the
+    map can grow in a running store (and adopt a size grown by another process).
+    """
     cdef MDB_env* env
     cdef readonly str path
     cdef bint closed
+    cdef readonly int active
+    cdef bint gate
+    cdef readonly int resizes
 
     def __cinit__(self):
         self.env = NULL
         self.closed = True
+        self.active = 0
+        self.gate = False
+        self.resizes = 0
 
     def __init__(self, str path, size_t map_size=1 << 36, unsigned int max_dbs=16, unsigned int max_readers=512,
                  bint sync=True):
@@ -131,7 +199,8 @@ cdef class Environment:
         _check(mdb_env_set_maxdbs(self.env, max_dbs), "mdb_env_set_maxdbs")
         _check(mdb_env_set_maxreaders(self.env, max_readers), "mdb_env_set_maxreaders")
         with nogil:
-            rc = mdb_env_open(self.env, cpath, flags, 0o644)
+            # Owner-only: the store holds business data (arguments, results, failures).
+            rc = mdb_env_open(self.env, cpath, flags, 0o600)
         if rc != 0:
             mdb_env_close(self.env)
             self.env = NULL
@@ -167,26 +236,90 @@ cdef class Environment:
         db.name = name
         return db
 
-    def begin(self, bint write=False, Database db=None, bint buffers=False):
+    def begin(self, bint write=False, Database db=None, bint buffers=False, Transaction parent=None):
         """Start a transaction; use as a context manager (commit on success, abort on error).
 
+        ``parent`` (a live write transaction) makes a nested write transaction: its changes join
+        the parent's when it commits and vanish when it aborts, leaving the parent as it was.
         ``buffers`` is accepted for py-lmdb compatibility; values are always returned as bytes.
         """
         cdef Transaction t = Transaction.__new__(Transaction)
         cdef int rc
         cdef unsigned int flags = 0 if write else MDB_RDONLY
+        cdef MDB_txn* ptxn = NULL
         self._ensure_open()
-        if write:
-            # May wait for another process's write transaction: never hold the GIL meanwhile.
-            with nogil:
+        if parent is not None:
+            parent._live()
+            if not parent.write or not write:
+                raise Error("a nested transaction needs write=True and a write parent")
+            ptxn = parent.txn
+            rc = mdb_txn_begin(self.env, ptxn, flags, &t.txn)
+            _check(rc, "mdb_txn_begin(nested)")
+            t.env = self
+            t.write = True
+            t.db = db if db is not None else parent.db
+            t.nested = True
+            return t
+        for _ in range(3):
+            if self.gate:
+                self._wait_gate()
+            if write:
+                # May wait for another process's write transaction: never hold the GIL meanwhile.
+                with nogil:
+                    rc = mdb_txn_begin(self.env, NULL, flags, &t.txn)
+            else:
                 rc = mdb_txn_begin(self.env, NULL, flags, &t.txn)
-        else:
-            rc = mdb_txn_begin(self.env, NULL, flags, &t.txn)
+            if rc != MDB_MAP_RESIZED:
+                break
+            # Another process grew the map: adopt its size (no transaction of ours may be open).
+            self.resize(0)
         _check(rc, "mdb_txn_begin")
+        self.active += 1
         t.env = self
         t.write = write
         t.db = db
         return t
+
+    cdef int _wait_gate(self) except -1:
+        deadline = _time.monotonic() + 10.0
+        while self.gate:
+            if _time.monotonic() > deadline:
+                raise Error(f"the LMDB environment at {self.path} is being resized and did not finish in 10 s")
+            _time.sleep(0.0002)
+        self._ensure_open()
+        return 0
+
+    def resize(self, size_t map_size=0, double timeout=5.0):
+        """Set the map size (0: adopt the size another process set), once no transaction is open.
+
+        New transactions wait meanwhile; returns False (nothing changed) when the open ones did
+        not finish within ``timeout`` seconds. Call it with no transaction of the calling thread
+        open.
+        """
+        cdef int rc
+        self._ensure_open()
+        if self.gate:
+            self._wait_gate()
+            if map_size == 0:
+                return True  # someone else just adopted the new size
+        self.gate = True
+        try:
+            deadline = _time.monotonic() + timeout
+            while self.active > 0:
+                if _time.monotonic() > deadline:
+                    return False
+                _time.sleep(0.0002)
+            rc = mdb_env_set_mapsize(self.env, map_size)
+            _check(rc, "mdb_env_set_mapsize")
+            self.resizes += 1
+            return True
+        finally:
+            self.gate = False
+
+    def max_key_size(self):
+        """The longest key LMDB accepts, in bytes (511 for the default build)."""
+        self._ensure_open()
+        return mdb_env_get_maxkeysize(self.env)
 
     def info(self):
         """Environment facts; ``last_txnid`` moves with every commit by any process."""
@@ -203,6 +336,15 @@ cdef class Environment:
         mdb_env_info(self.env, &st)
         return st.me_last_txnid
 
+    def forget(self):
+        """Drop the handle without closing it: in a forked child, whose parent still uses it.
+
+        mdb_env_close in a child would clear the parent's reader slots (they carry the pid that
+        opened the environment). The child's copy of the map is simply left to the exit.
+        """
+        self.env = NULL
+        self.closed = True
+
     def close(self):
         """Close the environment; every transaction must be finished before."""
         if self.env != NULL:
@@ -217,16 +359,26 @@ cdef class Transaction:
     cdef Environment env
     cdef Database db
     cdef readonly bint write
+    cdef bint nested
     cdef list _cursors
+    # Successful puts and deletes so far: lets the group commit tell an operation that failed
+    # before writing anything (the shared transaction is intact) from one that failed half-way.
+    cdef readonly unsigned long long writes
 
     def __cinit__(self):
         self.txn = NULL
         self._cursors = None
+        self.nested = False
 
     def __dealloc__(self):
         if self.txn != NULL:
             mdb_txn_abort(self.txn)
             self.txn = NULL
+            self._ended()
+
+    cdef inline void _ended(self):
+        if not self.nested and self.env is not None:
+            self.env.active -= 1
 
     cdef inline int _live(self) except -1:
         if self.txn == NULL:
@@ -278,6 +430,7 @@ cdef class Transaction:
         if rc == MDB_KEYEXIST:
             return False
         _check(rc, "mdb_put")
+        self.writes += 1
         return True
 
     def delete(self, bytes key, Database db=None):
@@ -290,6 +443,7 @@ cdef class Transaction:
         if rc == MDB_NOTFOUND:
             return False
         _check(rc, "mdb_del")
+        self.writes += 1
         return True
 
     def read_run(self, Database db, bytes run_key, uint64_t from_id=1, uint64_t to_id=0):
@@ -375,8 +529,12 @@ cdef class Transaction:
         self._live()
         self._close_cursors()
         self.txn = NULL
-        with nogil:
+        if self.nested:  # no I/O: the changes join the parent's
             rc = mdb_txn_commit(txn)
+        else:
+            with nogil:
+                rc = mdb_txn_commit(txn)
+            self._ended()
         _check(rc, "mdb_txn_commit")
 
     def abort(self):
@@ -385,6 +543,7 @@ cdef class Transaction:
             self._close_cursors()
             mdb_txn_abort(self.txn)
             self.txn = NULL
+            self._ended()
 
 
 cdef class Cursor:
@@ -477,6 +636,7 @@ cdef class Cursor:
         """Delete the current item; the cursor then points at the next one."""
         self._live()
         _check(mdb_cursor_del(self.cur, 0), "mdb_cursor_del")
+        self.txn.writes += 1
 
     def iternext(self, bint keys=True, bint values=True):
         """Iterate from the current item (or the first, when never positioned) forwards."""

@@ -25,8 +25,10 @@ cdef frozenset COMMAND_TYPES = frozenset((
     codec.EXTERNAL_SIGNAL, codec.MARKER,
 ))
 
-# Events that end a run without the code deciding it.
-cdef frozenset TERMINAL_TYPES = frozenset((codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT))
+# Events that are not inputs of the code: those that end a run without the code deciding it, and
+# WorkflowTaskFailed (a task that raised and was retried: a record for people, not for replay).
+cdef frozenset TERMINAL_TYPES = frozenset((codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT,
+                                           codec.WORKFLOW_TASK_FAILED))
 
 
 def is_command(int event_type):
@@ -39,7 +41,7 @@ def split_activations(list events):
 
     Returns a list of ``(inputs, marker, commands)`` tuples, one per completed workflow task, and
     a final ``(pending_inputs, None, [])`` holding the inputs no task has processed yet. Terminal
-    events (terminated, timed out) are not inputs and are skipped.
+    events (terminated, timed out) and workflow-task failures are not inputs and are skipped.
     """
     cdef list out = []
     cdef list buffered = []

@@ -23,10 +23,12 @@ leaves nothing behind and does not disturb the other ops in its batch.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import queue
 import socket
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -35,13 +37,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import logging
+
 import orjson
 
 from duro._aio import wait_event
 from duro._core import codec, mdb
 from duro._core.codec import Event
 from duro._core.log import HistoryLog
-from duro.errors import DuroError, StoreURLError, WorkflowAlreadyStartedError, WorkflowNotFoundError
+from duro.errors import (
+    DuroError,
+    StoreError,
+    StoreURLError,
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+)
 from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
@@ -59,16 +69,40 @@ from duro.stores.base import (
 
 __all__ = ["LmdbStore", "open_lmdb_store", "started_event"]
 
+log = logging.getLogger("duro.store")
+
 _U64 = struct.Struct(">Q")
 _HOST = socket.gethostname()
-# Owner token of this process: leases it takes carry it so another process on the same machine
-# can tell a dead owner (pid gone) from a live one and take its tasks over at once.
-OWNER = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _start_time(pid: int) -> str:
+    """When process ``pid`` started, as the kernel counts it ("" where unknown): tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # Field 22 (starttime); the command name (field 2) is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def _make_owner() -> str:
+    pid = os.getpid()
+    return f"{_HOST}:{pid}:{_start_time(pid)}:{uuid.uuid4().hex[:8]}"
+
+
+# Owner token of this process: leases it takes carry it, so another process on the same machine
+# can tell a dead owner (pid gone, a zombie, or the pid reused by a later process) from a live one
+# and take its tasks over at once. Made anew in a forked child (see _after_fork).
+OWNER = _make_owner()
+DEFAULT_MAP_SIZE = 1 << 36
+DEFAULT_MAX_MAP_SIZE = 1 << 40
 WTASK_LEASE_S = 30.0
+WTASK_RETRY_INITIAL_S = 0.5
+WTASK_RETRY_MAX_S = 60.0
 ATASK_LEASE_SLACK_S = 30.0
 DEFAULT_ACTIVITY_TIMEOUT_S = 300.0
-
-
 def _us(t: float) -> int:
     return int(t * 1_000_000)
 
@@ -80,14 +114,55 @@ def _owner_alive(owner: str) -> bool:
     host, _, rest = owner.partition(":")
     if host != _HOST:
         return True
-    pid_s, _, _ = rest.partition(":")
+    parts = rest.split(":")
     try:
-        os.kill(int(pid_s), 0)
+        pid = int(parts[0])
+    except ValueError:
+        return True
+    started = parts[1] if len(parts) == 3 else ""  # tokens of duro 0.1 carry no start time
+    if pid == os.getpid():
+        return False  # an earlier process with our pid (we are not it: the token differs)
+    return _pid_alive(pid, started)
+
+
+def _pid_alive(pid: int, started: str) -> bool:
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process there
+        return _windows_pid_alive(pid)
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields and fields[0] in (b"Z", b"X"):
+            return False  # a zombie runs no code: its leases are free
+        return not started or (len(fields) > 19 and fields[19].decode() == started)
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError):
+    except (PermissionError, OSError):
         return True
     return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return bool(code.value == 259)  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 class _Batch:
@@ -133,6 +208,20 @@ def _settle(fut: asyncio.Future[Any], value: Any) -> None:
         loop.call_soon_threadsafe(lambda: None if fut.done() else fut.set_result(value))
 
 
+class _Redo(Exception):
+    """An op failed after writing: the batch is aborted and run again with each op isolated."""
+
+
+def _store_error(e: Exception) -> Exception:
+    """The error an op's caller sees: duro's own errors as they are, anything else wrapped."""
+    if isinstance(e, DuroError | Conflict | ValueError | TypeError):
+        return e
+    err = StoreError(f"the store could not carry out the operation: {type(e).__name__}: {e}; "
+                     "nothing of it was written")
+    err.__cause__ = e
+    return err
+
+
 def _run_callbacks(items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
     for fn, args in items:
         fn(*args)
@@ -140,6 +229,26 @@ def _run_callbacks(items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> 
 
 _OPEN: dict[str, LmdbStore] = {}
 _OPEN_LOCK = threading.Lock()
+
+
+def _after_fork() -> None:
+    """In a forked child: a new owner token, and no store shared with the parent.
+
+    LMDB environments must not be used across fork, and the parent's writer and watcher threads
+    do not exist in the child: the child opens its own store when it connects.
+    """
+    global OWNER, _OPEN_LOCK
+    OWNER = _make_owner()
+    _OPEN_LOCK = threading.Lock()
+    for store in _OPEN.values():
+        store._forked = True
+        store._closed = True
+        store.env.forget()
+    _OPEN.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def open_lmdb_store(url: str) -> LmdbStore:
@@ -155,18 +264,22 @@ def open_lmdb_store(url: str) -> LmdbStore:
     if not raw:
         raise StoreURLError(f"LMDB URL {url!r} names no directory; expected lmdb://PATH such as lmdb://./duro-data")
     opts = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    unknown = set(opts) - {"map_size"}
+    unknown = set(opts) - {"map_size", "max_map_size"}
     if unknown:
-        raise StoreURLError(f"unknown LMDB URL option(s) {sorted(unknown)} in {url!r}; known: map_size")
-    try:
-        map_size = int(opts.get("map_size", 1 << 36))
-    except ValueError:
-        raise StoreURLError(f"map_size in {url!r} must be an integer number of bytes") from None
+        raise StoreURLError(f"unknown LMDB URL option(s) {sorted(unknown)} in {url!r}; known: map_size, max_map_size")
+    sizes = {}
+    for name, default in (("map_size", DEFAULT_MAP_SIZE), ("max_map_size", 0)):
+        try:
+            sizes[name] = int(opts.get(name, default))
+        except ValueError:
+            raise StoreURLError(f"{name} in {url!r} must be an integer number of bytes") from None
+        if sizes[name] < 0 or (name == "map_size" and sizes[name] < 1 << 16):
+            raise StoreURLError(f"{name} in {url!r} must be at least 65536 bytes, got {sizes[name]}")
     path = str(Path(raw).expanduser().resolve())
     with _OPEN_LOCK:
         store = _OPEN.get(path)
         if store is None or store._closed:
-            store = LmdbStore(path, map_size=map_size)
+            store = LmdbStore(path, map_size=sizes["map_size"], max_map_size=sizes["max_map_size"] or None)
             _OPEN[path] = store
         store._refs += 1
         return store
@@ -175,11 +288,19 @@ def open_lmdb_store(url: str) -> LmdbStore:
 class LmdbStore:
     """The embedded store on an LMDB environment (see the module docstring for the layout)."""
 
-    def __init__(self, path: str, *, map_size: int = 1 << 36) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE, max_map_size: int | None = None) -> None:
+        directory = Path(path)
+        if not directory.exists():
+            # Owner-only, whatever the umask: the store holds business data.
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+        elif not directory.is_dir():
+            raise StoreError(f"the LMDB store path {path} exists and is not a directory: name a directory")
         self.path = path
         self.url = f"lmdb://{path}"
         self.clock = Clock()
+        # The map grows by itself (doubling) up to this; past it a full map is a StoreFullError.
+        self.max_map_size = max(map_size, max_map_size or DEFAULT_MAX_MAP_SIZE)
         self.env = mdb.Environment(path, map_size=map_size, max_dbs=16, max_readers=1024, sync=True)
         self._history_db = self.env.open_db(b"history")
         self._runs = self.env.open_db(b"runs")
@@ -193,6 +314,7 @@ class LmdbStore:
         self.log = HistoryLog(self.env, self._history_db)
         self._refs = 0
         self._closed = False
+        self._forked = False
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._local: dict[tuple[str, str], Callable[[Any], None]] = {}
         self._local_loop: asyncio.AbstractEventLoop | None = None
@@ -207,6 +329,8 @@ class LmdbStore:
             self._seen_txn = snap.id()
         # Counters for benchmarks and profiling: batches, ops, seconds running ops / in commit+fsync.
         self.commits = 0
+        self.commit_failures = 0
+        self.map_growths = 0
         self.ops_committed = 0
         self.time_in_ops = 0.0
         self.time_in_commit = 0.0
@@ -219,6 +343,9 @@ class LmdbStore:
     # ------------------------------------------------------------------ group commit machinery
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._forked:
+            raise StoreError(f"the store at {self.path} was opened before this process forked; connect "
+                             "again in the child (duro.Client.connect) to open it there")
         if self._closed:
             raise RuntimeError(f"the store at {self.path} is closed")
         loop = asyncio.get_running_loop()
@@ -249,40 +376,39 @@ class LmdbStore:
                 return
 
     def _commit_batch(self, ops: list[_Op]) -> None:
-        batch = _Batch()
-        results: list[tuple[bool, Any]] = []
-        failed = False
-        tid = -1
+        """Run ``ops`` in one write transaction with one fsync; each op writes all of its changes or none.
+
+        Fast path: every op runs in the shared transaction. An op that raises before writing
+        anything (its checks failed) just fails alone. An op that raises after writing poisons the
+        shared transaction: it is aborted and the batch runs again with each op in a nested
+        transaction, so the failing op's writes are dropped and the others commit. A full map
+        grows the map and runs the batch again.
+        """
         t0 = time.perf_counter()
-        try:
-            with self.env.begin(write=True) as txn:
-                tid = txn.id()
-                self._own_txns.add(tid)
-                if tid != self._last_own_txn + 1:
-                    self._wcache.clear()
-                # Every batch writes this key, so every batch commits and consumes its txn id: LMDB
-                # does not advance the id for a write transaction that changed nothing, and another
-                # process's next commit would then carry the id we noted as ours (and be missed).
-                txn.put(b"batch", _U64.pack(tid), db=self._meta)
-                for op in ops:
-                    try:
-                        results.append((True, op.fn(txn, batch, *op.args)))
-                    except Exception as e:  # the op checked before writing: nothing of it is in txn
-                        results.append((False, e))
-                        failed = True
-                t1 = time.perf_counter()
-            # Leaving the with-block committed (and fsynced) the transaction.
-            self._last_own_txn = tid
-            self.time_in_ops += t1 - t0
-            self.time_in_commit += time.perf_counter() - t1
-        except Exception as e:  # the commit itself failed: nothing of the batch is durable
-            self._own_txns.discard(tid)
-            results = [(False, e) for _ in ops]
-            batch.after.clear()
-            failed = True
-        if failed:
-            # A failed op may have touched a cached record before raising; trust the disk again.
-            self._wcache.clear()
+        isolate = False
+        while True:
+            batch = _Batch()
+            try:
+                results, t1 = self._run_batch(ops, batch, isolate)
+            except _Redo:
+                isolate = True
+                self._wcache.clear()
+                continue
+            except mdb.MapFullError as e:
+                self._wcache.clear()
+                if self._grow_map():
+                    continue
+                results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
+                batch.after.clear()
+            except Exception as e:  # the commit itself failed: nothing of the batch is durable
+                self._wcache.clear()
+                results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
+                batch.after.clear()
+                if isinstance(e, mdb.Error):
+                    self.commit_failures += 1
+            break
+        self.time_in_ops += t1 - t0
+        self.time_in_commit += time.perf_counter() - t1
         self.commits += 1
         self.ops_committed += len(ops)
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
@@ -295,6 +421,74 @@ class LmdbStore:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_run_callbacks, items)
 
+    def _run_batch(self, ops: list[_Op], batch: _Batch, isolate: bool) -> tuple[list[tuple[bool, Any]], float]:
+        """One attempt at a batch; returns the per-op results and when the ops ended (commit follows)."""
+        results: list[tuple[bool, Any]] = []
+        tid = -1
+        try:
+            with self.env.begin(write=True) as txn:
+                tid = txn.id()
+                self._own_txns.add(tid)
+                if tid != self._last_own_txn + 1:
+                    self._wcache.clear()
+                # Every batch writes this key, so every batch commits and consumes its txn id: LMDB
+                # does not advance the id for a write transaction that changed nothing, and another
+                # process's next commit would then carry the id we noted as ours (and be missed).
+                txn.put(b"batch", _U64.pack(tid), db=self._meta)
+                for op in ops:
+                    mark = len(batch.after)
+                    if isolate:
+                        results.append(self._run_isolated(txn, batch, op))
+                        continue
+                    writes = txn.writes
+                    try:
+                        results.append((True, op.fn(txn, batch, *op.args)))
+                    except Exception as e:
+                        if txn.writes != writes or isinstance(e, mdb.Error):
+                            raise _Redo from e  # it wrote (or broke the txn) before failing
+                        # Nothing of it is in txn; but it may have changed a cached record in
+                        # memory before raising: later ops must read records from txn.
+                        self._wcache.clear()
+                        del batch.after[mark:]
+                        results.append((False, _store_error(e)))
+                t1 = time.perf_counter()
+            # Leaving the with-block committed (and fsynced) the transaction.
+            self._last_own_txn = tid
+        except BaseException:
+            self._own_txns.discard(tid)
+            raise
+        return results, t1
+
+    def _run_isolated(self, txn: mdb.Transaction, batch: _Batch, op: _Op) -> tuple[bool, Any]:
+        """Run one op in a nested transaction: its writes join ``txn`` only if it succeeds."""
+        mark = len(batch.after)
+        # Cold cache for each op: a failed op's in-memory edits must not leak into the next.
+        self._wcache.clear()
+        child = self.env.begin(write=True, parent=txn)
+        try:
+            value = op.fn(child, batch, *op.args)
+        except mdb.MapFullError:
+            child.abort()
+            raise  # grow the map and run the batch again
+        except Exception as e:
+            child.abort()
+            self._wcache.clear()
+            del batch.after[mark:]
+            return False, _store_error(e)
+        child.commit()
+        return True, value
+
+    def _grow_map(self) -> bool:
+        """Double the map (up to ``max_map_size``); False when it cannot grow further."""
+        size = int(self.env.info()["map_size"])
+        if size >= self.max_map_size:
+            return False
+        new = min(size * 2, self.max_map_size)
+        if not self.env.resize(new):
+            return False
+        self.map_growths += 1
+        return True
+
     def _watch_main(self) -> None:
         """Notice commits of other processes (LMDB's last txn id moved past our own commits)."""
         delay = 0.0005
@@ -305,8 +499,14 @@ class LmdbStore:
                 # would read the old state and never be woken again.
                 with self.env.begin() as snap:
                     last = snap.id()
-            except mdb.Error:
-                return
+            except mdb.Error as e:
+                if self._closed:
+                    return
+                # Keep watching: a transient failure (a resize that took too long, a full reader
+                # table) must not leave this process deaf to other processes' commits.
+                log.warning("watching %s for other processes' commits failed: %s", self.path, e)
+                delay = 0.05
+                continue
             if last == self._seen_txn:
                 delay = min(delay * 2, 0.004)
                 continue
@@ -628,6 +828,9 @@ class LmdbStore:
             raise Conflict(f"run is {rec['status']}")
         if rec["epoch"] != c.epoch:
             raise Conflict(f"run moved to task epoch {rec['epoch']}, worker had {c.epoch}")
+        if "wtf" in rec:  # the task went through after failing: its failure streak ends
+            del rec["wtf"]
+            rec.pop("wtf_msg", None)
         if c.inputs and rec["next"] != c.expect_next_event_id:
             raise Conflict("history grew since the worker read it")
         akey = None
@@ -765,6 +968,66 @@ class LmdbStore:
         else:
             txn.delete(key, db=self._wtask)
 
+    def _op_fail_wtask(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes, epoch: int,
+                       error_type: str, failure: bytes) -> float | None:
+        """Record that a workflow task raised, and make it due again after a backoff.
+
+        The first failure of a streak (and any failure with a new message) appends a
+        WorkflowTaskFailed event; repeats only count, in the run record, so a task that keeps
+        failing does not grow the history. The task is left unleased, visible again after the
+        backoff, so any worker of the queue (new code, another process) may take it. Returns the
+        backoff in seconds, or None when the run moved on meanwhile.
+        """
+        rec = self._wget_run(txn, run_key)
+        if epoch < 0:  # the worker failed before it knew the run's task epoch: the current one
+            epoch = rec["epoch"]
+        if rec["status"] != RUNNING or rec["epoch"] != epoch:
+            return None
+        now_us = _us(self.clock.now())
+        attempt = int(rec.get("wtf", 0)) + 1
+        rec["wtf"] = attempt
+        digest = hashlib.blake2b(failure, digest_size=8).hexdigest()
+        if attempt == 1 or rec.get("wtf_msg") != digest:
+            self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TASK_FAILED, 0, 0, epoch, attempt, error_type,
+                                                   failure)], now_us)
+            rec["wtf_msg"] = digest
+        delay = min(WTASK_RETRY_INITIAL_S * 2 ** min(attempt - 1, 16), WTASK_RETRY_MAX_S)
+        visible_us = now_us + _us(delay)
+        txn.put(task_queue.encode() + b"\x00" + run_key, orjson.dumps({"o": "", "u": 0, "v": visible_us}),
+                db=self._wtask)
+        self._put_run(txn, run_key, rec)
+        return delay
+
+    def _op_renew_leases(self, txn: mdb.Transaction, batch: _Batch, task_queue: str,
+                         items: list[tuple[bytes, int, int]], seconds: float) -> int:
+        """Extend this process's leases of running activity attempts (run key, seq, attempt)."""
+        until = _us(self.clock.now() + seconds)
+        renewed = 0
+        for run_key, seq, attempt in items:
+            key = task_queue.encode() + b"\x00" + run_key + _U64.pack(seq)
+            raw = txn.get(key, db=self._atask)
+            if raw is None:
+                continue
+            meta_b, args, hbd = unpack(raw)
+            meta = orjson.loads(meta_b)
+            if meta["o"] != OWNER or meta["attempt"] != attempt or meta["u"] >= until:
+                continue
+            meta["u"] = until
+            txn.put(key, pack(orjson.dumps(meta), args, hbd), db=self._atask)
+            renewed += 1
+        return renewed
+
+    def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
+        """Whether this process still holds the lease of an activity attempt (checked before it starts)."""
+        key = task_queue.encode() + b"\x00" + run_key + _U64.pack(seq)
+        with self.env.begin() as txn:
+            raw = txn.get(key, db=self._atask)
+        if raw is None:
+            return False
+        meta = orjson.loads(unpack(raw)[0])
+        return bool(meta["o"] == OWNER and meta["attempt"] == attempt and not meta["cancel"]
+                    and meta["u"] > _us(self.clock.now()))
+
     def _put_atask(self, txn: mdb.Transaction, batch: _Batch, t: ActivityTask, now_us: int, fresh: bool,
                    visible_us: int = 0) -> None:
         key = t.task_queue.encode() + b"\x00" + t.run_key + _U64.pack(t.seq)
@@ -869,10 +1132,10 @@ class LmdbStore:
             if not key.startswith(prefix) or len(claimed) >= limit:
                 break
             lease = orjson.loads(raw)
-            if lease["o"] and lease["o"] != OWNER and lease["u"] > now_us and _owner_alive(lease["o"]):
-                continue
-            if lease["o"] == OWNER:
-                continue  # already ours: a local hand-off is in flight
+            if lease.get("v", 0) > now_us:
+                continue  # a failed task waiting for its retry
+            if lease["o"] and lease["u"] > now_us and _owner_alive(lease["o"]):
+                continue  # leased (ours too: a local hand-off is in flight) until it expires
             claimed.append(key[len(prefix) :])
         for run_key in claimed:
             txn.put(prefix + run_key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
@@ -921,15 +1184,17 @@ class LmdbStore:
                 dead[owner] = not _owner_alive(owner)
             return dead[owner]
 
+        # Leases of this process expire too: a task that its worker lost track of (an error no
+        # handler caught, a worker that was shut down) is not stranded until a restart.
         for key, raw in list(txn.cursor(db=self._wtask)):
             lease = orjson.loads(raw)
-            if lease["o"] and lease["o"] != OWNER and gone(lease["o"], lease["u"]):
+            if lease["o"] and gone(lease["o"], lease["u"]):
                 txn.put(key, b'{"o":"","u":0}', db=self._wtask)
                 reaped += 1
         for k, raw in list(txn.cursor(db=self._atask)):
             key = bytes(k)
             meta = orjson.loads(unpack(raw)[0])
-            if meta["o"] and meta["o"] != OWNER and gone(meta["o"], meta["u"]):
+            if meta["o"] and gone(meta["o"], meta["u"]):
                 sep = key.index(b"\x00")
                 failure = orjson.dumps({"kind": "timeout", "timeout_type": "start_to_close", "type": "TimeoutError",
                                         "message": "the worker running this attempt died or lost its lease"})
@@ -1020,6 +1285,16 @@ class LmdbStore:
         """Record a heartbeat; True means the attempt is no longer wanted (cancelled or superseded)."""
         return await self._submit(self._op_heartbeat, run_key, task_queue, seq, attempt, details)  # type: ignore[no-any-return]
 
+    async def fail_workflow_task(self, task_queue: str, run_key: bytes, epoch: int, error_type: str,
+                                 failure: bytes) -> float | None:
+        """Record a workflow task that raised; returns the backoff before it is due again (None: moved on)."""
+        return await self._submit(self._op_fail_wtask, task_queue, run_key, epoch, error_type, failure)  # type: ignore[no-any-return]
+
+    async def renew_activity_leases(self, task_queue: str, items: list[tuple[bytes, int, int]],
+                                    seconds: float) -> int:
+        """Extend this process's leases of running activity attempts to ``seconds`` from now."""
+        return await self._submit(self._op_renew_leases, task_queue, items, seconds)  # type: ignore[no-any-return]
+
     async def claim_workflow_tasks(self, task_queue: str, limit: int) -> list[bytes]:
         """Lease up to ``limit`` pending workflow tasks of the queue to this process."""
         return await self._submit(self._op_claim_wtasks, task_queue, limit)  # type: ignore[no-any-return]
@@ -1037,8 +1312,9 @@ class LmdbStore:
         return await self._submit(self._op_fire_timers)  # type: ignore[no-any-return]
 
     def has_pending_wtasks(self, task_queue: str) -> bool:
-        """Whether the queue holds workflow tasks that nobody in this process has."""
+        """Whether the queue holds workflow tasks, due now, that nobody in this process has."""
         prefix = task_queue.encode() + b"\x00"
+        now_us = _us(self.clock.now())
         with self.env.begin(db=self._wtask) as txn:
             cur = txn.cursor()
             if not cur.set_range(prefix):
@@ -1046,7 +1322,8 @@ class LmdbStore:
             for key, raw in cur:
                 if not key.startswith(prefix):
                     return False
-                if orjson.loads(raw)["o"] != OWNER:
+                lease = orjson.loads(raw)
+                if lease["o"] != OWNER and lease.get("v", 0) <= now_us:
                     return True
         return False
 
