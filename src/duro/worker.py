@@ -22,7 +22,7 @@ from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._loop import install_io_guard
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
-from duro.errors import ApplicationError, DuroError, NonDeterminismError, TimeoutError
+from duro.errors import ApplicationError, DuroError, NonDeterminismError, StoreError, TimeoutError
 from duro.stores.base import (
     ActivityOutcome,
     ActivityTask,
@@ -331,6 +331,10 @@ class Worker:
             # fresh state; a closed run's task is then released.
             self._evict(run_key)
             self._again.add(run_key)
+        except StoreError as e:
+            # The store, not the code, failed (a full disk, say): nothing to record, retry here.
+            self._evict(run_key)
+            self._retry_here(run_key, e)
         except Exception as e:
             inst = self._cache.get(run_key)
             epoch = inst.epoch if inst is not None else -1
@@ -338,6 +342,13 @@ class Worker:
             await self._task_failed(run_key, epoch, e)
         finally:
             self._wf_done(run_key)
+
+    def _retry_here(self, run_key: bytes, exc: Exception) -> None:
+        delay = min(self._retry_backoff.get(run_key, 0.25) * 2, 60.0)
+        self._retry_backoff[run_key] = delay
+        log.error("workflow task of run %s could not be committed (%s); retrying it here in %.1fs",
+                  run_key.hex(), exc, delay)
+        asyncio.get_running_loop().call_later(delay, self._on_wtask, run_key)
 
     async def _task_failed(self, run_key: bytes, epoch: int, exc: Exception) -> None:
         """A workflow task raised: record it in the history and retry it after a backoff.
@@ -355,11 +366,7 @@ class Worker:
         try:
             delay = await self.store.fail_workflow_task(self.task_queue, run_key, epoch, etype, encode_failure(exc))
         except Exception as record_error:
-            delay = min(self._retry_backoff.get(run_key, 0.25) * 2, 60.0)
-            self._retry_backoff[run_key] = delay
-            log.error("could not record the failed workflow task of run %s (%s); retrying it here in %.1fs",
-                      run_key.hex(), record_error, delay)
-            asyncio.get_running_loop().call_later(delay, self._on_wtask, run_key)
+            self._retry_here(run_key, record_error)
             return
         if delay is not None:
             asyncio.get_running_loop().call_later(delay + 0.001, self._wake_wf.set)

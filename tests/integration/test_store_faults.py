@@ -1,0 +1,229 @@
+"""The LMDB store under faults: an op failing half-way in a group commit, keys past LMDB's limit,
+a full map, a full disk (a small tmpfs), another process growing the map, file modes.
+
+These exercise the group-commit machinery of ``LmdbStore`` itself, so they use its internals where
+a fault must be injected at an exact point; everything else goes through the public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import duro
+from duro.stores.base import StartRequest, new_run_id, pack
+from tests.engine.test_task_failures import eventually
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE_S = 30.0
+
+
+@duro.activity
+async def gate(ctx: duro.ActivityContext, i: int) -> int:
+    await GATE.wait()
+    return i
+
+
+GATE = asyncio.Event()
+
+
+@duro.activity
+async def double(ctx: duro.ActivityContext, i: int) -> int:
+    return i * 2
+
+
+@duro.workflow
+async def gated(ctx: duro.WorkflowContext, i: int) -> int:
+    got: int = await ctx.execute_activity(gate, i, start_to_close_timeout=120)
+    return got
+
+
+@duro.workflow
+async def waits(ctx: duro.WorkflowContext, i: int) -> int:
+    n = await ctx.wait_signal("go")
+    doubled: int = await ctx.execute_activity(double, i + int(n), start_to_close_timeout=60)
+    return doubled
+
+
+@duro.workflow
+async def quick(ctx: duro.WorkflowContext, blob: str) -> int:
+    return len(blob)
+
+
+def _request(workflow_id: str, task_queue: str = "t") -> StartRequest:
+    return StartRequest(workflow_id=workflow_id, workflow_type="quick", task_queue=task_queue,
+                        args=pack(b'["x"]'), run_id=new_run_id())
+
+
+# ------------------------------------------------------------------ atomic ops in a group commit
+
+
+async def test_an_op_failing_half_way_leaves_nothing_and_fails_alone(tmp_path: Path) -> None:
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        store: Any = client.store
+        hold, release = threading.Event(), threading.Event()
+
+        def blocker(txn: Any, batch: Any) -> None:
+            hold.set()
+            release.wait(10)
+
+        def half_way(txn: Any, batch: Any) -> None:
+            txn.put(b"half-way", b"written", db=store._meta)
+            raise RuntimeError("failed after writing")
+
+        first = store._submit(blocker)
+        await asyncio.get_running_loop().run_in_executor(None, hold.wait, 10)
+        # These three queue up behind the blocker and so share the next batch.
+        bad = store._submit(half_way)
+        good = client.start_workflow(quick, "x", id="good", task_queue="t")
+        good_task = asyncio.ensure_future(good)
+        await eventually(lambda: store._queue.qsize() >= 2, "ops queued behind the blocker")
+        release.set()
+        await first
+        with pytest.raises(duro.StoreError, match="failed after writing"):
+            await bad
+        handle = await good_task
+        assert (await handle.describe()).status == "running"
+        with store.env.begin() as txn:
+            assert txn.get(b"half-way", db=store._meta) is None
+
+
+async def test_a_key_past_lmdbs_limit_writes_nothing(tmp_path: Path) -> None:
+    """Below the API's own checks: the store alone keeps a start with a 600-byte queue atomic."""
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        store: Any = client.store
+        with pytest.raises(duro.StoreLimitError, match="511 bytes"):
+            await store.start_workflow(_request("long-queue", task_queue="q" * 600))
+        with pytest.raises(duro.WorkflowNotFoundError):
+            await client.get_handle("long-queue").describe()
+        await store.start_workflow(_request("long-queue"))  # the id is free: nothing was left behind
+        assert (await client.get_handle("long-queue").describe()).status == "running"
+
+
+# ------------------------------------------------------------------ a full map
+
+
+async def test_the_map_grows_by_itself(tmp_path: Path) -> None:
+    url = f"lmdb://{tmp_path / 's'}?map_size=262144"
+    async with duro.Client.connect(url) as client:
+        async with duro.Worker(client, task_queue="t", workflows=[quick]):
+            handles = [await client.start_workflow(quick, "x" * 2000, id=f"m{i}", task_queue="t") for i in range(300)]
+            assert [await h.result() for h in handles] == [2000] * 300
+        store: Any = client.store
+        assert store.map_growths >= 2
+        assert store.env.info()["map_size"] > 262144
+
+
+async def test_a_map_at_its_maximum_says_so_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    async with duro.Client.connect(f"lmdb://{path}?map_size=262144&max_map_size=524288") as client:
+        acknowledged = []
+        with pytest.raises(duro.StoreFullError, match="max_map_size"):
+            for i in range(10_000):
+                await client.start_workflow(quick, "y" * 4000, id=f"f{i}", task_queue="t")
+                acknowledged.append(f"f{i}")
+        assert acknowledged
+    # Reopened with room to grow: every acknowledged start is there and runs to the end.
+    async with duro.Client.connect(f"lmdb://{path}") as client:
+        async with duro.Worker(client, task_queue="t", workflows=[quick]):
+            for wid in acknowledged:
+                assert await asyncio.wait_for(client.get_handle(wid).result(), DEADLINE_S) == 4000
+
+
+async def test_another_process_growing_the_map_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    async with duro.Client.connect(f"lmdb://{path}?map_size=262144&max_map_size=262144") as client:
+        await client.start_workflow(quick, "a", id="before", task_queue="t")
+        script = (
+            "import asyncio, duro\n"
+            "async def main():\n"
+            f"    async with duro.Client.connect('lmdb://{path}') as c:\n"
+            "        for i in range(200):\n"
+            "            await c.start_workflow('quick', 'z' * 4000, id=f'other{i}', task_queue='t')\n"
+            "asyncio.run(main())\n"
+        )
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, cwd=REPO)
+        assert await asyncio.wait_for(proc.wait(), DEADLINE_S) == 0
+        # This process's map (256 KiB, not allowed to grow) is now smaller than the data.
+        assert len(await client.list_workflows(limit=1000)) == 201
+        store: Any = client.store
+        assert store.env.resizes >= 1 and store._watcher.is_alive()
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs, mounted for the test (skipped where this process may not mount)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+async def test_a_full_disk_fails_clearly_and_everything_finishes_once_space_is_back(small_disk: Path) -> None:
+    GATE.clear()
+    async with duro.Client.connect(f"lmdb://{small_disk / 's'}") as client:
+        async with duro.Worker(client, task_queue="t", workflows=[gated, waits], activities=[gate, double]) as worker:
+            in_activity = [await client.start_workflow(gated, i, id=f"g{i}", task_queue="t") for i in range(7)]
+            waiting = [await client.start_workflow(waits, i, id=f"w{i}", task_queue="t") for i in range(3)]
+            await eventually(lambda: len(worker._act_live) == 7, "7 activities running")
+            filler = _fill(small_disk)
+            # Nothing new is accepted, each with an error that says what to do.
+            with pytest.raises(duro.StoreFullError, match="full"):
+                for i in range(200):  # a few may still fit into free pages of the map
+                    await client.start_workflow(quick, "x" * 20000, id=f"new{uuid.uuid4()}", task_queue="t")
+            GATE.set()  # the 7 activities end now: their results cannot be committed yet
+            await eventually(lambda: not worker._act_live, "the activities to end")
+            filler.unlink()
+            # Space is back: without a restart, every acknowledged run finishes.
+            assert [await asyncio.wait_for(h.result(), DEADLINE_S) for h in in_activity] == list(range(7))
+            for h in waiting:
+                await h.signal("go", 1)
+            assert [await asyncio.wait_for(h.result(), DEADLINE_S) for h in waiting] == [2, 4, 6]
+
+
+# ------------------------------------------------------------------ files
+
+
+async def test_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        async with duro.Client.connect(f"lmdb://{tmp_path / 'private'}") as client:
+            await client.start_workflow(quick, "secret card 4111", id="p", task_queue="t")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((tmp_path / "private" / name).stat().st_mode) == 0o600
