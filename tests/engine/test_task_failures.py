@@ -117,7 +117,8 @@ async def test_a_lease_of_this_process_expires_like_any_other(client: duro.Clien
     store: Any = client.store
     clock = OffsetClock()
     store.clock = clock
-    RELEASE.clear()
+    global RELEASE
+    RELEASE = asyncio.Event()  # an Event binds to the loop of its first waiter: one per test
     async with duro.Worker(client, task_queue="t", workflows=[one_activity], activities=[wait_for_release]) as w:
         handle = await client.start_workflow(one_activity, "x", id="l1", task_queue="t")
         await eventually(lambda: w._act_live, "the activity to start")
@@ -136,3 +137,51 @@ async def test_a_lease_of_this_process_expires_like_any_other(client: duro.Clien
 def test_retry_policies_that_would_hang_are_refused(policy: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         duro.RetryPolicy(**policy)
+
+
+STARTED: list[tuple[str, int]] = []
+
+
+@duro.activity
+async def gate_then_note(ctx: duro.ActivityContext, token: str) -> str:
+    STARTED.append((token, ctx.info.attempt))
+    if token == "first":
+        await RELEASE.wait()
+    return token
+
+
+@duro.workflow
+async def two_in_a_row(ctx: duro.WorkflowContext) -> list[str]:
+    a = ctx.execute_activity(gate_then_note, "first", start_to_close_timeout=60)
+    b = ctx.execute_activity(gate_then_note, "second", start_to_close_timeout=60)
+    return list(await asyncio.gather(a, b))
+
+
+async def test_an_attempt_whose_lease_was_lost_is_not_started(client: duro.Client) -> None:
+    """A paused worker that wakes up must not start attempts another worker has taken over."""
+    store: Any = client.store
+    global RELEASE
+    RELEASE = asyncio.Event()  # an Event binds to the loop of its first waiter: one per test
+    STARTED.clear()
+    async with duro.Worker(client, task_queue="t", workflows=[two_in_a_row], activities=[gate_then_note],
+                           max_concurrent_activities=1) as w:
+        handle = await client.start_workflow(two_in_a_row, id="s1", task_queue="t")
+        await eventually(lambda: STARTED == [("first", 1)] and len(w._act_backlog) == 1, "one running, one queued")
+        # Meanwhile the queued attempt's lease passes to another process (as after a pause).
+        queued = w._act_backlog[0]
+
+        def take_over(txn: Any, batch: Any) -> None:
+            import orjson
+
+            from duro.stores.base import pack, unpack
+            key = queued.task_queue.encode() + b"\x00" + queued.run_key + queued.seq.to_bytes(8, "big")
+            meta_b, args, hbd = unpack(txn.get(key, db=store._atask))
+            meta = orjson.loads(meta_b)
+            meta["o"] = "elsewhere:1:2:3"
+            txn.put(key, pack(orjson.dumps(meta), args, hbd), db=store._atask)
+
+        await store._submit(take_over)
+        RELEASE.set()
+        await eventually(lambda: w.stats["stale_activities"] == 1, "the stale attempt to be skipped")
+        assert STARTED == [("first", 1)]
+        await handle.terminate()

@@ -193,7 +193,8 @@ def _fill(directory: Path) -> Path:
 
 
 async def test_a_full_disk_fails_clearly_and_everything_finishes_once_space_is_back(small_disk: Path) -> None:
-    GATE.clear()
+    global GATE
+    GATE = asyncio.Event()  # an Event binds to the loop of its first waiter: one per test
     async with duro.Client.connect(f"lmdb://{small_disk / 's'}") as client:
         async with duro.Worker(client, task_queue="t", workflows=[gated, waits], activities=[gate, double]) as worker:
             in_activity = [await client.start_workflow(gated, i, id=f"g{i}", task_queue="t") for i in range(7)]
@@ -202,7 +203,7 @@ async def test_a_full_disk_fails_clearly_and_everything_finishes_once_space_is_b
             filler = _fill(small_disk)
             # Nothing new is accepted, each with an error that says what to do.
             with pytest.raises(duro.StoreFullError, match="full"):
-                for i in range(200):  # a few may still fit into free pages of the map
+                for _i in range(200):  # a few may still fit into free pages of the map
                     await client.start_workflow(quick, "x" * 20000, id=f"new{uuid.uuid4()}", task_queue="t")
             GATE.set()  # the 7 activities end now: their results cannot be committed yet
             await eventually(lambda: not worker._act_live, "the activities to end")
