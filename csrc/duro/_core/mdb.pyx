@@ -67,6 +67,7 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_set_maxdbs(MDB_env* env, MDB_dbi dbs)
     int mdb_env_info(MDB_env* env, MDB_envinfo* stat)
     int mdb_env_get_maxkeysize(MDB_env* env)
+    int mdb_reader_check(MDB_env* env, int* dead)
     void mdb_env_close(MDB_env* env)
     int mdb_env_sync(MDB_env* env, int force)
     int mdb_txn_begin(MDB_env* env, MDB_txn* parent, unsigned int flags, MDB_txn** txn)
@@ -315,6 +316,16 @@ cdef class Environment:
             return True
         finally:
             self.gate = False
+
+    def reader_check(self):
+        """Free the reader slots of processes that died (kill -9) holding a read snapshot; how many.
+
+        A stale slot pins the old pages its snapshot saw, so the file would grow without bound.
+        """
+        cdef int dead = 0
+        self._ensure_open()
+        _check(mdb_reader_check(self.env, &dead), "mdb_reader_check")
+        return dead
 
     def max_key_size(self):
         """The longest key LMDB accepts, in bytes (511 for the default build)."""

@@ -310,6 +310,7 @@ class LmdbStore:
         self._meta = self.env.open_db(b"meta")
         self._req = self.env.open_db(b"req")
         self._resp = self.env.open_db(b"resp")
+        self.env.reader_check()
         self.log = HistoryLog(self.env, self._history_db)
         self._refs = 0
         self._closed = False
@@ -990,7 +991,7 @@ class LmdbStore:
             self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TASK_FAILED, 0, 0, epoch, attempt, error_type,
                                                    failure)], now_us)
             rec["wtf_msg"] = digest
-        delay = min(WTASK_RETRY_INITIAL_S * 2 ** min(attempt - 1, 16), WTASK_RETRY_MAX_S)
+        delay: float = min(WTASK_RETRY_INITIAL_S * 2.0 ** min(attempt - 1, 16), WTASK_RETRY_MAX_S)
         visible_us = now_us + _us(delay)
         txn.put(task_queue.encode() + b"\x00" + run_key, orjson.dumps({"o": "", "u": 0, "v": visible_us}),
                 db=self._wtask)
@@ -1303,7 +1304,8 @@ class LmdbStore:
         return await self._submit(self._op_claim_atasks, task_queue, limit)  # type: ignore[no-any-return]
 
     async def reap(self) -> int:
-        """Take back the tasks of dead owners and expired leases."""
+        """Take back the tasks of dead owners and expired leases (and dead processes' reader slots)."""
+        self.env.reader_check()
         return await self._submit(self._op_reap)  # type: ignore[no-any-return]
 
     async def fire_timers(self) -> float | None:
