@@ -110,6 +110,55 @@ async def test_a_key_past_lmdbs_limit_writes_nothing(tmp_path: Path) -> None:
         assert (await client.get_handle("long-queue").describe()).status == "running"
 
 
+async def test_an_eager_start_that_fails_in_packing_leaves_no_half_run(tmp_path: Path) -> None:
+    """duro 0.1: a timer of 1e300 s failed after the history was written; the run could never close."""
+    from duro._core import codec
+    from duro._core.codec import Event
+    from duro.stores.base import WorkflowTaskCompletion, run_key_of
+
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        store: Any = client.store
+        req = _request("eager")
+        timer = Event(codec.TIMER_STARTED, 0, 0, 1, 0, "", b"")
+        first = WorkflowTaskCompletion(run_key=run_key_of(req.run_id), task_queue="t", epoch=0, processed_through=1,
+                                       commands=[timer], timers=[(1, 1e300)])
+        with pytest.raises(duro.StoreError):
+            await store.start_workflow_eager(req, int(store.clock.now() * 1e6), first)
+        with pytest.raises(duro.WorkflowNotFoundError):
+            await client.get_handle("eager").describe()
+        assert store.read_history(run_key_of(req.run_id)) == []
+        handle = await client.start_workflow(quick, "x", id="eager", task_queue="t")
+        await handle.terminate("closable")
+        assert (await handle.describe()).status == "terminated"
+
+
+async def test_a_run_whose_history_cannot_be_decoded_fails_alone(tmp_path: Path) -> None:
+    from duro._core import codec
+    from duro._core.log import event_key
+    from duro.stores.base import run_key_of
+
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        store: Any = client.store
+        damaged = await client.start_workflow(waits, 1, id="damaged", task_queue="t")
+        healthy = await client.start_workflow(waits, 2, id="healthy", task_queue="t")
+        run_key = run_key_of(damaged.run_id or "")
+
+        def damage(txn: Any, batch: Any) -> None:
+            txn.put(event_key(run_key, 1), b"\xffnot an event", db=store._history_db)
+
+        await store._submit(damage)
+        async with duro.Worker(client, task_queue="t", workflows=[waits], activities=[double]) as worker:
+            await damaged.signal("go", 1)
+            await healthy.signal("go", 1)
+            assert await asyncio.wait_for(healthy.result(), DEADLINE_S) == 6
+            await eventually(lambda: worker.stats["task_failures"] >= 1, "the damaged run's task to fail")
+        assert (await damaged.describe()).status == "running"
+        with store.env.begin() as txn:
+            failed = [e for e in store.log.read(txn, run_key, 2) if e.type == codec.WORKFLOW_TASK_FAILED]
+        assert failed and f"run {run_key.hex()} event 1" in failed[0].payload.decode()
+        await damaged.terminate("damaged history")  # it can still be closed
+
+
 # ------------------------------------------------------------------ a full map
 
 
