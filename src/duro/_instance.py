@@ -21,6 +21,7 @@ from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import CommandMatcher, drive, split_activations
 from duro._loop import WorkflowLoop
+from duro._validate import check_call_args, check_duration, check_name
 from duro.activity import RetryPolicy, get_activity_definition, to_seconds
 from duro.converter import (
     DataConverter,
@@ -243,7 +244,7 @@ class WorkflowInstance:
         if exc is None:
             try:
                 payload = self.converter.encode(main.result())
-            except TypeError as e:
+            except (TypeError, ValueError) as e:  # not encodable, NaN/inf or too large: the run fails
                 exc = e
             else:
                 self._command(Event(codec.WORKFLOW_COMPLETED, 0, 0, 0, 0, "", payload), self._fn_location("return"))
@@ -392,34 +393,40 @@ class WorkflowInstance:
         else:
             defaults = get_activity_definition(activity)
             name, hint = defaults.name, defaults.return_hint
-        self.seq += 1
-        seq = self.seq
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        queue = task_queue or self.info.task_queue
-        self._pending[seq] = (fut, hint, name, queue)
-        if self.replaying:
-            # The arguments and options were recorded when this command first ran; replay only
-            # needs the command's identity to match it (and the future to resolve).
-            matcher = self._matcher
-            if matcher is None or not matcher.matches_parts(_ACTIVITY_SCHEDULED, seq, name):
-                self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, b""))
+        if self._replay_matches(_ACTIVITY_SCHEDULED, name):
+            # Recorded: this call passed the checks below when it first ran, and its arguments
+            # and options are in the history. Replay only needs the future to resolve.
+            self.seq += 1
+            fut: asyncio.Future[Any] = self.loop.create_future()
+            self._pending[self.seq] = (fut, hint, name, task_queue or self.info.task_queue)
             return fut
+        # Live, or a call that replay did not find recorded (maybe because it raised when it first
+        # ran and the code caught that): check it as live did, so it raises the same error at the
+        # same point, before a sequence number is taken.
+        if defaults is None:
+            check_name("activity name", name)
+        else:
+            check_call_args("activity", name, defaults.signature, args)
+        queue = check_name("task_queue", task_queue, allow_none=True) or self.info.task_queue
         stc = to_seconds(start_to_close, "start_to_close_timeout")
         s2c = to_seconds(schedule_to_close, "schedule_to_close_timeout")
         hb = to_seconds(heartbeat, "heartbeat_timeout")
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
+        self.seq += 1
+        seq = self.seq
+        fut = self.loop.create_future()
+        self._pending[seq] = (fut, hint, name, queue)
+        if self.replaying:
+            self._encode_command_args(seq, args)  # raises if it raised live
+            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, b""))  # the divergence
+            return fut
         if defaults is not None:
             stc = stc if stc is not None else defaults.start_to_close_timeout
             s2c = s2c if s2c is not None else defaults.schedule_to_close_timeout
             hb = hb if hb is not None else defaults.heartbeat_timeout
             retry_policy = retry_policy or defaults.retry_policy
-        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
-            raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
-        try:
-            payload = self.converter.encode_args(args)
-        except TypeError:
-            del self._pending[seq]
-            self.seq -= 1
-            raise
+        payload = self._encode_command_args(seq, args)
         self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload))
         self.activity_tasks.append(ActivityTask(
             run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
@@ -429,7 +436,20 @@ class WorkflowInstance:
         ))
         return fut
 
+    def _encode_command_args(self, seq: int, args: tuple[Any, ...]) -> bytes:
+        """Encode an activity's arguments; if they cannot be sent, forget command ``seq`` and raise."""
+        try:
+            return self.converter.encode_args(args)
+        except (TypeError, ValueError):  # not encodable, NaN/inf, too large: raised in the workflow
+            del self._pending[seq]
+            self.seq -= 1
+            raise
+
     def _start_timer(self, delay: float) -> int:
+        # Every timer comes here (ctx.sleep, asyncio.sleep, wait_for, timeout): a delay past the
+        # limit raises in the workflow code that asked, before a sequence number is taken.
+        check_duration("timer delay (ctx.sleep, asyncio.sleep or a timeout in the workflow)", delay,
+                       allow_zero=False)
         self.seq += 1
         seq = self.seq
         self._command(Event(codec.TIMER_STARTED, 0, 0, seq, 0, "", orjson.dumps({"duration": delay})))
@@ -464,12 +484,22 @@ class WorkflowInstance:
         from duro.workflow import get_workflow_definition
 
         if isinstance(workflow, str):
-            name, hint = workflow, None
+            name, hint, sig = workflow, None, None
         else:
             d = get_workflow_definition(workflow)
-            name, hint = d.name, d.return_hint
-        if parent_close_policy not in PARENT_CLOSE_POLICIES:
-            raise ValueError(f"parent_close_policy must be one of {PARENT_CLOSE_POLICIES}, got {parent_close_policy!r}")
+            name, hint, sig = d.name, d.return_hint, d.signature
+        # A start replay finds recorded passed these checks when it first ran (see _replay_matches).
+        matched = self._replay_matches(codec.CHILD_STARTED, name)
+        if not matched:
+            check_name("workflow name", name)
+            check_call_args("workflow", name, sig, args)
+            check_name("child workflow id", workflow_id, allow_none=True)
+            check_name("task_queue", task_queue, allow_none=True)
+            if parent_close_policy not in PARENT_CLOSE_POLICIES:
+                raise ValueError(f"parent_close_policy must be one of {PARENT_CLOSE_POLICIES}, "
+                                 f"got {parent_close_policy!r}")
+        # Encoded before a sequence number is taken: a payload that cannot be sent raises here.
+        payload = b"" if matched else self.converter.encode_args(args)
         self.seq += 1
         seq = self.seq
         wid = workflow_id or f"{self.info.workflow_id}/child-{seq}"
@@ -478,9 +508,9 @@ class WorkflowInstance:
         queue = task_queue or self.info.task_queue
         handle = ChildWorkflowHandle(self, seq, wid, run_id, hint)
         if self.replaying:
-            self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, b""))
+            if not matched:
+                self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, b""))
         else:
-            payload = self.converter.encode_args(args)
             meta = {"id": wid, "run": run_id, "queue": queue, "policy": parent_close_policy}
             self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, pack(orjson.dumps(meta), payload)))
             self.child_starts.append(ChildStart(seq=seq, workflow_id=wid, run_id=run_id, workflow_type=name,
@@ -488,13 +518,30 @@ class WorkflowInstance:
         self._children[seq] = handle
         return handle
 
+    def _replay_matches(self, event_type: int, name: str) -> bool:
+        """In replay, whether the next command (seq ``self.seq + 1``) is recorded; consumes it if so.
+
+        Replay neither checks nor encodes the arguments of a recorded command: they passed when it
+        first ran. One that is not recorded may be a call that raised then (an error the code
+        caught): the caller checks and encodes it as live does, so replay raises that same error
+        at the same point, and otherwise reports the divergence.
+        """
+        matcher = self._matcher
+        return self.replaying and matcher is not None and matcher.matches_parts(event_type, self.seq + 1, name)
+
     def request_external(self, kind: str, workflow_id: str, run_id: str | None, name: str,
                          args: tuple[Any, ...]) -> None:
         """Record a signal (or a cancel request) to another run; delivered in the same commit."""
+        matched = self._replay_matches(codec.EXTERNAL_SIGNAL, name)
+        if not matched:  # checked and encoded as live does (see _replay_matches)
+            check_name("workflow id", workflow_id)
+            if kind == "signal":
+                check_name("signal name", name)
+        payload = b"" if matched else self.converter.encode_args(args)
         self.seq += 1
-        payload = b"" if self.replaying else self.converter.encode_args(args)
         flags = 1 if kind == "cancel" else 0
-        self._command(Event(codec.EXTERNAL_SIGNAL, 0, 0, self.seq, 0, name, payload, flags))
+        if not matched:
+            self._command(Event(codec.EXTERNAL_SIGNAL, 0, 0, self.seq, 0, name, payload, flags))
         if not self.replaying:
             self.external.append(ExternalRequest(kind=kind, workflow_id=workflow_id, run_id=run_id, name=name,
                                                  args=payload))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from duro._validate import MAX_ATTEMPTS, check_duration, check_name, signature_of
 from duro.converter import parameter_hints
 
 __all__ = ["ActivityContext", "ActivityDefinition", "ActivityInfo", "RetryPolicy", "activity", "to_seconds"]
@@ -16,31 +18,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def to_seconds(value: float | datetime.timedelta | None, what: str) -> float | None:
-    """Normalise a timeout given as seconds or a timedelta; reject negatives with a clear error."""
-    if value is None:
-        return None
-    if isinstance(value, datetime.timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise TypeError(f"{what} must be seconds (a number) or a datetime.timedelta, not {type(value).__name__}")
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"{what} must be zero or positive, got {value!r}")
-    return seconds or None
+    """Normalise a timeout given as seconds or a timedelta; 0 and None mean "no timeout" (None).
+
+    Raises:
+        TypeError: neither a number nor a timedelta.
+        ValueError: NaN, infinite, negative or longer than 100 years.
+    """
+    return check_duration(what, value, allow_none=True) or None
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a failed activity is retried: exponential backoff, capped, with a maximum of attempts.
 
+    Every field is checked when the policy is made (a ``ValueError`` or ``TypeError`` naming the
+    field, the value and the accepted range), so a bad policy never reaches the store.
+
     Args:
-        initial_interval: seconds before the first retry.
-        backoff_coefficient: each retry waits this many times longer than the one before.
-        maximum_interval: the longest wait between attempts (default: 100 times initial_interval).
-        maximum_attempts: attempts in all, the first included; 0 means unlimited.
+        initial_interval: seconds (or a timedelta) before the first retry; positive, at most 100 years.
+        backoff_coefficient: each retry waits this many times longer than the one before; a finite
+            number >= 1.
+        maximum_interval: the longest wait between attempts (default: 100 times initial_interval);
+            at least initial_interval, at most 100 years.
+        maximum_attempts: attempts in all, the first included; 0 means unlimited. An int from 0 to
+            2**31 - 1.
         non_retryable_error_types: error type names (``ApplicationError.type`` or the exception
-            class name) that fail the activity at once.
+            class name) that fail the activity at once; a list or tuple of str.
     """
 
     initial_interval: float | datetime.timedelta = 1.0
@@ -50,19 +53,27 @@ class RetryPolicy:
     non_retryable_error_types: tuple[str, ...] | list[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        initial = to_seconds(self.initial_interval, "RetryPolicy.initial_interval")
-        if initial is None:
-            raise ValueError("RetryPolicy.initial_interval must be positive")
-        if self.backoff_coefficient < 1:
-            raise ValueError(f"RetryPolicy.backoff_coefficient must be >= 1, got {self.backoff_coefficient}")
-        if not isinstance(self.maximum_attempts, int) or self.maximum_attempts < 0:
-            raise ValueError(f"RetryPolicy.maximum_attempts must be an int >= 0 (0 = unlimited), "
-                             f"got {self.maximum_attempts!r}")
-        maximum = to_seconds(self.maximum_interval, "RetryPolicy.maximum_interval")
+        initial = check_duration("RetryPolicy.initial_interval", self.initial_interval, allow_zero=False)
+        coef = self.backoff_coefficient
+        if not isinstance(coef, (int, float)) or isinstance(coef, bool):
+            raise TypeError(f"RetryPolicy.backoff_coefficient must be a number, not {type(coef).__name__}")
+        if not (1.0 <= coef < math.inf):  # also false for NaN
+            raise ValueError(f"RetryPolicy.backoff_coefficient must be a finite number >= 1, got {coef!r}")
+        attempts = self.maximum_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 <= attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"RetryPolicy.maximum_attempts must be an int from 0 (unlimited) to {MAX_ATTEMPTS}, "
+                             f"got {attempts!r}")
+        maximum = check_duration("RetryPolicy.maximum_interval", self.maximum_interval, allow_zero=False,
+                                 allow_none=True)
         if maximum is not None and maximum < initial:
-            raise ValueError("RetryPolicy.maximum_interval must not be shorter than initial_interval")
-        if isinstance(self.non_retryable_error_types, str):
-            raise TypeError("RetryPolicy.non_retryable_error_types must be a list of names, not one string")
+            raise ValueError(f"RetryPolicy.maximum_interval ({maximum}s) must not be shorter than initial_interval "
+                             f"({initial}s)")
+        types = self.non_retryable_error_types
+        if not isinstance(types, (list, tuple)):
+            raise TypeError("RetryPolicy.non_retryable_error_types must be a list of error type names, not "
+                            f"{type(types).__name__}")
+        for i, t in enumerate(types):
+            check_name(f"RetryPolicy.non_retryable_error_types[{i}]", t)
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as JSON data, stored with each activity task."""
@@ -88,6 +99,7 @@ class ActivityDefinition:
     schedule_to_close_timeout: float | None = None
     heartbeat_timeout: float | None = None
     retry_policy: RetryPolicy | None = None
+    signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
 
 
 def get_activity_definition(fn: Any) -> ActivityDefinition:
@@ -127,6 +139,11 @@ def activity(
     The function takes an ``ActivityContext`` first, then its arguments. ``async def`` activities
     run on the worker's event loop; plain ``def`` ones run in the worker's thread pool. The options
     are defaults that ``ctx.execute_activity`` arguments override.
+
+    Raises:
+        TypeError: ``fn`` is not a function taking a context, or an option has the wrong type.
+        ValueError: ``name`` is empty, holds NUL or is over 255 bytes; a timeout is NaN, infinite,
+            negative or over 100 years.
     """
 
     def wrap(f: F) -> F:
@@ -135,9 +152,12 @@ def activity(
         params = list(inspect.signature(f).parameters.values())
         if not params:
             raise TypeError(f"activity {f.__qualname__} must take an ActivityContext as its first parameter")
+        activity_name = check_name("activity name", name if name is not None else f.__name__)
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
         arg_hints, ret = parameter_hints(f)
         f.__duro_activity__ = ActivityDefinition(  # type: ignore[attr-defined]
-            name=name or f.__name__,
+            name=activity_name,
             fn=f,
             is_async=inspect.iscoroutinefunction(f),
             arg_hints=arg_hints,
@@ -146,6 +166,7 @@ def activity(
             schedule_to_close_timeout=to_seconds(schedule_to_close_timeout, "schedule_to_close_timeout"),
             heartbeat_timeout=to_seconds(heartbeat_timeout, "heartbeat_timeout"),
             retry_policy=retry_policy,
+            signature=signature_of(f),
         )
         return f
 

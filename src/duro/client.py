@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from duro._core import codec
+from duro._validate import check_call_args, check_duration, check_name
 from duro.activity import to_seconds
-from duro.converter import DataConverter, decode_failure, default_converter
+from duro.converter import DataConverter, decode_failure, default_converter, with_max_payload_size
 from duro.errors import DuroError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.stores import open_store
@@ -51,13 +51,14 @@ class WorkflowExecution:
 class _Connect:
     """What ``Client.connect`` returns: awaitable, and an async context manager that closes."""
 
-    def __init__(self, url: str, converter: DataConverter | None) -> None:
+    def __init__(self, url: str, converter: DataConverter | None, max_payload_size: int | None) -> None:
         self._url = url
         self._converter = converter
+        self._max_payload_size = max_payload_size
         self._client: Client | None = None
 
     def _open(self) -> Client:
-        self._client = Client(open_store(self._url), self._converter)
+        self._client = Client(open_store(self._url), self._converter, max_payload_size=self._max_payload_size)
         return self._client
 
     def __await__(self) -> Generator[Any, None, Client]:
@@ -74,20 +75,45 @@ class _Connect:
 
 
 class Client:
-    """A connection to a store. Create with ``duro.Client.connect(url)``."""
+    """A connection to a store. Create with ``duro.Client.connect(url)``.
 
-    def __init__(self, store: LmdbStore, converter: DataConverter | None = None) -> None:
+    Args:
+        store: the opened store.
+        converter: the data converter (default: ``JsonConverter()``, orjson with a 2 MiB limit).
+        max_payload_size: when given, the converter's payload size limit in bytes (see
+            ``Client.connect``).
+    """
+
+    def __init__(self, store: LmdbStore, converter: DataConverter | None = None, *,
+                 max_payload_size: int | None = None) -> None:
+        conv = converter or default_converter
+        if max_payload_size is not None:
+            conv = with_max_payload_size(conv, max_payload_size)
         self.store = store
-        self.converter: DataConverter = converter or default_converter
+        self.converter: DataConverter = conv
         self._closed = False
 
     @staticmethod
-    def connect(url: str, *, converter: DataConverter | None = None) -> _Connect:
+    def connect(url: str, *, converter: DataConverter | None = None, max_payload_size: int | None = None) -> _Connect:
         """Open the store at ``url`` (``lmdb://PATH``): ``async with Client.connect(url) as client``.
 
         ``await Client.connect(url)`` works too; then call ``await client.close()`` when done.
+
+        Args:
+            url: the store URL.
+            converter: the data converter (default: ``JsonConverter()``).
+            max_payload_size: the largest encoded payload (arguments, result, signal, query,
+                update, heartbeat) in bytes; a larger one raises ``duro.PayloadTooLargeError``.
+                None keeps the converter's own limit (2 MiB for ``JsonConverter``; build
+                ``JsonConverter(max_payload_size=None)`` for none). Workers built on this client
+                apply it to activity results and heartbeats too.
+
+        Raises:
+            ValueError: ``max_payload_size`` is not a positive int.
         """
-        return _Connect(url, converter)
+        if max_payload_size is not None:
+            with_max_payload_size(default_converter, max_payload_size)  # check it now, not at open
+        return _Connect(url, converter, max_payload_size)
 
     async def close(self) -> None:
         """Release the store (shared stores stay open for their other users)."""
@@ -122,36 +148,37 @@ class Client:
             task_queue: the queue whose workers run it.
             id_reuse_policy: "allow_duplicate" (default), "allow_duplicate_failed_only" or
                 "reject_duplicate": whether a closed run's id may be used again.
-            execution_timeout: limit for the whole workflow, in seconds or a timedelta.
-            run_timeout: limit for this run.
+            execution_timeout: limit for the whole workflow, in seconds or a timedelta (0 or None:
+                no limit; at most 100 years).
+            run_timeout: limit for this run (same range).
 
         Raises:
             WorkflowAlreadyStartedError: a run with this id is running (or the policy forbids reuse).
-            TypeError: the arguments do not fit the workflow's signature or cannot be encoded;
-                nothing is stored then.
+            TypeError: the arguments do not fit the workflow's signature or cannot be encoded, or an
+                argument has the wrong type.
+            ValueError: ``id``, ``task_queue`` or the workflow name is empty, holds NUL or is over
+                255 bytes in UTF-8; a timeout is NaN, infinite, negative or over 100 years; an
+                argument holds NaN or infinity.
+            duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
+
+        Nothing is stored when any of these is raised (WorkflowAlreadyStartedError leaves the
+        existing run as it was).
         """
-        defn = _definition(workflow)
-        name = defn.name if defn is not None else workflow
-        if not isinstance(name, str) or not name:
-            raise TypeError("workflow must be a @duro.workflow function or its registered name (a str)")
-        if not isinstance(id, str) or not id:
-            raise ValueError("id must be a non-empty string")
-        if not isinstance(task_queue, str) or not task_queue or "\x00" in task_queue:
-            raise ValueError("task_queue must be a non-empty string without NUL characters")
+        defn = _definition(workflow)  # a TypeError for anything but a str or a @duro.workflow function
+        name = check_name("workflow name", defn.name if defn is not None else workflow)
+        check_name("workflow id", id)
+        check_name("task_queue", task_queue)
         if id_reuse_policy not in ID_REUSE_POLICIES:
             raise ValueError(f"id_reuse_policy must be one of {ID_REUSE_POLICIES}, got {id_reuse_policy!r}")
+        execution_s = to_seconds(execution_timeout, "execution_timeout")
+        run_s = to_seconds(run_timeout, "run_timeout")
         if defn is not None:
-            try:
-                inspect.signature(defn.fn).bind(None, *args)
-            except TypeError as e:
-                raise TypeError(f"arguments do not fit workflow {defn.name!r}: {e}") from None
+            check_call_args("workflow", defn.name, defn.signature, args)
         payload = self.converter.encode_args(args)
         run_id = new_run_id()
         req = StartRequest(
             workflow_id=id, workflow_type=name, task_queue=task_queue, args=payload, run_id=run_id,
-            id_reuse_policy=id_reuse_policy,
-            execution_timeout=to_seconds(execution_timeout, "execution_timeout"),
-            run_timeout=to_seconds(run_timeout, "run_timeout"),
+            id_reuse_policy=id_reuse_policy, execution_timeout=execution_s, run_timeout=run_s,
         )
         worker = self._eager_worker(name, task_queue)
         if worker is None or not await worker.eager_start(req):
@@ -182,9 +209,12 @@ class Client:
 
         ``workflow`` (the function) lets this process answer queries by replay and decode the
         result to its annotated type.
+
+        Raises:
+            ValueError: ``workflow_id`` is empty, holds NUL or is over 255 bytes.
+            TypeError: ``workflow_id`` is not a str.
         """
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise ValueError("workflow_id must be a non-empty string")
+        check_name("workflow id", workflow_id)
         defn = _definition(workflow) if workflow is not None else None
         hint = result_type if result_type is not None else (defn.return_hint if defn else None)
         handle = WorkflowHandle(self, workflow_id, run_id, result_hint=hint)
@@ -198,8 +228,9 @@ class Client:
         if status is not None and status not in (RUNNING, "completed", "failed", "terminated", "canceled",
                                                  "continued_as_new", "timed_out"):
             raise ValueError(f"unknown status {status!r}")
-        if not isinstance(limit, int) or limit < 1:
-            raise ValueError("limit must be a positive int")
+        check_name("workflow_type", workflow_type, allow_none=True)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
         return [WorkflowExecution._from(i) for i in self.store.list_runs(status, workflow_type, limit)]
 
 
@@ -242,22 +273,40 @@ class WorkflowHandle:
     def _info(self) -> RunInfo:
         return self.client.store.find_run(self.id, self._target())
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | datetime.timedelta | None = None) -> Any:
         """Wait for the run to close and return its result.
+
+        Args:
+            timeout: how long to wait, in seconds or a timedelta; None waits without limit. Zero
+                or less does not wait: the result of a closed run is returned, a running one
+                raises ``asyncio.TimeoutError`` at once.
 
         Raises:
             WorkflowFailedError: the run failed, was terminated or cancelled; the cause is chained.
             asyncio.TimeoutError: ``timeout`` seconds passed first.
+            ValueError: ``timeout`` is NaN, infinite or over 100 years.
         """
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout < 0:
+            timeout = 0.0  # "do not wait" (NaN compares false and is refused below)
+        elif isinstance(timeout, datetime.timedelta) and timeout < datetime.timedelta(0):
+            timeout = 0.0
+        seconds = check_duration("result timeout", timeout, allow_none=True)
         store = self.client.store
         run_id = self.run_id or self._info().run_id
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if seconds is None else loop.time() + seconds
         while True:
             run_key = run_key_of(run_id)
-            waiter = store.wait_closed(run_key)
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            info = await (asyncio.wait_for(waiter, left) if left is not None else waiter)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                # No time left to wait: read the run as it stands (a closed one has its result).
+                info = store.find_run(self.id, run_id)
+                if info.status == RUNNING:
+                    raise TimeoutError(f"workflow {self.id!r} (run {run_id}) is still running "
+                                       f"after the result timeout of {seconds}s")
+            else:
+                waiter = store.wait_closed(run_key)
+                info = await (asyncio.wait_for(waiter, left) if left is not None else waiter)
             ev = info.close_event
             if ev is None:
                 last = store.read_history(run_key, info.history_length)
@@ -280,9 +329,14 @@ class WorkflowHandle:
         raise err from cause
 
     async def signal(self, name: str, *args: Any) -> None:
-        """Send signal ``name`` with its payload; returns once it is durable."""
-        if not isinstance(name, str) or not name:
-            raise ValueError("a signal name must be a non-empty string")
+        """Send signal ``name`` with its payload; returns once it is durable.
+
+        Raises:
+            ValueError: ``name`` is empty, holds NUL or is over 255 bytes; a payload holds NaN or infinity.
+            TypeError: ``name`` is not a str, or a payload cannot be encoded.
+            duro.PayloadTooLargeError: the encoded payload is over the converter's size limit.
+        """
+        check_name("signal name", name)
         payload = self.client.converter.encode_args(args)
         await self.client.store.signal_workflow(self.id, self._target(), name, payload)
 
@@ -314,10 +368,15 @@ class WorkflowHandle:
         Answered by the live instance of a worker in this process when there is one, otherwise by
         replaying the history here (this process must have the workflow's code: a Worker that
         registers it, or a handle from ``start_workflow(fn, ...)``).
+
+        Raises:
+            ValueError: ``name`` is empty, holds NUL or is over 255 bytes; an argument holds NaN or
+                infinity.
+            duro.PayloadTooLargeError: the encoded arguments or answer are over the size limit.
         """
         from duro._query import run_query
 
-        return await run_query(self, name, args)
+        return await run_query(self, check_name("query name", name), args)
 
     async def execute_update(self, name: str, *args: Any) -> Any:
         """Send an update and wait for the handler's result.
@@ -325,11 +384,24 @@ class WorkflowHandle:
         A validator that raises rejects the update without writing history (the error is raised
         here). An accepted update is recorded in the history with its result. Needs a worker of
         the workflow's task queue in this process.
+
+        Raises:
+            ValueError: ``name`` is empty, holds NUL or is over 255 bytes; an argument holds NaN or
+                infinity.
+            duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
         """
         from duro._query import run_update
 
-        return await run_update(self, name, args)
+        return await run_update(self, check_name("update name", name), args)
 
     async def terminate(self, reason: str = "") -> None:
-        """Close the run at once; its code does not run again."""
+        """Close the run at once; its code does not run again.
+
+        Raises:
+            TypeError: ``reason`` is not a str.
+            duro.PayloadTooLargeError: ``reason`` is over the converter's size limit.
+        """
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        self.client.converter.encode(reason)  # the payload size limit applies to the reason too
         await self.client.store.terminate_workflow(self.id, self._target(), reason)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import enum
 import inspect
+import math
 import traceback
 import types
 import typing
@@ -16,18 +19,37 @@ from duro.errors import (
     ActivityError,
     ApplicationError,
     CancelledError,
+    PayloadTooLargeError,
     TerminatedError,
     TimeoutError,
 )
 
-__all__ = ["DataConverter", "JsonConverter", "default_converter"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_SIZE",
+    "DataConverter",
+    "JsonConverter",
+    "default_converter",
+    "with_max_payload_size",
+]
+
+DEFAULT_MAX_PAYLOAD_SIZE = 2 * 1024 * 1024
+"""Default limit on one encoded payload (an argument list, a result, a signal, a heartbeat): 2 MiB.
+
+Temporal refuses blobs over 2 MB for the same reason: a history holds every payload of a run,
+and a replay (or a query by replay) reads them all back. Large data belongs in a file or an object
+store, passed by reference.
+"""
 
 
 class DataConverter(Protocol):
     """Turns argument lists and values into bytes and back, restoring the annotated types."""
 
     def encode(self, value: Any) -> bytes:
-        """Encode one value; raise TypeError when it cannot be encoded."""
+        """Encode one value.
+
+        Raise TypeError when it cannot be encoded, ValueError when it holds something the format
+        cannot represent faithfully, ``duro.PayloadTooLargeError`` when it is over the size limit.
+        """
 
     def decode(self, data: bytes, hint: Any = None) -> Any:
         """Decode one value, converted to ``hint`` when a type is given."""
@@ -61,16 +83,33 @@ _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 class JsonConverter:
-    """The default converter: orjson, with dataclasses, msgspec Structs and pydantic models."""
+    """The default converter: orjson, with dataclasses, msgspec Structs and pydantic models.
+
+    Args:
+        max_payload_size: the largest encoded payload accepted, in bytes (default 2 MiB,
+            ``DEFAULT_MAX_PAYLOAD_SIZE``); None for no limit. A larger one raises
+            ``duro.PayloadTooLargeError`` where it is encoded: in the caller for arguments and
+            signals, in the workflow for activity arguments and results, in the activity attempt
+            for its result and heartbeats.
+    """
+
+    def __init__(self, *, max_payload_size: int | None = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
+        self.max_payload_size = _check_limit(max_payload_size)
 
     def encode(self, value: Any) -> bytes:
         """Encode one value as JSON bytes.
 
         Raises:
             TypeError: the value (or something inside it) cannot be encoded; nothing is stored.
+            ValueError: the value holds a NaN or an infinity (JSON has neither; orjson would write
+                null); the message says where.
+            duro.PayloadTooLargeError: the encoded value is over ``max_payload_size``.
         """
+        return self._encode(value, "value")
+
+    def _encode(self, value: Any, root: str) -> bytes:
         try:
-            return orjson.dumps(value, default=_default, option=_OPTS)
+            data = orjson.dumps(value, default=_default, option=_OPTS)
         except orjson.JSONEncodeError as e:
             # orjson replaces the message of an error raised in _default; that one says more.
             reason = e.__cause__ if isinstance(e.__cause__, TypeError) else e
@@ -78,6 +117,18 @@ class JsonConverter:
                 f"cannot encode {type(value).__qualname__} for duro: {reason}. Pass JSON types, dataclasses, "
                 "msgspec Structs or pydantic models"
             ) from None
+        limit = self.max_payload_size
+        if limit is not None and len(data) > limit:
+            raise PayloadTooLargeError(
+                f"the encoded payload is {len(data):,} bytes, over the limit of {limit:,} bytes (max_payload_size); "
+                "pass large data by reference (a file or object-store key), or raise the limit with "
+                "Client.connect(url, max_payload_size=...)", size=len(data), limit=limit)
+        # orjson writes NaN and +-inf as null: only a payload with a null can hold one, and only a
+        # value with something besides str/int/bool/None in it (the byte search costs ~1 ns a byte,
+        # so a payload of plain strings skips it).
+        if not _plain(value) and b"null" in data:
+            _check_finite(value, root)
+        return data
 
     def decode(self, data: bytes, hint: Any = None) -> Any:
         """Decode JSON bytes and convert the result to ``hint``."""
@@ -85,8 +136,8 @@ class JsonConverter:
         return convert(value, hint) if hint is not None else value
 
     def encode_args(self, args: Sequence[Any]) -> bytes:
-        """Encode the positional arguments as a JSON array."""
-        return self.encode(list(args))
+        """Encode the positional arguments as a JSON array (same errors as ``encode``)."""
+        return self._encode(list(args), "args")
 
     def decode_args(self, data: bytes, hints: Sequence[Any]) -> list[Any]:
         """Decode a JSON array of arguments, converting each to its parameter's annotation."""
@@ -98,6 +149,155 @@ class JsonConverter:
             hint = hints[i] if i < len(hints) else None
             out.append(convert(v, hint) if hint is not None else v)
         return out
+
+
+def _check_limit(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"max_payload_size must be a positive int (bytes) or None for no limit, got {limit!r}")
+    return limit
+
+
+class _SizeLimited:
+    """A converter of the user's with a payload size limit on top (``with_max_payload_size``)."""
+
+    def __init__(self, inner: DataConverter, limit: int) -> None:
+        self.inner = inner
+        self.max_payload_size = limit
+
+    def _checked(self, data: bytes) -> bytes:
+        if len(data) > self.max_payload_size:
+            raise PayloadTooLargeError(
+                f"the encoded payload is {len(data):,} bytes, over the limit of {self.max_payload_size:,} bytes "
+                "(max_payload_size); pass large data by reference (a file or object-store key)",
+                size=len(data), limit=self.max_payload_size)
+        return data
+
+    def encode(self, value: Any) -> bytes:
+        return self._checked(self.inner.encode(value))
+
+    def decode(self, data: bytes, hint: Any = None) -> Any:
+        return self.inner.decode(data, hint)
+
+    def encode_args(self, args: Sequence[Any]) -> bytes:
+        return self._checked(self.inner.encode_args(args))
+
+    def decode_args(self, data: bytes, hints: Sequence[Any]) -> list[Any]:
+        return self.inner.decode_args(data, hints)
+
+
+def with_max_payload_size(converter: DataConverter, limit: int | None) -> DataConverter:
+    """``converter`` with its payload size limit set to ``limit`` bytes (None: no limit).
+
+    A ``JsonConverter`` is copied with the new limit; another converter is wrapped in one that
+    checks the size of what it encodes.
+
+    Raises:
+        ValueError: ``limit`` is not a positive int or None.
+    """
+    limit = _check_limit(limit)
+    if isinstance(converter, JsonConverter):
+        out = copy.copy(converter)
+        out.max_payload_size = limit
+        return out
+    if isinstance(converter, _SizeLimited):
+        converter = converter.inner
+    return converter if limit is None else _SizeLimited(converter, limit)
+
+
+def _check_finite(value: Any, root: str) -> None:
+    """Raise ValueError naming where ``value`` holds a NaN or an infinity (JSON has neither)."""
+    found = _find_non_finite(value)
+    if found is not None:
+        where, bad = found
+        raise ValueError(f"cannot encode {bad!r} at {root}{''.join(reversed(where))}: JSON has no NaN or infinity "
+                         "(it would be stored as null); send a finite number, None or a string instead")
+
+
+_ATOMS = (str, int, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is trivially free of floats: an atom, or a short list of atoms (an argument list)."""
+    t = type(value)
+    if t in _ATOMS:
+        return True
+    if t is list and len(value) <= 8:
+        for v in value:
+            if type(v) not in _ATOMS:
+                return False
+        return True
+    return False
+
+
+def _find_non_finite(value: Any) -> tuple[list[str], Any] | None:
+    """The first NaN or infinity in ``value``, walked as orjson encodes it.
+
+    Returns the path to it (its segments innermost first, built only once one is found) and the
+    value, or None. Containers are scanned with the common element types checked inline: this
+    runs on every payload that holds a null.
+    """
+    t = type(value)
+    if t is dict:
+        for k, v in value.items():
+            tv = type(v)
+            if tv is float:
+                if v - v != 0.0:  # NaN or an infinity (for finite v, v - v is 0.0)
+                    return [f"[{k!r}]"], v
+            elif tv not in _ATOMS:
+                found = _find_non_finite(v)
+                if found is not None:
+                    found[0].append(f"[{k!r}]")
+                    return found
+            if type(k) is float and k - k != 0.0:
+                return [f" (the key {k!r})"], k
+        return None
+    if t is list or t is tuple:
+        for i, v in enumerate(value):
+            tv = type(v)
+            if tv is float:
+                if v - v != 0.0:
+                    return [f"[{i}]"], v
+            elif tv not in _ATOMS:
+                found = _find_non_finite(v)
+                if found is not None:
+                    found[0].append(f"[{i}]")
+                    return found
+        return None
+    if t in _ATOMS:
+        return None
+    if isinstance(value, float):  # float, its subclasses (numpy.float64, float enums)
+        return None if math.isfinite(value) else ([], value)
+    if isinstance(value, (dict, list, tuple)):  # subclasses: walk them as the plain types
+        return _find_non_finite(dict(value) if isinstance(value, dict) else list(value))
+    if isinstance(value, enum.Enum):
+        return _find_non_finite(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            found = _find_non_finite(getattr(value, f.name, None))
+            if found is not None:
+                found[0].append(f".{f.name}")
+                return found
+        return None
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:  # a numpy array or scalar: only floating kinds hold NaN
+        if getattr(dtype, "kind", None) != "f":
+            return None
+        import numpy
+
+        bad = ~numpy.isfinite(value)
+        if not bad.any():
+            return None
+        if getattr(value, "ndim", 0) == 0:
+            return [], value.item()
+        index = tuple(int(i) for i in numpy.argwhere(bad)[0])
+        return [str(list(index))], value[index].item()
+    try:  # msgspec Structs, pydantic models, sets: checked as they are encoded
+        plain = _default(value)
+    except Exception:
+        return None
+    return _find_non_finite(plain)
 
 
 default_converter = JsonConverter()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from duro._validate import check_call_args, check_name
 from duro.activity import RetryPolicy, get_activity_definition, to_seconds
 from duro.errors import ApplicationError
 from duro.workflow import WorkflowContext
@@ -132,29 +133,30 @@ class Saga:
 
         Raises:
             TypeError: ``activity`` is not an activity (compensations must be activities, so
-                that they are durable), or an option has the wrong type.
-            ValueError: a timeout is negative.
+                that they are durable), its arguments do not fit its signature, or an option has
+                the wrong type.
+            ValueError: a timeout is NaN, infinite, negative or over 100 years; the activity name or
+                ``task_queue`` is empty, holds NUL or is over 255 bytes.
         """
         if isinstance(activity, str):
-            if not activity:
-                raise ValueError("add_compensation() needs an activity name, not an empty string")
-            name = activity
+            name = check_name("add_compensation() activity name", activity)
         else:
             try:
-                name = get_activity_definition(activity).name
+                defn = get_activity_definition(activity)
             except TypeError:
                 raise TypeError(
                     f"add_compensation() takes an activity, and {getattr(activity, '__qualname__', activity)!r} is "
                     "not one: decorate it with @duro.activity (a compensation runs as an activity so that it is "
                     "durable; a plain function would be lost in a crash)"
                 ) from None
+            name = defn.name
+            check_call_args("activity", name, defn.signature, args)
         to_seconds(start_to_close_timeout, "start_to_close_timeout")
         to_seconds(schedule_to_close_timeout, "schedule_to_close_timeout")
         to_seconds(heartbeat_timeout, "heartbeat_timeout")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
-        if task_queue is not None and not isinstance(task_queue, str):
-            raise TypeError(f"task_queue must be a str, not {type(task_queue).__name__}")
+        check_name("task_queue", task_queue, allow_none=True)
         self._compensations.append(_Compensation(
             activity, name, args, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
             retry_policy, task_queue,

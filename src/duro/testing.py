@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import shutil
 import tempfile
 import time
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from duro._instance import WorkflowInstance
+from duro._validate import check_duration
 from duro.client import Client
 from duro.converter import DataConverter, default_converter
 from duro.errors import NonDeterminismError
@@ -41,11 +43,18 @@ class WorkflowEnvironment:
     sleeps for a day finishes at once. Activities still run in real time.
 
     Use ``async with WorkflowEnvironment(time_skipping=True) as env:`` and ``env.client``.
+
+    Args:
+        time_skipping: jump the clock to the next timer whenever only timers are pending.
+        converter: the data converter of the environment's client.
+        max_payload_size: the client's payload size limit in bytes (see ``Client.connect``).
     """
 
-    def __init__(self, *, time_skipping: bool = False, converter: DataConverter | None = None) -> None:
+    def __init__(self, *, time_skipping: bool = False, converter: DataConverter | None = None,
+                 max_payload_size: int | None = None) -> None:
         self.time_skipping = time_skipping
         self._converter = converter
+        self._max_payload_size = max_payload_size
         self._dir: str | None = None
         self._client: Client | None = None
         self._skipper: asyncio.Task[None] | None = None
@@ -63,7 +72,7 @@ class WorkflowEnvironment:
         self._dir = tempfile.mkdtemp(prefix="duro-test-env-")
         store = open_store(f"lmdb://{self._dir}")
         store.clock = self.clock
-        self._client = Client(store, self._converter)
+        self._client = Client(store, self._converter, max_payload_size=self._max_payload_size)
         if self.time_skipping:
             self._skipper = asyncio.ensure_future(self._skip_loop())
         return self
@@ -80,11 +89,14 @@ class WorkflowEnvironment:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    async def sleep(self, seconds: float) -> None:
-        """Move the environment's clock forward by ``seconds`` (timers due by then fire)."""
-        if seconds < 0:
-            raise ValueError("cannot move the clock backwards")
-        self._advance(self.clock.now() + seconds)
+    async def sleep(self, seconds: float | datetime.timedelta) -> None:
+        """Move the environment's clock forward by ``seconds`` (timers due by then fire).
+
+        Raises:
+            ValueError: ``seconds`` is NaN, infinite, negative (the clock cannot move backwards)
+                or over 100 years.
+        """
+        self._advance(self.clock.now() + check_duration("WorkflowEnvironment.sleep seconds", seconds))
         await asyncio.sleep(0.01)
 
     def _advance(self, to: float) -> None:

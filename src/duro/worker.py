@@ -20,6 +20,7 @@ from duro._core.codec import Event
 from duro._core.replay import is_command
 from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._loop import install_io_guard
+from duro._validate import check_name
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
 from duro.errors import ApplicationError, DuroError, NonDeterminismError, StoreError, TimeoutError
@@ -83,8 +84,7 @@ class Worker:
         identity: str | None = None,
         gc_threshold: int | None = 50_000,
     ) -> None:
-        if not isinstance(task_queue, str) or not task_queue or "\x00" in task_queue:
-            raise ValueError("task_queue must be a non-empty string without NUL characters")
+        check_name("task_queue", task_queue)
         for name, value in (("max_concurrent_workflow_tasks", max_concurrent_workflow_tasks),
                             ("max_concurrent_activities", max_concurrent_activities),
                             ("max_cached_workflows", max_cached_workflows)):
@@ -691,7 +691,6 @@ class Worker:
                     result = await runner
                 else:
                     result = await _watch(runner, ctx, timeout, task.heartbeat_timeout)
-            payload = conv.encode(result)
         except asyncio.CancelledError:
             if not self._running:
                 raise
@@ -699,6 +698,13 @@ class Worker:
             return
         except Exception as e:
             await self._report_failure(task, e)
+            return
+        try:
+            payload = conv.encode(result)
+        except (TypeError, ValueError) as e:  # not encodable, NaN/inf or too large: every attempt would fail alike
+            await self._report_failure(task, ApplicationError(
+                f"the result of activity {task.name!r} cannot be stored: {e}", type=type(e).__name__,
+                non_retryable=True))
             return
         await self._report_success(task, payload)
 

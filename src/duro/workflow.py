@@ -7,9 +7,10 @@ import datetime
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
+from duro._validate import check_call_args, check_duration, check_name, signature_of
 from duro.activity import RetryPolicy
 from duro.converter import parameter_hints
 
@@ -29,6 +30,7 @@ class WorkflowDefinition:
     fn: Callable[..., Awaitable[Any]]
     arg_hints: list[Any]
     return_hint: Any
+    signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
 
 
 def get_workflow_definition(fn: Any) -> WorkflowDefinition:
@@ -52,6 +54,10 @@ def workflow(fn: Any = None, *, name: str | None = None) -> Any:
 
     The function takes a ``WorkflowContext`` first, then its arguments. Its code must be
     deterministic: time, randomness and I/O come through the context and activities.
+
+    Raises:
+        TypeError: ``fn`` is not an ``async def`` function taking a context.
+        ValueError: ``name`` is empty, holds NUL or is over 255 bytes in UTF-8.
     """
 
     def wrap(f: F) -> F:
@@ -59,9 +65,10 @@ def workflow(fn: Any = None, *, name: str | None = None) -> Any:
             raise TypeError(f"@duro.workflow needs an `async def` function; {getattr(f, '__qualname__', f)!r} is not")
         if not inspect.signature(f).parameters:
             raise TypeError(f"workflow {f.__qualname__} must take a WorkflowContext as its first parameter")
+        workflow_name = check_name("workflow name", name if name is not None else f.__name__)
         arg_hints, ret = parameter_hints(f)
         f.__duro_workflow__ = WorkflowDefinition(  # type: ignore[attr-defined]
-            name=name or f.__name__, fn=f, arg_hints=arg_hints, return_hint=ret
+            name=workflow_name, fn=f, arg_hints=arg_hints, return_hint=ret, signature=signature_of(f)
         )
         return f
 
@@ -114,6 +121,16 @@ class WorkflowContext:
         schedules them in call order). Timeouts are seconds or ``timedelta``; unset options take
         the activity's decorator defaults. A failure raises ``duro.ActivityError`` whose
         ``__cause__`` is the activity's error.
+
+        Raises:
+            TypeError: the arguments do not fit the activity's signature, cannot be encoded, or an
+                option has the wrong type.
+            ValueError: a timeout is NaN, infinite, negative or over 100 years; the activity name or
+                ``task_queue`` is empty, holds NUL or is over 255 bytes; an argument holds NaN or
+                infinity.
+            duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
+
+        These are raised here, in the workflow, before anything is recorded.
         """
         return self._inst.schedule_activity(
             activity, args, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
@@ -128,11 +145,11 @@ class WorkflowContext:
         Signals that arrived before the call are kept in order, so none is lost. With one
         argument the payload is returned as is; with several, as a tuple.
         """
-        return await self._inst.wait_signal(name)
+        return await self._inst.wait_signal(check_name("signal name", name))
 
     def set_signal_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
         """Call ``handler(*args)`` (sync or async) for every signal ``name``; buffered ones first."""
-        self._inst.set_signal_handler(name, handler)
+        self._inst.set_signal_handler(check_name("signal name", name), handler)
 
     # --- time, randomness, conditions ------------------------------------------------------------
 
@@ -149,17 +166,27 @@ class WorkflowContext:
         return uuid.UUID(int=self._inst.rng.getrandbits(128), version=4)
 
     async def sleep(self, seconds: float | datetime.timedelta) -> None:
-        """Sleep durably: a timer in the store, which fires even if no worker ran in between."""
-        from duro.activity import to_seconds
+        """Sleep durably: a timer in the store, which fires even if no worker ran in between.
 
-        delay = to_seconds(seconds, "sleep duration")
-        await asyncio.sleep(delay or 0)
+        Raises:
+            ValueError: ``seconds`` is NaN, infinite, negative or over 100 years (raised here, in
+                the workflow; nothing is recorded). ``0`` returns at once without a timer.
+        """
+        await asyncio.sleep(check_duration("ctx.sleep seconds", seconds))
 
     async def wait_condition(self, fn: Callable[[], bool], timeout: float | datetime.timedelta | None = None) -> None:
-        """Wait until ``fn()`` is true (checked after every step); raise ``asyncio.TimeoutError`` on timeout."""
-        from duro.activity import to_seconds
+        """Wait until ``fn()`` is true (checked after every step); raise ``asyncio.TimeoutError`` on timeout.
 
-        seconds = to_seconds(timeout, "wait_condition timeout")
+        ``timeout=None`` waits without limit; ``timeout=0`` checks once and times out at once if
+        ``fn()`` is false.
+
+        Raises:
+            ValueError: ``timeout`` is NaN, infinite, negative or over 100 years.
+            TypeError: ``fn`` is not callable.
+        """
+        seconds = check_duration("wait_condition timeout", timeout, allow_none=True)
+        if not callable(fn):
+            raise TypeError(f"wait_condition needs a function returning a bool, not {type(fn).__name__}")
         fut = self._inst.add_condition(fn)
         if seconds is None:
             await fut
@@ -188,6 +215,12 @@ class WorkflowContext:
 
         Returns:
             A handle: ``await handle.result()``, ``await handle.signal(...)``, ``await handle.cancel()``.
+
+        Raises:
+            TypeError: the arguments do not fit the child's signature or cannot be encoded.
+            ValueError: ``id``, ``task_queue`` or the workflow name is empty, holds NUL or is over
+                255 bytes; ``parent_close_policy`` is unknown; an argument holds NaN or infinity.
+            duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
         """
         return self._inst.start_child(workflow, args, id, task_queue, parent_close_policy)
 
@@ -207,7 +240,7 @@ class WorkflowContext:
 
     def set_query_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
         """Answer ``handle.query(name, *args)`` with ``handler(*args)`` (a plain function, no side effects)."""
-        self._inst.set_query_handler(name, handler)
+        self._inst.set_query_handler(check_name("query name", name), handler)
 
     def set_update_handler(self, name: str, handler: Callable[..., Any] | None,
                            validator: Callable[..., Any] | None = None) -> None:
@@ -217,7 +250,7 @@ class WorkflowContext:
         nothing is written. Then ``handler(*args)`` (sync or async) runs inside the workflow and
         its return value goes back to the caller.
         """
-        self._inst.set_update_handler(name, handler, validator)
+        self._inst.set_update_handler(check_name("update name", name), handler, validator)
 
     def patched(self, change_id: str) -> bool:
         """Whether this run takes the code path added by change ``change_id``.
@@ -225,16 +258,25 @@ class WorkflowContext:
         New runs get True (and record it); runs recorded before the change replay with False,
         so they keep replaying the old path. Use ``if ctx.patched("x"): new() else: old()``.
         """
-        return self._inst.patched(change_id)
+        return self._inst.patched(check_name("change_id", change_id))
 
     def deprecate_patch(self, change_id: str) -> None:
         """Mark ``change_id`` as applied everywhere: old branches removed, recorded markers still accepted."""
-        self._inst.patched(change_id, deprecated=True)
+        self._inst.patched(check_name("change_id", change_id), deprecated=True)
 
     def continue_as_new(self, *args: Any) -> NoReturn:
-        """End this run and start a new one of the same workflow with ``args`` and an empty history."""
+        """End this run and start a new one of the same workflow with ``args`` and an empty history.
+
+        Raises:
+            TypeError: ``args`` do not fit the workflow's signature or cannot be encoded (raised
+                here, in the caller, so the run does not end).
+            ValueError: an argument holds NaN or infinity.
+            duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
+        """
         from duro._instance import ContinueAsNew
 
+        defn = self._inst.defn
+        check_call_args("workflow", defn.name, defn.signature, args)
         self._inst.converter.encode_args(args)  # fail here, in the caller, if they cannot be encoded
         raise ContinueAsNew(args)
 

@@ -3,7 +3,6 @@ from types import TracebackType
 from typing import Any, overload
 
 from duro._core.codec import Event
-
 from duro.errors import (
     StoreCorruptedError,
     StoreError,

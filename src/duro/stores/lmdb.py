@@ -65,6 +65,7 @@ from duro.stores.base import (
     run_key_of,
     unpack,
 )
+from duro.stores.lmdb_files import check_lmdb_files
 
 __all__ = ["LmdbStore", "open_lmdb_store", "started_event"]
 
@@ -298,6 +299,9 @@ class LmdbStore:
         self.path = path
         self.url = f"lmdb://{path}"
         self.clock = Clock()
+        # Before LMDB maps the file: a truncated or overwritten data.mdb would otherwise kill the
+        # process with SIGBUS on first access, or read as an empty store.
+        check_lmdb_files(path)
         # The map grows by itself (doubling) up to this; past it a full map is a StoreFullError.
         self.max_map_size = max(map_size, max_map_size or DEFAULT_MAX_MAP_SIZE)
         self.env = mdb.Environment(path, map_size=map_size, max_dbs=16, max_readers=1024, sync=True)
@@ -1484,9 +1488,11 @@ def _retry_delay(meta: dict[str, Any], o: ActivityOutcome, now_us: int) -> float
     if max_attempts and o.attempt >= max_attempts:
         return None
     initial = policy.get("initial_interval", 1.0)
-    delay = initial * policy.get("backoff_coefficient", 2.0) ** (o.attempt - 1)
     max_interval = policy.get("maximum_interval") or initial * 100
-    delay = min(delay, max_interval)
+    try:
+        delay = min(initial * policy.get("backoff_coefficient", 2.0) ** (o.attempt - 1), max_interval)
+    except OverflowError:  # unlimited attempts: the power outgrew a float long after the cap was reached
+        delay = max_interval
     s2c = meta.get("s2c")
     if s2c and now_us + _us(delay) >= meta["sched"] + _us(s2c):
         return None
