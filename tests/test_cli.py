@@ -369,3 +369,138 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--task-queue" in capsys.readouterr().out
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"duro {duro.__version__}"
+
+
+# ------------------------------------------------------------------------------------ hygiene
+
+# ESC sequences (SGR colour, clear screen, set title), a C1 CSI, DEL, a bidi override, a line separator.
+EVIL_ID = "evil\x1b[31m\x1b[2J\x1b]0;pwned\x07\x9b1m\x7f\u202e-id"
+EVIL_ID_SHOWN = "evil\\x1b[31m\\x1b[2J\\x1b]0;pwned\\x07\\x9b1m\\x7f\\u202e-id"
+RAW_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def no_raw_controls(text: str) -> None:
+    found = RAW_CONTROLS.findall(text)
+    assert not found, (found, text)
+
+
+async def test_control_characters_are_escaped(client: duro.Client, cli: Cli) -> None:
+    handle = await client.start_workflow("ty\x1bpe", {"k": "v\x1b[5m\x85"}, id=EVIL_ID, task_queue="nobody")
+    await handle.signal("sig\x1b[1mnal", "x\x9by")
+
+    r = await cli("list")
+    assert r.code == 0, r
+    no_raw_controls(r.out)
+    assert EVIL_ID_SHOWN in r.out and "ty\\x1bpe" in r.out
+    (row,) = r.out.splitlines()[1:]
+    assert row.split()[0] == EVIL_ID_SHOWN
+
+    r = await cli("describe", EVIL_ID)
+    assert r.code == 0, r
+    no_raw_controls(r.out)
+    fields = dict(re.split(r":\s+", line, maxsplit=1) for line in r.out.splitlines())
+    assert fields["workflow id"] == EVIL_ID_SHOWN and fields["type"] == "ty\\x1bpe"
+
+    r = await cli("history", EVIL_ID)
+    assert r.code == 0, r
+    no_raw_controls(r.out)
+    assert "sig\\x1b[1mnal" in r.out and '"x\\u009by"' in r.out and "\\u001b[5m" in r.out
+
+    # JSON output is exact once parsed, and raw only in printable characters.
+    for argv in (["list", "--json"], ["describe", EVIL_ID, "--json"], ["history", EVIL_ID, "--json"]):
+        r = await cli(*argv)
+        assert r.code == 0, r
+        no_raw_controls(r.out)
+    assert json.loads((await cli("list", "--json")).out)[0]["workflow_id"] == EVIL_ID
+    history = duro.History.from_json((await cli("history", EVIL_ID, "--json")).out)
+    assert history.workflow_id == EVIL_ID and history[1].name == "sig\x1b[1mnal"
+
+    # Error messages quote what came in, escaped, on one line.
+    await cli("terminate", EVIL_ID, "--reason", "bye\x1b[5m\nnext line")
+    r = await cli("result", EVIL_ID)
+    one_error_line(r, 1, "bye\\x1b[5m\\nnext line")
+    no_raw_controls(r.err)
+    r = await cli("describe", "nope\x1b]0;title\x07")
+    one_error_line(r, 1, "not in this store")
+    no_raw_controls(r.err)
+
+
+def test_clean_escapes_only_what_a_terminal_would_act_on() -> None:
+    from duro.cli import clean
+
+    assert clean("order-A1 é ✓ 日本 \\ tab") == "order-A1 é ✓ 日本 \\ tab"
+    assert clean("a\tb\nc\rd\x00e\x1bf\x7fg\x85h\x9bi") == "a\\tb\\nc\\rd\\x00e\\x1bf\\x7fg\\x85h\\x9bi"
+    assert clean("\u202eevil\u2066\u2028\u200f") == "\\u202eevil\\u2066\\u2028\\u200f"
+    assert clean("lone \udcff surrogate") == "lone \\udcff surrogate"
+    assert clean(clean("\x1b[31m")) == clean("\x1b[31m")
+
+
+def test_bad_input_exits_2(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, fragment in (
+        (["signal", "x", "s", "NaN"], "NaN"),
+        (["signal", "x", "s", "[1, Infinity]"], "Infinity"),
+        (["describe", ""], "workflow id"),
+        (["signal", "x", ""], "name"),
+        (["start", "t", "--id", "", "--task-queue", "q"], "--id"),
+        (["start", "t", "--id", "i", "--task-queue", "q" * 300], "task queue"),
+        (["start", "t", "--id", "i" * 300, "--task-queue", "q"], "workflow id"),
+        (["start", "t", "--id", "i", "--task-queue", "q", "--run-timeout", "1e12"], "--run-timeout"),
+    ):
+        code = main(["--store", store, *argv])
+        one_error_line(Result(code, *capsys.readouterr()), 2, fragment)
+    assert main(["--store", store, "list"]) == 1  # nothing above created the store
+    capsys.readouterr()
+
+
+def _damage_run_record(store: str, workflow_id: str) -> None:
+    """Overwrite a run record with bytes that are not JSON (the store must be closed)."""
+    from duro._core import mdb
+
+    path = store.removeprefix("lmdb://")
+    env = mdb.Environment(path, map_size=1 << 36, max_dbs=16, max_readers=1024)
+    try:
+        wf, runs = env.open_db(b"wf"), env.open_db(b"runs")
+        with env.begin(write=True) as txn:
+            index = txn.get(workflow_id.encode(), db=wf)
+            assert index is not None
+            txn.put(bytes.fromhex(json.loads(index)["run"]), b"{not json", db=runs)
+    finally:
+        env.close()
+
+
+def test_a_failing_store_operation_exits_1(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    async def start() -> None:
+        async with duro.Client.connect(store) as c:
+            await c.start_workflow("t", id="broken", task_queue="nobody")
+            await c.start_workflow("t", id="fine", task_queue="nobody")
+
+    asyncio.run(start())
+    _damage_run_record(store, "broken")
+
+    assert main(["--store", store, "describe", "fine"]) == 0
+    capsys.readouterr()
+    code = main(["--store", store, "describe", "broken"])
+    r = Result(code, *capsys.readouterr())
+    one_error_line(r, 1, "unexpected", f"duro --store {store} check", "--traceback")
+    assert "Traceback" not in r.err
+
+    code = main(["--store", store, "--traceback", "describe", "broken"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("duro: error: unexpected")
+
+    code = main(["--store", store, "check"])
+    r = Result(code, *capsys.readouterr())
+    assert r.code == 1 and "(workflow 'broken')" not in r.out and "the run record is not a JSON object" in r.out
+
+
+async def test_check_with_the_store_open_in_this_process(client: duro.Client, worker: duro.Worker, cli: Cli,
+                                                         cli_process: Cli) -> None:
+    await some_workflows(client)
+    for run in (cli, cli_process):  # in this process it shares the open environment
+        r = await run("check")
+        assert r.code == 0 and r.err == "", r
+        assert r.out.startswith("store ") and "3 runs" in r.out and r.out.rstrip().endswith("no problems found")
+    await client.start_workflow(wfs.signal_workflow, 1, id="after", task_queue=QUEUE)  # the store still works
+    r = await cli("check", "--json")
+    assert r.code == 0 and json.loads(r.out)["runs"] == 4

@@ -1,4 +1,4 @@
-"""The ``duro`` command: look at and drive workflows in a store from a shell.
+r"""The ``duro`` command: look at and drive workflows in a store from a shell.
 
 ::
 
@@ -11,11 +11,17 @@
     duro [--store URL] cancel WORKFLOW_ID
     duro [--store URL] terminate WORKFLOW_ID [--reason TEXT]
     duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...]
+    duro [--store URL] check [--json]
 
 The store is ``--store``, else the environment variable ``DURO_STORE``, else
 ``lmdb://./duro-data``. Arguments of workflows, signals and queries are JSON, one per word
 (``'{"by": "alice"}'``, ``42``, ``'"text"'``). Exit status: 0 on success, 1 when the operation
-failed (unknown workflow, failed run, closed run...), 2 for bad input (options, JSON, store URL).
+failed (unknown workflow, failed run, closed run, a store error, problems found by ``check``...),
+2 for bad input (options, JSON, store URL, a value past a limit of the store).
+
+Everything printed from the store (ids, names, payloads, error messages) has its control
+characters escaped (``\x1b``), so a workflow id cannot drive the terminal; JSON output escapes them
+as JSON does (``\u001b``).
 """
 
 from __future__ import annotations
@@ -25,16 +31,29 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from duro._core import mdb
+from duro._validate import MAX_DURATION_S, check_name
 from duro.client import Client, WorkflowExecution
-from duro.errors import ApplicationError, DuroError, StoreURLError, WorkflowFailedError
+from duro.errors import (
+    ApplicationError,
+    CorruptHistoryError,
+    DuroError,
+    PayloadTooLargeError,
+    StoreCorruptedError,
+    StoreLimitError,
+    StoreURLError,
+    WorkflowFailedError,
+)
 from duro.history import History, HistoryEvent
+from duro.stores.check import CheckReport, check_store
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "main"]
 
@@ -63,6 +82,18 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------- parsing
 
 
+def _name(what: str) -> Callable[[str], str]:
+    """An argparse type for an id or a name: what the client accepts (non-empty, no NUL, not too long)."""
+
+    def parse(text: str) -> str:
+        try:
+            return check_name(what, text)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -78,8 +109,9 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    if not 0 < value <= MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of seconds, at most {MAX_DURATION_S:.0f} (100 years), got {text!r}")
     return value
 
 
@@ -104,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--store", metavar="URL", default=None, help=store_help)
     parser.add_argument("--version", action="version", version=f"duro {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an unexpected error, print the Python traceback (to report a bug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("list", parents=[common], help="list workflows (the latest run of each id)",
@@ -115,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("describe", parents=[common], help="status, type, times and length of a run",
                        description="Describe a workflow run (the latest run unless --run is given).")
-    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--run", dest="run_id", metavar="RUN_ID", help="a specific run (default: the latest)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
     p = sub.add_parser("history", parents=[common], help="the recorded events of a run",
                        description="Print the event history of a run (the latest run unless --run is given).")
-    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--run", dest="run_id", metavar="RUN_ID", help="a specific run (default: the latest)")
     p.add_argument("--json", action="store_true",
                    help="print the exact history as JSON (readable back with duro.History.from_json)")
@@ -129,43 +163,52 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("result", parents=[common], help="wait for a workflow and print its result",
                        description="Wait for the workflow to close and print its result as JSON. If it did not "
                        "complete (failed, cancelled, terminated, timed out), print the error and exit with 1.")
-    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="give up after this many seconds")
 
     p = sub.add_parser("signal", parents=[common], help="send a signal",
                        description="Send signal NAME to the workflow, with each JSON_ARG as an argument.")
-    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
+    p.add_argument("name", metavar="NAME", type=_name("name"))
     p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
 
     p = sub.add_parser("query", parents=[common], help="ask a workflow's query handler",
                        description="Ask query NAME of the workflow and print the answer as JSON. A worker of the "
                        "run's task queue (in any process) answers.")
-    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
+    p.add_argument("name", metavar="NAME", type=_name("name"))
     p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
 
     p = sub.add_parser("cancel", parents=[common], help="request cancellation of a workflow",
                        description="Request cancellation: the workflow code sees asyncio.CancelledError.")
-    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
 
     p = sub.add_parser("terminate", parents=[common], help="close a workflow at once",
                        description="Terminate the workflow: its run closes at once and its code does not run again.")
-    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--reason", default="", metavar="TEXT", help="why (recorded in the history)")
 
     p = sub.add_parser("start", parents=[common], help="start a workflow by its registered name",
                        description="Start a workflow of registered type TYPE with each JSON_ARG as an argument, "
                        "and print its run id. A worker of the task queue runs it.")
-    p.add_argument("workflow_type", metavar="TYPE")
+    p.add_argument("workflow_type", metavar="TYPE", type=_name("workflow type"))
     p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
-    p.add_argument("--id", dest="workflow_id", required=True, metavar="ID", help="the workflow id")
-    p.add_argument("--task-queue", required=True, metavar="Q", help="the task queue whose workers run it")
+    p.add_argument("--id", dest="workflow_id", required=True, metavar="ID", type=_name("workflow id"),
+                   help="the workflow id")
+    p.add_argument("--task-queue", required=True, metavar="Q", type=_name("task queue"),
+                   help="the task queue whose workers run it")
     p.add_argument("--id-reuse-policy", default="allow_duplicate",
                    choices=("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate"),
                    help="whether the id of a closed run may be used again (default allow_duplicate)")
     p.add_argument("--execution-timeout", type=_seconds, metavar="SECONDS", help="limit for the whole workflow")
     p.add_argument("--run-timeout", type=_seconds, metavar="SECONDS", help="limit for each run")
+
+    p = sub.add_parser("check", parents=[common], help="verify a store's files, histories and records",
+                       description="Verify the store without writing to it: its files, that every event of every "
+                       "history decodes with consecutive ids, and that records, indexes, tasks and timers agree. "
+                       "Prints each problem (run, workflow id, event id); exit status 0 when none is found, 1 "
+                       "otherwise. Workers may go on using the store meanwhile.")
+    p.add_argument("--json", action="store_true", help="print the report as a JSON object")
     return parser
 
 
@@ -187,7 +230,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         argv: the arguments after the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        The namespace: ``command``, ``store`` and the options of the command.
+        The namespace: ``command``, ``store``, the options of the command and, for commands that
+        take JSON arguments, ``values`` (those arguments, parsed).
 
     Raises:
         UsageError: the command line is not valid.
@@ -199,20 +243,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if unknown or not hasattr(args, "json_args"):
             parser.error(f"unrecognized arguments: {' '.join(unknown or extras)}")
         args.json_args = [*args.json_args, *extras]
+    if hasattr(args, "json_args"):  # bad JSON is bad input whatever the store holds: check it first
+        args.values = _json_args(args.json_args)
     return args
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _json_args(texts: Sequence[str]) -> list[Any]:
-    """Parse each word as one JSON value."""
+    """Parse each word as one JSON value (NaN and Infinity, which Python's json accepts, are refused)."""
     values = []
     for i, text in enumerate(texts, 1):
         try:
-            values.append(json.loads(text))
+            values.append(json.loads(text, parse_constant=_no_constant))
         except json.JSONDecodeError as e:
             raise UsageError(
                 f"argument {i} ({text!r}) is not JSON: {e.msg}; write strings in double quotes, "
                 "e.g. '\"text\"' or '{\"by\": \"alice\"}'"
             ) from None
+        except ValueError as e:
+            raise UsageError(f"argument {i} ({text!r}) is not JSON: {e}") from None
     return values
 
 
@@ -238,8 +290,45 @@ def _check_store_exists(url: str) -> None:
 # ---------------------------------------------------------------------------------------- output
 
 
+# Characters that must not reach a terminal raw: C0 controls (ESC starts escape sequences), DEL,
+# C1 controls (U+009B is a one-character CSI), line and paragraph separators, the bidirectional
+# overrides and isolates (they reorder what is shown), and lone surrogates (not encodable).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+# JSON already escapes C0 controls inside strings; outside them only its whitespace (\t \n \r) occurs.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return _SHORT.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def clean(text: str) -> str:
+    r"""``text`` with control characters escaped Python-style (``\x1b``, ``\n``, ``\u202e``), safe to print.
+
+    Args:
+        text: anything read from a store or given by a user: ids, names, payloads, error messages.
+
+    Returns:
+        One line of printable text; text without such characters comes back unchanged.
+    """
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _json_safe(text: str) -> str:
+    r"""JSON text with the characters ``clean`` escapes, which JSON leaves raw (DEL, C1...), as ``\uXXXX``."""
+    # They can only occur inside JSON strings (the syntax around them is ASCII), where \uXXXX is valid.
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _json(value: Any, *, indent: int | None = None) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+    return _json_safe(json.dumps(value, indent=indent, ensure_ascii=False, default=str))
+
+
+def _print(line: str) -> None:
+    """Print one line of plain (not JSON) output, escaped."""
+    print(clean(line))
 
 
 def _time(t: datetime.datetime | None) -> str:
@@ -255,7 +344,8 @@ def _execution_dict(ex: WorkflowExecution) -> dict[str, Any]:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> list[str]:
-    """Rows aligned in columns (the last column is not padded)."""
+    """Rows aligned in columns (the last column is not padded); cells are escaped first."""
+    rows = [[clean(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = []
     for row in [headers, *rows]:
@@ -270,7 +360,7 @@ def _payload_summary(event: HistoryEvent, width: int = PAYLOAD_WIDTH) -> str:
     if isinstance(data, dict) and set(data) == {"meta", "args"}:
         data = data["args"]
     if isinstance(data, dict) and "message" in data and "kind" in data and "stack" in data:  # a failure
-        text = f"{data.get('type') or data['kind']}: {data['message']}"
+        text = clean(f"{data.get('type') or data['kind']}: {data['message']}")
         return text if len(text) <= width else text[: width - 3] + "..."
     if isinstance(data, bytes):
         if not data:
@@ -279,7 +369,7 @@ def _payload_summary(event: HistoryEvent, width: int = PAYLOAD_WIDTH) -> str:
             data = json.loads(data)  # true, false, null and negative numbers come back as bytes
         except (UnicodeDecodeError, json.JSONDecodeError):
             return f"<{len(data)} bytes>"
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    text = _json_safe(json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str))
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -340,13 +430,13 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
         print(_json([_execution_dict(r) for r in runs], indent=2))
         return 0
     if not runs:
-        print("no workflows")
+        _print("no workflows")
         return 0
     rows = [[r.workflow_id, r.workflow_type, r.status, _time(r.start_time), _time(r.close_time),
              str(r.history_length)] for r in runs]
     for line in _table(["workflow id", "type", "status", "started (UTC)", "closed (UTC)", "events"], rows,
                        right=(5,)):
-        print(line)
+        _print(line)
     return 0
 
 
@@ -360,17 +450,17 @@ async def _describe(client: Client, args: argparse.Namespace) -> int:
               ("closed", _time(ex.close_time) + (" UTC" if ex.close_time else "")),
               ("events", str(ex.history_length))]
     for key, value in fields:
-        print(f"{key + ':':<12} {value}")
+        _print(f"{key + ':':<12} {value}")
     return 0
 
 
 async def _history(client: Client, args: argparse.Namespace) -> int:
     history = await client.get_handle(args.workflow_id, args.run_id).fetch_history()
     if args.json:
-        print(history.to_json())
+        print(_json_safe(history.to_json()))
         return 0
     for line in history_lines(history):
-        print(line)
+        _print(line)
     return 0
 
 
@@ -388,14 +478,14 @@ async def _result(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _signal(client: Client, args: argparse.Namespace) -> int:
-    values = _json_args(args.json_args)
+    values = args.values
     await client.get_handle(args.workflow_id).signal(args.name, *values)
-    print(f"sent signal {args.name!r} to workflow {args.workflow_id!r}")
+    _print(f"sent signal {args.name!r} to workflow {args.workflow_id!r}")
     return 0
 
 
 async def _query(client: Client, args: argparse.Namespace) -> int:
-    values = _json_args(args.json_args)
+    values = args.values
     answer = await client.get_handle(args.workflow_id).query(args.name, *values)
     print(_json(answer, indent=2))
     return 0
@@ -403,24 +493,24 @@ async def _query(client: Client, args: argparse.Namespace) -> int:
 
 async def _cancel(client: Client, args: argparse.Namespace) -> int:
     await client.get_handle(args.workflow_id).cancel()
-    print(f"requested cancellation of workflow {args.workflow_id!r}")
+    _print(f"requested cancellation of workflow {args.workflow_id!r}")
     return 0
 
 
 async def _terminate(client: Client, args: argparse.Namespace) -> int:
     await client.get_handle(args.workflow_id).terminate(args.reason)
-    print(f"terminated workflow {args.workflow_id!r}")
+    _print(f"terminated workflow {args.workflow_id!r}")
     return 0
 
 
 async def _start(client: Client, args: argparse.Namespace) -> int:
-    values = _json_args(args.json_args)
+    values = args.values
     handle = await client.start_workflow(
         args.workflow_type, *values, id=args.workflow_id, task_queue=args.task_queue,
         id_reuse_policy=args.id_reuse_policy, execution_timeout=args.execution_timeout,
         run_timeout=args.run_timeout,
     )
-    print(handle.run_id)
+    _print(str(handle.run_id))
     return 0
 
 
@@ -430,8 +520,40 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
 }
 
 
-async def _run(args: argparse.Namespace) -> int:
-    url = store_url(args.store)
+def check_lines(report: CheckReport) -> list[str]:
+    """What ``duro check`` prints: each problem, then a summary line.
+
+    Args:
+        report: what ``duro.stores.check.check_store`` found.
+
+    Returns:
+        The lines (not yet escaped).
+    """
+    counts = (f"{report.events} events, {report.workflows} workflow ids, {report.tasks} tasks, "
+              f"{report.timers} timers")
+    if report.ok:
+        return [f"store {report.path}: {report.runs} runs, {counts}: no problems found"]
+    damaged = report.runs - report.runs_ok
+    runs = f"{report.runs} runs ({report.runs_ok} fine, {damaged} with problems)" if report.runs else "0 runs"
+    n = len(report.problems)
+    summary = f"{runs}, {counts}" if report.records_checked else "its records were not checked"
+    return [f"problems in the store at {report.path}:", *(f"  {p}" for p in report.problems),
+            f"store {report.path}: {summary}: {n} problem{'s' if n != 1 else ''}"]
+
+
+def _check(url: str, args: argparse.Namespace) -> int:
+    """``duro check``: runs without a Client, which would refuse a damaged store or write to it."""
+    _check_store_exists(url)
+    report = check_store(url)
+    if args.json:
+        print(_json(report.to_dict(), indent=2))
+    else:
+        for line in check_lines(report):
+            _print(line)
+    return 0 if report.ok else 1
+
+
+async def _run(url: str, args: argparse.Namespace) -> int:
     command = _COMMANDS[args.command]
     if args.command != "start":  # only start may create a store; the others need its workflows
         _check_store_exists(url)
@@ -440,40 +562,79 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"duro: error: {message}", file=sys.stderr)
+    """Report an error in one line on stderr (escaped: the message may quote ids and payloads)."""
+    print(f"duro: error: {clean(message)}", file=sys.stderr)
+
+
+def _checked_argument(e: BaseException) -> bool:
+    """Whether ``e`` was raised by duro's checks of call arguments (``duro._validate``): bad input."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") == "duro._validate"
+
+
+def _unexpected(e: BaseException, url: str, show_traceback: bool) -> None:
+    """A damaged record or a bug: still one line, and the way to see more."""
+    if show_traceback:
+        traceback.print_exc()
+    _error(f"unexpected {type(e).__name__}: {e} (a damaged store or a bug in duro: duro --store {url} check "
+           "tells which" + ("" if show_traceback else "; --traceback shows where it happened") + ")")
+
+
+def _execute(url: str, args: argparse.Namespace) -> int:
+    try:
+        if args.command == "check":
+            return _check(url, args)
+        return asyncio.run(_run(url, args))
+    except (StoreCorruptedError, CorruptHistoryError) as e:
+        command = f"duro --store {url} check"
+        text = str(e)
+        _error(text.replace("duro check", command) if "duro check" in text else
+               f"{text} (see what is damaged: {command})")
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``duro`` command.
 
+    Every error is one line on stderr, starting with ``duro: error:``; no traceback unless
+    ``--traceback`` is given and the error is not one duro raises on purpose.
+
     Args:
         argv: the arguments after the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        The exit status: 0 on success, 1 when the operation failed, 2 for bad input.
+        The exit status: 0 on success, 1 when the operation failed (including any store error and
+        problems found by ``check``), 2 for bad input (options, JSON arguments, the store URL, a
+        value past a limit of the store).
     """
+    show_traceback = False
+    url = DEFAULT_STORE
     try:
-        return asyncio.run(_run(parse_args(argv)))
+        args = parse_args(argv)
+        show_traceback = args.traceback
+        url = store_url(args.store)
+        return _execute(url, args)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except UsageError as e:
+    except (UsageError, StoreURLError, StoreLimitError, PayloadTooLargeError) as e:
+        _error(str(e))  # the input is at fault: an option, a JSON argument, the URL, an id or payload too big
+        return 2
+    except (OperationError, DuroError, mdb.Error) as e:  # mdb.Error: LMDB's errors are StoreErrors too
         _error(str(e))
-    except StoreURLError as e:
-        _error(str(e))
-    except OperationError as e:
-        _error(str(e))
-        return 1
-    except DuroError as e:
-        _error(str(e))
-        return 1
-    except (ValueError, TypeError) as e:
-        _error(str(e))
-    except (OSError, mdb.Error) as e:
+    except (TypeError, ValueError) as e:
+        if _checked_argument(e):
+            _error(str(e))
+            return 2
+        _unexpected(e, url, show_traceback)
+    except OSError as e:
         _error(f"cannot open or use the store: {e}")
-        return 1
     except KeyboardInterrupt:
         return 130
-    return 2
+    except Exception as e:
+        _unexpected(e, url, show_traceback)
+    return 1
 
 
 if __name__ == "__main__":
