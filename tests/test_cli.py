@@ -504,3 +504,22 @@ async def test_check_with_the_store_open_in_this_process(client: duro.Client, wo
     await client.start_workflow(wfs.signal_workflow, 1, id="after", task_queue=QUEUE)  # the store still works
     r = await cli("check", "--json")
     assert r.code == 0 and json.loads(r.out)["runs"] == 4
+
+
+async def test_describe_shows_a_failing_workflow_task(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    """A run started by name with arguments its code cannot take is visible from the shell."""
+    r = await cli("start", "order_workflow", "--id", "bad-args", "--task-queue", QUEUE, '"not an order"', '1', '2')
+    assert r.code == 0, r
+    handle = client.get_handle("bad-args")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while (await handle.describe()).task_failures == 0:
+        assert loop.time() < deadline, "the failed workflow task was not recorded"
+        await asyncio.sleep(0.01)
+    r = await cli("describe", "bad-args")
+    fields = dict(re.split(r":\s+", line, maxsplit=1) for line in r.out.splitlines())
+    assert fields["status"] == "running" and "in a row" in fields["task failed"]
+    assert json.loads((await cli("describe", "bad-args", "--json")).out)["task_failures"] >= 1
+    r = await cli("history", "bad-args")
+    assert "WorkflowTaskFailed" in r.out
+    assert (await cli("terminate", "bad-args")).code == 0

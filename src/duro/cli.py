@@ -340,6 +340,7 @@ def _execution_dict(ex: WorkflowExecution) -> dict[str, Any]:
         "workflow_id": ex.workflow_id, "run_id": ex.run_id, "workflow_type": ex.workflow_type,
         "task_queue": ex.task_queue, "status": ex.status, "start_time": ex.start_time.isoformat(),
         "close_time": ex.close_time.isoformat() if ex.close_time else None, "history_length": ex.history_length,
+        "task_failures": ex.task_failures,
     }
 
 
@@ -449,6 +450,8 @@ async def _describe(client: Client, args: argparse.Namespace) -> int:
               ("task queue", ex.task_queue), ("status", ex.status), ("started", _time(ex.start_time) + " UTC"),
               ("closed", _time(ex.close_time) + (" UTC" if ex.close_time else "")),
               ("events", str(ex.history_length))]
+    if ex.task_failures:
+        fields.append(("task failed", f"{ex.task_failures} time(s) in a row; see WorkflowTaskFailed in its history"))
     for key, value in fields:
         _print(f"{key + ':':<12} {value}")
     return 0

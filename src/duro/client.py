@@ -36,6 +36,10 @@ class WorkflowExecution:
     start_time: datetime.datetime
     close_time: datetime.datetime | None
     history_length: int
+    #: Failed attempts in a row of the run's current workflow task (0 when its last task went
+    #: through). Each new failure is a ``WorkflowTaskFailed`` event in the history; the task is
+    #: retried with backoff until a worker's code gets through it.
+    task_failures: int = 0
 
     @classmethod
     def _from(cls, info: RunInfo) -> WorkflowExecution:
@@ -44,7 +48,7 @@ class WorkflowExecution:
             task_queue=info.task_queue, status=info.status,
             start_time=datetime.datetime.fromtimestamp(info.start_time, tz=datetime.UTC),
             close_time=datetime.datetime.fromtimestamp(info.close_time, tz=datetime.UTC) if info.close_time else None,
-            history_length=info.history_length,
+            history_length=info.history_length, task_failures=info.task_failures,
         )
 
 

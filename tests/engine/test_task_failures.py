@@ -52,7 +52,8 @@ async def test_a_raising_task_is_recorded_and_fixed_code_completes_it(client: du
         handle = await client.start_workflow("greet", "bob", id="g1", task_queue="t")
         failures = await eventually(lambda: task_failures(handle), "a WorkflowTaskFailed event")
         assert failures[0].name == "WorkflowTaskError" and "not registered" in failures[0].data()["message"]
-        assert (await handle.describe()).status == "running"
+        desc = await handle.describe()
+        assert desc.status == "running" and desc.task_failures >= 1
         # Retries of the same failure count but do not grow the history.
         await eventually(lambda: client.store.run_state(run_key_of(handle.run_id or "")).get("wtf", 0) >= 2,
                          "a second attempt")
@@ -61,6 +62,7 @@ async def test_a_raising_task_is_recorded_and_fixed_code_completes_it(client: du
         assert await asyncio.wait_for(handle.result(), DEADLINE_S) == "hello bob"
     history = await handle.fetch_history()
     assert history[-1].event_type == "WorkflowExecutionCompleted"
+    assert (await handle.describe()).task_failures == 0
     await duro.testing.Replayer(workflows=[greet_fixed]).replay(history)
 
 

@@ -119,6 +119,7 @@ class RunInfo:
     parent: dict[str, Any] | None = None
     next_run_id: str | None = None
     close_event: Event | None = None  # handed to in-process waiters so they need not read it back
+    task_failures: int = 0  # consecutive failed attempts of the run's current workflow task
 
 
 @dataclass(slots=True)

@@ -623,6 +623,7 @@ class LmdbStore:
             task_queue=rec["queue"], status=rec["status"], start_time=rec["start"] / 1e6,
             close_time=rec["close"] / 1e6 if rec.get("close") else None,
             history_length=rec["next"] - 1, parent=rec.get("parent"), next_run_id=rec.get("next_run"),
+            task_failures=rec.get("wtf", 0),
         )
 
     def _append(self, txn: mdb.Transaction, run_key: bytes, rec: dict[str, Any], events: list[Event],
