@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PGVER   := $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: install demo test lint bench bench-peers clean postgres
+.PHONY: install demo test lint bench bench-peers clean postgres fuzz soak
 
 $(STAMP): pyproject.toml setup.py
 	@# The compiled core links liblmdb: install its headers where they are missing (Debian/Ubuntu).
@@ -33,6 +33,22 @@ postgres:
 
 test: install postgres
 	$(VPY) -m pytest
+
+# The kill -9 matrix (tests/integration/killmatrix.py) for as long as asked: `make soak SECONDS=600`.
+# Workers and clients SIGKILLed at random under load, then every acknowledged start checked; prints
+# one JSON line of counts (lost, duplicated, rerun_after_recorded, wrong_results, ... all 0) and fails otherwise.
+SECONDS ?= 180
+soak: install
+	$(VPY) -m tests.integration.killmatrix --seconds $(SECONDS) --workers 3 --verbose
+
+# Property-based fuzzing (Hypothesis) of the codec, the history decoder, History.from_json, payload framing
+# and the converter: tests/unit/test_fuzz.py with the long "fuzz" profile of tests/unit/conftest.py.
+# Each property runs FUZZ_EXAMPLES/100 times its quick budget (`make test` runs the quick one, ~15 s);
+# 1000 takes about 2 minutes here, the default 2000 about 4.
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VPY) -m pytest tests/unit/test_fuzz.py \
+	  --timeout=0 --durations=10 -rxX
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples

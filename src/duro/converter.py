@@ -448,8 +448,35 @@ def _asyncio_cancelled() -> type[BaseException]:
     return asyncio.CancelledError
 
 
+_MAX_CAUSES = 64  # a longer chain is cut: nobody reads it, and rebuilding it must not recurse without bound
+
+
 def failure_from_dict(d: dict[str, Any]) -> BaseException:
-    """Rebuild an exception (with ``__cause__`` chain) from ``failure_to_dict`` data."""
+    """Rebuild an exception (with ``__cause__`` chain) from ``failure_to_dict`` data.
+
+    Raises ValueError for data that is not a failure object. A chain of causes longer than 64
+    is cut there.
+    """
+    chain: list[dict[str, Any]] = []
+    node: Any = d
+    while True:
+        if not isinstance(node, dict):
+            raise ValueError(f"a failure payload must be a JSON object, not {type(node).__name__}")
+        chain.append(node)
+        node = node.get("cause")
+        if not node or len(chain) >= _MAX_CAUSES:
+            break
+    exc: BaseException | None = None
+    for item in reversed(chain):  # innermost cause first, so no recursion
+        outer = _one_failure(item)
+        if exc is not None:
+            outer.__cause__ = exc
+        exc = outer
+    assert exc is not None
+    return exc
+
+
+def _one_failure(d: dict[str, Any]) -> BaseException:
     kind = d.get("kind", "application")
     message = d.get("message", "")
     exc: BaseException
@@ -468,9 +495,6 @@ def failure_from_dict(d: dict[str, Any]) -> BaseException:
     stack = d.get("stack")
     if stack:
         exc.__notes__ = [f"remote traceback:\n{stack}"]
-    cause = d.get("cause")
-    if cause:
-        exc.__cause__ = failure_from_dict(cause)
     return exc
 
 

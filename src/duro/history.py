@@ -40,6 +40,9 @@ class HistoryEvent:
     name: str
     payload: bytes
     type_code: int
+    #: The recorded time exactly, in microseconds since the epoch (``timestamp`` is its readable
+    #: form, clamped to what ``datetime`` can hold).
+    timestamp_us: int | None = None
 
     def data(self) -> Any:
         """The payload decoded as JSON where it is JSON (arguments, results), else the raw bytes."""
@@ -60,15 +63,32 @@ class HistoryEvent:
 
     def to_event(self) -> Event:
         """The compiled core's event for this entry."""
-        return Event(self.type_code, self.event_id, int(self.timestamp.timestamp() * 1_000_000), self.ref,
-                     self.attempt, self.name, self.payload)
+        if self.timestamp_us is not None:
+            time_us = self.timestamp_us
+        else:  # integer arithmetic: a float product would lose a microsecond now and then
+            delta = self.timestamp - _EPOCH
+            time_us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return Event(self.type_code, self.event_id, time_us, self.ref, self.attempt, self.name, self.payload)
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MIN_TIME = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+_MAX_TIME = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
+def _readable_time(time_us: int) -> datetime.datetime:
+    """``time_us`` as an aware UTC datetime, clamped to datetime's range (a damaged stamp stays readable)."""
+    try:
+        return _EPOCH + datetime.timedelta(microseconds=time_us)
+    except OverflowError:
+        return _MIN_TIME if time_us < 0 else _MAX_TIME
 
 
 def _from_event(ev: Event) -> HistoryEvent:
     return HistoryEvent(
-        event_id=ev.event_id, event_type=ev.type_name,
-        timestamp=datetime.datetime.fromtimestamp(ev.timestamp_us / 1e6, tz=datetime.UTC),
+        event_id=ev.event_id, event_type=ev.type_name, timestamp=_readable_time(ev.timestamp_us),
         ref=ev.ref, attempt=ev.attempt, name=ev.name, payload=ev.payload, type_code=ev.type,
+        timestamp_us=ev.timestamp_us,
     )
 
 

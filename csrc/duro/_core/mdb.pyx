@@ -645,9 +645,14 @@ cdef class Cursor:
 
     def delete(self):
         """Delete the current item; the cursor then points at the next one."""
+        cdef int rc
         self._live()
         _check(mdb_cursor_del(self.cur, 0), "mdb_cursor_del")
         self.txn.writes += 1
+        # The deleted node's key and value pointers are stale now: read where the cursor stands
+        # (the next item), or mark it unpositioned past the end.
+        rc = mdb_cursor_get(self.cur, &self.k, &self.v, MDB_GET_CURRENT)
+        self.positioned = rc == 0
 
     def iternext(self, bint keys=True, bint values=True):
         """Iterate from the current item (or the first, when never positioned) forwards."""
