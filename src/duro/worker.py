@@ -47,6 +47,7 @@ _NOT_INPUTS = (codec.WORKFLOW_TASK_COMPLETED, codec.WORKFLOW_TASK_FAILED)
 _POLL_INTERVAL_S = 1.0
 _REAP_INTERVAL_S = 2.0
 _RENEW_INTERVAL_S = 60.0
+_LEASE_CHECK_AFTER_S = 0.5
 _RENEWED_LEASE_S = 330.0  # the lease of an activity without timeouts: 300 s + the 30 s slack
 
 
@@ -579,6 +580,7 @@ class Worker:
     def _on_atask(self, task: ActivityTask) -> None:
         if not self._running:
             return
+        task.received = time.monotonic()
         if self._act_running >= self.max_activities:
             self._act_backlog.append(task)
             return
@@ -633,8 +635,11 @@ class Worker:
         key = (task.run_key, task.seq)
         try:
             # The lease may have been lost between the claim and now (this process was paused,
-            # say, and another took the attempt over): then this attempt must not start.
-            if not self.store.holds_activity(task.task_queue, task.run_key, task.seq, task.attempt):
+            # say, and another took the attempt over): then this attempt must not start. A lease
+            # lasts at least 30 s and only expiry takes it from a live owner, so a task started
+            # right after it was leased needs no look (the look costs a read snapshot).
+            if (time.monotonic() - task.received > _LEASE_CHECK_AFTER_S
+                    and not self.store.holds_activity(task.task_queue, task.run_key, task.seq, task.attempt)):
                 self.stats["stale_activities"] += 1
                 log.warning("activity %r (seq %d attempt %d) of run %s is no longer leased to this worker; "
                             "not starting it", task.name, task.seq, task.attempt, task.run_key.hex())

@@ -140,6 +140,7 @@ class ActivityTask:
     heartbeat_timeout: float | None
     retry_policy: dict[str, Any]
     heartbeat_details: bytes | None = None
+    received: float = 0.0  # time.monotonic() when this process's worker got the leased task
 
 
 @dataclass(slots=True)
