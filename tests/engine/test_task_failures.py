@@ -188,3 +188,25 @@ async def test_an_attempt_whose_lease_was_lost_is_not_started(client: duro.Clien
         await eventually(lambda: w.stats["stale_activities"] == 1, "the stale attempt to be skipped")
         assert STARTED == [("first", 1)]
         await handle.terminate()
+
+
+@duro.workflow
+async def returns_nan(ctx: duro.WorkflowContext) -> float:
+    return float("nan")
+
+
+async def test_a_completion_recorded_under_older_rules_still_replays(client: duro.Client) -> None:
+    """duro 0.1 stored a NaN result as null; replaying that closed run must not diverge."""
+    import orjson
+
+    from duro._core import codec
+    from duro._core.codec import Event
+    from duro.stores.base import pack
+
+    meta = orjson.dumps({"wid": "old", "queue": "t", "first_run": "0" * 32})
+    history = duro.History("old", "0" * 32, [
+        Event(codec.WORKFLOW_STARTED, 1, 1_000_000, 0, 1, "returns_nan", pack(meta, b"[]")),
+        Event(codec.WORKFLOW_TASK_COMPLETED, 2, 1_000_001, 1, 0, "", b""),
+        Event(codec.WORKFLOW_COMPLETED, 3, 1_000_001, 0, 0, "", b"null"),
+    ])
+    await duro.testing.Replayer(workflows=[returns_nan]).replay(history)
