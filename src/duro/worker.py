@@ -23,7 +23,14 @@ from duro._loop import install_io_guard
 from duro._validate import check_name
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
-from duro.errors import ApplicationError, DuroError, NonDeterminismError, StoreError, TimeoutError
+from duro.errors import (
+    ApplicationError,
+    DuroError,
+    NonDeterminismError,
+    StoreCorruptedError,
+    StoreError,
+    TimeoutError,
+)
 from duro.stores.base import (
     ActivityOutcome,
     ActivityTask,
@@ -724,8 +731,8 @@ class Worker:
     async def _record_outcome(self, outcome: ActivityOutcome) -> None:
         """Commit an attempt's end, retrying while the store cannot take it (a full disk, say).
 
-        Gives up only when the worker stops: the attempt's lease then expires and the reaper
-        retries the activity.
+        Gives up when the worker stops, or on an error that retrying cannot cure (a damaged run
+        record): the attempt's lease then expires and the reaper retries the activity.
         """
         delay = 0.05
         while True:
@@ -733,7 +740,7 @@ class Worker:
                 await self.store.complete_activity(outcome)
                 return
             except Exception as e:
-                if not self._running:
+                if not self._running or not isinstance(e, StoreError) or isinstance(e, StoreCorruptedError):
                     raise
                 self.stats["report_retries"] += 1
                 log.warning("recording the end of activity seq %d of run %s failed (%s); retrying in %.2fs",

@@ -159,6 +159,32 @@ async def test_a_run_whose_history_cannot_be_decoded_fails_alone(tmp_path: Path)
         await damaged.terminate("damaged history")  # it can still be closed
 
 
+@duro.workflow
+async def naps(ctx: duro.WorkflowContext, seconds: float) -> str:
+    await ctx.sleep(seconds)
+    return "rested"
+
+
+async def test_a_damaged_run_record_does_not_stop_the_other_timers(tmp_path: Path) -> None:
+    from duro.stores.base import run_key_of
+
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        store: Any = client.store
+        async with duro.Worker(client, task_queue="t", workflows=[naps]):
+            damaged = await client.start_workflow(naps, 0.3, id="damaged", task_queue="t")
+            healthy = await client.start_workflow(naps, 0.3, id="healthy", task_queue="t")
+            await eventually(lambda: all(len(store.read_history(run_key_of(h.run_id or ""))) >= 3
+                                         for h in (damaged, healthy)), "both timers to be set")
+            key = run_key_of(damaged.run_id or "")
+
+            def damage(txn: Any, batch: Any) -> None:
+                txn.put(key, b"{not json", db=store._runs)
+                store._wcache.pop(key, None)
+
+            await store._submit(damage)
+            assert await asyncio.wait_for(healthy.result(), DEADLINE_S) == "rested"
+
+
 # ------------------------------------------------------------------ a full map
 
 

@@ -1196,19 +1196,19 @@ class LmdbStore:
             if lease["o"] and gone(lease["o"], lease["u"]):
                 txn.put(key, b'{"o":"","u":0}', db=self._wtask)
                 reaped += 1
+        failure = orjson.dumps({"kind": "timeout", "timeout_type": "start_to_close", "type": "TimeoutError",
+                                "message": "the worker running this attempt died or lost its lease"})
+        expired: list[ActivityOutcome] = []
         for k, raw in list(txn.cursor(db=self._atask)):
             key = bytes(k)
             meta = orjson.loads(unpack(raw)[0])
             if meta["o"] and gone(meta["o"], meta["u"]):
                 sep = key.index(b"\x00")
-                failure = orjson.dumps({"kind": "timeout", "timeout_type": "start_to_close", "type": "TimeoutError",
-                                        "message": "the worker running this attempt died or lost its lease"})
-                outcome = ActivityOutcome(run_key=key[sep + 1 : sep + 17], task_queue=key[:sep].decode(),
-                                          seq=_U64.unpack(key[sep + 17 :])[0], attempt=meta["attempt"],
-                                          failure=failure, error_type="TimeoutError")
-                self._op_complete_activity(txn, batch, outcome)
-                reaped += 1
-        return reaped
+                expired.append(ActivityOutcome(run_key=key[sep + 1 : sep + 17], task_queue=key[:sep].decode(),
+                                               seq=_U64.unpack(key[sep + 17 :])[0], attempt=meta["attempt"],
+                                               failure=failure, error_type="TimeoutError"))
+        self._sweep(txn, batch, expired, self._op_complete_activity, "lapsed activity lease")
+        return reaped + len(expired)
 
     def _op_fire_timers(self, txn: mdb.Transaction, batch: _Batch) -> float | None:
         """Fire every due timer; return when the next one is due (None when there is none)."""
@@ -1222,24 +1222,74 @@ class LmdbStore:
                 next_due = fire_us / 1e6
                 break
             due.append(bytes(key))
-        for key in due:
+        def drop(key: bytes) -> None:  # a timer that cannot fire must not be due again at once, forever
             txn.delete(key, db=self._timer)
-            run_key, seq = key[8:24], _U64.unpack(key[24:])[0]
-            rec = self._wrec(txn, run_key)
-            if rec is None or rec["status"] != RUNNING:
-                continue
-            timers = rec.get("timers")
-            if timers:
-                timers.pop(str(seq), None)
-            if seq == 0:  # the run's execution or run timeout
-                payload = orjson.dumps({"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
-                                        "message": "the workflow ran past its execution or run timeout"})
-                (ev,) = self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TIMED_OUT, 0, 0, 0, 0, "", payload)],
-                                     now_us)
-                self._close_run(txn, batch, run_key, rec, "timed_out", now_us, ev)
-                continue
-            self._add_input(txn, batch, run_key, rec, Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b""), now_us)
+
+        self._sweep(txn, batch, due, lambda t, b, key: self._fire_timer(t, b, key, now_us), "timer", drop)
         return next_due
+
+    def _fire_timer(self, txn: mdb.Transaction, batch: _Batch, key: bytes, now_us: int) -> None:
+        txn.delete(key, db=self._timer)
+        run_key, seq = key[8:24], _U64.unpack(key[24:])[0]
+        rec = self._wrec(txn, run_key)
+        if rec is None or rec["status"] != RUNNING:
+            return
+        timers = rec.get("timers")
+        if timers:
+            timers.pop(str(seq), None)
+        if seq == 0:  # the run's execution or run timeout
+            payload = orjson.dumps({"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
+                                    "message": "the workflow ran past its execution or run timeout"})
+            (ev,) = self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TIMED_OUT, 0, 0, 0, 0, "", payload)],
+                                 now_us)
+            self._close_run(txn, batch, run_key, rec, "timed_out", now_us, ev)
+            return
+        self._add_input(txn, batch, run_key, rec, Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b""), now_us)
+
+    def _sweep(self, txn: mdb.Transaction, batch: _Batch, items: list[Any],
+               fn: Callable[[mdb.Transaction, _Batch, Any], object], what: str,
+               on_failure: Callable[[Any], None] | None = None) -> None:
+        """Apply ``fn`` to each item of a sweep (timers due, leases expired) so one damaged record fails alone.
+
+        All items run in one nested transaction; if one raises, that is dropped and each item
+        runs in its own, and a failing item is logged (and handed to ``on_failure``) while the
+        others go through. A full map is raised as it is (the batch grows the map and runs again).
+        """
+        if not items:
+            return
+        mark = len(batch.after)
+        child = self.env.begin(write=True, parent=txn)
+        try:
+            for item in items:
+                fn(child, batch, item)
+        except mdb.MapFullError:
+            child.abort()
+            raise
+        except Exception:
+            child.abort()
+            del batch.after[mark:]
+            self._wcache.clear()
+        else:
+            child.commit()
+            return
+        for item in items:
+            mark = len(batch.after)
+            child = self.env.begin(write=True, parent=txn)
+            try:
+                fn(child, batch, item)
+            except mdb.MapFullError:
+                child.abort()
+                raise
+            except Exception as e:
+                child.abort()
+                del batch.after[mark:]
+                self._wcache.clear()
+                log.error("a %s in %s could not be processed (%s: %s); the others went on. A damaged record? "
+                          "Run `duro --store %s check`", what, self.path, type(e).__name__, e, self.url)
+                if on_failure is not None:
+                    on_failure(item)
+            else:
+                child.commit()
 
     # ------------------------------------------------------------------ async API
 
