@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import orjson
 
 from duro._core import codec, mdb
 from duro.errors import CorruptHistoryError, StoreCorruptedError, StoreURLError
 from duro.stores.base import CLOSED_STATUSES, RUNNING, unpack
+from duro.stores.lmdb import parse_lmdb_url
 from duro.stores.lmdb_files import DATA_FILE, LmdbMeta, inspect_lmdb_files, named_databases
 
 __all__ = ["CheckReport", "Problem", "check_store"]
@@ -125,18 +125,10 @@ def _store_location(url_or_path: str) -> tuple[str, int | None]:
     """The directory and the ``map_size`` option of an ``lmdb://PATH`` URL or a plain directory path."""
     if "://" not in url_or_path:
         return str(Path(url_or_path).expanduser().resolve()), None
-    parsed = urlparse(url_or_path)
-    if parsed.scheme != "lmdb":
+    if not url_or_path.startswith("lmdb://"):
         raise StoreURLError(f"cannot check {url_or_path!r}: only LMDB stores (lmdb://PATH) can be checked")
-    raw = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
-    if not raw:
-        raise StoreURLError(f"LMDB URL {url_or_path!r} names no directory; expected lmdb://PATH")
-    opts = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    try:
-        map_size = int(opts["map_size"]) if "map_size" in opts else None
-    except ValueError:
-        raise StoreURLError(f"map_size in {url_or_path!r} must be an integer number of bytes") from None
-    return str(Path(raw).expanduser().resolve()), map_size
+    path, sizes = parse_lmdb_url(url_or_path)
+    return path, sizes["map_size"]
 
 
 def check_store(url_or_path: str) -> CheckReport:

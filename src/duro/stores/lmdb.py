@@ -251,12 +251,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def open_lmdb_store(url: str) -> LmdbStore:
-    """Open (or share) the store at an ``lmdb://PATH`` URL; one environment per path per process.
-
-    LMDB must not be opened twice in one process, so clients and workers of one process that name
-    the same path share one LmdbStore (reference counted by ``close``).
-    """
+def parse_lmdb_url(url: str) -> tuple[str, dict[str, int]]:
+    """The absolute directory and the size options (``map_size``, ``max_map_size``; 0: default) of a URL."""
     parsed = urlparse(url)
     if parsed.scheme != "lmdb":
         raise StoreURLError(f"not an LMDB URL: {url!r}; expected lmdb://PATH (for example lmdb://./duro-data)")
@@ -275,7 +271,16 @@ def open_lmdb_store(url: str) -> LmdbStore:
             raise StoreURLError(f"{name} in {url!r} must be an integer number of bytes") from None
         if sizes[name] < 0 or (name == "map_size" and sizes[name] < 1 << 16):
             raise StoreURLError(f"{name} in {url!r} must be at least 65536 bytes, got {sizes[name]}")
-    path = str(Path(raw).expanduser().resolve())
+    return str(Path(raw).expanduser().resolve()), sizes
+
+
+def open_lmdb_store(url: str) -> LmdbStore:
+    """Open (or share) the store at an ``lmdb://PATH`` URL; one environment per path per process.
+
+    LMDB must not be opened twice in one process, so clients and workers of one process that name
+    the same path share one LmdbStore (reference counted by ``close``).
+    """
+    path, sizes = parse_lmdb_url(url)
     with _OPEN_LOCK:
         store = _OPEN.get(path)
         if store is None or store._closed:
