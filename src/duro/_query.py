@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from duro._instance import WorkflowInstance
+from duro._local import local_dispatch
 from duro.converter import decode_failure, encode_failure
 from duro.errors import DuroError
 from duro.stores.base import RUNNING, pack, run_key_of, unpack
@@ -34,13 +35,10 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) ->
     info = handle._info()
     run_key = run_key_of(info.run_id)
     payload = conv.encode_args(args)
-    for worker in list(store.local_workers):
-        inst = worker._cache.get(run_key)
-        if inst is None:
-            continue
-        while inst.busy and worker._cache.get(run_key) is inst:
+    for worker, inst in local_dispatch(store).cached(run_key):
+        while inst.busy and worker.cached_instance(run_key) is inst:
             await asyncio.sleep(0.0005)
-        if worker._cache.get(run_key) is inst:
+        if worker.cached_instance(run_key) is inst:
             return conv.decode(conv.encode(inst.query(name, conv.decode_args(payload, ()))))
     defn = _local_definition(handle, info.workflow_type)
     if defn is not None:
@@ -72,11 +70,7 @@ def _local_definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDef
     defn = handle._defn
     if defn is not None and defn.name == workflow_type:
         return defn
-    for worker in handle.client.store.local_workers:
-        found = worker._workflows.get(workflow_type)
-        if found is not None:
-            return found  # type: ignore[no-any-return]
-    return None
+    return local_dispatch(handle.client.store).definition(workflow_type)
 
 
 async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -> Any:
@@ -86,10 +80,10 @@ async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -
     if info.status != RUNNING:
         raise DuroError(f"workflow {handle.id!r} is {info.status}; updates need a running workflow")
     payload = client.converter.encode_args(args)
-    for worker in list(client.store.local_workers):
-        if worker.task_queue == info.task_queue and info.workflow_type in worker._workflows:
-            answer = await worker.execute_update(run_key_of(info.run_id), name, payload)
-            return _unwrap(client.converter, answer)
+    worker = local_dispatch(client.store).update_worker(info.workflow_type, info.task_queue)
+    if worker is not None:
+        answer = await worker.execute_update(run_key_of(info.run_id), name, payload)
+        return _unwrap(client.converter, answer)
     head = orjson.dumps({"kind": "update", "run": info.run_id, "name": name})
     reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if reply is None:
@@ -114,14 +108,14 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
         run_key = run_key_of(head["run"])
         if head["kind"] == "update":
             return await worker.execute_update(run_key, head["name"], payload)
-        inst = worker._cache.get(run_key)
+        inst = worker.cached_instance(run_key)
         if inst is not None:
             while inst.busy:
                 await asyncio.sleep(0.0005)
             result = inst.query(head["name"], worker.converter.decode_args(payload, ()))
         else:
             events = worker.store.read_history(run_key)
-            defn = worker._workflows.get(events[0].name) if events else None
+            defn = worker.definition(events[0].name) if events else None
             if defn is None:
                 raise DuroError(f"this worker does not run workflow type {events[0].name if events else '?'!r}")
             fresh = WorkflowInstance(defn, run_key, events[0], worker.converter)

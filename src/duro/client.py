@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from duro._core import codec
+from duro._local import local_dispatch
 from duro._validate import check_call_args, check_duration, check_name
 from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter, with_max_payload_size
 from duro.errors import DuroError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.stores import open_store
-from duro.stores.base import RUNNING, RunInfo, StartRequest, new_run_id, run_key_of
-from duro.stores.lmdb import LmdbStore
+from duro.stores.base import RUNNING, RunInfo, StartRequest, Store, new_run_id, run_key_of
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
 __all__ = ["Client", "WorkflowExecution", "WorkflowHandle"]
@@ -88,7 +88,7 @@ class Client:
             ``Client.connect``).
     """
 
-    def __init__(self, store: LmdbStore, converter: DataConverter | None = None, *,
+    def __init__(self, store: Store, converter: DataConverter | None = None, *,
                  max_payload_size: int | None = None) -> None:
         conv = converter or default_converter
         if max_payload_size is not None:
@@ -193,13 +193,7 @@ class Client:
 
     def _eager_worker(self, workflow_type: str, task_queue: str) -> Any:
         """A worker of this process that can run the first task of the workflow right away."""
-        loop = asyncio.get_running_loop()
-        for worker in self.store.local_workers:
-            # Only a worker on this event loop: its instances must not be touched from another thread.
-            if (worker.task_queue == task_queue and workflow_type in worker._workflows and worker._running
-                    and worker._loop is loop):
-                return worker
-        return None
+        return local_dispatch(self.store).eager_worker(workflow_type, task_queue)
 
     async def execute_workflow(self, workflow: Callable[..., Any] | str, *args: Any, id: str, task_queue: str,
                                **kwargs: Any) -> Any:

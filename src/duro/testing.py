@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from duro._instance import WorkflowInstance
+from duro._local import local_dispatch
 from duro._validate import check_duration
 from duro.client import Client
 from duro.converter import DataConverter, default_converter
@@ -104,9 +105,7 @@ class WorkflowEnvironment:
         if gap > 0:
             self.clock.offset += gap
             self.skipped += gap
-        wake = self.client.store._local.get(("timer", ""))
-        if wake is not None:
-            wake(0.0)  # let the workers' timer loops fire what is due now
+        local_dispatch(self.client.store).timer_set(0.0)  # the workers' timer loops fire what is due now
 
     async def _skip_loop(self) -> None:
         store = self.client.store
@@ -127,12 +126,9 @@ class WorkflowEnvironment:
 
     def _idle(self) -> bool:
         store = self.client.store
-        if not store._queue.empty() or store.has_any_tasks():
+        if not store.is_idle() or store.has_any_tasks():
             return False
-        for worker in store.local_workers:
-            if worker._active or worker._act_running or worker._act_backlog or worker._wf_backlog:
-                return False
-        return True
+        return local_dispatch(store).idle()
 
 
 

@@ -19,6 +19,7 @@ from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import is_command
 from duro._instance import WorkflowInstance, WorkflowTaskError
+from duro._local import local_dispatch
 from duro._loop import install_io_guard
 from duro._validate import check_name
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
@@ -142,6 +143,7 @@ class Worker:
         self._serving_requests = False
         self._requests_in_progress: set[str] = set()
         self._stopped = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on, once started
         self._act_live: dict[tuple[bytes, int], ActivityTask] = {}
         self._last_renew = 0.0
         self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "fused_conflicts": 0, "activities": 0,
@@ -161,7 +163,7 @@ class Worker:
         if self._running:
             raise RuntimeError("this worker is already running")
         self._running = True
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         install_io_guard()
         if self._gc_threshold is not None:
             current = gc.get_threshold()
@@ -169,16 +171,11 @@ class Worker:
                 self._saved_gc = current
                 gc.set_threshold(self._gc_threshold, *current[1:])
         store = self.store
-        if self._workflows:
-            store.add_local_worker("workflow", self.task_queue, self._on_wtask)
         if self._activities:
-            store.add_local_worker("activity", self.task_queue, self._on_atask)
-            store.add_local_worker("activity-due", self.task_queue, self._on_activity_due)
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_activities, thread_name_prefix=f"duro-act-{self.task_queue}")
-        store.add_local_worker("timer", "", self._on_timer_added)
+        local_dispatch(store).attach(self)
         self._unsubscribe = store.on_foreign_change(self._on_foreign_change)
-        store.local_workers.append(self)
         if self._workflows:
             self._spawn(self._wf_poll_loop())
             self._spawn(self._timer_loop())
@@ -203,15 +200,9 @@ class Worker:
         if self._saved_gc is not None and gc.get_threshold()[0] == self._gc_threshold:
             gc.set_threshold(*self._saved_gc)
         self._saved_gc = None
-        store = self.store
-        store.remove_local_worker("workflow", self.task_queue)
-        store.remove_local_worker("activity", self.task_queue)
-        store.remove_local_worker("activity-due", self.task_queue)
-        store.remove_local_worker("timer", "")
+        local_dispatch(self.store).detach(self)
         if self._unsubscribe:
             self._unsubscribe()
-        if self in store.local_workers:
-            store.local_workers.remove(self)
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -221,6 +212,34 @@ class Worker:
         self._cache.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ what the rest of the process sees
+
+    @property
+    def runs_workflows(self) -> bool:
+        """Whether this worker runs workflow tasks (it registers workflows)."""
+        return bool(self._workflows)
+
+    @property
+    def runs_activities(self) -> bool:
+        """Whether this worker runs activities (it registers activities)."""
+        return bool(self._activities)
+
+    def definition(self, workflow_type: str) -> WorkflowDefinition | None:
+        """The workflow registered under ``workflow_type`` here, or None."""
+        return self._workflows.get(workflow_type)
+
+    def accepts(self, workflow_type: str) -> bool:
+        """Whether this running worker can take a new run of ``workflow_type`` now (an eager start)."""
+        return self._running and workflow_type in self._workflows
+
+    def cached_instance(self, run_key: bytes) -> WorkflowInstance | None:
+        """The live instance of a run in this worker's cache, or None."""
+        return self._cache.get(run_key)
+
+    def idle(self) -> bool:
+        """Whether this worker has no workflow task or activity in flight or queued."""
+        return not (self._active or self._act_running or self._act_backlog or self._wf_backlog)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         t: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -260,7 +279,7 @@ class Worker:
 
     # ------------------------------------------------------------------ workflow tasks
 
-    def _on_wtask(self, run_key: bytes, history: list[Event] | None = None) -> None:
+    def offer_workflow_task(self, run_key: bytes, history: list[Event] | None = None) -> None:
         """A workflow task for ``run_key`` is leased to this process (called after its commit).
 
         ``history`` is the run's complete history when the store knows it (a run it just created).
@@ -283,10 +302,10 @@ class Worker:
             self._trim_cache()
         if run_key in self._again:
             self._again.discard(run_key)
-            self._on_wtask(run_key)
+            self.offer_workflow_task(run_key)
         while self._wf_backlog and len(self._active) < self.max_wf_tasks:
             nxt = self._wf_backlog.popleft()
-            self._on_wtask(nxt)
+            self.offer_workflow_task(nxt)
 
     async def _wf_poll_loop(self) -> None:
         store = self.store
@@ -298,7 +317,7 @@ class Worker:
                     free = self.max_wf_tasks - len(self._active)
                     if free > 0:
                         for run_key in await store.claim_workflow_tasks(self.task_queue, free):
-                            self._on_wtask(run_key)
+                            self.offer_workflow_task(run_key)
             except Exception:  # keep polling: a failed claim must not stop the worker
                 log.exception("claiming workflow tasks of %r failed", self.task_queue)
             await wait_event(self._wake_wf, _POLL_INTERVAL_S)
@@ -356,7 +375,7 @@ class Worker:
         self._retry_backoff[run_key] = delay
         log.error("workflow task of run %s could not be committed (%s); retrying it here in %.1fs",
                   run_key.hex(), exc, delay)
-        asyncio.get_running_loop().call_later(delay, self._on_wtask, run_key)
+        asyncio.get_running_loop().call_later(delay, self.offer_workflow_task, run_key)
 
     async def _task_failed(self, run_key: bytes, epoch: int, exc: Exception) -> None:
         """A workflow task raised: record it in the history and retry it after a backoff.
@@ -556,7 +575,8 @@ class Worker:
 
     # ------------------------------------------------------------------ timers
 
-    def _on_timer_added(self, when: float) -> None:
+    def timer_set(self, when: float) -> None:
+        """A timer is due at ``when`` (0: look at the store's timers now)."""
         if self._next_timer is None or when < self._next_timer:
             self._next_timer = when
             self._wake_timer.set()
@@ -584,7 +604,8 @@ class Worker:
 
     # ------------------------------------------------------------------ activities
 
-    def _on_atask(self, task: ActivityTask) -> None:
+    def offer_activity_task(self, task: ActivityTask) -> None:
+        """An activity attempt is leased to this process (called after its commit): run it or queue it."""
         if not self._running:
             return
         task.received = time.monotonic()
@@ -594,7 +615,8 @@ class Worker:
         self._act_running += 1
         self._spawn(self._run_activity(task))
 
-    def _on_activity_due(self, when: float) -> None:
+    def activity_due(self, when: float) -> None:
+        """An activity attempt of this queue becomes visible at ``when`` (a retry's backoff): poll then."""
         loop = asyncio.get_running_loop()
         loop.call_later(max(0.0, when - self.store.clock.now()) + 0.001, self._wake_act.set)
 
@@ -606,7 +628,7 @@ class Worker:
             if free > 0:
                 try:
                     for task in await store.claim_activity_tasks(self.task_queue, free):
-                        self._on_atask(task)
+                        self.offer_activity_task(task)
                 except Exception:  # keep polling: a failed claim must not stop the worker
                     log.exception("claiming activity tasks of %r failed", self.task_queue)
             await wait_event(self._wake_act, _POLL_INTERVAL_S)
@@ -815,7 +837,8 @@ class _Heartbeater:
     def __init__(self, worker: Worker, task: ActivityTask, ctx: ActivityContext) -> None:
         self.worker = worker
         self.task = task
-        self.loop = worker._loop
+        assert worker.loop is not None, "heartbeats come from activities of a started worker"
+        self.loop: asyncio.AbstractEventLoop = worker.loop
         self.ctx = ctx
         self.pending: tuple[bytes | None] | None = None
         self.in_flight = False

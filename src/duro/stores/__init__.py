@@ -9,7 +9,7 @@ from duro.stores.lmdb import LmdbStore, open_lmdb_store
 __all__ = ["LmdbStore", "Store", "open_store"]
 
 
-def open_store(url: str) -> LmdbStore:
+def open_store(url: str) -> Store:
     """Open the store a URL names: ``lmdb://PATH`` (embedded)."""
     if not isinstance(url, str):
         raise StoreURLError(f"a store URL must be a string such as 'lmdb://./duro-data', not {type(url).__name__}")

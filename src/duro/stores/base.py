@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import time
@@ -213,45 +214,176 @@ class Conflict(Exception):
     """A conditional commit found that the run moved on; nothing was written."""
 
 
+@dataclass(slots=True, frozen=True)
+class WorkflowTaskReady:
+    """Effect: a workflow task of ``run_key`` is leased to this process.
+
+    ``history`` is the whole history when the commit wrote all of it (a new run's), else None.
+    """
+
+    task_queue: str
+    run_key: bytes
+    history: list[Event] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ActivityTaskReady:
+    """Effect: an activity attempt is leased to this process."""
+
+    task: ActivityTask
+
+
+@dataclass(slots=True, frozen=True)
+class ActivityTaskDue:
+    """Effect: an activity attempt of ``task_queue`` becomes visible at ``when`` (a retry's backoff)."""
+
+    task_queue: str
+    when: float
+
+
+@dataclass(slots=True, frozen=True)
+class TimerSet:
+    """Effect: a timer is due at ``when`` (seconds since the epoch)."""
+
+    when: float
+
+
+Effect = WorkflowTaskReady | ActivityTaskReady | ActivityTaskDue | TimerSet
+
+
+class Dispatch(Protocol):
+    """The in-process side of a store: the workers of this process that take tasks directly.
+
+    A store asks it whether a queue has a consumer here (then a new task is leased to this process
+    in the same commit, saving a poll) and hands it the effects of each commit, after the commit is
+    durable, on ``loop``. It lives on the client/worker side (``duro._local``), not in the store.
+    """
+
+    loop: asyncio.AbstractEventLoop | None
+
+    def takes_workflow_tasks(self, task_queue: str) -> bool:
+        """Whether a worker of this process runs workflow tasks of ``task_queue``."""
+
+    def takes_activity_tasks(self, task_queue: str) -> bool:
+        """Whether a worker of this process runs activities of ``task_queue``."""
+
+    def deliver(self, effects: list[Effect]) -> None:
+        """Route the effects of one commit to the workers (called on ``loop``)."""
+
+
 class Store(Protocol):
-    """A durable backend. Every method that changes state returns only after it is durable."""
+    """A durable backend: everything the client, the worker, the CLI and the test environment use.
+
+    Every method that changes state returns only after the change is durable, and changes all it
+    changes or nothing (it raises a ``duro.StoreError`` or a domain error then). ``LmdbStore``
+    implements it (checked by mypy where ``open_store`` returns one as a ``Store``).
+    """
 
     url: str
     clock: Clock
 
+    # -- runs
     async def start_workflow(self, req: StartRequest) -> str:
-        """Create a run and its first workflow task; return the run id."""
+        """Create a run, its WorkflowExecutionStarted event and first workflow task; the run id."""
+
+    async def start_workflow_eager(self, req: StartRequest, now_us: int, first: WorkflowTaskCompletion) -> int:
+        """Create a run together with its first workflow task, already run here; the next event id."""
 
     async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
-        """Append a signal to an open run and wake it."""
+        """Append a signal to an open run and make sure it has a workflow task."""
+
+    async def cancel_workflow(self, workflow_id: str, run_id: str | None) -> None:
+        """Record a cancellation request for an open run."""
 
     async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close an open run at once."""
 
+    # -- workflow tasks
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task's commands; return the run's next event id. Raises Conflict."""
 
-    async def complete_activity(self, outcome: ActivityOutcome) -> None:
-        """Record one attempt's end: a result, a retry, or a final failure."""
+    async def release_workflow_task(self, task_queue: str, run_key: bytes, seen_through: int) -> None:
+        """Drop a workflow task that had nothing new (or hand it out again if it now has)."""
+
+    async def fail_workflow_task(self, task_queue: str, run_key: bytes, epoch: int, error_type: str,
+                                 failure: bytes) -> float | None:
+        """Record a workflow task that raised; the backoff before it is due again (None: moved on)."""
+
+    async def claim_workflow_tasks(self, task_queue: str, limit: int) -> list[bytes]:
+        """Lease up to ``limit`` due workflow tasks of the queue to this process; their run keys."""
+
+    def has_pending_wtasks(self, task_queue: str) -> bool:
+        """Whether the queue holds due workflow tasks that nobody in this process has."""
+
+    # -- activities
+    async def complete_activity(self, outcome: ActivityOutcome) -> str:
+        """Record one attempt's end: "done", "retry", "stale", "closed" or "canceled"."""
 
     async def heartbeat_activity(self, run_key: bytes, task_queue: str, seq: int, attempt: int,
                                  details: bytes | None) -> bool:
-        """Record a heartbeat; return True when the activity was asked to cancel."""
+        """Record a heartbeat; True when the attempt is no longer wanted."""
 
+    async def claim_activity_tasks(self, task_queue: str, limit: int) -> list[ActivityTask]:
+        """Lease up to ``limit`` visible activity attempts of the queue to this process."""
+
+    async def renew_activity_leases(self, task_queue: str, items: list[tuple[bytes, int, int]],
+                                    seconds: float) -> int:
+        """Extend this process's leases of running attempts (run key, seq, attempt)."""
+
+    def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
+        """Whether this process still holds the lease of an activity attempt."""
+
+    # -- timers and leases
+    async def fire_timers(self) -> float | None:
+        """Fire every due timer; when the next one is due (None: there is none)."""
+
+    def next_timer_due(self) -> float | None:
+        """When the earliest timer is due, or None."""
+
+    async def reap(self) -> int:
+        """Take back the tasks of dead owners and expired leases; how many."""
+
+    def has_any_tasks(self) -> bool:
+        """Whether any workflow or activity task is pending or running (any queue)."""
+
+    def is_idle(self) -> bool:
+        """Whether no write of this process is queued or being committed."""
+
+    # -- queries and updates across processes
+    async def request(self, task_queue: str, head: bytes, args: bytes, timeout: float) -> bytes | None:
+        """Ask the workers of ``task_queue`` in other processes; their answer, or None after ``timeout``."""
+
+    def pending_requests(self, task_queue: str) -> list[tuple[str, bytes]]:
+        """Requests waiting for a worker of ``task_queue``: (request id, packed request)."""
+
+    async def answer(self, task_queue: str, request_id: str, answer: bytes) -> None:
+        """Answer a request (once)."""
+
+    def wait_update(self, update_id: str) -> asyncio.Future[bytes]:
+        """A future of an update's completion payload (registered before the update is submitted)."""
+
+    def drop_update_waiter(self, update_id: str) -> None:
+        """Forget an update waiter."""
+
+    # -- reading
     def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
-        """Read a run's events from ``from_event_id`` on."""
+        """A run's events from ``from_event_id`` on."""
 
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
         """Describe a run (the latest of the workflow id when ``run_id`` is None)."""
 
     def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
-        """List the latest run of each workflow id, optionally filtered."""
+        """The latest run of each workflow id, optionally filtered."""
 
     async def wait_closed(self, run_key: bytes) -> RunInfo:
         """Wait until the run is closed."""
 
-    def add_local_worker(self, kind: str, task_queue: str, callback: Callable[[Any], None]) -> None:
-        """Receive tasks for ``task_queue`` committed by this process directly, without polling."""
+    # -- this process
+    def set_dispatch(self, dispatch: Dispatch | None) -> None:
+        """Hand the tasks this process's commits lease to it to ``dispatch`` (see ``duro._local``)."""
+
+    def on_foreign_change(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` on the current loop when another process commits; returns an unsubscriber."""
 
     async def close(self) -> None:
         """Release the backend."""

@@ -55,11 +55,17 @@ from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
     ActivityTask,
+    ActivityTaskDue,
+    ActivityTaskReady,
     Clock,
     Conflict,
+    Dispatch,
+    Effect,
     RunInfo,
     StartRequest,
+    TimerSet,
     WorkflowTaskCompletion,
+    WorkflowTaskReady,
     new_run_id,
     pack,
     run_key_of,
@@ -166,12 +172,25 @@ def _windows_pid_alive(pid: int) -> bool:
 
 
 class _Batch:
-    """What one group commit collected: callbacks to run on event loops after the fsync."""
+    """What one group commit collected, to act on after the fsync.
 
-    __slots__ = ("after",)
+    ``after``: the store's own callbacks (releasing waiters; thread-safe, run on the writer
+    thread). ``effects``: what the dispatch of this process routes to its workers.
+    """
+
+    __slots__ = ("after", "effects")
 
     def __init__(self) -> None:
         self.after: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self.effects: list[Effect] = []
+
+    def mark(self) -> tuple[int, int]:
+        """Where the batch stands, to drop what a failed op added (``rollback``)."""
+        return len(self.after), len(self.effects)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        del self.after[mark[0] :]
+        del self.effects[mark[1] :]
 
 
 class _Op:
@@ -325,9 +344,8 @@ class LmdbStore:
         self._closed = False
         self._forked = False
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._local: dict[tuple[str, str], Callable[[Any], None]] = {}
-        self._local_loop: asyncio.AbstractEventLoop | None = None
-        self.local_workers: list[Any] = []  # duro.Worker objects running in this process
+        # The workers of this process (duro._local): set by the client side, None when there are none.
+        self.dispatch: Dispatch | None = None
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
         self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
@@ -408,11 +426,11 @@ class LmdbStore:
                 if self._grow_map():
                     continue
                 results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
-                batch.after.clear()
+                batch.rollback((0, 0))
             except Exception as e:  # the commit itself failed: nothing of the batch is durable
                 self._wcache.clear()
                 results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
-                batch.after.clear()
+                batch.rollback((0, 0))
                 if isinstance(e, mdb.Error):
                     self.commit_failures += 1
             break
@@ -424,8 +442,10 @@ class LmdbStore:
         for op, (ok, value) in zip(ops, results, strict=True):
             if op.future is not None and op.loop is not None:
                 per_loop.setdefault(op.loop, []).append((_resolve, (op.future, ok, value)))
-        if batch.after and self._local_loop is not None:
-            per_loop.setdefault(self._local_loop, []).extend(batch.after)
+        dispatch = self.dispatch
+        if batch.effects and dispatch is not None and dispatch.loop is not None:
+            per_loop.setdefault(dispatch.loop, []).append((dispatch.deliver, (batch.effects,)))
+        _run_callbacks(batch.after)  # thread-safe: they settle futures on their own loops
         for loop, items in per_loop.items():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_run_callbacks, items)
@@ -445,7 +465,7 @@ class LmdbStore:
                 # process's next commit would then carry the id we noted as ours (and be missed).
                 txn.put(b"batch", _U64.pack(tid), db=self._meta)
                 for op in ops:
-                    mark = len(batch.after)
+                    mark = batch.mark()
                     if isolate:
                         results.append(self._run_isolated(txn, batch, op))
                         continue
@@ -458,7 +478,7 @@ class LmdbStore:
                         # Nothing of it is in txn; but it may have changed a cached record in
                         # memory before raising: later ops must read records from txn.
                         self._wcache.clear()
-                        del batch.after[mark:]
+                        batch.rollback(mark)
                         results.append((False, _store_error(e)))
                 t1 = time.perf_counter()
             # Leaving the with-block committed (and fsynced) the transaction.
@@ -470,7 +490,7 @@ class LmdbStore:
 
     def _run_isolated(self, txn: mdb.Transaction, batch: _Batch, op: _Op) -> tuple[bool, Any]:
         """Run one op in a nested transaction: its writes join ``txn`` only if it succeeds."""
-        mark = len(batch.after)
+        mark = batch.mark()
         # Cold cache for each op: a failed op's in-memory edits must not leak into the next.
         self._wcache.clear()
         child = self.env.begin(write=True, parent=txn)
@@ -482,7 +502,7 @@ class LmdbStore:
         except Exception as e:
             child.abort()
             self._wcache.clear()
-            del batch.after[mark:]
+            batch.rollback(mark)
             return False, _store_error(e)
         child.commit()
         return True, value
@@ -541,14 +561,9 @@ class LmdbStore:
 
         return remove
 
-    def add_local_worker(self, kind: str, task_queue: str, callback: Callable[[Any], None]) -> None:
-        """Hand tasks for ``task_queue`` committed in this process straight to ``callback``."""
-        self._local_loop = asyncio.get_running_loop()
-        self._local[(kind, task_queue)] = callback
-
-    def remove_local_worker(self, kind: str, task_queue: str) -> None:
-        """Stop direct hand-off for a queue (its tasks are then written unleased)."""
-        self._local.pop((kind, task_queue), None)
+    def set_dispatch(self, dispatch: Dispatch | None) -> None:
+        """Hand this process's tasks to ``dispatch`` after each commit (None: nobody here takes any)."""
+        self.dispatch = dispatch
 
     async def close(self) -> None:
         """Drop one reference; the last one stops the threads and closes the environment."""
@@ -652,16 +667,16 @@ class LmdbStore:
         q = rec["queue"]
         key = q.encode() + b"\x00" + run_key
         existing = txn.get(key, db=self._wtask)
-        cb = self._local.get(("workflow", q))
+        dispatch = self.dispatch
+        local = dispatch is not None and dispatch.takes_workflow_tasks(q)
         if existing is not None:
-            lease = orjson.loads(existing)
-            if cb is not None and lease["o"] == OWNER:
-                batch.after.append((cb, (run_key, None)))
+            if local and orjson.loads(existing)["o"] == OWNER:
+                batch.effects.append(WorkflowTaskReady(q, run_key))
             return
-        if cb is not None:
+        if local:
             txn.put(key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
             # A brand-new run's whole history is what this txn wrote: hand it over, saving a read.
-            batch.after.append((cb, (run_key, history)))
+            batch.effects.append(WorkflowTaskReady(q, run_key, history))
         else:
             txn.put(key, b'{"o":"","u":0}', db=self._wtask)
 
@@ -786,7 +801,7 @@ class LmdbStore:
         if fire_us < 1 << 63:
             txn.put(_U64.pack(fire_us) + run_key + _U64.pack(0), b"", db=self._timer)
             rec["timers"] = {"0": fire_us}
-            batch.after.append((self._timer_added, (fire_us / 1e6,)))
+            batch.effects.append(TimerSet(fire_us / 1e6))
         history = self._append(txn, run_key, rec, [started], now_us)
         self._put_run(txn, run_key, rec)
         txn.put(wkey, orjson.dumps({"run": req.run_id, "status": RUNNING, "type": req.workflow_type,
@@ -870,7 +885,7 @@ class LmdbStore:
             if timers is None:
                 timers = rec["timers"] = {}
             timers[str(seq)] = fire_us
-            batch.after.append((self._timer_added, (fire_us / 1e6,)))
+            batch.effects.append(TimerSet(fire_us / 1e6))
         for seq in c.cancel_timers:
             fire = timers.pop(str(seq), None) if timers else None
             if fire is not None:
@@ -1041,8 +1056,9 @@ class LmdbStore:
     def _put_atask(self, txn: mdb.Transaction, batch: _Batch, t: ActivityTask, now_us: int, fresh: bool,
                    visible_us: int = 0) -> None:
         key = t.task_queue.encode() + b"\x00" + t.run_key + _U64.pack(t.seq)
-        cb = self._local.get(("activity", t.task_queue))
-        local = cb is not None and visible_us <= now_us
+        dispatch = self.dispatch
+        consumer = dispatch is not None and dispatch.takes_activity_tasks(t.task_queue)
+        local = consumer and visible_us <= now_us
         lease = 0
         if local:
             lease = now_us + _us((t.start_to_close_timeout or t.schedule_to_close_timeout
@@ -1054,20 +1070,10 @@ class LmdbStore:
             "vis": visible_us, "cancel": False,
         }
         txn.put(key, pack(orjson.dumps(meta), t.args, t.heartbeat_details or b""), db=self._atask)
-        if local and cb is not None:
-            batch.after.append((cb, (t,)))
-        elif cb is not None and visible_us > now_us:
-            batch.after.append((self._atask_retry_due, (t.task_queue, visible_us / 1e6)))
-
-    def _atask_retry_due(self, task_queue: str, when: float) -> None:
-        cb = self._local.get(("activity-due", task_queue))
-        if cb is not None:
-            cb(when)
-
-    def _timer_added(self, when: float) -> None:
-        cb = self._local.get(("timer", ""))
-        if cb is not None:
-            cb(when)
+        if local:
+            batch.effects.append(ActivityTaskReady(t))
+        elif consumer:
+            batch.effects.append(ActivityTaskDue(t.task_queue, visible_us / 1e6))
 
     @staticmethod
     def _task_from(key: bytes, raw: bytes | memoryview) -> ActivityTask:
@@ -1262,7 +1268,7 @@ class LmdbStore:
         """
         if not items:
             return
-        mark = len(batch.after)
+        mark = batch.mark()
         child = self.env.begin(write=True, parent=txn)
         try:
             for item in items:
@@ -1272,13 +1278,13 @@ class LmdbStore:
             raise
         except Exception:
             child.abort()
-            del batch.after[mark:]
+            batch.rollback(mark)
             self._wcache.clear()
         else:
             child.commit()
             return
         for item in items:
-            mark = len(batch.after)
+            mark = batch.mark()
             child = self.env.begin(write=True, parent=txn)
             try:
                 fn(child, batch, item)
@@ -1287,7 +1293,7 @@ class LmdbStore:
                 raise
             except Exception as e:
                 child.abort()
-                del batch.after[mark:]
+                batch.rollback(mark)
                 self._wcache.clear()
                 log.error("a %s in %s could not be processed (%s: %s); the others went on. A damaged record? "
                           "Run `duro --store %s check`", what, self.path, type(e).__name__, e, self.url)
@@ -1449,6 +1455,10 @@ class LmdbStore:
     async def answer(self, task_queue: str, request_id: str, answer: bytes) -> None:
         """Answer a request (once; a withdrawn request is not answered)."""
         await self._submit(self._op_answer, task_queue, request_id, answer)
+
+    def is_idle(self) -> bool:
+        """Whether no write of this process is queued for the writer thread."""
+        return self._queue.empty()
 
     def has_any_tasks(self) -> bool:
         """Whether any workflow or activity task is pending or running (any queue)."""
