@@ -32,7 +32,7 @@ from duro.converter import (
     parameter_hints,
 )
 from duro.errors import ActivityError, DuroError, NonDeterminismError, WorkflowFailedError, WorkflowIOError
-from duro.stores.base import ActivityTask, ChildStart, ExternalRequest, pack, unpack
+from duro.stores.base import ActivityTask, ChildStart, ExternalRequest, WorkflowTaskCompletion, pack, unpack
 from duro.workflow import WorkflowContext, WorkflowDefinition, WorkflowInfo
 
 __all__ = ["ChildWorkflowHandle", "ContinueAsNew", "WorkflowInstance", "WorkflowTaskError"]
@@ -284,6 +284,45 @@ class WorkflowInstance:
         out = (self.child_starts, self.external, self.cancelled_timers, self.cancel_activities)
         self.child_starts, self.external, self.cancelled_timers, self.cancel_activities = [], [], [], []
         return out
+
+    def completion(self, processed_through: int, inputs: list[Event] | None = None,
+                   completed_activity: tuple[int, int] | None = None) -> WorkflowTaskCompletion:
+        """The outcome of the task just run, as one object to commit.
+
+        It holds every command, activity task, timer, child start and request the code produced
+        since the last completion (they are taken from the instance).
+
+        Args:
+            processed_through: the id of the last recorded input the code saw (0 with ``inputs``).
+            inputs: events not in the history yet that the code was shown (committed with it).
+            completed_activity: (seq, attempt) of the activity task those inputs finish.
+        """
+        commands, atasks, timers = self.take_commands()
+        children, external, cancel_timers, cancel_activities = self.take_extras()
+        return WorkflowTaskCompletion(
+            run_key=self.run_key, task_queue=self.info.task_queue, epoch=self.epoch,
+            processed_through=processed_through, commands=commands, activity_tasks=atasks, timers=timers,
+            inputs=inputs or [], expect_next_event_id=self.next_event_id, completed_activity=completed_activity,
+            close_status=self.close_status, children=children, external=external, cancel_timers=cancel_timers,
+            cancel_activities=cancel_activities,
+        )
+
+    def committed(self, c: WorkflowTaskCompletion, next_event_id: int, marker_id: int | None = None) -> None:
+        """Move the event-id cursor past a committed completion.
+
+        ``next_event_id`` is the run's next id after the commit. ``marker_id``, when the caller
+        knows it, is the id of the commit's WorkflowTaskCompleted; otherwise it is taken to sit
+        right before the commands, at the end of the history.
+        """
+        self.epoch += 1
+        self.last_marker_id = next_event_id - 1 - len(c.commands) if marker_id is None else marker_id
+        # Events between what we read and our marker (if any) are inputs we have not seen yet:
+        # then the read position stays before them; otherwise it moves past our own commands.
+        if self.last_marker_id == self.next_event_id + len(c.inputs):
+            # Past our own commands only: the store may have appended inputs after them in the
+            # same commit (a child that could not start), which the next task must read.
+            self.last_event_id = self.last_marker_id + len(c.commands)
+        self.next_event_id = next_event_id
 
     def replay(self, events: list[Event]) -> list[Event]:
         """Re-run the code over a recorded history; return the inputs no task has processed yet.

@@ -37,7 +37,6 @@ from duro.stores.base import (
     ActivityTask,
     Conflict,
     StartRequest,
-    WorkflowTaskCompletion,
     run_key_of,
 )
 from duro.workflow import WorkflowDefinition, get_workflow_definition
@@ -454,13 +453,8 @@ class Worker:
             inst.activate([started])
         except (WorkflowTaskError, NonDeterminismError, TypeError, ValueError):
             return False  # let the ordinary path run (and report) it
-        commands, atasks, timers = inst.take_commands()
-        children, external, cancel_timers, cancel_activities = inst.take_extras()
-        first = WorkflowTaskCompletion(
-            run_key=run_key, task_queue=req.task_queue, epoch=0, processed_through=1, commands=commands,
-            activity_tasks=atasks, timers=timers, close_status=inst.close_status, children=children,
-            external=external, cancel_timers=cancel_timers, cancel_activities=cancel_activities,
-        )
+        inst.next_event_id = 2  # the history will hold WorkflowExecutionStarted
+        first = inst.completion(processed_through=1)
         self._active.add(run_key)
         inst.busy = True
         try:
@@ -471,12 +465,9 @@ class Worker:
             inst.close()
             raise
         self.stats["workflow_tasks"] += 1
-        inst.epoch = 1
-        inst.last_marker_id = 2
-        # Our own events end after the commands; the same commit may have added inputs after them
-        # (a child that could not start): those are left for the next task to read.
-        inst.last_event_id = 2 + len(commands)
-        inst.next_event_id = nxt
+        # The marker is event 2; the same commit may have added inputs after the commands (a child
+        # that could not start): those are left for the next task to read.
+        inst.committed(first, nxt, marker_id=2)
         inst.busy = False
         # Cached before the run is released: a task the same commit queued for it (a child that
         # could not start, say) must find this instance, not rebuild a second one.
@@ -535,30 +526,14 @@ class Worker:
 
     async def _commit(self, inst: WorkflowInstance, processed: int, inputs: list[Event],
                       completed_activity: tuple[int, int] | None) -> None:
-        commands, atasks, timers = inst.take_commands()
-        children, external, cancel_timers, cancel_activities = inst.take_extras()
-        c = WorkflowTaskCompletion(
-            run_key=inst.run_key, task_queue=inst.info.task_queue, epoch=inst.epoch, processed_through=processed,
-            commands=commands, activity_tasks=atasks, timers=timers, inputs=inputs,
-            expect_next_event_id=inst.next_event_id, completed_activity=completed_activity,
-            close_status=inst.close_status, children=children, external=external, cancel_timers=cancel_timers,
-            cancel_activities=cancel_activities,
-        )
+        c = inst.completion(processed, inputs, completed_activity)
         try:
             nxt = await self.store.complete_workflow_task(c)
         except Conflict:
             self._evict(inst.run_key)
             raise
         self.stats["workflow_tasks"] += 1
-        inst.epoch += 1
-        inst.last_marker_id = nxt - 1 - len(commands)
-        # Events between what we read and our marker (if any) are inputs we have not seen yet:
-        # then the read position stays before them; otherwise it moves past our own commands.
-        if inst.last_marker_id == inst.next_event_id + len(inputs):
-            # Past our own commands only: the store may have appended inputs after them in the
-            # same commit (a child that could not start), which the next task must read.
-            inst.last_event_id = inst.last_marker_id + len(commands)
-        inst.next_event_id = nxt
+        inst.committed(c, nxt)
         if inst.close_status is not None:
             self._evict(inst.run_key)
 
