@@ -14,8 +14,8 @@ extensions = [
         f"duro._core.{pyx.stem}",
         [str(pyx)],
         define_macros=macros,
-        # liblmdb (Debian: liblmdb-dev) for duro._core.mdb; the Makefile installs it.
-        libraries=["lmdb"] if pyx.stem == "mdb" else [],
+        # liblmdb (Debian: liblmdb-dev) for duro._core.mdb and log (it cimports mdb); the Makefile installs it.
+        libraries=["lmdb"] if pyx.stem in ("mdb", "log") else [],
         extra_compile_args=["-O2"] if not DEBUG else ["-O0", "-g"],
     )
     for pyx in sorted(Path("csrc/duro/_core").glob("*.pyx"))

@@ -5,10 +5,10 @@ What is fuzzed, and against what:
 - the event codec (``duro._core.codec``): mutated envelopes (bit flips, truncations, insertions,
   splices, header fields overwritten) must decode exactly as an independent ``struct``-based
   reference decoder says, or raise ``CorruptHistoryError`` with the reference's reason;
-- the history decoder (``mdb.Transaction.read_run``) and every read path of ``HistoryLog``, over
-  duro's own LMDB binding and over py-lmdb, with garbage values, mutated envelopes, envelopes under
-  the wrong key and keys of the wrong length: each result is compared with a model of LMDB's key
-  order (a sorted dict), and each ``CorruptHistoryError`` must name the run and the event (for a
+- the history decoder (``duro._core.log.read_events``) and every read path of ``HistoryLog``, on
+  duro's own LMDB binding (the one that ships), with garbage values, mutated envelopes, envelopes
+  under the wrong key and keys of the wrong length: each result is compared with a model of LMDB's
+  key order (a sorted dict), and each ``CorruptHistoryError`` must name the run and the event (for a
   malformed key: the run and the key's length);
 - ``History.from_json`` on arbitrary and mutated documents;
 - payload framing (``duro.stores.base.pack`` / ``unpack``);
@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import hypothesis
-import lmdb
 import msgspec
 import orjson
 import pydantic
@@ -44,7 +43,7 @@ from hypothesis import strategies as st
 
 from duro._core import mdb
 from duro._core.codec import EVENT_NAMES, HEADER_SIZE, Event, decode_event, encode_event
-from duro._core.log import HistoryLog
+from duro._core.log import HistoryLog, read_events
 from duro.converter import decode_failure, default_converter
 from duro.errors import CorruptHistoryError
 from duro.history import History
@@ -339,7 +338,7 @@ def test_event_fields_are_accepted_or_refused_with_value_or_type_error(
 
 
 # ---------------------------------------------------------------------------------------------
-# The history decoder: mdb.Transaction.read_run and HistoryLog, over both LMDB bindings
+# The history decoder: log.read_events and HistoryLog, on duro's LMDB binding
 # ---------------------------------------------------------------------------------------------
 
 RUN = bytes.fromhex("0190a1b2c3d4e5f60718293a4b5c6d10")
@@ -500,31 +499,20 @@ def check(call: Callable[[], Any], expected: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """One LMDB binding with its history database (``buffers``: py-lmdb's zero-copy memoryviews)."""
+    """duro's LMDB binding with its history database."""
 
-    env: Any
-    db: Any
-    buffers: bool = False
+    env: mdb.Environment
+    db: mdb.Database
 
-    def begin(self, write: bool = False) -> Any:
-        return self.env.begin(write=write, buffers=self.buffers)
-
-
-BINDINGS = ["mdb", "py-lmdb", "py-lmdb-buffers"]
+    def begin(self, write: bool = False) -> mdb.Transaction:
+        return self.env.begin(write=write)
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Backend]]:
-    ours = mdb.Environment(str(tmp_path_factory.mktemp("mdb")), map_size=1 << 30, max_dbs=4, sync=False)
-    theirs = lmdb.open(str(tmp_path_factory.mktemp("py-lmdb")), map_size=1 << 30, max_dbs=4, sync=False)
-    theirs_db = theirs.open_db(b"history")
-    yield {
-        "mdb": Backend(ours, ours.open_db(b"history")),
-        "py-lmdb": Backend(theirs, theirs_db),
-        "py-lmdb-buffers": Backend(theirs, theirs_db, buffers=True),
-    }
-    ours.close()
-    theirs.close()
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    env = mdb.Environment(str(tmp_path_factory.mktemp("mdb")), map_size=1 << 30, max_dbs=4, sync=False)
+    yield Backend(env, env.open_db(b"history"))
+    env.close()
 
 
 def _is_empty(backend: Backend, txn: Any) -> bool:
@@ -556,21 +544,18 @@ def with_layout(backend: Backend, layout: dict[bytes, bytes], body: Callable[[An
 
 @budget(150)
 @given(layout=layouts(), run=query_runs, from_id=from_ids, to_id=to_ids)
-def test_read_run_matches_the_model(
-    backends: dict[str, Backend], layout: dict[bytes, bytes], run: bytes, from_id: int, to_id: int
+def test_read_events_matches_the_model(
+    backend: Backend, layout: dict[bytes, bytes], run: bytes, from_id: int, to_id: int
 ) -> None:
-    backend = backends["mdb"]
-    expected = model_read(layout, run, from_id, to_id)
-    with_layout(backend, layout, lambda txn: check(lambda: txn.read_run(backend.db, run, from_id, to_id), expected))
+    expected = model_read(layout, run, from_id, to_id, log=True)
+    with_layout(backend, layout, lambda txn: check(lambda: read_events(txn, backend.db, run, from_id, to_id), expected))
 
 
-@pytest.mark.parametrize("binding", BINDINGS)
 @budget(60)
 @given(layout=layouts(), run=query_runs, from_id=from_ids, to_id=to_ids)
 def test_history_log_reads_match_the_model(
-    backends: dict[str, Backend], binding: str, layout: dict[bytes, bytes], run: bytes, from_id: int, to_id: int
+    backend: Backend, layout: dict[bytes, bytes], run: bytes, from_id: int, to_id: int
 ) -> None:
-    backend = backends[binding]
     log = HistoryLog(backend.env, backend.db)
 
     def body(txn: Any) -> None:
@@ -587,20 +572,10 @@ def test_history_log_reads_match_the_model(
 _EVENT = Event(1, 1, 0).encode()
 
 
-@pytest.mark.parametrize(
-    "binding",
-    [
-        "py-lmdb",
-        "mdb",
-    ],
-)
 @budget(40)
 @example(layout={key_of(RUN, 1): _EVENT}, run=RUN)
 @given(layout=layouts(), run=query_runs)
-def test_delete_run_removes_exactly_the_runs_keys(
-    backends: dict[str, Backend], binding: str, layout: dict[bytes, bytes], run: bytes
-) -> None:
-    backend = backends[binding]
+def test_delete_run_removes_exactly_the_runs_keys(backend: Backend, layout: dict[bytes, bytes], run: bytes) -> None:
     log = HistoryLog(backend.env, backend.db)
     txn = backend.begin(write=True)
     try:

@@ -1,4 +1,4 @@
-"""Tests of the LMDB history log (duro._core.log) against a real LMDB environment."""
+"""Tests of the LMDB history log (duro._core.log) on duro's own LMDB binding (duro._core.mdb), as it ships."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import lmdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from duro._core import codec
+from duro._core import codec, mdb
 from duro._core.codec import Event
-from duro._core.log import KEY_SIZE, RUN_KEY_SIZE, HistoryLog, event_key
+from duro._core.log import KEY_SIZE, RUN_KEY_SIZE, HistoryLog, event_key, read_events
 from duro.errors import CorruptHistoryError
 
 # Runs whose keys are byte-wise neighbours: a run must never see its neighbours' events.
@@ -24,14 +23,14 @@ MAX_ID = 2**64 - 1
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[lmdb.Environment]:
-    environment = lmdb.open(str(tmp_path), max_dbs=8, map_size=2**30)
+def env(tmp_path: Path) -> Iterator[mdb.Environment]:
+    environment = mdb.Environment(str(tmp_path), max_dbs=8, map_size=2**30)
     yield environment
     environment.close()
 
 
 @pytest.fixture
-def log(env: lmdb.Environment) -> HistoryLog:
+def log(env: mdb.Environment) -> HistoryLog:
     return HistoryLog(env, env.open_db(b"history"))
 
 
@@ -50,7 +49,7 @@ def append(log: HistoryLog, run_key: bytes, events: list[Event]) -> None:
 
 
 def read(log: HistoryLog, run_key: bytes, from_event_id: int = 1, to_event_id: int = 0) -> list[Event]:
-    with log.env.begin(buffers=True) as txn:
+    with log.env.begin() as txn:
         return log.read(txn, run_key, from_event_id, to_event_id)
 
 
@@ -65,12 +64,14 @@ def test_key_layout() -> None:
         event_key(run_key, -1)
 
 
-@pytest.mark.parametrize("buffers", [True, False])
-def test_append_read_round_trip(log: HistoryLog, buffers: bool) -> None:
+@pytest.mark.parametrize("write", [False, True])
+def test_append_read_round_trip(log: HistoryLog, write: bool) -> None:
     events = batch(1, 5, "x")
     append(log, RUN_A, events)
-    with log.env.begin(buffers=True) if buffers else log.env.begin() as txn:
+    with log.env.begin(write=write) as txn:
         assert log.read(txn, RUN_A) == events
+        assert read_events(txn, log.db, RUN_A) == events
+        assert read_events(txn, log.db, RUN_A, 2, 3) == events[1:3]
         assert log.iter_raw(txn, RUN_A) == [e.encode() for e in events]
         assert log.iter_raw(txn, RUN_A, 2, 3) == [e.encode() for e in events[1:3]]
     assert log.env is not None and log.db is not None
@@ -94,7 +95,7 @@ def test_interleaved_runs_do_not_bleed(log: HistoryLog) -> None:
         expected = batch(1, 12, tag=f"r{index}-")
         if run_key == RUN_BEFORE_A:
             expected.append(make(MAX_ID))
-        with log.env.begin(buffers=True) as txn:
+        with log.env.begin() as txn:
             assert log.read(txn, run_key) == expected
             assert log.count(txn, run_key) == len(expected)
             assert log.last_event_id(txn, run_key) == expected[-1].event_id
@@ -179,6 +180,27 @@ def test_bad_arguments(log: HistoryLog) -> None:
             log.append(txn, RUN_A, [b"not an event"])  # type: ignore[list-item]
         with pytest.raises(TypeError):
             log.read(txn, "not bytes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            log.read(object(), RUN_A)  # type: ignore[arg-type]
+
+
+def test_writes_are_counted_and_a_finished_transaction_is_refused(log: HistoryLog) -> None:
+    """The group commit reads ``txn.writes``; a transaction that ended has no handle to use."""
+    with log.env.begin(write=True) as txn:
+        log.append(txn, RUN_A, batch(1, 3))
+        assert txn.writes == 3
+        assert log.delete_run(txn, RUN_A) == 3
+        assert txn.writes == 6
+    for call in (
+        lambda: log.append(txn, RUN_A, batch(1, 1)),
+        lambda: log.read(txn, RUN_A),
+        lambda: log.iter_raw(txn, RUN_A),
+        lambda: log.count(txn, RUN_A),
+        lambda: log.last_event_id(txn, RUN_A),
+        lambda: log.delete_run(txn, RUN_A),
+    ):
+        with pytest.raises(mdb.Error, match="already finished"):
+            call()
 
 
 def test_delete_run(log: HistoryLog) -> None:
@@ -198,8 +220,8 @@ def test_delete_run(log: HistoryLog) -> None:
     assert read(log, RUN_A) == batch(1, 2)
 
 
-def test_read_your_writes_in_a_buffers_write_transaction(log: HistoryLog) -> None:
-    with log.env.begin(write=True, buffers=True) as txn:
+def test_read_your_writes_in_a_write_transaction(log: HistoryLog) -> None:
+    with log.env.begin(write=True) as txn:
         log.append(txn, RUN_A, batch(1, 3))
         assert log.read(txn, RUN_A) == batch(1, 3)
         log.append(txn, RUN_A, batch(4, 6))
@@ -207,10 +229,11 @@ def test_read_your_writes_in_a_buffers_write_transaction(log: HistoryLog) -> Non
         assert log.last_event_id(txn, RUN_A) == 6
 
 
-def test_events_outlive_their_buffers_transaction(log: HistoryLog) -> None:
-    """Decoded events own their data: ending the transaction and rewriting the pages changes nothing."""
+def test_events_outlive_their_transaction(log: HistoryLog) -> None:
+    """Events are decoded from the map but own their data: ending the transaction and rewriting the pages
+    changes nothing."""
     append(log, RUN_A, batch(1, 50, "keep"))
-    with log.env.begin(buffers=True) as txn:
+    with log.env.begin() as txn:
         events = log.read(txn, RUN_A)
     with log.env.begin(write=True) as txn:
         log.delete_run(txn, RUN_A)
@@ -222,11 +245,15 @@ def test_ten_thousand_events(log: HistoryLog) -> None:
     events = [make(i, name="step", payload=i.to_bytes(8, "little")) for i in range(1, 10_001)]
     append(log, RUN_A, events[:5_000])
     append(log, RUN_A, events[5_000:])
-    with log.env.begin(buffers=True) as txn:
+    with log.env.begin() as txn:
         assert log.read(txn, RUN_A) == events
         assert log.read(txn, RUN_A, 9_990, 10_000) == events[9_989:]
         assert log.count(txn, RUN_A) == 10_000
         assert log.last_event_id(txn, RUN_A) == 10_000
+    with log.env.begin(write=True) as txn:  # across many pages, down to an empty database
+        assert log.delete_run(txn, RUN_A) == 10_000
+        assert txn.writes == 10_000
+        assert log.count(txn, RUN_A) == 0
 
 
 def test_corrupt_value_names_the_run_and_event(log: HistoryLog) -> None:
@@ -268,7 +295,8 @@ def test_malformed_key_is_corrupt_and_deletable(log: HistoryLog) -> None:
 )
 def test_matches_a_dict_model(log: HistoryLog, appends: list[tuple[bytes, int]]) -> None:
     model: dict[bytes, list[Event]] = {RUN_BEFORE_A: [], RUN_A: [], RUN_AFTER_A: []}
-    with log.env.begin(write=True, buffers=True) as txn:
+    txn = log.env.begin(write=True)
+    try:
         for run_key, size in appends:
             first = len(model[run_key]) + 1
             new = batch(first, first + size - 1, run_key.hex()[-2:])
@@ -278,4 +306,5 @@ def test_matches_a_dict_model(log: HistoryLog, appends: list[tuple[bytes, int]])
             assert log.read(txn, run_key) == expected
             assert log.count(txn, run_key) == len(expected)
             assert log.last_event_id(txn, run_key) == len(expected)
+    finally:
         txn.abort()  # every example starts from an empty database

@@ -10,80 +10,22 @@ the environment, beginning a write transaction (it waits for LMDB's cross-proces
 and committing one (fsync).
 
 Buffer lifetime: values are copied into ``bytes`` when returned, so nothing handed to Python
-points into the map; ``Cursor.decode_*`` helpers in log.pyx decode straight from the map instead.
+points into the map. This module knows no key layout: log.pyx cimports it (mdb.pxd) and decodes
+history straight from the map on the transaction's own handle.
 """
 
-from libc.stdint cimport uint64_t
-from libc.string cimport memcmp
 from libc.errno cimport ENOSPC, EIO, EACCES, EROFS, EPERM, EDQUOT
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-
-from duro._core.codec cimport Event, event_from_buffer
 
 import time as _time
 
 from duro.errors import (
-    CorruptHistoryError,
     StoreCorruptedError,
     StoreError,
     StoreFullError,
     StoreLimitError,
     StorePermissionError,
 )
-
-cdef extern from "lmdb.h" nogil:
-    # Opaque handles: lmdb.h declares them only as incomplete structs.
-    ctypedef struct MDB_env
-    ctypedef struct MDB_txn
-    ctypedef struct MDB_cursor
-    ctypedef unsigned int MDB_dbi
-    ctypedef struct MDB_val:
-        size_t mv_size
-        void* mv_data
-    ctypedef struct MDB_envinfo:
-        void* me_mapaddr
-        size_t me_mapsize
-        size_t me_last_pgno
-        size_t me_last_txnid
-        unsigned int me_maxreaders
-        unsigned int me_numreaders
-    ctypedef enum MDB_cursor_op:
-        MDB_FIRST
-        MDB_LAST
-        MDB_NEXT
-        MDB_PREV
-        MDB_SET_RANGE
-        MDB_GET_CURRENT
-
-    int MDB_RDONLY, MDB_NOTLS, MDB_NOSYNC, MDB_NOMETASYNC, MDB_NORDAHEAD, MDB_CREATE
-    int MDB_NOOVERWRITE, MDB_NOTFOUND, MDB_KEYEXIST, MDB_MAP_FULL, MDB_MAP_RESIZED, MDB_BAD_VALSIZE
-    int MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID, MDB_VERSION_MISMATCH, MDB_PANIC, MDB_BAD_TXN
-    int MDB_TXN_FULL, MDB_READERS_FULL
-
-    int mdb_env_create(MDB_env** env)
-    int mdb_env_open(MDB_env* env, const char* path, unsigned int flags, int mode)
-    int mdb_env_set_mapsize(MDB_env* env, size_t size)
-    int mdb_env_set_maxreaders(MDB_env* env, unsigned int readers)
-    int mdb_env_set_maxdbs(MDB_env* env, MDB_dbi dbs)
-    int mdb_env_info(MDB_env* env, MDB_envinfo* stat)
-    int mdb_env_get_maxkeysize(MDB_env* env)
-    int mdb_reader_check(MDB_env* env, int* dead)
-    void mdb_env_close(MDB_env* env)
-    int mdb_env_sync(MDB_env* env, int force)
-    int mdb_txn_begin(MDB_env* env, MDB_txn* parent, unsigned int flags, MDB_txn** txn)
-    int mdb_txn_commit(MDB_txn* txn)
-    void mdb_txn_abort(MDB_txn* txn)
-    size_t mdb_txn_id(MDB_txn* txn)
-    int mdb_dbi_open(MDB_txn* txn, const char* name, unsigned int flags, MDB_dbi* dbi)
-    int mdb_get(MDB_txn* txn, MDB_dbi dbi, MDB_val* key, MDB_val* data)
-    int mdb_put(MDB_txn* txn, MDB_dbi dbi, MDB_val* key, MDB_val* data, unsigned int flags)
-    int mdb_del(MDB_txn* txn, MDB_dbi dbi, MDB_val* key, MDB_val* data)
-    int mdb_cursor_open(MDB_txn* txn, MDB_dbi dbi, MDB_cursor** cursor)
-    void mdb_cursor_close(MDB_cursor* cursor)
-    int mdb_cursor_get(MDB_cursor* cursor, MDB_val* key, MDB_val* data, MDB_cursor_op op)
-    int mdb_cursor_del(MDB_cursor* cursor, unsigned int flags)
-    char* mdb_strerror(int err)
-
 
 class Error(StoreError):
     """An LMDB call failed; the message carries LMDB's own explanation and what to do."""
@@ -117,7 +59,7 @@ class TxnBrokenError(Error):
     """An earlier call in this transaction failed; LMDB requires it to be aborted."""
 
 
-cdef int _check(int rc, str what) except -1:
+cdef int check(int rc, str what) except -1:
     if rc == 0:
         return 0
     msg = f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}"
@@ -156,8 +98,6 @@ cdef inline bytes _bytes(MDB_val* v):
 
 cdef class Database:
     """A named database inside an environment (an LMDB dbi handle)."""
-    cdef readonly unsigned int dbi
-    cdef readonly bytes name
 
     def __repr__(self):
         return f"Database({self.name!r})"
@@ -171,13 +111,6 @@ cdef class Environment:
     ``resize`` closes a gate that holds new transactions back until the open ones finished, so the
     map can grow in a running store (and adopt a size grown by another process).
     """
-    cdef MDB_env* env
-    cdef readonly str path
-    cdef bint closed
-    cdef readonly int active
-    cdef bint gate
-    cdef readonly int resizes
-
     def __cinit__(self):
         self.env = NULL
         self.closed = True
@@ -194,11 +127,11 @@ cdef class Environment:
         if not sync:
             flags |= MDB_NOSYNC
         self.path = path
-        _check(mdb_env_create(&self.env), "mdb_env_create")
+        check(mdb_env_create(&self.env), "mdb_env_create")
         self.closed = False
-        _check(mdb_env_set_mapsize(self.env, map_size), "mdb_env_set_mapsize")
-        _check(mdb_env_set_maxdbs(self.env, max_dbs), "mdb_env_set_maxdbs")
-        _check(mdb_env_set_maxreaders(self.env, max_readers), "mdb_env_set_maxreaders")
+        check(mdb_env_set_mapsize(self.env, map_size), "mdb_env_set_mapsize")
+        check(mdb_env_set_maxdbs(self.env, max_dbs), "mdb_env_set_maxdbs")
+        check(mdb_env_set_maxreaders(self.env, max_readers), "mdb_env_set_maxreaders")
         with nogil:
             # Owner-only: the store holds business data (arguments, results, failures).
             rc = mdb_env_open(self.env, cpath, flags, 0o600)
@@ -206,14 +139,14 @@ cdef class Environment:
             mdb_env_close(self.env)
             self.env = NULL
             self.closed = True
-            _check(rc, f"cannot open LMDB environment at {path}")
+            check(rc, f"cannot open LMDB environment at {path}")
 
     def __dealloc__(self):
         if self.env != NULL:
             mdb_env_close(self.env)
             self.env = NULL
 
-    cdef inline int _ensure_open(self) except -1:
+    cdef int _ensure_open(self) except -1:
         if self.closed:
             raise Error(f"the LMDB environment at {self.path} is closed")
         return 0
@@ -226,14 +159,14 @@ cdef class Environment:
         self._ensure_open()
         with nogil:
             rc = mdb_txn_begin(self.env, NULL, 0, &txn)
-        _check(rc, "mdb_txn_begin")
+        check(rc, "mdb_txn_begin")
         rc = mdb_dbi_open(txn, name, MDB_CREATE, &db.dbi)
         if rc != 0:
             mdb_txn_abort(txn)
-            _check(rc, f"mdb_dbi_open({name!r})")
+            check(rc, f"mdb_dbi_open({name!r})")
         with nogil:
             rc = mdb_txn_commit(txn)
-        _check(rc, "mdb_txn_commit")
+        check(rc, "mdb_txn_commit")
         db.name = name
         return db
 
@@ -250,12 +183,12 @@ cdef class Environment:
         cdef MDB_txn* ptxn = NULL
         self._ensure_open()
         if parent is not None:
-            parent._live()
+            parent.ensure_live()
             if not parent.write or not write:
                 raise Error("a nested transaction needs write=True and a write parent")
             ptxn = parent.txn
             rc = mdb_txn_begin(self.env, ptxn, flags, &t.txn)
-            _check(rc, "mdb_txn_begin(nested)")
+            check(rc, "mdb_txn_begin(nested)")
             t.env = self
             t.write = True
             t.db = db if db is not None else parent.db
@@ -274,7 +207,7 @@ cdef class Environment:
                 break
             # Another process grew the map: adopt its size (no transaction of ours may be open).
             self.resize(0)
-        _check(rc, "mdb_txn_begin")
+        check(rc, "mdb_txn_begin")
         self.active += 1
         t.env = self
         t.write = write
@@ -311,7 +244,7 @@ cdef class Environment:
                     return False
                 _time.sleep(0.0002)
             rc = mdb_env_set_mapsize(self.env, map_size)
-            _check(rc, "mdb_env_set_mapsize")
+            check(rc, "mdb_env_set_mapsize")
             self.resizes += 1
             return True
         finally:
@@ -324,7 +257,7 @@ cdef class Environment:
         """
         cdef int dead = 0
         self._ensure_open()
-        _check(mdb_reader_check(self.env, &dead), "mdb_reader_check")
+        check(mdb_reader_check(self.env, &dead), "mdb_reader_check")
         return dead
 
     def max_key_size(self):
@@ -336,7 +269,7 @@ cdef class Environment:
         """Environment facts; ``last_txnid`` moves with every commit by any process."""
         cdef MDB_envinfo st
         self._ensure_open()
-        _check(mdb_env_info(self.env, &st), "mdb_env_info")
+        check(mdb_env_info(self.env, &st), "mdb_env_info")
         return {"map_size": st.me_mapsize, "last_pgno": st.me_last_pgno, "last_txnid": st.me_last_txnid,
                 "max_readers": st.me_maxreaders, "num_readers": st.me_numreaders}
 
@@ -366,15 +299,6 @@ cdef class Environment:
 
 cdef class Transaction:
     """A read or write transaction. Not shareable between threads while in use."""
-    cdef MDB_txn* txn
-    cdef Environment env
-    cdef Database db
-    cdef readonly bint write
-    cdef bint nested
-    cdef list _cursors
-    # Successful puts and deletes so far: lets the group commit tell an operation that failed
-    # before writing anything (the shared transaction is intact) from one that failed half-way.
-    cdef readonly unsigned long long writes
 
     def __cinit__(self):
         self.txn = NULL
@@ -387,16 +311,16 @@ cdef class Transaction:
             self.txn = NULL
             self._ended()
 
-    cdef inline void _ended(self):
+    cdef void _ended(self) noexcept:
         if not self.nested and self.env is not None:
             self.env.active -= 1
 
-    cdef inline int _live(self) except -1:
+    cdef int ensure_live(self) except -1:
         if self.txn == NULL:
             raise Error("the transaction is already finished")
         return 0
 
-    cdef inline unsigned int _dbi(self, Database db) except? 0:
+    cdef MDB_dbi _dbi(self, Database db) except? 0:
         if db is None:
             db = self.db
             if db is None:
@@ -415,32 +339,32 @@ cdef class Transaction:
 
     def id(self):
         """The transaction id (for a write transaction, the id it commits as)."""
-        self._live()
+        self.ensure_live()
         return mdb_txn_id(self.txn)
 
     def get(self, bytes key, default=None, Database db=None):
         """The value stored under ``key`` (a copy), or ``default``."""
         cdef MDB_val k, v
         cdef int rc
-        self._live()
+        self.ensure_live()
         _val(key, &k)
         rc = mdb_get(self.txn, self._dbi(db), &k, &v)
         if rc == MDB_NOTFOUND:
             return default
-        _check(rc, "mdb_get")
+        check(rc, "mdb_get")
         return _bytes(&v)
 
     def put(self, bytes key, bytes value, Database db=None, bint overwrite=True):
         """Store ``value`` under ``key``; returns False when overwrite=False and the key exists."""
         cdef MDB_val k, v
         cdef int rc
-        self._live()
+        self.ensure_live()
         _val(key, &k)
         _val(value, &v)
         rc = mdb_put(self.txn, self._dbi(db), &k, &v, 0 if overwrite else MDB_NOOVERWRITE)
         if rc == MDB_KEYEXIST:
             return False
-        _check(rc, "mdb_put")
+        check(rc, "mdb_put")
         self.writes += 1
         return True
 
@@ -448,85 +372,29 @@ cdef class Transaction:
         """Delete ``key``; returns whether it existed."""
         cdef MDB_val k
         cdef int rc
-        self._live()
+        self.ensure_live()
         _val(key, &k)
         rc = mdb_del(self.txn, self._dbi(db), &k, NULL)
         if rc == MDB_NOTFOUND:
             return False
-        _check(rc, "mdb_del")
+        check(rc, "mdb_del")
         self.writes += 1
         return True
-
-    def read_run(self, Database db, bytes run_key, uint64_t from_id=1, uint64_t to_id=0):
-        """Decode a run's history straight from the map: events with ids from..to (0: to the end).
-
-        Keys are run_key (16 bytes) + the event id as u64 big-endian. Each value is decoded where
-        it lies in LMDB's map (valid only inside this transaction); the Events own copies of
-        their name and payload, so they outlive it. A malformed key or envelope raises
-        CorruptHistoryError naming the run and the event id.
-        """
-        cdef MDB_cursor* cur
-        cdef MDB_val k, v
-        cdef unsigned char start[24]
-        cdef const unsigned char* kp
-        cdef const unsigned char* rk
-        cdef uint64_t event_id
-        cdef int rc, i
-        cdef list events = []
-        cdef Event ev
-        self._live()
-        if PyBytes_GET_SIZE(run_key) != 16:
-            raise ValueError(f"run_key must be 16 bytes, got {PyBytes_GET_SIZE(run_key)}")
-        rk = <const unsigned char*>PyBytes_AS_STRING(run_key)
-        for i in range(16):
-            start[i] = rk[i]
-        for i in range(8):
-            start[16 + i] = <unsigned char>((from_id >> (56 - 8 * i)) & 0xFF)
-        k.mv_size = 24
-        k.mv_data = <void*>start
-        _check(mdb_cursor_open(self.txn, self._dbi(db), &cur), "mdb_cursor_open")
-        try:
-            rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
-            while rc == 0:
-                kp = <const unsigned char*>k.mv_data
-                if k.mv_size < 16 or memcmp(kp, rk, 16) != 0:
-                    break
-                if k.mv_size != 24:
-                    raise CorruptHistoryError(f"run {run_key.hex()}: history key of {k.mv_size} bytes, expected 24")
-                event_id = 0
-                for i in range(8):
-                    event_id = (event_id << 8) | kp[16 + i]
-                if to_id and event_id > to_id:
-                    break
-                try:
-                    ev = event_from_buffer(<const unsigned char*>v.mv_data, <Py_ssize_t>v.mv_size)
-                except CorruptHistoryError as exc:
-                    raise CorruptHistoryError(f"run {run_key.hex()} event {event_id}: {exc}") from exc
-                if ev.event_id != event_id:
-                    raise CorruptHistoryError(
-                        f"run {run_key.hex()} event {event_id}: the stored envelope says event {ev.event_id}")
-                events.append(ev)
-                rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)
-            if rc != 0 and rc != MDB_NOTFOUND:
-                _check(rc, "mdb_cursor_get")
-        finally:
-            mdb_cursor_close(cur)
-        return events
 
     def cursor(self, Database db=None):
         """A cursor over one database, valid until the transaction ends."""
         cdef Cursor c = Cursor.__new__(Cursor)
         cdef int rc
-        self._live()
+        self.ensure_live()
         rc = mdb_cursor_open(self.txn, self._dbi(db), &c.cur)
-        _check(rc, "mdb_cursor_open")
+        check(rc, "mdb_cursor_open")
         c.txn = self
         if self._cursors is None:
             self._cursors = []
         self._cursors.append(c)
         return c
 
-    cdef void _close_cursors(self):
+    cdef void _close_cursors(self) noexcept:
         cdef Cursor c
         if self._cursors is not None:
             for c in self._cursors:
@@ -537,7 +405,7 @@ cdef class Transaction:
         """Commit; for a write transaction this returns after the data is fsynced (sync=True)."""
         cdef int rc
         cdef MDB_txn* txn = self.txn
-        self._live()
+        self.ensure_live()
         self._close_cursors()
         self.txn = NULL
         if self.nested:  # no I/O: the changes join the parent's
@@ -546,7 +414,7 @@ cdef class Transaction:
             with nogil:
                 rc = mdb_txn_commit(txn)
             self._ended()
-        _check(rc, "mdb_txn_commit")
+        check(rc, "mdb_txn_commit")
 
     def abort(self):
         """Discard the transaction."""
@@ -559,11 +427,6 @@ cdef class Transaction:
 
 cdef class Cursor:
     """A position in one database. Iterating yields (key, value) copies from the current position."""
-    cdef MDB_cursor* cur
-    cdef Transaction txn
-    cdef MDB_val k, v
-    cdef bint positioned
-    cdef bint started
 
     def __cinit__(self):
         self.cur = NULL
@@ -576,7 +439,7 @@ cdef class Cursor:
             mdb_cursor_close(self.cur)
         self.cur = NULL
 
-    cdef void _close(self):
+    cdef void _close(self) noexcept:
         if self.cur != NULL:
             mdb_cursor_close(self.cur)
             self.cur = NULL
@@ -593,7 +456,7 @@ cdef class Cursor:
         """Release the cursor before its transaction ends."""
         self._close()
 
-    cdef inline int _live(self) except -1:
+    cdef int _live(self) except -1:
         if self.cur == NULL:
             raise Error("the cursor is closed (its transaction ended)")
         return 0
@@ -605,7 +468,7 @@ cdef class Cursor:
         if rc == MDB_NOTFOUND:
             self.positioned = False
             return False
-        _check(rc, "mdb_cursor_get")
+        check(rc, "mdb_cursor_get")
         self.positioned = True
         return True
 
@@ -647,7 +510,7 @@ cdef class Cursor:
         """Delete the current item; the cursor then points at the next one."""
         cdef int rc
         self._live()
-        _check(mdb_cursor_del(self.cur, 0), "mdb_cursor_del")
+        check(mdb_cursor_del(self.cur, 0), "mdb_cursor_del")
         self.txn.writes += 1
         # The deleted node's key and value pointers are stale now: read where the cursor stands
         # (the next item), or mark it unpositioned past the end.

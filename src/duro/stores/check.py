@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from duro._core import codec, mdb
+from duro._core.log import read_events
 from duro.errors import CorruptHistoryError, StoreCorruptedError, StoreURLError
 from duro.stores.base import CLOSED_STATUSES, RUNNING, unpack
 from duro.stores.lmdb import parse_lmdb_url
@@ -311,7 +312,7 @@ class _Checker:
             wid = self.wid(run_key)
             try:
                 # What the store itself does to replay a run: decode straight from LMDB's map.
-                ids = [e.event_id for e in self.txn.read_run(history, run_key)]
+                ids = [e.event_id for e in read_events(self.txn, history, run_key)]
             except CorruptHistoryError:
                 ids = self.scan_run(history, run_key, wid)
             for prev, event_id in zip([0, *ids], ids, strict=False):
