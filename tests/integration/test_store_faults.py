@@ -179,7 +179,7 @@ async def test_a_damaged_run_record_does_not_stop_the_other_timers(tmp_path: Pat
 
             def damage(txn: Any, batch: Any) -> None:
                 txn.put(key, b"{not json", db=store._runs)
-                store._wcache.pop(key, None)
+                store._wcache.records.pop(key, None)
 
             await store._submit(damage)
             assert await asyncio.wait_for(healthy.result(), DEADLINE_S) == "rested"

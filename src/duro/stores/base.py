@@ -214,7 +214,7 @@ class Conflict(Exception):
     """A conditional commit found that the run moved on; nothing was written."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class WorkflowTaskReady:
     """Effect: a workflow task of ``run_key`` is leased to this process.
 
@@ -226,14 +226,14 @@ class WorkflowTaskReady:
     history: list[Event] | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ActivityTaskReady:
     """Effect: an activity attempt is leased to this process."""
 
     task: ActivityTask
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ActivityTaskDue:
     """Effect: an activity attempt of ``task_queue`` becomes visible at ``when`` (a retry's backoff)."""
 
@@ -241,14 +241,30 @@ class ActivityTaskDue:
     when: float
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class TimerSet:
     """Effect: a timer is due at ``when`` (seconds since the epoch)."""
 
     when: float
 
 
-Effect = WorkflowTaskReady | ActivityTaskReady | ActivityTaskDue | TimerSet
+@dataclass(slots=True)
+class RunClosed:
+    """Effect: a run closed; ``info`` (with its close event) goes to whoever waits for it."""
+
+    run_key: bytes
+    info: RunInfo
+
+
+@dataclass(slots=True)
+class UpdateCompleted:
+    """Effect: update ``update_id`` completed with ``payload`` (its result or failure)."""
+
+    update_id: str
+    payload: bytes
+
+
+Effect = WorkflowTaskReady | ActivityTaskReady | ActivityTaskDue | TimerSet | RunClosed | UpdateCompleted
 
 
 class Dispatch(Protocol):

@@ -28,7 +28,6 @@ import logging
 import os
 import queue
 import socket
-import struct
 import sys
 import threading
 import time
@@ -41,43 +40,45 @@ from urllib.parse import parse_qs, urlparse
 import orjson
 
 from duro._aio import wait_event
-from duro._core import codec, mdb
+from duro._core import mdb
 from duro._core.codec import Event
 from duro._core.log import HistoryLog
-from duro.errors import (
-    DuroError,
-    StoreError,
-    StoreURLError,
-    WorkflowAlreadyStartedError,
-    WorkflowNotFoundError,
+from duro.engine.machine import LAPSED_LEASE_FAILURE, Effects, Machine, run_info, started_event
+from duro.engine.records import (
+    ActivityMeta,
+    WorkflowTaskLease,
+    decode_activity_meta,
+    decode_index,
+    decode_lease,
+    decode_run,
+    encode,
 )
+from duro.errors import DuroError, StoreError, StoreURLError, WorkflowNotFoundError
 from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
     ActivityTask,
-    ActivityTaskDue,
-    ActivityTaskReady,
     Clock,
     Conflict,
     Dispatch,
     Effect,
+    RunClosed,
     RunInfo,
     StartRequest,
-    TimerSet,
+    UpdateCompleted,
     WorkflowTaskCompletion,
-    WorkflowTaskReady,
     new_run_id,
     pack,
     run_key_of,
     unpack,
 )
 from duro.stores.lmdb_files import check_lmdb_files
+from duro.stores.lmdb_tx import U64, LmdbTx, RunCache, atask_key
 
 __all__ = ["LmdbStore", "open_lmdb_store", "started_event"]
 
 log = logging.getLogger("duro.store")
 
-_U64 = struct.Struct(">Q")
 _HOST = socket.gethostname()
 
 
@@ -171,26 +172,7 @@ def _windows_pid_alive(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-class _Batch:
-    """What one group commit collected, to act on after the fsync.
-
-    ``after``: the store's own callbacks (releasing waiters; thread-safe, run on the writer
-    thread). ``effects``: what the dispatch of this process routes to its workers.
-    """
-
-    __slots__ = ("after", "effects")
-
-    def __init__(self) -> None:
-        self.after: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self.effects: list[Effect] = []
-
-    def mark(self) -> tuple[int, int]:
-        """Where the batch stands, to drop what a failed op added (``rollback``)."""
-        return len(self.after), len(self.effects)
-
-    def rollback(self, mark: tuple[int, int]) -> None:
-        del self.after[mark[0] :]
-        del self.effects[mark[1] :]
+_Batch = Effects  # what one group commit collected, applied after its fsync
 
 
 class _Op:
@@ -309,6 +291,16 @@ def open_lmdb_store(url: str) -> LmdbStore:
         return store
 
 
+class _Dbs:
+    """The named databases the state machine's records live in (see lmdb_tx)."""
+
+    __slots__ = ("atask", "runs", "timer", "wf", "wtask")
+
+    def __init__(self, runs: mdb.Database, wf: mdb.Database, wtask: mdb.Database, atask: mdb.Database,
+                 timer: mdb.Database) -> None:
+        self.runs, self.wf, self.wtask, self.atask, self.timer = runs, wf, wtask, atask, timer
+
+
 class LmdbStore:
     """The embedded store on an LMDB environment (see the module docstring for the layout)."""
 
@@ -350,7 +342,9 @@ class LmdbStore:
         self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._own_txns: set[int] = set()
-        self._wcache: dict[bytes, dict[str, Any]] = {}
+        self._wcache = RunCache()
+        self._dbs = _Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer)
+        self.machine = Machine(OWNER, lambda: _us(self.clock.now()))
         self._last_own_txn = -1
         with self.env.begin() as snap:
             self._seen_txn = snap.id()
@@ -426,11 +420,11 @@ class LmdbStore:
                 if self._grow_map():
                     continue
                 results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
-                batch.rollback((0, 0))
+                batch.rollback(0)
             except Exception as e:  # the commit itself failed: nothing of the batch is durable
                 self._wcache.clear()
                 results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
-                batch.rollback((0, 0))
+                batch.rollback(0)
                 if isinstance(e, mdb.Error):
                     self.commit_failures += 1
             break
@@ -442,13 +436,30 @@ class LmdbStore:
         for op, (ok, value) in zip(ops, results, strict=True):
             if op.future is not None and op.loop is not None:
                 per_loop.setdefault(op.loop, []).append((_resolve, (op.future, ok, value)))
-        dispatch = self.dispatch
-        if batch.effects and dispatch is not None and dispatch.loop is not None:
-            per_loop.setdefault(dispatch.loop, []).append((dispatch.deliver, (batch.effects,)))
-        _run_callbacks(batch.after)  # thread-safe: they settle futures on their own loops
+        if batch.effects:
+            self._apply(batch.effects, per_loop)
         for loop, items in per_loop.items():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_run_callbacks, items)
+
+    def _apply(self, effects: list[Effect],
+               per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]]) -> None:
+        """After the fsync: release this store's waiters (thread-safe) and hand the rest to the dispatch."""
+        rest: list[Effect] = []
+        for eff in effects:
+            if isinstance(eff, RunClosed):
+                # Released with the op futures of the same loop: one wake-up per loop and batch.
+                for fut in self._waiters.pop(eff.run_key, ()):
+                    per_loop.setdefault(fut.get_loop(), []).append((_resolve, (fut, True, eff.info)))
+            elif isinstance(eff, UpdateCompleted):
+                ufut = self._update_waiters.pop(eff.update_id, None)
+                if ufut is not None:
+                    per_loop.setdefault(ufut.get_loop(), []).append((_resolve, (ufut, True, eff.payload)))
+            else:
+                rest.append(eff)
+        dispatch = self.dispatch
+        if rest and dispatch is not None and dispatch.loop is not None:
+            per_loop.setdefault(dispatch.loop, []).append((dispatch.deliver, (rest,)))
 
     def _run_batch(self, ops: list[_Op], batch: _Batch, isolate: bool) -> tuple[list[tuple[bool, Any]], float]:
         """One attempt at a batch; returns the per-op results and when the ops ended (commit follows)."""
@@ -463,7 +474,7 @@ class LmdbStore:
                 # Every batch writes this key, so every batch commits and consumes its txn id: LMDB
                 # does not advance the id for a write transaction that changed nothing, and another
                 # process's next commit would then carry the id we noted as ours (and be missed).
-                txn.put(b"batch", _U64.pack(tid), db=self._meta)
+                txn.put(b"batch", U64.pack(tid), db=self._meta)
                 for op in ops:
                     mark = batch.mark()
                     if isolate:
@@ -564,6 +575,7 @@ class LmdbStore:
     def set_dispatch(self, dispatch: Dispatch | None) -> None:
         """Hand this process's tasks to ``dispatch`` after each commit (None: nobody here takes any)."""
         self.dispatch = dispatch
+        self.machine.local = dispatch
 
     async def close(self) -> None:
         """Drop one reference; the last one stops the threads and closes the environment."""
@@ -583,160 +595,12 @@ class LmdbStore:
         self._writer.join()
         self._watcher.join()
 
-    # ------------------------------------------------------------------ records
+    # ------------------------------------------------------------------ records and transitions
+    # The transitions live in duro.engine.machine; an op here runs one of them on an LmdbTx of the
+    # batch's transaction (or selects the items a sweep works on: claims, reaps, due timers).
 
-    @staticmethod
-    def _run_record(txn: mdb.Transaction, db: Any, run_key: bytes) -> dict[str, Any] | None:
-        raw = txn.get(run_key, db=db)
-        return None if raw is None else orjson.loads(raw)
-
-    def _get_run(self, txn: mdb.Transaction, run_key: bytes) -> dict[str, Any]:
-        rec = self._run_record(txn, self._runs, run_key)
-        if rec is None:
-            raise WorkflowNotFoundError("?", run_key.hex())
-        return rec
-
-    def _put_run(self, txn: mdb.Transaction, run_key: bytes, rec: dict[str, Any]) -> None:
-        txn.put(run_key, orjson.dumps(rec), db=self._runs)
-        if rec["status"] == RUNNING:
-            if len(self._wcache) > 200_000:
-                self._wcache.clear()
-            self._wcache[run_key] = rec
-        else:
-            self._wcache.pop(run_key, None)
-
-    # Writer-thread view of run records. Invariant: ``_wcache`` holds records exactly as this
-    # process last wrote them, and is valid only while no other process has committed since our
-    # last commit (LMDB txn ids are consecutive across processes, so a write txn whose id is not
-    # our previous id + 1 means someone else wrote: the cache is dropped). It saves a get and a
-    # JSON parse per op on the hot path.
-    def _wrec(self, txn: mdb.Transaction, run_key: bytes) -> dict[str, Any] | None:
-        rec = self._wcache.get(run_key)
-        if rec is None:
-            rec = self._run_record(txn, self._runs, run_key)
-        return rec
-
-    def _wget_run(self, txn: mdb.Transaction, run_key: bytes) -> dict[str, Any]:
-        rec = self._wrec(txn, run_key)
-        if rec is None:
-            raise WorkflowNotFoundError("?", run_key.hex())
-        return rec
-
-    def _resolve_run_key(self, txn: mdb.Transaction, workflow_id: str, run_id: str | None) -> bytes:
-        if run_id:
-            try:
-                key = run_key_of(run_id)
-            except ValueError:
-                raise WorkflowNotFoundError(workflow_id, run_id) from None
-            rec = self._run_record(txn, self._runs, key)
-            if rec is None or rec["wid"] != workflow_id:
-                raise WorkflowNotFoundError(workflow_id, run_id)
-            return key
-        raw = txn.get(workflow_id.encode(), db=self._wf)
-        if raw is None:
-            raise WorkflowNotFoundError(workflow_id)
-        return run_key_of(orjson.loads(raw)["run"])
-
-    def _info(self, run_key: bytes, rec: dict[str, Any]) -> RunInfo:
-        return RunInfo(
-            workflow_id=rec["wid"], run_id=run_key.hex(), workflow_type=rec["type"],
-            task_queue=rec["queue"], status=rec["status"], start_time=rec["start"] / 1e6,
-            close_time=rec["close"] / 1e6 if rec.get("close") else None,
-            history_length=rec["next"] - 1, parent=rec.get("parent"), next_run_id=rec.get("next_run"),
-            task_failures=rec.get("wtf", 0),
-        )
-
-    def _append(self, txn: mdb.Transaction, run_key: bytes, rec: dict[str, Any], events: list[Event],
-                now_us: int) -> list[Event]:
-        """Give events their ids and timestamps and append them; advance the run record (not saved)."""
-        eid = rec["next"]
-        stamped = []
-        for ev in events:
-            # An input the worker already showed to workflow code keeps its timestamp: ctx.now()
-            # must read the same on replay as it did live.
-            ts = ev.timestamp_us or now_us
-            stamped.append(Event(ev.type, eid, ts, ev.ref, ev.attempt, ev.name, ev.payload, ev.flags))
-            eid += 1
-        self.log.append(txn, run_key, stamped)
-        rec["next"] = eid
-        return stamped
-
-    def _enqueue_wtask(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
-                       now_us: int, history: list[Event] | None = None) -> None:
-        """Make sure the run has a pending workflow task; hand it to a local worker when there is one."""
-        q = rec["queue"]
-        key = q.encode() + b"\x00" + run_key
-        existing = txn.get(key, db=self._wtask)
-        dispatch = self.dispatch
-        local = dispatch is not None and dispatch.takes_workflow_tasks(q)
-        if existing is not None:
-            if local and orjson.loads(existing)["o"] == OWNER:
-                batch.effects.append(WorkflowTaskReady(q, run_key))
-            return
-        if local:
-            txn.put(key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
-            # A brand-new run's whole history is what this txn wrote: hand it over, saving a read.
-            batch.effects.append(WorkflowTaskReady(q, run_key, history))
-        else:
-            txn.put(key, b'{"o":"","u":0}', db=self._wtask)
-
-    def _close_run(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
-                   status: str, now_us: int, close_event: Event) -> None:
-        rec["status"] = status
-        rec["close"] = now_us
-        txn.delete(rec["queue"].encode() + b"\x00" + run_key, db=self._wtask)
-        for seq, fire_us in (rec.pop("timers", None) or {}).items():
-            txn.delete(_U64.pack(fire_us) + run_key + _U64.pack(int(seq)), db=self._timer)
-        wkey = rec["wid"].encode()
-        raw = txn.get(wkey, db=self._wf)
-        if raw is not None:
-            idx = orjson.loads(raw)
-            if idx["run"] == run_key.hex():
-                idx["status"] = status
-                idx["close"] = now_us
-                txn.put(wkey, orjson.dumps(idx), db=self._wf)
-        self._put_run(txn, run_key, rec)
-        info = self._info(run_key, rec)
-        info.close_event = close_event
-        batch.after.append((self._release_waiters, (run_key, info)))
-        # Children still open follow their parent-close policy.
-        for child_run, policy in (rec.pop("children", None) or {}).values():
-            self._close_child(txn, batch, run_key_of(child_run), policy, now_us)
-        parent = rec.get("parent")
-        if parent and status != "continued_as_new":
-            self._notify_parent(txn, batch, parent, status, close_event, now_us)
-
-    def _close_child(self, txn: mdb.Transaction, batch: _Batch, child_key: bytes, policy: str, now_us: int) -> None:
-        child = self._wrec(txn, child_key)
-        if child is None or child["status"] != RUNNING or policy == "abandon":
-            return
-        if policy == "request_cancel":
-            self._add_input(txn, batch, child_key, child, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b""),
-                            now_us)
-            return
-        payload = orjson.dumps({"kind": "terminated", "type": "TerminatedError",
-                                "message": "terminated because its parent workflow closed (parent_close_policy)"})
-        (ev,) = self._append(txn, child_key, child, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
-        child.pop("parent", None)  # its parent is closing: nobody to tell
-        self._close_run(txn, batch, child_key, child, "terminated", now_us, ev)
-
-    def _notify_parent(self, txn: mdb.Transaction, batch: _Batch, parent: dict[str, Any], status: str,
-                       close_event: Event, now_us: int) -> None:
-        parent_key = run_key_of(parent["run"])
-        prec = self._wrec(txn, parent_key)
-        if prec is None or prec["status"] != RUNNING:
-            return
-        children = prec.get("children")
-        if children:
-            children.pop(str(parent["seq"]), None)
-        if status == "completed":
-            ev = Event(codec.CHILD_COMPLETED, 0, 0, parent["seq"], 0, "", close_event.payload)
-        else:
-            payload = close_event.payload if status in ("failed", "canceled", "terminated") else orjson.dumps(
-                {"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
-                 "message": f"the child workflow {status}"})
-            ev = Event(codec.CHILD_FAILED, 0, 0, parent["seq"], 0, status, payload)
-        self._add_input(txn, batch, parent_key, prec, ev, now_us)
+    def _tx(self, txn: mdb.Transaction) -> LmdbTx:
+        return LmdbTx(txn, self._dbs, self.log, self._wcache)
 
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):
@@ -748,393 +612,65 @@ class LmdbStore:
             return
         with self.env.begin() as txn:
             for run_key, futs in list(self._waiters.items()):
-                rec = self._run_record(txn, self._runs, run_key)
-                if rec is not None and rec["status"] != RUNNING and futs:
-                    info = self._info(run_key, rec)
+                raw = txn.get(run_key, db=self._runs)
+                if raw is None or not futs:
+                    continue
+                rec = decode_run(raw)
+                if rec.status != RUNNING:
                     loop = futs[0].get_loop()
                     if not loop.is_closed():
-                        loop.call_soon_threadsafe(self._release_waiters, run_key, info)
-
-    # ------------------------------------------------------------------ ops (writer thread)
+                        loop.call_soon_threadsafe(self._release_waiters, run_key, run_info(run_key, rec))
 
     def _op_start(self, txn: mdb.Transaction, batch: _Batch, req: StartRequest) -> str:
-        self._create_run(txn, batch, req, _us(self.clock.now()))
-        return req.run_id
+        return self.machine.start(self._tx(txn), batch, req)
 
     def _op_start_eager(self, txn: mdb.Transaction, batch: _Batch, req: StartRequest, now_us: int,
                         first: WorkflowTaskCompletion) -> int:
-        """Create a run together with its first workflow task, already run by a worker of this process.
-
-        Saves a commit and a hop on the start path (Temporal calls it eager start). ``first`` was
-        computed from ``started_event(req, now_us)``, the same event this op records.
-        """
-        self._create_run(txn, batch, req, now_us, eager=True)
-        return self._op_complete_wtask(txn, batch, first)
-
-    def _create_run(self, txn: mdb.Transaction, batch: _Batch, req: StartRequest, now_us: int,
-                    deadline_us: int = 0, eager: bool = False) -> bytes:
-        """Create a run: its record, WorkflowExecutionStarted, the id index, its first task (and timeout)."""
-        wkey = req.workflow_id.encode()
-        raw = txn.get(wkey, db=self._wf)
-        if raw is not None:
-            idx = orjson.loads(raw)
-            if idx["status"] == RUNNING:
-                raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
-            policy = req.id_reuse_policy
-            if policy == "reject_duplicate":
-                raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
-            if policy == "allow_duplicate_failed_only" and idx["status"] == "completed":
-                raise WorkflowAlreadyStartedError(req.workflow_id, idx["run"])
-        run_key = run_key_of(req.run_id)
-        rec: dict[str, Any] = {
-            "wid": req.workflow_id, "type": req.workflow_type, "queue": req.task_queue, "status": RUNNING,
-            "start": now_us, "close": 0, "next": 1, "epoch": 0, "last_input": 1,
-        }
-        if req.parent:
-            rec["parent"] = req.parent
-        started = started_event(req, now_us, deadline_us)
-        deadline_us = orjson.loads(unpack(started.payload)[0]).get("deadline_us", 0)
-        if deadline_us:
-            rec["deadline"] = deadline_us
-        fire_us = min(x for x in (deadline_us, now_us + _us(req.run_timeout or 0) if req.run_timeout else 0,
-                                  1 << 63) if x)
-        if fire_us < 1 << 63:
-            txn.put(_U64.pack(fire_us) + run_key + _U64.pack(0), b"", db=self._timer)
-            rec["timers"] = {"0": fire_us}
-            batch.effects.append(TimerSet(fire_us / 1e6))
-        history = self._append(txn, run_key, rec, [started], now_us)
-        self._put_run(txn, run_key, rec)
-        txn.put(wkey, orjson.dumps({"run": req.run_id, "status": RUNNING, "type": req.workflow_type,
-                                    "start": now_us, "close": 0}), db=self._wf)
-        if not eager:  # eager: the caller commits the first task in this same transaction
-            self._enqueue_wtask(txn, batch, run_key, rec, now_us, history)
-        return run_key
-
-    def _add_input(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any], ev: Event,
-                   now_us: int) -> None:
-        """Append one input event to an open run and make sure it has a workflow task."""
-        (stamped,) = self._append(txn, run_key, rec, [ev], now_us)
-        rec["last_input"] = stamped.event_id
-        self._put_run(txn, run_key, rec)
-        self._enqueue_wtask(txn, batch, run_key, rec, now_us)
+        return self.machine.start_eager(self._tx(txn), batch, req, now_us, first)
 
     def _op_cancel(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None) -> None:
-        run_key = self._resolve_run_key(txn, workflow_id, run_id)
-        rec = self._wget_run(txn, run_key)
-        if rec["status"] != RUNNING:
-            raise DuroError(f"workflow {workflow_id!r} is already {rec['status']}; nothing to cancel")
-        ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
-        self._add_input(txn, batch, run_key, rec, ev, _us(self.clock.now()))
+        self.machine.cancel(self._tx(txn), batch, workflow_id, run_id)
 
     def _op_signal(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
                    name: str, payload: bytes) -> None:
-        run_key = self._resolve_run_key(txn, workflow_id, run_id)
-        rec = self._wget_run(txn, run_key)
-        if rec["status"] != RUNNING:
-            raise DuroError(f"cannot signal workflow {workflow_id!r}: its run {run_key.hex()} is "
-                            f"{rec['status']}; start a new run or check the id")
-        ev = Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, payload)
-        self._add_input(txn, batch, run_key, rec, ev, _us(self.clock.now()))
+        self.machine.signal(self._tx(txn), batch, workflow_id, run_id, name, payload)
 
     def _op_terminate(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
                       reason: str) -> None:
-        run_key = self._resolve_run_key(txn, workflow_id, run_id)
-        rec = self._wget_run(txn, run_key)
-        if rec["status"] != RUNNING:
-            raise DuroError(f"workflow {workflow_id!r} is already {rec['status']}; nothing to terminate")
-        now_us = _us(self.clock.now())
-        payload = orjson.dumps({"kind": "terminated", "message": reason or "terminated", "type": "TerminatedError"})
-        (ev,) = self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
-        self._close_run(txn, batch, run_key, rec, "terminated", now_us, ev)
+        self.machine.terminate(self._tx(txn), batch, workflow_id, run_id, reason)
 
     def _op_complete_wtask(self, txn: mdb.Transaction, batch: _Batch, c: WorkflowTaskCompletion) -> int:
-        rec = self._wget_run(txn, c.run_key)
-        if rec["status"] != RUNNING:
-            raise Conflict(f"run is {rec['status']}")
-        if rec["epoch"] != c.epoch:
-            raise Conflict(f"run moved to task epoch {rec['epoch']}, worker had {c.epoch}")
-        if "wtf" in rec:  # the task went through after failing: its failure streak ends
-            del rec["wtf"]
-            rec.pop("wtf_msg", None)
-        if c.inputs and rec["next"] != c.expect_next_event_id:
-            raise Conflict("history grew since the worker read it")
-        akey = None
-        if c.completed_activity is not None:
-            seq, attempt = c.completed_activity
-            akey = c.task_queue.encode() + b"\x00" + c.run_key + _U64.pack(seq)
-            raw = txn.get(akey, db=self._atask)
-            if raw is None or orjson.loads(unpack(raw)[0])["attempt"] != attempt:
-                raise Conflict("the activity attempt is no longer current")
-        now_us = _us(self.clock.now())
-        processed = c.processed_through
-        if c.inputs:
-            stamped = self._append(txn, c.run_key, rec, c.inputs, now_us)
-            processed = stamped[-1].event_id
-            rec["last_input"] = processed
-        if akey is not None:
-            txn.delete(akey, db=self._atask)
-        marker = Event(codec.WORKFLOW_TASK_COMPLETED, 0, 0, processed, 0, "", b"")
-        written = self._append(txn, c.run_key, rec, [marker, *c.commands], now_us)
-        rec["epoch"] += 1
-        for task in c.activity_tasks:
-            self._put_atask(txn, batch, task, now_us, fresh=True)
-        timers = rec.get("timers")
-        for seq, delay in c.timers:
-            fire_us = now_us + max(0, _us(delay))
-            txn.put(_U64.pack(fire_us) + c.run_key + _U64.pack(seq), b"", db=self._timer)
-            if timers is None:
-                timers = rec["timers"] = {}
-            timers[str(seq)] = fire_us
-            batch.effects.append(TimerSet(fire_us / 1e6))
-        for seq in c.cancel_timers:
-            fire = timers.pop(str(seq), None) if timers else None
-            if fire is not None:
-                txn.delete(_U64.pack(fire) + c.run_key + _U64.pack(seq), db=self._timer)
-        for act_queue, seq in c.cancel_activities:
-            self._request_activity_cancel(txn, act_queue, c.run_key, seq)
-        for child in c.children:
-            self._start_child(txn, batch, c.run_key, rec, child, now_us)
-        for req in c.external:
-            self._deliver_external(txn, batch, req, now_us)
-        if self._update_waiters:
-            for ev in c.commands:
-                if ev.type == codec.UPDATE_COMPLETED:
-                    batch.after.append((self._release_update, (ev.name, ev.payload)))
-        if c.close_status == "continued_as_new":
-            self._continue_as_new(txn, batch, c.run_key, rec, written[-1], now_us)
-        if c.close_status is not None:
-            self._close_run(txn, batch, c.run_key, rec, c.close_status, now_us, written[-1])
-        elif rec["last_input"] > processed:
-            # Inputs arrived while the task ran: the run needs another task right away.
-            self._enqueue_wtask(txn, batch, c.run_key, rec, now_us)
-            self._put_run(txn, c.run_key, rec)
-        else:
-            txn.delete(c.task_queue.encode() + b"\x00" + c.run_key, db=self._wtask)
-            self._put_run(txn, c.run_key, rec)
-        return int(rec["next"])
-
-    def _request_activity_cancel(self, txn: mdb.Transaction, queue: str, run_key: bytes, seq: int) -> None:
-        """Mark an activity task cancelled: its next heartbeat says so, and it is not retried."""
-        key = queue.encode() + b"\x00" + run_key + _U64.pack(seq)
-        raw = txn.get(key, db=self._atask)
-        if raw is None:
-            return
-        meta_b, args, hbd = unpack(raw)
-        meta = orjson.loads(meta_b)
-        if not meta["o"]:  # not running anywhere: drop it
-            txn.delete(key, db=self._atask)
-            return
-        meta["cancel"] = True
-        txn.put(key, pack(orjson.dumps(meta), args, hbd), db=self._atask)
-
-    def _start_child(self, txn: mdb.Transaction, batch: _Batch, parent_key: bytes, prec: dict[str, Any],
-                     child: Any, now_us: int) -> None:
-        req = StartRequest(workflow_id=child.workflow_id, workflow_type=child.workflow_type,
-                           task_queue=child.task_queue, args=child.args, run_id=child.run_id,
-                           parent={"run": parent_key.hex(), "seq": child.seq, "wid": prec["wid"]})
-        try:
-            self._create_run(txn, batch, req, now_us)
-        except WorkflowAlreadyStartedError as e:
-            failure = orjson.dumps({"kind": "application", "type": "WorkflowAlreadyStartedError", "message": str(e)})
-            ev = Event(codec.CHILD_FAILED, 0, 0, child.seq, 0, "start_failed", failure)
-            (stamped,) = self._append(txn, parent_key, prec, [ev], now_us)
-            prec["last_input"] = stamped.event_id
-            return
-        prec.setdefault("children", {})[str(child.seq)] = [child.run_id, child.parent_close_policy]
-
-    def _deliver_external(self, txn: mdb.Transaction, batch: _Batch, req: Any, now_us: int) -> None:
-        try:
-            key = self._resolve_run_key(txn, req.workflow_id, req.run_id)
-        except WorkflowNotFoundError:
-            return
-        rec = self._wrec(txn, key)
-        if rec is None or rec["status"] != RUNNING:
-            return
-        if req.kind == "cancel":
-            ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
-        else:
-            ev = Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.name, req.args)
-        self._add_input(txn, batch, key, rec, ev, now_us)
-
-    def _continue_as_new(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, rec: dict[str, Any],
-                         ev: Event, now_us: int) -> None:
-        """Start the next run of the same workflow id (same type and queue, the new arguments)."""
-        old_meta = orjson.loads(unpack(self.log.read(txn, run_key, 1, 1)[0].payload)[0])
-        new_run = new_run_id()
-        # The old run must not count as running when the new one claims the id.
-        rec["status"] = "continued_as_new"
-        wkey = rec["wid"].encode()
-        txn.put(wkey, orjson.dumps({"run": run_key.hex(), "status": "continued_as_new", "type": rec["type"],
-                                    "start": rec["start"], "close": now_us}), db=self._wf)
-        req = StartRequest(workflow_id=rec["wid"], workflow_type=ev.name or rec["type"], task_queue=rec["queue"],
-                           args=ev.payload, run_id=new_run, parent=rec.get("parent"),
-                           first_run_id=old_meta.get("first_run"), run_timeout=old_meta.get("run_timeout"),
-                           execution_timeout=old_meta.get("execution_timeout"))
-        self._create_run(txn, batch, req, now_us, deadline_us=old_meta.get("deadline_us", 0))
-        rec["next_run"] = new_run
-        parent = rec.get("parent")
-        if parent:  # the parent now waits for the new run
-            prec = self._wrec(txn, run_key_of(parent["run"]))
-            if prec is not None and prec.get("children", {}).get(str(parent["seq"])):
-                prec["children"][str(parent["seq"])][0] = new_run
-                self._put_run(txn, run_key_of(parent["run"]), prec)
-
-    def _release_update(self, update_id: str, payload: bytes) -> None:
-        fut = self._update_waiters.pop(update_id, None)
-        if fut is not None:
-            _settle(fut, payload)
+        return self.machine.complete_wtask(self._tx(txn), batch, c)
 
     def _op_release_wtask(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes,
                           seen_through: int) -> None:
-        key = task_queue.encode() + b"\x00" + run_key
-        rec = self._wrec(txn, run_key)
-        if rec is not None and rec["status"] == RUNNING and rec["last_input"] > seen_through:
-            self._enqueue_wtask(txn, batch, run_key, rec, _us(self.clock.now()))
-        else:
-            txn.delete(key, db=self._wtask)
+        self.machine.release_wtask(self._tx(txn), batch, task_queue, run_key, seen_through)
 
     def _op_fail_wtask(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes, epoch: int,
                        error_type: str, failure: bytes) -> float | None:
-        """Record that a workflow task raised, and make it due again after a backoff.
-
-        The first failure of a streak (and any failure with a new message) appends a
-        WorkflowTaskFailed event; repeats only count, in the run record, so a task that keeps
-        failing does not grow the history. The task is left unleased, visible again after the
-        backoff, so any worker of the queue (new code, another process) may take it. Returns the
-        backoff in seconds, or None when the run moved on meanwhile.
-        """
-        rec = self._wget_run(txn, run_key)
-        if epoch < 0:  # the worker failed before it knew the run's task epoch: the current one
-            epoch = rec["epoch"]
-        if rec["status"] != RUNNING or rec["epoch"] != epoch:
-            return None
-        now_us = _us(self.clock.now())
-        attempt = int(rec.get("wtf", 0)) + 1
-        rec["wtf"] = attempt
         digest = hashlib.blake2b(failure, digest_size=8).hexdigest()
-        if attempt == 1 or rec.get("wtf_msg") != digest:
-            self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TASK_FAILED, 0, 0, epoch, attempt, error_type,
-                                                   failure)], now_us)
-            rec["wtf_msg"] = digest
-        delay: float = min(WTASK_RETRY_INITIAL_S * 2.0 ** min(attempt - 1, 16), WTASK_RETRY_MAX_S)
-        visible_us = now_us + _us(delay)
-        txn.put(task_queue.encode() + b"\x00" + run_key, orjson.dumps({"o": "", "u": 0, "v": visible_us}),
-                db=self._wtask)
-        self._put_run(txn, run_key, rec)
-        return delay
+        return self.machine.fail_wtask(self._tx(txn), batch, task_queue, run_key, epoch, error_type, failure, digest)
 
     def _op_renew_leases(self, txn: mdb.Transaction, batch: _Batch, task_queue: str,
                          items: list[tuple[bytes, int, int]], seconds: float) -> int:
-        """Extend this process's leases of running activity attempts (run key, seq, attempt)."""
-        until = _us(self.clock.now() + seconds)
-        renewed = 0
-        for run_key, seq, attempt in items:
-            key = task_queue.encode() + b"\x00" + run_key + _U64.pack(seq)
-            raw = txn.get(key, db=self._atask)
-            if raw is None:
-                continue
-            meta_b, args, hbd = unpack(raw)
-            meta = orjson.loads(meta_b)
-            if meta["o"] != OWNER or meta["attempt"] != attempt or meta["u"] >= until:
-                continue
-            meta["u"] = until
-            txn.put(key, pack(orjson.dumps(meta), args, hbd), db=self._atask)
-            renewed += 1
-        return renewed
-
-    def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
-        """Whether this process still holds the lease of an activity attempt (checked before it starts)."""
-        key = task_queue.encode() + b"\x00" + run_key + _U64.pack(seq)
-        with self.env.begin() as txn:
-            raw = txn.get(key, db=self._atask)
-        if raw is None:
-            return False
-        meta = orjson.loads(unpack(raw)[0])
-        return bool(meta["o"] == OWNER and meta["attempt"] == attempt and not meta["cancel"]
-                    and meta["u"] > _us(self.clock.now()))
-
-    def _put_atask(self, txn: mdb.Transaction, batch: _Batch, t: ActivityTask, now_us: int, fresh: bool,
-                   visible_us: int = 0) -> None:
-        key = t.task_queue.encode() + b"\x00" + t.run_key + _U64.pack(t.seq)
-        dispatch = self.dispatch
-        consumer = dispatch is not None and dispatch.takes_activity_tasks(t.task_queue)
-        local = consumer and visible_us <= now_us
-        lease = 0
-        if local:
-            lease = now_us + _us((t.start_to_close_timeout or t.schedule_to_close_timeout
-                                  or DEFAULT_ACTIVITY_TIMEOUT_S) + ATASK_LEASE_SLACK_S)
-        meta = {
-            "wid": t.workflow_id, "wtype": t.workflow_type, "name": t.name, "attempt": t.attempt,
-            "sched": _us(t.scheduled_time), "stc": t.start_to_close_timeout, "s2c": t.schedule_to_close_timeout,
-            "hb": t.heartbeat_timeout, "retry": t.retry_policy, "o": OWNER if local else "", "u": lease,
-            "vis": visible_us, "cancel": False,
-        }
-        txn.put(key, pack(orjson.dumps(meta), t.args, t.heartbeat_details or b""), db=self._atask)
-        if local:
-            batch.effects.append(ActivityTaskReady(t))
-        elif consumer:
-            batch.effects.append(ActivityTaskDue(t.task_queue, visible_us / 1e6))
-
-    @staticmethod
-    def _task_from(key: bytes, raw: bytes | memoryview) -> ActivityTask:
-        meta_b, args, hbd = unpack(raw)
-        meta = orjson.loads(meta_b)
-        sep = key.index(b"\x00")
-        return ActivityTask(
-            run_key=key[sep + 1 : sep + 17], workflow_id=meta["wid"], workflow_type=meta["wtype"],
-            task_queue=key[:sep].decode(), seq=_U64.unpack(key[sep + 17 :])[0], name=meta["name"], args=args,
-            attempt=meta["attempt"], scheduled_time=meta["sched"] / 1e6, start_to_close_timeout=meta["stc"],
-            schedule_to_close_timeout=meta["s2c"], heartbeat_timeout=meta["hb"], retry_policy=meta["retry"],
-            heartbeat_details=hbd or None,
-        )
+        return self.machine.renew_leases(self._tx(txn), batch, task_queue, items, seconds)
 
     def _op_complete_activity(self, txn: mdb.Transaction, batch: _Batch, o: ActivityOutcome) -> str:
-        key = o.task_queue.encode() + b"\x00" + o.run_key + _U64.pack(o.seq)
-        raw = txn.get(key, db=self._atask)
-        if raw is None:
-            return "stale"
-        meta = orjson.loads(unpack(raw)[0])
-        if meta["attempt"] != o.attempt:
-            return "stale"
-        rec = self._wget_run(txn, o.run_key)
-        if rec["status"] != RUNNING:
-            txn.delete(key, db=self._atask)
-            return "closed"
-        if meta.get("cancel"):  # the workflow stopped waiting for it: nothing to record, no retry
-            txn.delete(key, db=self._atask)
-            return "canceled"
-        now_us = _us(self.clock.now())
-        if o.result is not None:
-            ev = Event(codec.ACTIVITY_COMPLETED, 0, 0, o.seq, o.attempt, meta["name"], o.result)
-        else:
-            delay = _retry_delay(meta, o, now_us)
-            if delay is not None:
-                task = self._task_from(key, raw)
-                task.attempt = o.attempt + 1
-                self._put_atask(txn, batch, task, now_us, fresh=False, visible_us=now_us + _us(delay))
-                return "retry"
-            ev = Event(codec.ACTIVITY_FAILED, 0, 0, o.seq, o.attempt, meta["name"], o.failure or b"{}")
-        txn.delete(key, db=self._atask)
-        (stamped,) = self._append(txn, o.run_key, rec, [ev], now_us)
-        rec["last_input"] = stamped.event_id
-        self._put_run(txn, o.run_key, rec)
-        self._enqueue_wtask(txn, batch, o.run_key, rec, now_us)
-        return "done"
+        return self.machine.complete_activity(self._tx(txn), batch, o)
 
     def _op_heartbeat(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, task_queue: str, seq: int,
                       attempt: int, details: bytes | None) -> bool:
-        key = task_queue.encode() + b"\x00" + run_key + _U64.pack(seq)
-        raw = txn.get(key, db=self._atask)
+        return self.machine.heartbeat(self._tx(txn), batch, run_key, task_queue, seq, attempt, details)
+
+    def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
+        """Whether this process still holds the lease of an activity attempt (checked before it starts)."""
+        with self.env.begin() as txn:
+            raw = txn.get(atask_key(task_queue, run_key, seq), db=self._atask)
         if raw is None:
-            return True
-        meta_b, args, hbd = unpack(raw)
-        meta = orjson.loads(meta_b)
-        if meta["attempt"] != attempt:
-            return True
-        if meta["hb"]:
-            meta["u"] = max(meta["u"], _us(self.clock.now() + meta["hb"] + ATASK_LEASE_SLACK_S))
-        txn.put(key, pack(orjson.dumps(meta), args, details if details is not None else hbd), db=self._atask)
-        return bool(meta["cancel"])
+            return False
+        meta = decode_activity_meta(unpack(raw)[0])
+        return (meta.owner == OWNER and meta.attempt == attempt and not meta.cancel
+                and meta.until_us > _us(self.clock.now()))
 
     def _op_claim_wtasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[bytes]:
         now_us = _us(self.clock.now())
@@ -1147,20 +683,21 @@ class LmdbStore:
             key = bytes(k)
             if not key.startswith(prefix) or len(claimed) >= limit:
                 break
-            lease = orjson.loads(raw)
-            if lease.get("v", 0) > now_us:
+            lease = decode_lease(raw)
+            if lease.visible_us > now_us:
                 continue  # a failed task waiting for its retry
-            if lease["o"] and lease["u"] > now_us and _owner_alive(lease["o"]):
+            if lease.owner and lease.until_us > now_us and _owner_alive(lease.owner):
                 continue  # leased (ours too: a local hand-off is in flight) until it expires
             claimed.append(key[len(prefix) :])
+        tx = self._tx(txn)
         for run_key in claimed:
-            txn.put(prefix + run_key, orjson.dumps({"o": OWNER, "u": now_us + _us(WTASK_LEASE_S)}), db=self._wtask)
+            self.machine.lease_wtask(tx, task_queue, run_key, now_us)
         return claimed
 
     def _op_claim_atasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[ActivityTask]:
         now_us = _us(self.clock.now())
         prefix = task_queue.encode() + b"\x00"
-        found: list[tuple[bytes, bytes, dict[str, Any], bytes, bytes]] = []
+        found: list[tuple[bytes, ActivityMeta, bytes, bytes]] = []
         cur = txn.cursor(db=self._atask)
         if not cur.set_range(prefix):
             return []
@@ -1168,23 +705,19 @@ class LmdbStore:
             key = bytes(k)
             if not key.startswith(prefix) or len(found) >= limit:
                 break
-            meta_b, args, hbd = unpack(raw)
-            meta = orjson.loads(meta_b)
-            if meta["o"] or meta["vis"] > now_us:
+            meta_b, args, details = unpack(raw)
+            meta = decode_activity_meta(meta_b)
+            if meta.owner or meta.visible_us > now_us:
                 continue
-            found.append((bytes(key), bytes(raw), meta, args, hbd))
+            found.append((key, meta, args, details))
+        tx = self._tx(txn)
         tasks = []
-        for key, raw, meta, args, hbd in found:
-            rec = self._wrec(txn, key[len(prefix) : len(prefix) + 16])
-            if rec is None or rec["status"] != RUNNING:
-                txn.delete(key, db=self._atask)
-                continue
-            task = self._task_from(key, raw)
-            meta["o"] = OWNER
-            meta["u"] = now_us + _us((task.start_to_close_timeout or task.schedule_to_close_timeout
-                                      or DEFAULT_ACTIVITY_TIMEOUT_S) + ATASK_LEASE_SLACK_S)
-            txn.put(key, pack(orjson.dumps(meta), args, hbd), db=self._atask)
-            tasks.append(task)
+        for key, meta, args, details in found:
+            rest = key[len(prefix) :]
+            task = self.machine.lease_atask(tx, task_queue, rest[:16], U64.unpack(rest[16:])[0], meta, args,
+                                            details, now_us)
+            if task is not None:
+                tasks.append(task)
         return tasks
 
     def _op_reap(self, txn: mdb.Transaction, batch: _Batch) -> int:
@@ -1202,22 +735,21 @@ class LmdbStore:
 
         # Leases of this process expire too: a task that its worker lost track of (an error no
         # handler caught, a worker that was shut down) is not stranded until a restart.
+        free = encode(WorkflowTaskLease())
         for key, raw in list(txn.cursor(db=self._wtask)):
-            lease = orjson.loads(raw)
-            if lease["o"] and gone(lease["o"], lease["u"]):
-                txn.put(key, b'{"o":"","u":0}', db=self._wtask)
+            lease = decode_lease(raw)
+            if lease.owner and gone(lease.owner, lease.until_us):
+                txn.put(key, free, db=self._wtask)
                 reaped += 1
-        failure = orjson.dumps({"kind": "timeout", "timeout_type": "start_to_close", "type": "TimeoutError",
-                                "message": "the worker running this attempt died or lost its lease"})
         expired: list[ActivityOutcome] = []
         for k, raw in list(txn.cursor(db=self._atask)):
             key = bytes(k)
-            meta = orjson.loads(unpack(raw)[0])
-            if meta["o"] and gone(meta["o"], meta["u"]):
+            meta = decode_activity_meta(unpack(raw)[0])
+            if meta.owner and gone(meta.owner, meta.until_us):
                 sep = key.index(b"\x00")
                 expired.append(ActivityOutcome(run_key=key[sep + 1 : sep + 17], task_queue=key[:sep].decode(),
-                                               seq=_U64.unpack(key[sep + 17 :])[0], attempt=meta["attempt"],
-                                               failure=failure, error_type="TimeoutError"))
+                                               seq=U64.unpack(key[sep + 17 :])[0], attempt=meta.attempt,
+                                               failure=LAPSED_LEASE_FAILURE, error_type="TimeoutError"))
         self._sweep(txn, batch, expired, self._op_complete_activity, "lapsed activity lease")
         return reaped + len(expired)
 
@@ -1228,34 +760,21 @@ class LmdbStore:
         due: list[bytes] = []
         next_due = None
         for key in cur.iternext(keys=True, values=False):
-            fire_us = _U64.unpack(key[:8])[0]
+            fire_us = U64.unpack(key[:8])[0]
             if fire_us > now_us:
                 next_due = fire_us / 1e6
                 break
             due.append(bytes(key))
+
+        def fire(child: mdb.Transaction, fx: _Batch, key: bytes) -> None:
+            self.machine.fire_timer(self._tx(child), fx, U64.unpack(key[:8])[0], key[8:24],
+                                    U64.unpack(key[24:])[0], now_us)
+
         def drop(key: bytes) -> None:  # a timer that cannot fire must not be due again at once, forever
             txn.delete(key, db=self._timer)
 
-        self._sweep(txn, batch, due, lambda t, b, key: self._fire_timer(t, b, key, now_us), "timer", drop)
+        self._sweep(txn, batch, due, fire, "timer", drop)
         return next_due
-
-    def _fire_timer(self, txn: mdb.Transaction, batch: _Batch, key: bytes, now_us: int) -> None:
-        txn.delete(key, db=self._timer)
-        run_key, seq = key[8:24], _U64.unpack(key[24:])[0]
-        rec = self._wrec(txn, run_key)
-        if rec is None or rec["status"] != RUNNING:
-            return
-        timers = rec.get("timers")
-        if timers:
-            timers.pop(str(seq), None)
-        if seq == 0:  # the run's execution or run timeout
-            payload = orjson.dumps({"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
-                                    "message": "the workflow ran past its execution or run timeout"})
-            (ev,) = self._append(txn, run_key, rec, [Event(codec.WORKFLOW_TIMED_OUT, 0, 0, 0, 0, "", payload)],
-                                 now_us)
-            self._close_run(txn, batch, run_key, rec, "timed_out", now_us, ev)
-            return
-        self._add_input(txn, batch, run_key, rec, Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b""), now_us)
 
     def _sweep(self, txn: mdb.Transaction, batch: _Batch, items: list[Any],
                fn: Callable[[mdb.Transaction, _Batch, Any], object], what: str,
@@ -1389,8 +908,8 @@ class LmdbStore:
             for key, raw in cur:
                 if not key.startswith(prefix):
                     return False
-                lease = orjson.loads(raw)
-                if lease["o"] != OWNER and lease.get("v", 0) <= now_us:
+                lease = decode_lease(raw)
+                if lease.owner != OWNER and lease.visible_us <= now_us:
                     return True
         return False
 
@@ -1470,29 +989,39 @@ class LmdbStore:
         with self.env.begin(buffers=True) as txn:
             return self.log.read(txn, run_key, from_event_id)
 
+    def _read_tx(self, txn: mdb.Transaction) -> LmdbTx:
+        # Reads never use the writer thread's cache: it may hold what is not committed yet.
+        return LmdbTx(txn, self._dbs, self.log, RunCache())
+
     def run_state(self, run_key: bytes) -> dict[str, Any]:
-        """The run record (status, next event id, epoch, ...)."""
+        """The run record as stored (JSON keys: status, next, epoch, wtf, ...)."""
         with self.env.begin() as txn:
-            return self._get_run(txn, run_key)
+            raw = txn.get(run_key, db=self._runs)
+        if raw is None:
+            raise WorkflowNotFoundError("?", run_key.hex())
+        state: dict[str, Any] = orjson.loads(raw)
+        return state
 
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
         """Describe a run; the latest run of the id when ``run_id`` is None."""
         with self.env.begin() as txn:
-            key = self._resolve_run_key(txn, workflow_id, run_id)
-            return self._info(key, self._get_run(txn, key))
+            tx = self._read_tx(txn)
+            key = Machine.resolve(tx, workflow_id, run_id)
+            return run_info(key, Machine.get_run(tx, key))
 
     def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
         """The latest run of each workflow id, filtered by status and type, at most ``limit``."""
         out: list[RunInfo] = []
         with self.env.begin() as txn:
+            tx = self._read_tx(txn)
             for _wid, raw in txn.cursor(db=self._wf):
-                idx = orjson.loads(raw)
-                if status is not None and idx["status"] != status:
+                idx = decode_index(raw)
+                if status is not None and idx.status != status:
                     continue
-                if workflow_type is not None and idx["type"] != workflow_type:
+                if workflow_type is not None and idx.workflow_type != workflow_type:
                     continue
-                key = run_key_of(idx["run"])
-                out.append(self._info(key, self._get_run(txn, key)))
+                key = run_key_of(idx.run_id)
+                out.append(run_info(key, Machine.get_run(tx, key)))
                 if len(out) >= limit:
                     break
         return out
@@ -1502,7 +1031,7 @@ class LmdbStore:
         with self.env.begin(db=self._timer) as txn:
             cur = txn.cursor()
             if cur.first():
-                return float(_U64.unpack(cur.key()[:8])[0]) / 1e6
+                return float(U64.unpack(cur.key()[:8])[0]) / 1e6
         return None
 
     async def wait_closed(self, run_key: bytes) -> RunInfo:
@@ -1511,9 +1040,9 @@ class LmdbStore:
         self._waiters.setdefault(run_key, []).append(fut)
         # Check after registering, so a close committed in between is not missed.
         with self.env.begin() as txn:
-            rec = self._get_run(txn, run_key)
-        if rec["status"] != RUNNING:
-            self._release_waiters(run_key, self._info(run_key, rec))
+            rec = Machine.get_run(self._read_tx(txn), run_key)
+        if rec.status != RUNNING:
+            self._release_waiters(run_key, run_info(run_key, rec))
         try:
             return await fut
         finally:
@@ -1522,45 +1051,4 @@ class LmdbStore:
                 futs.remove(fut)
                 if not futs:
                     del self._waiters[run_key]
-
-
-def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event:
-    """The WorkflowExecutionStarted event of a run (its payload: pack(meta JSON, arguments)).
-
-    The execution timeout spans continue-as-new runs (``deadline_us`` carries it over); the run
-    timeout restarts with each run. Either becomes timer seq 0 of the run.
-    """
-    meta: dict[str, Any] = {"wid": req.workflow_id, "queue": req.task_queue,
-                            "first_run": req.first_run_id or req.run_id}
-    if req.execution_timeout and not deadline_us:
-        deadline_us = now_us + _us(req.execution_timeout)
-    if deadline_us:
-        meta["deadline_us"] = deadline_us
-    if req.execution_timeout:
-        meta["execution_timeout"] = req.execution_timeout
-    if req.run_timeout:
-        meta["run_timeout"] = req.run_timeout
-    if req.parent:
-        meta["parent"] = req.parent
-    return Event(codec.WORKFLOW_STARTED, 0, now_us, 0, 1, req.workflow_type, pack(orjson.dumps(meta), req.args))
-
-
-def _retry_delay(meta: dict[str, Any], o: ActivityOutcome, now_us: int) -> float | None:
-    """Seconds until the next attempt, or None when the failure is final."""
-    policy = meta.get("retry") or {}
-    if o.non_retryable or o.error_type in (policy.get("non_retryable_error_types") or ()):
-        return None
-    max_attempts = policy.get("maximum_attempts", 0) or 0
-    if max_attempts and o.attempt >= max_attempts:
-        return None
-    initial = policy.get("initial_interval", 1.0)
-    max_interval = policy.get("maximum_interval") or initial * 100
-    try:
-        delay = min(initial * policy.get("backoff_coefficient", 2.0) ** (o.attempt - 1), max_interval)
-    except OverflowError:  # unlimited attempts: the power outgrew a float long after the cap was reached
-        delay = max_interval
-    s2c = meta.get("s2c")
-    if s2c and now_us + _us(delay) >= meta["sched"] + _us(s2c):
-        return None
-    return float(delay)
 

@@ -1,0 +1,172 @@
+"""The state machine's ``Tx`` over an LMDB write transaction: the key layout and the record cache.
+
+Named databases and keys (integers big-endian in keys so cursors walk them in order):
+
+- ``history``  run_key(16) + event_id(u64)            -> event envelope (duro._core.codec; layout in log)
+- ``runs``     run_key(16)                              -> RunRecord (JSON, duro.engine.records)
+- ``wf``       workflow_id (utf-8)                      -> WorkflowIndex: the latest run of the id
+- ``wtask``    queue + 0x00 + run_key                   -> WorkflowTaskLease
+- ``atask``    queue + 0x00 + run_key + seq(u64)        -> pack(ActivityMeta, args, heartbeat details)
+- ``timer``    fire_at µs(u64) + run_key + seq(u64)     -> b""
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from duro._core import mdb
+from duro._core.codec import Event
+from duro.engine.records import (
+    ActivityMeta,
+    RunRecord,
+    RunStatus,
+    WorkflowIndex,
+    WorkflowTaskLease,
+    decode_activity_meta,
+    decode_index,
+    decode_lease,
+    decode_run,
+    encode,
+)
+from duro.stores.base import pack, unpack
+
+if TYPE_CHECKING:
+    from duro._core.log import HistoryLog
+
+__all__ = ["U64", "LmdbTx", "RunCache", "atask_key", "timer_key", "wtask_key"]
+
+U64 = struct.Struct(">Q")
+_PACK_U64 = U64.pack
+_RUNNING = RunStatus.RUNNING
+_CACHE_LIMIT = 200_000
+
+
+def wtask_key(task_queue: str, run_key: bytes) -> bytes:
+    """Key of a run's workflow task in ``wtask``."""
+    return task_queue.encode() + b"\x00" + run_key
+
+
+def atask_key(task_queue: str, run_key: bytes, seq: int) -> bytes:
+    """Key of an activity attempt in ``atask``."""
+    return task_queue.encode() + b"\x00" + run_key + _PACK_U64(seq)
+
+
+def timer_key(fire_us: int, run_key: bytes, seq: int) -> bytes:
+    """Key of a timer in ``timer``: ordered by due time."""
+    return _PACK_U64(fire_us) + run_key + _PACK_U64(seq)
+
+
+class RunCache:
+    """The writer thread's view of run records.
+
+    Invariant: it holds records exactly as this process last wrote them, and is valid only while
+    no other process has committed since our last commit (LMDB txn ids are consecutive across
+    processes, so a write txn whose id is not our previous id + 1 means someone else wrote: the
+    store clears it then, and after any failed operation). It saves a get and a JSON parse per
+    operation on the hot path, and gives a transition the same object for the same run.
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: dict[bytes, RunRecord] = {}
+
+    def clear(self) -> None:
+        """Forget every record (read them from the transaction again)."""
+        self.records.clear()
+
+
+class LmdbTx:
+    """``duro.engine.tx.Tx`` on one LMDB write transaction (see the module docstring for keys)."""
+
+    __slots__ = ("cache", "dbs", "log", "txn")
+
+    def __init__(self, txn: mdb.Transaction, dbs: Any, log: HistoryLog, cache: RunCache) -> None:
+        self.txn = txn
+        self.dbs = dbs
+        self.log = log
+        self.cache = cache
+
+    # -- runs and the index
+    def run(self, run_key: bytes) -> RunRecord | None:
+        """The run record (cached when this process wrote it last)."""
+        rec = self.cache.records.get(run_key)
+        if rec is None:
+            raw = self.txn.get(run_key, db=self.dbs.runs)
+            if raw is None:
+                return None
+            rec = decode_run(raw)
+            self.cache.records[run_key] = rec  # identity for the rest of this transaction
+        return rec
+
+    def put_run(self, run_key: bytes, rec: RunRecord) -> None:
+        """Store the run record; open runs stay cached."""
+        self.txn.put(run_key, encode(rec), db=self.dbs.runs)
+        records = self.cache.records
+        if rec.status == _RUNNING:
+            if len(records) > _CACHE_LIMIT:
+                records.clear()
+            records[run_key] = rec
+        else:
+            records.pop(run_key, None)
+
+    def index(self, workflow_id: str) -> WorkflowIndex | None:
+        """The latest run of a workflow id."""
+        raw = self.txn.get(workflow_id.encode(), db=self.dbs.wf)
+        return None if raw is None else decode_index(raw)
+
+    def put_index(self, workflow_id: str, idx: WorkflowIndex) -> None:
+        """Store the latest run of a workflow id."""
+        self.txn.put(workflow_id.encode(), encode(idx), db=self.dbs.wf)
+
+    # -- history
+    def append_history(self, run_key: bytes, events: list[Event]) -> None:
+        """Append events with their ids (refused if an id exists: histories only grow)."""
+        self.log.append(self.txn, run_key, events)
+
+    def read_history(self, run_key: bytes, from_event_id: int = 1, to_event_id: int = 0) -> list[Event]:
+        """Events of a run, decoded from the map."""
+        events: list[Event] = self.log.read(self.txn, run_key, from_event_id, to_event_id)
+        return events
+
+    # -- workflow tasks
+    def wtask(self, task_queue: str, run_key: bytes) -> WorkflowTaskLease | None:
+        """The run's workflow task, or None."""
+        raw = self.txn.get(wtask_key(task_queue, run_key), db=self.dbs.wtask)
+        return None if raw is None else decode_lease(raw)
+
+    def put_wtask(self, task_queue: str, run_key: bytes, lease: WorkflowTaskLease) -> None:
+        """Create or replace the run's workflow task."""
+        self.txn.put(wtask_key(task_queue, run_key), encode(lease), db=self.dbs.wtask)
+
+    def delete_wtask(self, task_queue: str, run_key: bytes) -> None:
+        """Drop the run's workflow task."""
+        self.txn.delete(wtask_key(task_queue, run_key), db=self.dbs.wtask)
+
+    # -- activity tasks
+    def atask(self, task_queue: str, run_key: bytes, seq: int) -> tuple[ActivityMeta, bytes, bytes] | None:
+        """An activity attempt: meta, arguments, heartbeat details."""
+        raw = self.txn.get(atask_key(task_queue, run_key, seq), db=self.dbs.atask)
+        if raw is None:
+            return None
+        meta_b, args, details = unpack(raw)
+        return decode_activity_meta(meta_b), args, details
+
+    def put_atask(self, task_queue: str, run_key: bytes, seq: int, meta: ActivityMeta, args: bytes,
+                  details: bytes) -> None:
+        """Create or replace an activity attempt."""
+        self.txn.put(atask_key(task_queue, run_key, seq), pack(encode(meta), args, details), db=self.dbs.atask)
+
+    def delete_atask(self, task_queue: str, run_key: bytes, seq: int) -> None:
+        """Drop an activity attempt."""
+        self.txn.delete(atask_key(task_queue, run_key, seq), db=self.dbs.atask)
+
+    # -- timers
+    def put_timer(self, fire_us: int, run_key: bytes, seq: int) -> None:
+        """A timer due at ``fire_us``."""
+        self.txn.put(timer_key(fire_us, run_key, seq), b"", db=self.dbs.timer)
+
+    def delete_timer(self, fire_us: int, run_key: bytes, seq: int) -> None:
+        """Drop a timer."""
+        self.txn.delete(timer_key(fire_us, run_key, seq), db=self.dbs.timer)
