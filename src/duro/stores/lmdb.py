@@ -1,13 +1,10 @@
 """LmdbStore: the embedded store — an LMDB environment on disk, written by one group-commit thread.
 
-Layout (LMDB named databases; integers big-endian in keys so cursors walk them in order):
+The run state machine is ``duro.engine.machine``; this module is its LMDB adapter: the group
+commit, the threads, cross-process wake-ups, and the selection of items for claims, reaps and due
+timers. The records' keys are in ``duro.stores.lmdb_tx`` (runs, wf, wtask, atask, timer) and the
+history's in ``duro._core.log``. Besides those, this module keeps:
 
-- ``history``  run_key(16) + event_id(u64)            -> event envelope (duro._core.codec)
-- ``runs``     run_key(16)                              -> JSON run record
-- ``wf``       workflow_id (utf-8)                      -> JSON {run, status, ...}: the latest run
-- ``wtask``    queue + 0x00 + run_key                   -> JSON lease {o: owner, u: lease end µs}
-- ``atask``    queue + 0x00 + run_key + seq(u64)        -> pack(meta JSON, args, heartbeat details)
-- ``timer``    fire_at µs(u64) + run_key + seq(u64)     -> b""
 - ``meta``     b"batch"                                 -> id of the last batch (written by every batch)
 - ``req``      queue + 0x00 + request id                -> pack(JSON {kind, run, name}, args): a query or
                                                             update for whichever worker of the queue has it
@@ -15,11 +12,11 @@ Layout (LMDB named databases; integers big-endian in keys so cursors walk them i
 
 Durability: every state change is an *op* run by the writer thread inside one write transaction
 shared by all ops queued at that moment (group commit); the environment is opened with
-``sync=True``, so ``commit()`` returns after fsync. Futures of the ops in a batch are released only
-after that commit. An op checks all its conditions before writing anything, so an op that raises
-leaves nothing behind and does not disturb the other ops in its batch.
+``sync=True``, so ``commit()`` returns after fsync. Futures of the ops in a batch, and the effects
+of their transitions, are released only after that commit. An op writes all of its changes or
+none: one that raises after writing makes the batch run again with each op in a nested
+transaction (see ``_commit_batch``).
 """
-
 from __future__ import annotations
 
 import asyncio
