@@ -25,11 +25,19 @@ install: $(STAMP)
 demo: install
 	$(VPY) examples/order_demo.py
 
-# PostgreSQL: start the local cluster where it is installed but not running (later issues test on it).
+# PostgreSQL: start the local cluster that serves port PGPORT (Debian's pg_ctlcluster) where it is installed
+# but down, and wait until it accepts connections. Not fatal: without a server the PostgreSQL tests fail
+# with a message saying how to start it (DURO_SKIP_POSTGRES=1 skips them).
+PGPORT ?= 5432
 postgres:
-	@if command -v pg_ctlcluster >/dev/null 2>&1 && [ -n "$(PGVER)" ]; then \
-	  pg_lsclusters 2>/dev/null | grep -q online || pg_ctlcluster --skip-systemctl-redirect $(PGVER) main start || true; \
-	fi
+	@command -v pg_lsclusters >/dev/null 2>&1 || exit 0; \
+	pg_lsclusters -h 2>/dev/null | while read -r ver name port status rest; do \
+	  [ "$$port" = "$(PGPORT)" ] && [ "$$status" = "down" ] || continue; \
+	  echo "starting PostgreSQL $$ver/$$name (port $$port)"; \
+	  pg_ctlcluster --skip-systemctl-redirect $$ver $$name start </dev/null \
+	    && { pg_isready -q -h 127.0.0.1 -p $$port -t 30 || echo "PostgreSQL $$ver/$$name started but does not accept connections yet"; } \
+	    || echo "could not start PostgreSQL $$ver/$$name: run \`make postgres\` as root or postgres, or start it yourself"; \
+	done; true
 
 test: install postgres
 	$(VPY) -m pytest
