@@ -64,8 +64,8 @@ RUNNING = RunStatus.RUNNING
 
 
 def us(t: float) -> int:
-    """Seconds to integer microseconds."""
-    return int(t * 1_000_000)
+    """Seconds to integer microseconds (rounded: 2.01 s is 2,010,000 µs, not one less)."""
+    return round(t * 1_000_000)
 
 
 class Local(Protocol):
@@ -338,12 +338,12 @@ class Machine:
             idx.status = status
             idx.close_us = now_us
             tx.put_index(rec.workflow_id, idx)
+        # Children still open follow their parent-close policy; a closed run lists none.
+        children, rec.children = rec.children, None
         tx.put_run(run_key, rec)
         info = run_info(run_key, rec)
         info.close_event = close_event
         fx.effects.append(RunClosed(run_key, info))
-        # Children still open follow their parent-close policy.
-        children, rec.children = rec.children, None
         for child_run, policy in (children or {}).values():
             self.close_child(tx, fx, run_key_of(child_run), policy, now_us)
         if rec.parent and status != RunStatus.CONTINUED_AS_NEW:
@@ -434,7 +434,7 @@ class Machine:
         for act_queue, seq in c.cancel_activities:
             self.request_activity_cancel(tx, act_queue, c.run_key, seq)
         for child in c.children:
-            self.start_child(tx, fx, c.run_key, rec, child, now_us)
+            self.start_child(tx, fx, c.run_key, rec, child, now_us, closing=c.close_status is not None)
         for req in c.external:
             self.deliver_external(tx, fx, req, now_us)
         for ev in c.commands:
@@ -466,14 +466,20 @@ class Machine:
         tx.put_atask(task_queue, run_key, seq, meta, args, details)
 
     def start_child(self, tx: Tx, fx: Effects, parent_key: bytes, prec: RunRecord, child: ChildStart,
-                    now_us: int) -> None:
-        """Start a child run in the parent's commit; an id in use is a ChildWorkflowExecutionFailed."""
+                    now_us: int, closing: bool = False) -> None:
+        """Start a child run in the parent's commit; an id in use is a ChildWorkflowExecutionFailed.
+
+        When the parent closes in the same commit (``closing``), a child that cannot start is not
+        recorded in it: the parent's history must end with its close event, and nobody waits.
+        """
         req = StartRequest(workflow_id=child.workflow_id, workflow_type=child.workflow_type,
                            task_queue=child.task_queue, args=child.args, run_id=child.run_id,
                            parent={"run": parent_key.hex(), "seq": child.seq, "wid": prec.workflow_id})
         try:
             self.create_run(tx, fx, req, now_us)
         except WorkflowAlreadyStartedError as e:
+            if closing:
+                return
             failure = orjson.dumps({"kind": "application", "type": "WorkflowAlreadyStartedError", "message": str(e)})
             ev = Event(codec.CHILD_FAILED, 0, 0, child.seq, 0, "start_failed", failure)
             (stamped,) = self.append(tx, parent_key, prec, [ev], now_us)
@@ -622,6 +628,9 @@ class Machine:
         meta, args, old = found
         if meta.attempt != attempt:
             return True
+        rec = tx.run(run_key)
+        if rec is None or rec.status != RUNNING:
+            return True  # its run closed: the result would be dropped, stop now
         if meta.heartbeat:
             meta.until_us = max(meta.until_us, self.now_us() + us(meta.heartbeat + ATASK_LEASE_SLACK_S))
         tx.put_atask(task_queue, run_key, seq, meta, args, details if details is not None else old)

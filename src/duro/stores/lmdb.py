@@ -108,7 +108,7 @@ WTASK_RETRY_MAX_S = 60.0
 ATASK_LEASE_SLACK_S = 30.0
 DEFAULT_ACTIVITY_TIMEOUT_S = 300.0
 def _us(t: float) -> int:
-    return int(t * 1_000_000)
+    return round(t * 1_000_000)
 
 
 def _owner_alive(owner: str) -> bool:
