@@ -189,10 +189,9 @@ def _open_here(path: str) -> mdb.Environment | None:
     LMDB must not be opened twice in one process: closing the second handle would drop the
     process's POSIX locks on lock.mdb, which the first one still relies on.
     """
-    from duro.stores import lmdb as lmdb_store
+    from duro.stores.lmdb import open_environment
 
-    store = lmdb_store._OPEN.get(path)
-    return None if store is None or store._closed else store.env
+    return open_environment(path)
 
 
 def _map_size(meta: LmdbMeta | None, option: int | None) -> int:

@@ -272,6 +272,13 @@ def parse_lmdb_url(url: str) -> tuple[str, dict[str, int]]:
     return str(Path(raw).expanduser().resolve()), sizes
 
 
+def open_environment(path: str) -> mdb.Environment | None:
+    """The LMDB environment of the store at ``path`` if this process has it open (to share, not reopen)."""
+    with _OPEN_LOCK:
+        store = _OPEN.get(path)
+        return None if store is None or store._closed else store.env
+
+
 def open_lmdb_store(url: str) -> LmdbStore:
     """Open (or share) the store at an ``lmdb://PATH`` URL; one environment per path per process.
 
