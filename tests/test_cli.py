@@ -321,7 +321,7 @@ async def test_unknown_workflow_id(client: duro.Client, cli: Cli) -> None:
 
 
 def test_bad_store_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for url in ("foo", "http://example.com/x", "lmdb://", "postgresql://localhost/test"):
+    for url in ("foo", "http://example.com/x", "lmdb://", "postgresql://localhost/test?schema=1bad"):
         code = main(["--store", url, "list"])
         one_error_line(Result(code, *capsys.readouterr()), 2)
     code = main(["--store", "nope://x", "list"])

@@ -10,14 +10,16 @@ __all__ = ["LmdbStore", "Store", "open_store"]
 
 
 def open_store(url: str) -> Store:
-    """Open the store a URL names: ``lmdb://PATH`` (embedded)."""
+    """Open the store a URL names: ``lmdb://PATH`` (embedded) or ``postgresql://...`` (distributed)."""
     if not isinstance(url, str):
         raise StoreURLError(f"a store URL must be a string such as 'lmdb://./duro-data', not {type(url).__name__}")
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme == "lmdb":
         return open_lmdb_store(url)
     if scheme in ("postgresql", "postgres"):
-        raise StoreURLError(
-            "the PostgreSQL store is not in this version of duro yet; use lmdb://PATH for the embedded store")
+        from duro.stores.postgres import open_postgres_store
+
+        return open_postgres_store(url)
     raise StoreURLError(
-        f"unsupported store URL {url!r}: expected lmdb://PATH (for example lmdb://./duro-data)")
+        f"unsupported store URL {url!r}: expected lmdb://PATH (for example lmdb://./duro-data) "
+        "or postgresql://USER@HOST:PORT/DATABASE")

@@ -1,0 +1,832 @@
+"""PostgresStore: the distributed store — many worker processes on many machines share one PostgreSQL schema.
+
+The run state machine is ``duro.engine.machine``; this module is its PostgreSQL adapter. Threads:
+
+- the **DB loop** (thread ``duro-pg-db``): an asyncio loop that owns the connection pool, the
+  LISTEN connection (``pg_notify.Listener``) and the batch loop;
+- the **writer** (thread ``duro-pg-writer``): runs the machine's transitions, which are
+  synchronous; each read it makes blocks on the DB loop for one round trip.
+
+Group commit: every state change is an *op* queued to the batch loop, which drains what is queued
+into one batch = one PostgreSQL transaction on one pooled connection (``pg_conn.run_with_retry``:
+a deadlock, a serialization failure or a connection lost before COMMIT runs the batch again, on a
+fresh connection, with backoff). The writer runs the ops on a ``PgTx``: runs are read ``FOR
+UPDATE`` (transitions on one run serialize across processes), writes are buffered per op and
+flushed with a few set-based statements at the end, then COMMIT. Only after COMMIT returns are the
+ops' futures resolved and their effects applied (result waiters, update waiters, this process's
+workers through ``dispatch``). An op that raises drops its own writes and fails alone; a batch
+that the server refuses as a whole (a constraint, a statement timeout) runs again op by op, so only
+the culprit fails. A connection lost while COMMIT is in flight fails the batch's ops with
+``CommitUnknownError`` (their outcome is unknown; this first version does not make them idempotent).
+
+Claims, reaps and due timers select rows with ``FOR UPDATE SKIP LOCKED`` inside the batch's
+transaction, then run the machine's transitions on them, as the LMDB store does. Wake-ups: a batch
+that queued work for other processes sends one NOTIFY per kind (and queue); the listener calls the
+``on_foreign_change`` subscribers and re-checks ``wait_closed`` waiters. Workers keep a 1 s poll as
+the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from duro._core import codec
+from duro._core.codec import Event
+from duro.engine.machine import LAPSED_LEASE_FAILURE, Effects, Machine, run_info
+from duro.errors import DuroError, StoreError, WorkflowNotFoundError
+from duro.stores import lmdb as _lmdb
+from duro.stores.base import (
+    RUNNING,
+    ActivityOutcome,
+    ActivityTask,
+    Clock,
+    Conflict,
+    Dispatch,
+    Effect,
+    RunClosed,
+    RunInfo,
+    StartRequest,
+    UpdateCompleted,
+    WorkflowTaskCompletion,
+    new_run_id,
+    pack,
+)
+from duro.stores.pg_conn import (
+    CommitUnknownError,
+    PgSettings,
+    StoreUnavailableError,
+    connect_pool,
+    parse_pg_url,
+    run_with_retry,
+)
+from duro.stores.pg_notify import KINDS, Listener, channel, notify_many
+from duro.stores.pg_schema import migrate
+from duro.stores.pg_sql import HAS_DUE_WTASKS, NEXT_TIMER_US, RELEASE_EXPIRED_WTASK_LEASES, TAKE_DUE_TIMERS
+from duro.stores.postgres_tx import ATASK_COLS, PgTx, atask_from_row, blocking_on, run_from_row
+
+__all__ = ["PostgresStore", "open_postgres_store"]
+
+log = logging.getLogger("duro.store.pg")
+
+_MAX_BATCH = 1024
+_SWEEP_LIMIT = 1000
+_START_TIMEOUT_S = 60.0
+
+_CLAIM_WTASKS = """
+SELECT run_key FROM wtasks
+WHERE task_queue = $1::text AND visible_at_us <= $2::bigint
+ORDER BY visible_at_us
+LIMIT $3::integer
+FOR UPDATE SKIP LOCKED
+"""
+_CLAIM_ATASKS = f"""
+SELECT {ATASK_COLS} FROM atasks
+WHERE task_queue = $1::text AND owner IS NULL AND visible_at_us <= $2::bigint
+ORDER BY visible_at_us
+LIMIT $3::integer
+FOR UPDATE SKIP LOCKED
+"""
+_EXPIRED_ATASKS = """
+SELECT run_key, seq, task_queue, attempt FROM atasks
+WHERE owner IS NOT NULL AND lease_until_us <= $1::bigint
+ORDER BY lease_until_us
+LIMIT $2::integer
+FOR UPDATE SKIP LOCKED
+"""
+_LEASE_OWNERS = """
+SELECT owner FROM wtasks WHERE owner IS NOT NULL UNION SELECT owner FROM atasks WHERE owner IS NOT NULL
+"""
+_FREE_WTASKS_OF = """
+WITH gone AS (
+    SELECT run_key FROM wtasks WHERE owner = ANY($1::text[]) FOR UPDATE SKIP LOCKED
+)
+UPDATE wtasks AS t SET owner = NULL, lease_until_us = 0, visible_at_us = 0
+FROM gone WHERE t.run_key = gone.run_key
+RETURNING t.run_key, t.task_queue
+"""
+_ATASKS_OF = """
+SELECT run_key, seq, task_queue, attempt FROM atasks
+WHERE owner = ANY($1::text[])
+LIMIT $2::integer
+FOR UPDATE SKIP LOCKED
+"""
+_HOLDS_ACTIVITY = """
+SELECT owner, attempt, cancel_requested, lease_until_us, task_queue FROM atasks
+WHERE run_key = $1::bytea AND seq = $2::bigint
+"""
+_LIST_RUNS = """
+SELECT r.run_key, r.workflow_id, r.workflow_type, r.task_queue, r.status, r.start_us, r.close_us,
+       r.next_event_id, r.epoch, r.last_input, r.record
+FROM workflows AS w JOIN runs AS r ON r.run_key = w.run_key
+WHERE ($1::text IS NULL OR w.status = $1::text) AND ($2::text IS NULL OR w.workflow_type = $2::text)
+ORDER BY w.start_us DESC, w.workflow_id
+LIMIT $3::integer
+"""
+_READ_HISTORY = "SELECT envelope FROM history WHERE run_key = $1::bytea AND event_id >= $2::bigint ORDER BY event_id"
+_READ_RUN = ("SELECT run_key, workflow_id, workflow_type, task_queue, status, start_us, close_us, next_event_id, "
+             "epoch, last_input, record FROM runs WHERE run_key = $1::bytea")
+_READ_RUN_STATUSES = "SELECT run_key, status FROM runs WHERE run_key = ANY($1::bytea[])"
+_HAS_ANY_TASKS = "SELECT EXISTS (SELECT 1 FROM wtasks) OR EXISTS (SELECT 1 FROM atasks)"
+_PUT_REQUEST = ("INSERT INTO requests (request_id, task_queue, head, args, created_us) "
+                "VALUES ($1::text, $2::text, $3::bytea, $4::bytea, $5::bigint)")
+_PENDING_REQUESTS = ("SELECT request_id, head, args FROM requests WHERE task_queue = $1::text "
+                     "ORDER BY created_us")
+_TAKE_REQUEST = "DELETE FROM requests WHERE request_id = $1::text RETURNING 1"
+_PUT_RESPONSE = "INSERT INTO responses (request_id, answer, created_us) VALUES ($1::text, $2::bytea, $3::bigint)"
+_TAKE_RESPONSE = "DELETE FROM responses WHERE request_id = $1::text RETURNING answer"
+_HAS_RESPONSE = "SELECT EXISTS (SELECT 1 FROM responses WHERE request_id = $1::text)"
+
+# Errors that mean the transaction itself broke (the server aborted it, or the connection is gone):
+# the batch fails (and is retried when that is safe), not only the op that met it.
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+              concurrent.futures.CancelledError)
+
+
+def _us(t: float) -> int:
+    return int(t * 1_000_000)
+
+
+class _Op:
+    __slots__ = ("args", "fn", "future", "loop")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], loop: asyncio.AbstractEventLoop,
+                 future: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.loop = loop
+        self.future = future
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _run_callbacks(items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+    for fn, args in items:
+        fn(*args)
+
+
+def _store_error(e: Exception) -> Exception:
+    """The error an op's caller sees: duro's own errors as they are, anything else wrapped."""
+    if isinstance(e, DuroError | Conflict | ValueError | TypeError):
+        return e
+    err = StoreError(f"the PostgreSQL store could not carry out the operation: {type(e).__name__}: {e}; "
+                     "nothing of it was written")
+    err.__cause__ = e
+    return err
+
+
+_OPEN: dict[str, PostgresStore] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_postgres_store(url: str) -> PostgresStore:
+    """Open (or share) the store a ``postgresql://`` URL names; one store per URL per process.
+
+    Connects, creates or migrates the schema and starts listening before it returns (blocking the
+    caller up to the connect timeout). Clients and workers of one process that name the same URL
+    share the store (reference counted by ``close``), so tasks their commits lease go straight to
+    the workers of this process.
+
+    Raises:
+        StoreURLError: the URL is malformed or has an unknown option.
+        StoreUnavailableError: the server could not be reached (the message says how to start it).
+        StoreError: the schema cannot be migrated, or a login/database problem.
+    """
+    settings = parse_pg_url(url)
+    with _OPEN_LOCK:
+        store = _OPEN.get(url)
+        if store is None or store._closed:
+            store = PostgresStore(url, settings)
+            _OPEN[url] = store
+        store._refs += 1
+        return store
+
+
+class PostgresStore:
+    """The PostgreSQL store (see the module docstring for its threads and batches)."""
+
+    def __init__(self, url: str, settings: PgSettings | None = None) -> None:
+        self.url = url
+        self.settings = settings or parse_pg_url(url)
+        self.clock = Clock()
+        self.machine = Machine(_lmdb.OWNER, lambda: _us(self.clock.now()))
+        self.dispatch: Dispatch | None = None
+        self._refs = 0
+        self._closed = False
+        self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
+        self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
+        self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._bg: set[asyncio.Future[None]] = set()
+        self._queued = 0  # ops submitted and not yet answered (is_idle)
+        self._queued_lock = threading.Lock()
+        self._channels = {kind: channel(self.settings.schema, kind) for kind in KINDS}
+        # Counters for benchmarks: batches committed, ops in them, batches run again, round trips.
+        self.commits = 0
+        self.ops_committed = 0
+        self.retried_batches = 0
+        self.round_trips = 0
+        self.time_in_batches = 0.0
+        self._db_loop = asyncio.new_event_loop()
+        self._call = blocking_on(self._db_loop)
+        self._db_thread = threading.Thread(target=self._db_main, name="duro-pg-db", daemon=True)
+        self._db_thread.start()
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="duro-pg-writer")
+        self._queue: asyncio.Queue[_Op | None] | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._listener: Listener | None = None
+        self._batch_task: asyncio.Task[None] | None = None
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), self._db_loop).result(_START_TIMEOUT_S)
+        except BaseException:
+            self._stop_db_loop()
+            raise
+
+    # ------------------------------------------------------------------ the DB loop
+
+    def _db_main(self) -> None:
+        asyncio.set_event_loop(self._db_loop)
+        self._db_loop.run_forever()
+        self._db_loop.close()
+
+    def _stop_db_loop(self) -> None:
+        self._db_loop.call_soon_threadsafe(self._db_loop.stop)
+        self._db_thread.join()
+        self._writer.shutdown(wait=False)
+
+    async def _start(self) -> None:
+        self._queue = asyncio.Queue()
+        pool = await connect_pool(self.settings)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, self.settings.schema)
+            listener = Listener(self.settings)
+            await listener.start()
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+        self._listener = listener
+        for kind in KINDS:
+            listener.subscribe(kind, functools.partial(self._on_notify, kind))
+        self._batch_task = asyncio.create_task(self._batch_loop(), name="duro-pg-batches")
+
+    async def _shutdown(self) -> None:
+        assert self._queue is not None
+        self._queue.put_nowait(None)
+        if self._batch_task is not None:
+            await self._batch_task
+        if self._listener is not None:
+            await self._listener.close()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 5.0)
+            except Exception:
+                self._pool.terminate()
+
+    def _read(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run a read on the DB loop and wait for it (from any thread but the DB loop's)."""
+        if self._closed:
+            coro.close()
+            raise RuntimeError(f"the store at {self.settings.where} is closed")
+        try:
+            return self._call(coro)
+        except _DB_ERRORS as e:
+            raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: {type(e).__name__}: {e}") from e
+
+    async def _aread(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run a read on the DB loop and await it (from another loop)."""
+        try:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._db_loop))
+        except _DB_ERRORS as e:
+            raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: {type(e).__name__}: {e}") from e
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool (lives on the DB loop: use it only there)."""
+        assert self._pool is not None
+        return self._pool
+
+    # ------------------------------------------------------------------ group commit
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._closed:
+            raise RuntimeError(f"the store at {self.settings.where} is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._queued_lock:
+            self._queued += 1
+        assert self._queue is not None
+        self._db_loop.call_soon_threadsafe(self._queue.put_nowait, _Op(fn, args, loop, fut))
+        return fut
+
+    async def _batch_loop(self) -> None:
+        assert self._queue is not None
+        q = self._queue
+        while True:
+            op = await q.get()
+            if op is None:
+                return
+            ops = [op]
+            stop = False
+            while len(ops) < _MAX_BATCH and not q.empty():
+                nxt = q.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                ops.append(nxt)
+            try:
+                await self._commit(ops)
+            except Exception:  # never lose the loop: the ops' callers would wait forever
+                log.exception("a PostgreSQL batch failed unexpectedly")
+                self._finish(ops, [(False, StoreError("the PostgreSQL store failed"))] * len(ops), Effects())
+            if stop:
+                return
+
+    async def _commit(self, ops: list[_Op]) -> None:
+        """Run ``ops`` as one transaction (retried per pg_conn's rules), then answer them and apply effects."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        attempts = 0
+
+        async def body(conn: asyncpg.Connection) -> tuple[list[tuple[bool, Any]], Effects, PgTx]:
+            nonlocal attempts
+            attempts += 1
+            return await loop.run_in_executor(self._writer, self._run_ops, conn, ops)
+
+        try:
+            results, fx, tx = await run_with_retry(
+                self.pool, body, idempotent=False, where=self.settings.where,
+                attempt_timeout_s=self.settings.statement_timeout_ms / 1000 + 10
+                if self.settings.statement_timeout_ms else None)
+        except Exception as e:
+            if len(ops) > 1 and not isinstance(e, StoreUnavailableError | CommitUnknownError):
+                # The server refused the batch as a whole: run each op alone, so only the culprit fails.
+                self.retried_batches += 1
+                for op in ops:
+                    await self._commit([op])
+                return
+            if not isinstance(e, StoreError):
+                log.warning("a PostgreSQL batch of %d op(s) failed: %s: %s", len(ops), type(e).__name__, e)
+            self._finish(ops, [(False, _store_error(e))] * len(ops), Effects())
+            return
+        self.retried_batches += attempts - 1
+        self.commits += 1
+        self.ops_committed += len(ops)
+        self.round_trips += tx.round_trips
+        self.time_in_batches += time.perf_counter() - t0
+        self._finish(ops, results, fx)
+
+    def _run_ops(self, conn: asyncpg.Connection, ops: list[_Op]) -> tuple[list[tuple[bool, Any]], Effects, PgTx]:
+        """On the writer thread: run every op on one PgTx, flush, and queue the wake-ups (COMMIT follows)."""
+        tx = PgTx(conn, self._call, self.machine.now_us, self.settings.lease_s)
+        fx = Effects()
+        results: list[tuple[bool, Any]] = []
+        for op in ops:
+            mark = fx.mark()
+            tx.push()
+            try:
+                value = op.fn(tx, fx, *op.args)
+            except _DB_ERRORS:
+                raise  # the transaction is broken: the whole batch fails (or runs again)
+            except Exception as e:
+                tx.drop()
+                fx.rollback(mark)
+                results.append((False, _store_error(e)))
+            else:
+                tx.merge()
+                results.append((True, value))
+        tx.flush()
+        notes = set(tx.notes)
+        for eff in fx.effects:
+            if isinstance(eff, RunClosed):
+                notes.add(("closed", eff.run_key.hex()))
+            elif isinstance(eff, UpdateCompleted):
+                notes.add(("update", eff.update_id))
+        if notes:
+            tx.round_trips += 1
+            self._call(notify_many(conn, [(self._channels[kind], payload) for kind, payload in sorted(notes)]))
+        return results, fx, tx
+
+    def _finish(self, ops: list[_Op], results: list[tuple[bool, Any]], fx: Effects) -> None:
+        """After the commit (or the failure): resolve futures and apply effects, one wake-up per loop."""
+        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
+        for op, (ok, value) in zip(ops, results, strict=True):
+            per_loop.setdefault(op.loop, []).append((_resolve, (op.future, ok, value)))
+        if fx.effects:
+            self._apply(fx.effects, per_loop)
+        with self._queued_lock:
+            self._queued -= len(ops)
+        for loop, items in per_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_run_callbacks, items)
+
+    def _apply(self, effects: list[Effect],
+               per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]]) -> None:
+        rest: list[Effect] = []
+        for eff in effects:
+            if isinstance(eff, RunClosed):
+                for fut in self._waiters.pop(eff.run_key, ()):
+                    per_loop.setdefault(fut.get_loop(), []).append((_resolve, (fut, True, eff.info)))
+            elif isinstance(eff, UpdateCompleted):
+                ufut = self._update_waiters.pop(eff.update_id, None)
+                if ufut is not None:
+                    per_loop.setdefault(ufut.get_loop(), []).append((_resolve, (ufut, True, eff.payload)))
+            else:
+                rest.append(eff)
+        dispatch = self.dispatch
+        if rest and dispatch is not None and dispatch.loop is not None:
+            per_loop.setdefault(dispatch.loop, []).append((dispatch.deliver, (rest,)))
+
+    # ------------------------------------------------------------------ wake-ups from other processes
+
+    def _on_notify(self, kind: str, payload: str | None) -> None:
+        """On the DB loop: a notification (None: the listener reconnected, anything may have changed)."""
+        for loop, fn in list(self._change_listeners):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(fn)
+        if self._waiters and (payload is None or kind == "closed"):
+            keys = list(self._waiters) if payload is None else [k for k in self._waiters if k.hex() == payload]
+            if keys:
+                task = asyncio.ensure_future(self._recheck_waiters(keys))
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
+
+    async def _recheck_waiters(self, keys: list[bytes]) -> None:
+        try:
+            rows = await self.pool.fetch(_READ_RUN_STATUSES, keys)
+            closed = [bytes(r[0]) for r in rows if r[1] != RUNNING]
+            for key in closed:
+                row = await self.pool.fetchrow(_READ_RUN, key)
+                if row is not None:
+                    self._release_waiters(key, run_info(key, run_from_row(row)))
+        except Exception as e:  # the next notification or the caller's own check will tell
+            log.debug("re-checking result waiters failed: %s", e)
+
+    def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
+        for fut in self._waiters.pop(run_key, ()):
+            loop = fut.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, fut, True, info)
+
+    def on_foreign_change(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` on the current loop when a notification arrives; returns an unsubscriber."""
+        entry = (asyncio.get_running_loop(), fn)
+        self._change_listeners.append(entry)
+
+        def remove() -> None:
+            if entry in self._change_listeners:
+                self._change_listeners.remove(entry)
+
+        return remove
+
+    def set_dispatch(self, dispatch: Dispatch | None) -> None:
+        """Hand this process's tasks to ``dispatch`` after each commit (None: nobody here takes any)."""
+        self.dispatch = dispatch
+        self.machine.local = dispatch
+
+    async def close(self) -> None:
+        """Drop one reference; the last one stops the threads and closes the connections."""
+        with _OPEN_LOCK:
+            self._refs -= 1
+            if self._refs > 0 or self._closed:
+                return
+            if _OPEN.get(self.url) is self:
+                del _OPEN[self.url]
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._shutdown(), self._db_loop))
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_db_loop)
+
+    # ------------------------------------------------------------------ ops (on the writer thread)
+
+    def _op_start(self, tx: PgTx, fx: Effects, req: StartRequest) -> str:
+        return self.machine.start(tx, fx, req)
+
+    def _op_start_eager(self, tx: PgTx, fx: Effects, req: StartRequest, now_us: int,
+                        first: WorkflowTaskCompletion) -> int:
+        return self.machine.start_eager(tx, fx, req, now_us, first)
+
+    def _op_signal(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None, name: str,
+                   payload: bytes) -> None:
+        self.machine.signal(tx, fx, workflow_id, run_id, name, payload)
+
+    def _op_cancel(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None) -> None:
+        self.machine.cancel(tx, fx, workflow_id, run_id)
+
+    def _op_terminate(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None, reason: str) -> None:
+        self.machine.terminate(tx, fx, workflow_id, run_id, reason)
+
+    def _op_complete_wtask(self, tx: PgTx, fx: Effects, c: WorkflowTaskCompletion) -> int:
+        return self.machine.complete_wtask(tx, fx, c)
+
+    def _op_release_wtask(self, tx: PgTx, fx: Effects, task_queue: str, run_key: bytes, seen_through: int) -> None:
+        self.machine.release_wtask(tx, fx, task_queue, run_key, seen_through)
+
+    def _op_fail_wtask(self, tx: PgTx, fx: Effects, task_queue: str, run_key: bytes, epoch: int, error_type: str,
+                       failure: bytes) -> float | None:
+        digest = hashlib.blake2b(failure, digest_size=8).hexdigest()
+        return self.machine.fail_wtask(tx, fx, task_queue, run_key, epoch, error_type, failure, digest)
+
+    def _op_complete_activity(self, tx: PgTx, fx: Effects, o: ActivityOutcome) -> str:
+        return self.machine.complete_activity(tx, fx, o)
+
+    def _op_heartbeat(self, tx: PgTx, fx: Effects, run_key: bytes, task_queue: str, seq: int, attempt: int,
+                      details: bytes | None) -> bool:
+        return self.machine.heartbeat(tx, fx, run_key, task_queue, seq, attempt, details)
+
+    def _op_renew_leases(self, tx: PgTx, fx: Effects, task_queue: str, items: list[tuple[bytes, int, int]],
+                         seconds: float) -> int:
+        return self.machine.renew_leases(tx, fx, task_queue, items, seconds)
+
+    def _op_claim_wtasks(self, tx: PgTx, fx: Effects, task_queue: str, limit: int) -> list[bytes]:
+        now_us = self.machine.now_us()
+        tx.flush()  # the selection must see what earlier ops of the batch wrote
+        keys = [bytes(r[0]) for r in tx.fetch(_CLAIM_WTASKS, task_queue, now_us, limit)]
+        for run_key in keys:
+            self.machine.lease_wtask(tx, task_queue, run_key, now_us)
+        return keys
+
+    def _op_claim_atasks(self, tx: PgTx, fx: Effects, task_queue: str, limit: int) -> list[ActivityTask]:
+        now_us = self.machine.now_us()
+        tx.flush()
+        tasks = []
+        for row in tx.fetch(_CLAIM_ATASKS, task_queue, now_us, limit):
+            meta, args, details = atask_from_row(row)
+            task = self.machine.lease_atask(tx, task_queue, bytes(row[0]), row[1], meta, args, details, now_us)
+            if task is not None:
+                tasks.append(task)
+        return tasks
+
+    def _sweep(self, tx: PgTx, fx: Effects, items: list[Any], fn: Callable[[PgTx, Effects, Any], object],
+               what: str) -> None:
+        """Apply ``fn`` to each item in its own layer, so one damaged record fails alone (and is logged)."""
+        for item in items:
+            mark = fx.mark()
+            tx.push()
+            try:
+                fn(tx, fx, item)
+            except _DB_ERRORS:
+                raise
+            except Exception as e:
+                tx.drop()
+                fx.rollback(mark)
+                log.error("a %s in %s could not be processed (%s: %s); the others went on", what,
+                          self.settings.where, type(e).__name__, e)
+            else:
+                tx.merge()
+
+    def _op_reap(self, tx: PgTx, fx: Effects) -> int:
+        """Free expired (or dead owners') workflow task leases; record such activity leases as failed attempts."""
+        now_us = self.machine.now_us()
+        tx.flush()
+        freed = list(tx.fetch(RELEASE_EXPIRED_WTASK_LEASES, now_us, _SWEEP_LIMIT))
+        for row in freed:
+            tx.notes.add(("wtask", row[1]))
+        rows = list(tx.fetch(_EXPIRED_ATASKS, now_us, _SWEEP_LIMIT))
+        # Owners on this host whose process is gone (exited, a zombie, a reused pid) lose their leases
+        # at once, as in the LMDB store; owners elsewhere only by expiry.
+        dead = [r[0] for r in tx.fetch(_LEASE_OWNERS) if not _lmdb._owner_alive(r[0])]
+        if dead:
+            for row in tx.fetch(_FREE_WTASKS_OF, dead):
+                freed.append(row)
+                tx.notes.add(("wtask", row[1]))
+            seen = {(bytes(r[0]), r[1]) for r in rows}
+            rows += [r for r in tx.fetch(_ATASKS_OF, dead, _SWEEP_LIMIT) if (bytes(r[0]), r[1]) not in seen]
+        expired = [ActivityOutcome(run_key=bytes(r[0]), task_queue=r[2], seq=r[1], attempt=r[3],
+                                   failure=LAPSED_LEASE_FAILURE, error_type="TimeoutError") for r in rows]
+        self._sweep(tx, fx, expired, self._op_complete_activity, "lapsed activity lease")
+        return len(freed) + len(expired)
+
+    def _op_fire_timers(self, tx: PgTx, fx: Effects) -> float | None:
+        """Fire every due timer (deleted by the statement that selects them); when the next one is due."""
+        now_us = self.machine.now_us()
+        tx.flush()
+        due = tx.fetch(TAKE_DUE_TIMERS, now_us, _SWEEP_LIMIT)
+
+        def fire(t: PgTx, f: Effects, row: Any) -> None:
+            self.machine.fire_timer(t, f, row[2], bytes(row[0]), row[1], now_us)
+
+        self._sweep(tx, fx, list(due), fire, "timer")
+        if len(due) >= _SWEEP_LIMIT:
+            return now_us / 1e6
+        candidates = [x for x in (tx.fetchval(NEXT_TIMER_US), tx.pending_timer_min()) if x is not None]
+        return min(candidates) / 1e6 if candidates else None
+
+    def _op_put_request(self, tx: PgTx, fx: Effects, task_queue: str, request_id: str, head: bytes,
+                        args: bytes) -> None:
+        tx.fetch(_PUT_REQUEST, request_id, task_queue, head, args, self.machine.now_us())
+        tx.notes.add(("request", task_queue))
+
+    def _op_answer(self, tx: PgTx, fx: Effects, task_queue: str, request_id: str, answer: bytes) -> None:
+        if tx.fetch(_TAKE_REQUEST, request_id):
+            tx.fetch(_PUT_RESPONSE, request_id, answer, self.machine.now_us())
+            tx.notes.add(("response", request_id))
+
+    def _op_take_answer(self, tx: PgTx, fx: Effects, task_queue: str, request_id: str) -> bytes | None:
+        rows = tx.fetch(_TAKE_RESPONSE, request_id)
+        if rows:
+            return bytes(rows[0][0])
+        tx.fetch(_TAKE_REQUEST, request_id)  # nobody answered: withdraw the request
+        return None
+
+    # ------------------------------------------------------------------ async API
+
+    async def start_workflow(self, req: StartRequest) -> str:
+        """Create a run, its WorkflowExecutionStarted event and first workflow task (one commit)."""
+        return await self._submit(self._op_start, req)  # type: ignore[no-any-return]
+
+    async def start_workflow_eager(self, req: StartRequest, now_us: int, first: WorkflowTaskCompletion) -> int:
+        """Create a run and commit its first workflow task in one transaction; the next event id."""
+        return await self._submit(self._op_start_eager, req, now_us, first)  # type: ignore[no-any-return]
+
+    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
+        """Append a signal to the open run of ``workflow_id``."""
+        await self._submit(self._op_signal, workflow_id, run_id, name, payload)
+
+    async def cancel_workflow(self, workflow_id: str, run_id: str | None) -> None:
+        """Ask the open run to cancel."""
+        await self._submit(self._op_cancel, workflow_id, run_id)
+
+    async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
+        """Close the run at once with WorkflowExecutionTerminated."""
+        await self._submit(self._op_terminate, workflow_id, run_id, reason)
+
+    async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
+        """Commit a workflow task; raises Conflict when the run moved on."""
+        return await self._submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
+
+    async def release_workflow_task(self, task_queue: str, run_key: bytes, seen_through: int) -> None:
+        """Drop a workflow task that had nothing new to process (or re-dispatch it if it now has)."""
+        await self._submit(self._op_release_wtask, task_queue, run_key, seen_through)
+
+    async def fail_workflow_task(self, task_queue: str, run_key: bytes, epoch: int, error_type: str,
+                                 failure: bytes) -> float | None:
+        """Record a workflow task that raised; the backoff before it is due again (None: moved on)."""
+        return await self._submit(self._op_fail_wtask, task_queue, run_key, epoch, error_type, failure)  # type: ignore[no-any-return]
+
+    async def claim_workflow_tasks(self, task_queue: str, limit: int) -> list[bytes]:
+        """Lease up to ``limit`` due workflow tasks of the queue to this process."""
+        return await self._submit(self._op_claim_wtasks, task_queue, limit)  # type: ignore[no-any-return]
+
+    async def complete_activity(self, outcome: ActivityOutcome) -> str:
+        """Record an attempt's end: "done", "retry", "stale", "closed" or "canceled"."""
+        return await self._submit(self._op_complete_activity, outcome)  # type: ignore[no-any-return]
+
+    async def heartbeat_activity(self, run_key: bytes, task_queue: str, seq: int, attempt: int,
+                                 details: bytes | None) -> bool:
+        """Record a heartbeat; True means the attempt is no longer wanted."""
+        return await self._submit(self._op_heartbeat, run_key, task_queue, seq, attempt, details)  # type: ignore[no-any-return]
+
+    async def claim_activity_tasks(self, task_queue: str, limit: int) -> list[ActivityTask]:
+        """Lease up to ``limit`` visible activity attempts of the queue to this process."""
+        return await self._submit(self._op_claim_atasks, task_queue, limit)  # type: ignore[no-any-return]
+
+    async def renew_activity_leases(self, task_queue: str, items: list[tuple[bytes, int, int]],
+                                    seconds: float) -> int:
+        """Extend this process's leases of running activity attempts."""
+        return await self._submit(self._op_renew_leases, task_queue, items, seconds)  # type: ignore[no-any-return]
+
+    async def fire_timers(self) -> float | None:
+        """Fire every due timer; when the next one is due (None: there is none)."""
+        return await self._submit(self._op_fire_timers)  # type: ignore[no-any-return]
+
+    async def reap(self) -> int:
+        """Take back the tasks whose lease ran out; how many."""
+        return await self._submit(self._op_reap)  # type: ignore[no-any-return]
+
+    def wait_update(self, update_id: str) -> asyncio.Future[bytes]:
+        """A future of an update's completion payload (registered before the update is submitted)."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._update_waiters[update_id] = fut
+        return fut
+
+    def drop_update_waiter(self, update_id: str) -> None:
+        """Forget an update waiter."""
+        self._update_waiters.pop(update_id, None)
+
+    # ------------------------------------------------------------------ requests to other processes
+
+    async def request(self, task_queue: str, head: bytes, args: bytes, timeout: float) -> bytes | None:
+        """Ask the workers of ``task_queue`` in other processes; their answer, or None after ``timeout``."""
+        request_id = new_run_id()
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        unsubscribe = self.on_foreign_change(changed.set)
+        try:
+            await self._submit(self._op_put_request, task_queue, request_id, head, args)
+            deadline = loop.time() + timeout
+            while True:
+                if await self._aread(self.pool.fetchval(_HAS_RESPONSE, request_id)):
+                    break
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), min(left, 0.25))
+                except TimeoutError:
+                    pass
+        finally:
+            unsubscribe()
+        answer: bytes | None = await self._submit(self._op_take_answer, task_queue, request_id)
+        return answer
+
+    def pending_requests(self, task_queue: str) -> list[tuple[str, bytes]]:
+        """Requests waiting for a worker of ``task_queue``: (request id, packed request)."""
+        rows = self._read(self.pool.fetch(_PENDING_REQUESTS, task_queue))
+        return [(r[0], pack(bytes(r[1]), bytes(r[2]))) for r in rows]
+
+    async def answer(self, task_queue: str, request_id: str, answer: bytes) -> None:
+        """Answer a request (once; a withdrawn request is not answered)."""
+        await self._submit(self._op_answer, task_queue, request_id, answer)
+
+    # ------------------------------------------------------------------ reading (outside batches, no locks)
+
+    def _read_tx(self) -> PgTx:
+        return PgTx(self.pool, self._call, self.machine.now_us, self.settings.lease_s, lock=False)
+
+    def has_pending_wtasks(self, task_queue: str) -> bool:
+        """Whether the queue holds workflow tasks, due now, that nobody holds."""
+        return bool(self._read(self.pool.fetchval(HAS_DUE_WTASKS, task_queue, self.machine.now_us())))
+
+    def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
+        """Whether this process still holds the lease of an activity attempt."""
+        row = self._read(self.pool.fetchrow(_HOLDS_ACTIVITY, run_key, seq))
+        return (row is not None and row[0] == self.machine.owner and row[1] == attempt and not row[2]
+                and row[3] > self.machine.now_us() and row[4] == task_queue)
+
+    def is_idle(self) -> bool:
+        """Whether no write of this process is queued or being committed."""
+        return self._queued == 0
+
+    def has_any_tasks(self) -> bool:
+        """Whether any workflow or activity task is pending or running (any queue)."""
+        return bool(self._read(self.pool.fetchval(_HAS_ANY_TASKS)))
+
+    def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
+        """All events of a run from ``from_event_id`` on."""
+        rows = self._read(self.pool.fetch(_READ_HISTORY, run_key, from_event_id))
+        return [codec.decode_event(r[0]) for r in rows]
+
+    def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
+        """Describe a run; the latest run of the id when ``run_id`` is None."""
+        tx = self._read_tx()
+        try:
+            key = Machine.resolve(tx, workflow_id, run_id)
+            return run_info(key, Machine.get_run(tx, key))
+        except _DB_ERRORS as e:
+            raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: {e}") from e
+
+    def run_state(self, run_key: bytes) -> dict[str, Any]:
+        """The run record with the record's own short keys (status, next, epoch, wtf, ...), as LMDB's."""
+        row = self._read(self.pool.fetchrow(_READ_RUN, run_key))
+        if row is None:
+            raise WorkflowNotFoundError("?", run_key.hex())
+        state: dict[str, Any] = msgspec.to_builtins(run_from_row(row))
+        return state
+
+    def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+        """The latest run of each workflow id, newest first, filtered by status and type."""
+        rows = self._read(self.pool.fetch(_LIST_RUNS, status, workflow_type, limit))
+        return [run_info(bytes(r[0]), run_from_row(r)) for r in rows]
+
+    def next_timer_due(self) -> float | None:
+        """When the earliest timer is due, or None."""
+        due = self._read(self.pool.fetchval(NEXT_TIMER_US))
+        return None if due is None else float(due) / 1e6
+
+    async def wait_closed(self, run_key: bytes) -> RunInfo:
+        """Wait until the run is closed; woken by the closing commit or another process's notification."""
+        fut: asyncio.Future[RunInfo] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_key, []).append(fut)
+        try:
+            # Check after registering, so a close committed in between is not missed.
+            row = await self._aread(self.pool.fetchrow(_READ_RUN, run_key))
+            if row is None:
+                raise WorkflowNotFoundError("?", run_key.hex())
+            rec = run_from_row(row)
+            if rec.status != RUNNING and not fut.done():
+                fut.set_result(run_info(run_key, rec))
+            return await fut
+        finally:
+            futs = self._waiters.get(run_key)
+            if futs and fut in futs:
+                futs.remove(fut)
+                if not futs:
+                    del self._waiters[run_key]

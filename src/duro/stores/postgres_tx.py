@@ -1,0 +1,471 @@
+"""The state machine's ``Tx`` over one PostgreSQL transaction: row mapping, run locks, and a write overlay.
+
+Reads go to the server at once (the writer thread blocks on the DB loop for each); a run is read
+``FOR UPDATE``, so transitions on one run serialize across processes. Writes are buffered in an
+overlay of layers: each op (and each item of a sweep) writes into its own layer, which is merged
+into the one below when it succeeds and dropped when it raises, so an op is atomic without a
+savepoint. Later reads in the same batch see earlier layers. ``flush`` writes the merged writes
+with a few set-based statements (``unnest``), just before COMMIT (or before a claim/sweep selects
+rows with SQL).
+
+Row mapping (tables in ``pg_schema``):
+
+- ``RunRecord`` -> ``runs``: its identity, status, times and counters as columns, the rest
+  (parent, timers, children, deadline, next run, task failures) in ``record`` (jsonb, the record's
+  own short keys). ``close_us`` 0 is NULL.
+- ``WorkflowIndex`` -> ``workflows`` (``run_id`` as the 16-byte ``run_key``).
+- ``WorkflowTaskLease`` -> ``wtasks``: owner "" is NULL; a leased row has
+  ``visible_at_us = lease_until_us`` (a claim sees it again when the lease ends).
+- ``ActivityMeta`` -> ``atasks``: attempt, owner, lease, visibility and the cancel flag as columns,
+  the rest in ``meta`` (jsonb); empty heartbeat details are NULL.
+- history rows hold ``Event.encode()`` envelopes, read back with ``codec.decode_event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+import msgspec
+import orjson
+
+from duro._core import codec
+from duro._core.codec import Event
+from duro.engine.machine import ATASK_LEASE_SLACK_S, DEFAULT_ACTIVITY_TIMEOUT_S
+from duro.engine.records import ActivityMeta, RunRecord, RunStatus, WorkflowIndex, WorkflowTaskLease
+from duro.stores.base import run_key_of
+
+__all__ = ["Blocking", "PgTx"]
+
+Blocking = Callable[[Coroutine[Any, Any, Any]], Any]
+"""Runs a coroutine on the DB loop and returns its result (blocking the calling thread)."""
+
+_DEL: Final = None  # an overlay entry that deletes the row
+
+_RUN_COLS = "run_key, workflow_id, workflow_type, task_queue, status, start_us, close_us, next_event_id, " \
+            "epoch, last_input, record"
+_SELECT_RUN = f"SELECT {_RUN_COLS} FROM runs WHERE run_key = $1::bytea"
+_SELECT_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us FROM workflows "
+                 "WHERE workflow_id = $1::text")
+_SELECT_WTASK = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
+                 "WHERE run_key = $1::bytea")
+ATASK_COLS: Final = ("run_key, seq, task_queue, attempt, meta, args, heartbeat, owner, lease_until_us, lease_us, "
+                     "visible_at_us, cancel_requested")
+_SELECT_ATASK = f"SELECT {ATASK_COLS} FROM atasks WHERE run_key = $1::bytea AND seq = $2::bigint"
+_SELECT_HISTORY = ("SELECT event_id, envelope FROM history WHERE run_key = $1::bytea AND event_id >= $2::bigint "
+                   "ORDER BY event_id")
+_SELECT_HISTORY_TO = ("SELECT event_id, envelope FROM history WHERE run_key = $1::bytea "
+                      "AND event_id BETWEEN $2::bigint AND $3::bigint ORDER BY event_id")
+
+_UPSERT_RUNS = f"""
+INSERT INTO runs ({_RUN_COLS})
+SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                     $8::bigint[], $9::bigint[], $10::bigint[], $11::jsonb[])
+ON CONFLICT (run_key) DO UPDATE SET
+    workflow_id = excluded.workflow_id, workflow_type = excluded.workflow_type, task_queue = excluded.task_queue,
+    status = excluded.status, start_us = excluded.start_us, close_us = excluded.close_us,
+    next_event_id = excluded.next_event_id, epoch = excluded.epoch, last_input = excluded.last_input,
+    record = excluded.record
+"""
+_INDEX_COLS = "workflow_id, run_key, status, workflow_type, start_us, close_us"
+_INSERT_INDEX = f"""
+INSERT INTO workflows ({_INDEX_COLS})
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+"""
+# A row that was read (so locked) is updated; a new id is a plain INSERT: two processes starting the
+# same new id cannot both succeed (the loser's batch fails and its op runs again alone, then sees
+# the winner's run).
+_UPDATE_INDEX = """
+UPDATE workflows AS w SET run_key = n.run_key, status = n.status, workflow_type = n.workflow_type,
+    start_us = n.start_us, close_us = n.close_us
+FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+    AS n(workflow_id, run_key, status, workflow_type, start_us, close_us)
+WHERE w.workflow_id = n.workflow_id
+"""
+_INSERT_HISTORY = """
+INSERT INTO history (run_key, event_id, envelope)
+SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
+"""
+_DELETE_WTASKS = "DELETE FROM wtasks WHERE run_key = ANY($1::bytea[])"
+_UPSERT_WTASKS = """
+INSERT INTO wtasks (run_key, task_queue, owner, lease_until_us, visible_at_us)
+SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+ON CONFLICT (run_key) DO UPDATE SET task_queue = excluded.task_queue, owner = excluded.owner,
+    lease_until_us = excluded.lease_until_us, visible_at_us = excluded.visible_at_us
+"""
+_DELETE_ATASKS = """
+DELETE FROM atasks AS a USING unnest($1::bytea[], $2::bigint[]) AS d(run_key, seq)
+WHERE a.run_key = d.run_key AND a.seq = d.seq
+"""
+_UPSERT_ATASKS = f"""
+INSERT INTO atasks ({ATASK_COLS})
+SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[], $4::integer[], $5::jsonb[], $6::bytea[], $7::bytea[],
+                     $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::boolean[])
+ON CONFLICT (run_key, seq) DO UPDATE SET task_queue = excluded.task_queue, attempt = excluded.attempt,
+    meta = excluded.meta, args = excluded.args, heartbeat = excluded.heartbeat, owner = excluded.owner,
+    lease_until_us = excluded.lease_until_us, lease_us = excluded.lease_us, visible_at_us = excluded.visible_at_us,
+    cancel_requested = excluded.cancel_requested
+"""
+_DELETE_TIMERS = """
+DELETE FROM timers AS t USING unnest($1::bytea[], $2::bigint[]) AS d(run_key, seq)
+WHERE t.run_key = d.run_key AND t.seq = d.seq
+"""
+_UPSERT_TIMERS = """
+INSERT INTO timers (run_key, seq, fire_us)
+SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])
+ON CONFLICT (run_key, seq) DO UPDATE SET fire_us = excluded.fire_us
+"""
+
+_RUN_KEYS = ("wid", "type", "queue", "status", "start", "close", "next", "epoch", "last_input")
+_META_KEYS = ("attempt", "o", "u", "vis", "cancel")
+
+
+def _us(t: float) -> int:
+    return int(t * 1_000_000)
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+def run_row(run_key: bytes, rec: RunRecord) -> tuple[Any, ...]:
+    """The ``runs`` row of a run record (column order of ``_RUN_COLS``)."""
+    rest = msgspec.to_builtins(rec)
+    for k in _RUN_KEYS:
+        rest.pop(k, None)
+    return (run_key, rec.workflow_id, rec.workflow_type, rec.task_queue, str(rec.status), rec.start_us,
+            rec.close_us or None, rec.next_event_id, rec.epoch, rec.last_input, orjson.dumps(rest).decode())
+
+
+def run_from_row(row: Any) -> RunRecord:
+    """The run record of a ``runs`` row (a tuple or an asyncpg Record, ``_RUN_COLS`` order)."""
+    d = orjson.loads(row[10])
+    d.update(wid=row[1], type=row[2], queue=row[3], status=row[4], start=row[5], close=row[6] or 0,
+             next=row[7], epoch=row[8], last_input=row[9])
+    return msgspec.convert(d, RunRecord)
+
+
+def index_row(workflow_id: str, idx: WorkflowIndex) -> tuple[Any, ...]:
+    """The ``workflows`` row of an index entry."""
+    return (workflow_id, run_key_of(idx.run_id), str(idx.status), idx.workflow_type, idx.start_us,
+            idx.close_us or None)
+
+
+def index_from_row(row: Any) -> WorkflowIndex:
+    """The index entry of a ``workflows`` row."""
+    return WorkflowIndex(bytes(row[1]).hex(), RunStatus(row[2]), row[3], row[4], row[5] or 0)
+
+
+def wtask_from_row(row: Any) -> WorkflowTaskLease:
+    """The lease of a ``wtasks`` row."""
+    owner = row[2] or ""
+    return WorkflowTaskLease(owner, row[3] if owner else 0, 0 if owner else row[4])
+
+
+def atask_from_row(row: Any) -> tuple[ActivityMeta, bytes, bytes]:
+    """(meta, args, heartbeat details) of an ``atasks`` row (``ATASK_COLS`` order)."""
+    d = orjson.loads(row[4])
+    owner = row[7] or ""
+    d.update(attempt=row[3], o=owner, u=row[8] if owner else 0, vis=row[10], cancel=row[11])
+    return msgspec.convert(d, ActivityMeta), bytes(row[5]), bytes(row[6] or b"")
+
+
+def attempt_base_s(meta: ActivityMeta) -> float:
+    """The timeout an activity attempt's lease covers before the slack."""
+    return meta.start_to_close or meta.schedule_to_close or DEFAULT_ACTIVITY_TIMEOUT_S
+
+
+# ---------------------------------------------------------------------------------------------- overlay
+
+class _Layer:
+    __slots__ = ("atasks", "history", "index", "runs", "timers", "wtasks")
+
+    def __init__(self) -> None:
+        self.runs: dict[bytes, tuple[Any, ...]] = {}
+        self.index: dict[str, tuple[Any, ...]] = {}
+        self.history: dict[bytes, list[Event]] = {}
+        self.wtasks: dict[bytes, tuple[Any, ...] | None] = {}
+        self.atasks: dict[tuple[bytes, int], tuple[Any, ...] | None] = {}
+        self.timers: dict[tuple[bytes, int], int | None] = {}
+
+    def merge_into(self, below: _Layer) -> None:
+        below.runs.update(self.runs)
+        below.index.update(self.index)
+        for key, events in self.history.items():
+            below.history.setdefault(key, []).extend(events)
+        below.wtasks.update(self.wtasks)
+        below.atasks.update(self.atasks)
+        below.timers.update(self.timers)
+
+    def empty(self) -> bool:
+        return not (self.runs or self.index or self.history or self.wtasks or self.atasks or self.timers)
+
+
+class PgTx:
+    """``duro.engine.tx.Tx`` on one PostgreSQL transaction (see the module docstring).
+
+    Args:
+        conn: the batch's connection (or a pool, for lock-free reads outside a batch: ``lock=False``).
+        call: runs a coroutine on the DB loop and waits for it (never called on that loop).
+        now_us: the store's clock.
+        lease_s: the store's workflow task lease (and the cap of the slack of activity leases).
+        lock: whether reads lock the rows they find (``FOR UPDATE``; only inside a batch).
+    """
+
+    def __init__(self, conn: Any, call: Blocking, now_us: Callable[[], int], lease_s: float, *,
+                 lock: bool = True) -> None:
+        self.conn = conn
+        self.call = call
+        self.now_us = now_us
+        self.lease_us = _us(lease_s)
+        self.slack_s = min(lease_s, ATASK_LEASE_SLACK_S)
+        self.lock = lock
+        self._suffix = " FOR UPDATE" if lock else ""
+        self.layers: list[_Layer] = [_Layer()]
+        self.records: dict[bytes, RunRecord] = {}  # identity within the batch (cleared when a layer drops)
+        self.index_in_db: dict[str, bool] = {}  # whether a workflows row exists in the database (read, so locked)
+        self.notes: set[tuple[str, str]] = set()  # (kind, payload) wake-ups for other processes
+        self.round_trips = 0
+
+    # -- the layer stack
+    def push(self) -> None:
+        """Start a layer for an op (or a sweep item)."""
+        self.layers.append(_Layer())
+
+    def merge(self) -> None:
+        """The top layer's op succeeded: its writes join the layer below."""
+        self.layers.pop().merge_into(self.layers[-1])
+
+    def drop(self) -> None:
+        """The top layer's op raised: forget its writes (and records it may have changed in memory)."""
+        self.layers.pop()
+        self.records.clear()
+
+    def _find(self, table: str, key: Any) -> tuple[bool, Any]:
+        for layer in reversed(self.layers):
+            d = getattr(layer, table)
+            if key in d:
+                return True, d[key]
+        return False, None
+
+    # -- database access
+    def _fetchrow(self, sql: str, *args: Any) -> Any:
+        self.round_trips += 1
+        return self.call(self.conn.fetchrow(sql, *args))
+
+    def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        self.round_trips += 1
+        rows: list[Any] = self.call(self.conn.fetch(sql, *args))
+        return rows
+
+    def _execute(self, sql: str, *args: Any) -> None:
+        self.round_trips += 1
+        self.call(self.conn.execute(sql, *args))
+
+    def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Run a query in this transaction (claims and sweeps select with it; ``flush`` first)."""
+        return self._fetch(sql, *args)
+
+    def fetchval(self, sql: str, *args: Any) -> Any:
+        """A single value from a query in this transaction."""
+        self.round_trips += 1
+        return self.call(self.conn.fetchval(sql, *args))
+
+    # -- runs and the index
+    def run(self, run_key: bytes) -> RunRecord | None:
+        """The run record (locked for this transaction when read from the database)."""
+        rec = self.records.get(run_key)
+        if rec is not None:
+            return rec
+        found, row = self._find("runs", run_key)
+        if not found:
+            row = self._fetchrow(_SELECT_RUN + self._suffix, run_key)
+            if row is None:
+                return None
+        rec = run_from_row(row)
+        self.records[run_key] = rec
+        return rec
+
+    def put_run(self, run_key: bytes, rec: RunRecord) -> None:
+        """Store the run record (buffered; the object stays the run's record in this batch)."""
+        self.layers[-1].runs[run_key] = run_row(run_key, rec)
+        self.records[run_key] = rec
+
+    def index(self, workflow_id: str) -> WorkflowIndex | None:
+        """The latest run of a workflow id (its row locked)."""
+        found, row = self._find("index", workflow_id)
+        if found:
+            return index_from_row(row)
+        row = self._fetchrow(_SELECT_INDEX + self._suffix, workflow_id)
+        self.index_in_db[workflow_id] = row is not None
+        return None if row is None else index_from_row(row)
+
+    def put_index(self, workflow_id: str, idx: WorkflowIndex) -> None:
+        """Store the latest run of a workflow id (buffered)."""
+        if workflow_id not in self.index_in_db:
+            row = self._fetchrow(_SELECT_INDEX + self._suffix, workflow_id)
+            self.index_in_db[workflow_id] = row is not None
+        self.layers[-1].index[workflow_id] = index_row(workflow_id, idx)
+
+    # -- history
+    def append_history(self, run_key: bytes, events: list[Event]) -> None:
+        """Append events (buffered; the primary key refuses an id written twice at flush)."""
+        self.layers[-1].history.setdefault(run_key, []).extend(events)
+
+    def read_history(self, run_key: bytes, from_event_id: int = 1, to_event_id: int = 0) -> list[Event]:
+        """Events of a run: those committed or flushed, then those buffered in this batch."""
+        if to_event_id:
+            rows = self._fetch(_SELECT_HISTORY_TO, run_key, from_event_id, to_event_id)
+        else:
+            rows = self._fetch(_SELECT_HISTORY, run_key, from_event_id)
+        out = [codec.decode_event(row[1]) for row in rows]
+        for layer in self.layers:
+            for ev in layer.history.get(run_key, ()):
+                if ev.event_id >= from_event_id and (not to_event_id or ev.event_id <= to_event_id):
+                    out.append(ev)
+        return out
+
+    # -- workflow tasks
+    def wtask(self, task_queue: str, run_key: bytes) -> WorkflowTaskLease | None:
+        """The run's pending workflow task on ``task_queue``."""
+        found, row = self._find("wtasks", run_key)
+        if not found:
+            row = self._fetchrow(_SELECT_WTASK + self._suffix, run_key)
+        if row is None or row[1] != task_queue:
+            return None
+        return wtask_from_row(row)
+
+    def put_wtask(self, task_queue: str, run_key: bytes, lease: WorkflowTaskLease) -> None:
+        """Create or replace the run's workflow task; a lease lasts at most the store's ``lease_s``."""
+        if lease.owner:
+            until = min(lease.until_us, self.now_us() + self.lease_us) or 1
+            row: tuple[Any, ...] = (run_key, task_queue, lease.owner, until, until)
+        else:
+            row = (run_key, task_queue, None, 0, lease.visible_us)
+            self.notes.add(("wtask", task_queue))
+        self.layers[-1].wtasks[run_key] = row
+
+    def delete_wtask(self, task_queue: str, run_key: bytes) -> None:
+        """Drop the run's workflow task."""
+        self.layers[-1].wtasks[run_key] = _DEL
+
+    # -- activity tasks
+    def atask(self, task_queue: str, run_key: bytes, seq: int) -> tuple[ActivityMeta, bytes, bytes] | None:
+        """An activity attempt: meta, arguments, heartbeat details."""
+        found, row = self._find("atasks", (run_key, seq))
+        if not found:
+            row = self._fetchrow(_SELECT_ATASK + self._suffix, run_key, seq)
+        if row is None or row[2] != task_queue:
+            return None
+        return atask_from_row(row)
+
+    def put_atask(self, task_queue: str, run_key: bytes, seq: int, meta: ActivityMeta, args: bytes,
+                  details: bytes) -> None:
+        """Create or replace an activity attempt; its lease's slack is at most the store's ``lease_s``."""
+        base = attempt_base_s(meta)
+        lease_us = _us(base + self.slack_s)
+        rest = msgspec.to_builtins(meta)
+        for k in _META_KEYS:
+            rest.pop(k, None)
+        if meta.owner:
+            until = min(meta.until_us, self.now_us() + lease_us) or 1
+            owner: str | None = meta.owner
+        else:
+            until, owner = 0, None
+            self.notes.add(("atask", task_queue))
+        self.layers[-1].atasks[(run_key, seq)] = (
+            run_key, seq, task_queue, meta.attempt, orjson.dumps(rest).decode(), args, details or None, owner,
+            until, lease_us, meta.visible_us, meta.cancel)
+
+    def delete_atask(self, task_queue: str, run_key: bytes, seq: int) -> None:
+        """Drop an activity attempt."""
+        self.layers[-1].atasks[(run_key, seq)] = _DEL
+
+    # -- timers
+    def put_timer(self, fire_us: int, run_key: bytes, seq: int) -> None:
+        """A timer due at ``fire_us``."""
+        self.layers[-1].timers[(run_key, seq)] = fire_us
+        self.notes.add(("timer", ""))
+
+    def delete_timer(self, fire_us: int, run_key: bytes, seq: int) -> None:
+        """Drop a timer."""
+        self.layers[-1].timers[(run_key, seq)] = _DEL
+
+    # -- flushing
+    def pending_timer_min(self) -> int | None:
+        """The earliest timer buffered in this batch (not yet flushed), or None."""
+        due = [v for layer in self.layers for v in layer.timers.values() if v is not None]
+        return min(due) if due else None
+
+    def flush(self) -> None:
+        """Write the buffered writes of the ops that succeeded (the bottom layer) with set-based statements."""
+        if any(not layer.empty() for layer in self.layers[1:]):
+            raise RuntimeError("flush with an op's writes still open")
+        base = self.layers[0]
+        if base.empty():
+            return
+        self.layers[0] = _Layer()
+        stmts: list[tuple[str, list[Any]]] = []
+        if base.runs:
+            stmts.append((_UPSERT_RUNS, _columns(list(base.runs.values()), 11)))
+        if base.index:
+            new = [row for wid, row in base.index.items() if not self.index_in_db.get(wid)]
+            old = [row for wid, row in base.index.items() if self.index_in_db.get(wid)]
+            if new:
+                stmts.append((_INSERT_INDEX, _columns(new, 6)))
+                for row in new:
+                    self.index_in_db[row[0]] = True
+            if old:
+                stmts.append((_UPDATE_INDEX, _columns(old, 6)))
+        if base.history:
+            keys: list[bytes] = []
+            ids: list[int] = []
+            envs: list[bytes] = []
+            for run_key, events in base.history.items():
+                for ev in events:
+                    keys.append(run_key)
+                    ids.append(ev.event_id)
+                    envs.append(ev.encode())
+            stmts.append((_INSERT_HISTORY, [keys, ids, envs]))
+        _split(stmts, base.wtasks, _DELETE_WTASKS, _UPSERT_WTASKS, 5, single_key=True)
+        _split(stmts, base.atasks, _DELETE_ATASKS, _UPSERT_ATASKS, 12)
+        if base.timers:
+            dels = [k for k, v in base.timers.items() if v is None]
+            puts = [(k[0], k[1], v) for k, v in base.timers.items() if v is not None]
+            if dels:
+                stmts.append((_DELETE_TIMERS, [[k[0] for k in dels], [k[1] for k in dels]]))
+            if puts:
+                stmts.append((_UPSERT_TIMERS, _columns(puts, 3)))
+        self.round_trips += 1
+        self.call(_run_all(self.conn, stmts))
+
+
+def _columns(rows: list[tuple[Any, ...]], n: int) -> list[Any]:
+    return [[row[i] for row in rows] for i in range(n)]
+
+
+def _split(stmts: list[tuple[str, list[Any]]], table: dict[Any, tuple[Any, ...] | None], delete_sql: str,
+           upsert_sql: str, n: int, *, single_key: bool = False) -> None:
+    if not table:
+        return
+    dels = [k for k, v in table.items() if v is None]
+    puts = [v for v in table.values() if v is not None]
+    if dels:
+        if single_key:
+            stmts.append((delete_sql, [dels]))
+        else:
+            stmts.append((delete_sql, [[k[0] for k in dels], [k[1] for k in dels]]))
+    if puts:
+        stmts.append((upsert_sql, _columns(puts, n)))
+
+
+async def _run_all(conn: Any, stmts: list[tuple[str, list[Any]]]) -> None:
+    # Deletes come before upserts of the same table (a key is in one or the other, never both).
+    for sql, args in stmts:
+        await conn.execute(sql, *args)
+
+
+def blocking_on(loop: asyncio.AbstractEventLoop) -> Blocking:
+    """A ``Blocking`` that runs coroutines on ``loop`` (from another thread)."""
+    def call(coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+    return call
