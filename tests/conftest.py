@@ -10,15 +10,24 @@ import pytest
 
 import duro
 
-STORES = ["lmdb"]
+pytest_plugins = ["tests.pg"]
+
+STORES = ["lmdb", "postgresql"]
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a fresh, empty store of each kind."""
+    """The URL of a fresh, empty store of each kind (PostgreSQL: a new schema, dropped afterwards).
+
+    A test marked ``lmdb_only`` reaches into LMDB itself (its environment, its files) and runs on
+    LMDB alone.
+    """
     if request.param == "lmdb":
         return f"lmdb://{tmp_path / 'store'}"
-    raise AssertionError(request.param)
+    if request.node.get_closest_marker("lmdb_only") is not None:
+        pytest.skip("this test reaches into the LMDB store itself")
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 @pytest.fixture

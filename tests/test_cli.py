@@ -435,6 +435,7 @@ def test_clean_escapes_only_what_a_terminal_would_act_on() -> None:
     assert clean(clean("\x1b[31m")) == clean("\x1b[31m")
 
 
+@pytest.mark.lmdb_only
 def test_bad_input_exits_2(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     for argv, fragment in (
         (["signal", "x", "s", "NaN"], "NaN"),
@@ -468,6 +469,7 @@ def _damage_run_record(store: str, workflow_id: str) -> None:
         env.close()
 
 
+@pytest.mark.lmdb_only
 def test_a_failing_store_operation_exits_1(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     async def start() -> None:
         async with duro.Client.connect(store) as c:
@@ -494,6 +496,7 @@ def test_a_failing_store_operation_exits_1(store: str, capsys: pytest.CaptureFix
     assert r.code == 1 and "(workflow 'broken')" not in r.out and "the run record is not a JSON object" in r.out
 
 
+@pytest.mark.lmdb_only
 async def test_check_with_the_store_open_in_this_process(client: duro.Client, worker: duro.Worker, cli: Cli,
                                                          cli_process: Cli) -> None:
     await some_workflows(client)

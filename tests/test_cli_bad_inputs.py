@@ -14,6 +14,8 @@ import duro
 from duro.cli import main
 from tests.test_cli import Result, one_error_line
 
+pytestmark = pytest.mark.lmdb_only  # compares LMDB's records before and after
+
 LONG = "q" * 300
 NAN = "NaN"
 

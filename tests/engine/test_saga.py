@@ -95,7 +95,8 @@ async def trip_caught(ctx: duro.WorkflowContext) -> dict[str, Any]:
 async def trip_timeout(ctx: duro.WorkflowContext) -> str:
     """The saga block is cancelled by a timeout (a durable timer): compensations still run."""
     try:
-        async with asyncio.timeout(0.05):
+        # Long enough for both bookings on any store (a PostgreSQL commit takes tens of ms).
+        async with asyncio.timeout(1.0):
             async with duro.Saga(ctx) as saga:
                 ref = await ctx.execute_activity(book, "a")
                 saga.add_compensation(cancel, ref)

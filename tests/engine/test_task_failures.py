@@ -159,6 +159,7 @@ async def two_in_a_row(ctx: duro.WorkflowContext) -> list[str]:
     return list(await asyncio.gather(a, b))
 
 
+@pytest.mark.lmdb_only
 async def test_an_attempt_whose_lease_was_lost_is_not_started(client: duro.Client) -> None:
     """A paused worker that wakes up must not start attempts another worker has taken over."""
     store: Any = client.store
