@@ -398,6 +398,12 @@ class PostgresStore:
         tx = PgTx(conn, self._call, self.machine.now_us, self.settings.lease_s)
         fx = Effects()
         results: list[tuple[bool, Any]] = []
+        runs: list[bytes] = []
+        attempts: list[tuple[bytes, int]] = []
+        ids: list[str] = []
+        for op in ops:
+            self._rows_of(op, runs, attempts, ids)
+        tx.prefetch(runs, attempts, ids)
         for op in ops:
             mark = fx.mark()
             tx.push()
@@ -423,6 +429,32 @@ class PostgresStore:
             tx.round_trips += 1
             self._call(notify_many(conn, [(self._channels[kind], payload) for kind, payload in sorted(notes)]))
         return results, fx, tx
+
+    def _rows_of(self, op: _Op, runs: list[bytes], attempts: list[tuple[bytes, int]], ids: list[str]) -> None:
+        """The runs and activity attempts ``op`` will read, for the batch's read-ahead.
+
+        A guess may be wrong either way: a row not read ahead is read when asked for, and one read
+        needlessly costs nothing.
+        """
+        fn, args = op.fn, op.args
+        if fn == self._op_start or fn == self._op_start_eager:
+            ids.append(args[0].workflow_id)
+        elif fn in (self._op_signal, self._op_cancel, self._op_terminate):
+            ids.append(args[0])
+        if fn == self._op_complete_wtask or fn == self._op_start_eager:
+            c = args[-1]
+            runs.append(c.run_key)
+            if c.completed_activity is not None:
+                attempts.append((c.run_key, c.completed_activity[0]))
+        elif fn == self._op_complete_activity:
+            o = args[0]
+            runs.append(o.run_key)
+            attempts.append((o.run_key, o.seq))
+        elif fn == self._op_heartbeat:
+            runs.append(args[0])
+            attempts.append((args[0], args[2]))
+        elif fn == self._op_release_wtask or fn == self._op_fail_wtask:
+            runs.append(args[1])
 
     def _finish(self, ops: list[_Op], results: list[tuple[bool, Any]], fx: Effects) -> None:
         """After the commit (or the failure): resolve futures and apply effects, one wake-up per loop."""

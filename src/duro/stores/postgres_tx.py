@@ -53,6 +53,13 @@ _SELECT_WTASK = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_
 ATASK_COLS: Final = ("run_key, seq, task_queue, attempt, meta, args, heartbeat, owner, lease_until_us, lease_us, "
                      "visible_at_us, cancel_requested")
 _SELECT_ATASK = f"SELECT {ATASK_COLS} FROM atasks WHERE run_key = $1::bytea AND seq = $2::bigint"
+_PREFETCH_RUNS = f"SELECT {_RUN_COLS} FROM runs WHERE run_key = ANY($1::bytea[]) ORDER BY run_key"
+_PREFETCH_WTASKS = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
+                    "WHERE run_key = ANY($1::bytea[]) ORDER BY run_key")
+_PREFETCH_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us FROM workflows "
+                   "WHERE workflow_id = ANY($1::text[]) ORDER BY workflow_id")
+_PREFETCH_ATASKS = (f"SELECT {ATASK_COLS} FROM atasks WHERE (run_key, seq) IN "
+                    "(SELECT * FROM unnest($1::bytea[], $2::bigint[])) ORDER BY run_key, seq")
 _SELECT_HISTORY = ("SELECT event_id, envelope FROM history WHERE run_key = $1::bytea AND event_id >= $2::bigint "
                    "ORDER BY event_id")
 _SELECT_HISTORY_TO = ("SELECT event_id, envelope FROM history WHERE run_key = $1::bytea "
@@ -225,6 +232,9 @@ class PgTx:
         self.index_in_db: dict[str, bool] = {}  # whether a workflows row exists in the database (read, so locked)
         self.notes: set[tuple[str, str]] = set()  # (kind, payload) wake-ups for other processes
         self.round_trips = 0
+        # Rows read ahead for a batch (``prefetch``), as the database holds them: None = no such row.
+        # Writes never go here (they go to the layers), so a dropped layer leaves these valid.
+        self.read_rows: dict[str, dict[Any, Any]] = {"runs": {}, "wtasks": {}, "atasks": {}, "index": {}}
 
     # -- the layer stack
     def push(self) -> None:
@@ -245,7 +255,42 @@ class PgTx:
             d = getattr(layer, table)
             if key in d:
                 return True, d[key]
+        read = self.read_rows.get(table)
+        if read is not None and key in read:
+            return True, read[key]
         return False, None
+
+    def prefetch(self, run_keys: list[bytes], attempts: list[tuple[bytes, int]],
+                 workflow_ids: list[str] | None = None) -> None:
+        """Read ahead, in three round trips, the rows a batch's ops will read, and lock them.
+
+        Runs, workflow tasks and activity attempts, locked in key order so concurrent batches do
+        not deadlock on them. Without it every op reads its rows one round trip at a time.
+        """
+        if run_keys:
+            keys = sorted(set(run_keys))
+            for table, sql in (("runs", _PREFETCH_RUNS), ("wtasks", _PREFETCH_WTASKS)):
+                rows = self._fetch(sql + self._suffix, keys)
+                got = {bytes(r[0]): r for r in rows}
+                cache = self.read_rows[table]
+                for k in keys:
+                    cache.setdefault(k, got.get(k))
+        if workflow_ids:
+            ids = sorted(set(workflow_ids))
+            rows = self._fetch(_PREFETCH_INDEX + self._suffix, ids)
+            got_i = {r[0]: r for r in rows}
+            cache = self.read_rows["index"]
+            for wid in ids:
+                if wid not in cache:
+                    cache[wid] = got_i.get(wid)
+                    self.index_in_db[wid] = wid in got_i
+        if attempts:
+            pairs = sorted(set(attempts))
+            rows = self._fetch(_PREFETCH_ATASKS + self._suffix, [p[0] for p in pairs], [p[1] for p in pairs])
+            got_a = {(bytes(r[0]), int(r[1])): r for r in rows}
+            cache = self.read_rows["atasks"]
+            for pair in pairs:
+                cache.setdefault(pair, got_a.get(pair))
 
     # -- database access
     def _fetchrow(self, sql: str, *args: Any) -> Any:
@@ -279,8 +324,8 @@ class PgTx:
         found, row = self._find("runs", run_key)
         if not found:
             row = self._fetchrow(_SELECT_RUN + self._suffix, run_key)
-            if row is None:
-                return None
+        if row is None:
+            return None
         rec = run_from_row(row)
         self.records[run_key] = rec
         return rec
@@ -294,7 +339,7 @@ class PgTx:
         """The latest run of a workflow id (its row locked)."""
         found, row = self._find("index", workflow_id)
         if found:
-            return index_from_row(row)
+            return None if row is None else index_from_row(row)
         row = self._fetchrow(_SELECT_INDEX + self._suffix, workflow_id)
         self.index_in_db[workflow_id] = row is not None
         return None if row is None else index_from_row(row)
