@@ -50,25 +50,22 @@ from duro.engine.records import (
     decode_run,
     encode,
 )
-from duro.errors import DuroError, StoreError, StoreURLError, WorkflowNotFoundError
+from duro.errors import StoreError, StoreURLError, WorkflowNotFoundError
 from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
     ActivityTask,
     Clock,
-    Conflict,
     Dispatch,
-    Effect,
-    RunClosed,
     RunInfo,
     StartRequest,
-    UpdateCompleted,
     WorkflowTaskCompletion,
     new_run_id,
     pack,
     run_key_of,
     unpack,
 )
+from duro.stores.batch import Op, answer_batch, store_error
 from duro.stores.lmdb_files import check_lmdb_files
 from duro.stores.lmdb_tx import U64, LmdbTx, RunCache, atask_key
 
@@ -172,26 +169,6 @@ def _windows_pid_alive(pid: int) -> bool:
 _Batch = Effects  # what one group commit collected, applied after its fsync
 
 
-class _Op:
-    __slots__ = ("args", "fn", "future", "loop")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], loop: asyncio.AbstractEventLoop | None,
-                 future: asyncio.Future[Any] | None) -> None:
-        self.fn = fn
-        self.args = args
-        self.loop = loop
-        self.future = future
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
-
-
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
     """Resolve a waiter from whichever loop runs this: its own loop may be another thread's."""
     loop = fut.get_loop()
@@ -208,21 +185,6 @@ def _settle(fut: asyncio.Future[Any], value: Any) -> None:
 
 class _Redo(Exception):
     """An op failed after writing: the batch is aborted and run again with each op isolated."""
-
-
-def _store_error(e: Exception) -> Exception:
-    """The error an op's caller sees: duro's own errors as they are, anything else wrapped."""
-    if isinstance(e, DuroError | Conflict | ValueError | TypeError):
-        return e
-    err = StoreError(f"the store could not carry out the operation: {type(e).__name__}: {e}; "
-                     "nothing of it was written")
-    err.__cause__ = e
-    return err
-
-
-def _run_callbacks(items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
-    for fn, args in items:
-        fn(*args)
 
 
 _OPEN: dict[str, LmdbStore] = {}
@@ -339,7 +301,7 @@ class LmdbStore:
         self._refs = 0
         self._closed = False
         self._forked = False
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         # The workers of this process (duro._local): set by the client side, None when there are none.
         self.dispatch: Dispatch | None = None
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
@@ -375,7 +337,7 @@ class LmdbStore:
             raise RuntimeError(f"the store at {self.path} is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Op(fn, args, loop, fut))
+        self._queue.put(Op(fn, args, loop, fut))
         return fut
 
     def _writer_main(self) -> None:
@@ -400,7 +362,7 @@ class LmdbStore:
             if stop:
                 return
 
-    def _commit_batch(self, ops: list[_Op]) -> None:
+    def _commit_batch(self, ops: list[Op]) -> None:
         """Run ``ops`` in one write transaction with one fsync; each op writes all of its changes or none.
 
         Fast path: every op runs in the shared transaction. An op that raises before writing
@@ -423,11 +385,11 @@ class LmdbStore:
                 self._wcache.clear()
                 if self._grow_map():
                     continue
-                results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
+                results, t1 = [(False, store_error(e))] * len(ops), time.perf_counter()
                 batch.rollback(0)
             except Exception as e:  # the commit itself failed: nothing of the batch is durable
                 self._wcache.clear()
-                results, t1 = [(False, _store_error(e))] * len(ops), time.perf_counter()
+                results, t1 = [(False, store_error(e))] * len(ops), time.perf_counter()
                 batch.rollback(0)
                 if isinstance(e, mdb.Error):
                     self.commit_failures += 1
@@ -436,36 +398,9 @@ class LmdbStore:
         self.time_in_commit += time.perf_counter() - t1
         self.commits += 1
         self.ops_committed += len(ops)
-        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
-        for op, (ok, value) in zip(ops, results, strict=True):
-            if op.future is not None and op.loop is not None:
-                per_loop.setdefault(op.loop, []).append((_resolve, (op.future, ok, value)))
-        if batch.effects:
-            self._apply(batch.effects, per_loop)
-        for loop, items in per_loop.items():
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_run_callbacks, items)
+        answer_batch(ops, results, batch.effects, self._waiters, self._update_waiters, self.dispatch)
 
-    def _apply(self, effects: list[Effect],
-               per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]]) -> None:
-        """After the fsync: release this store's waiters (thread-safe) and hand the rest to the dispatch."""
-        rest: list[Effect] = []
-        for eff in effects:
-            if isinstance(eff, RunClosed):
-                # Released with the op futures of the same loop: one wake-up per loop and batch.
-                for fut in self._waiters.pop(eff.run_key, ()):
-                    per_loop.setdefault(fut.get_loop(), []).append((_resolve, (fut, True, eff.info)))
-            elif isinstance(eff, UpdateCompleted):
-                ufut = self._update_waiters.pop(eff.update_id, None)
-                if ufut is not None:
-                    per_loop.setdefault(ufut.get_loop(), []).append((_resolve, (ufut, True, eff.payload)))
-            else:
-                rest.append(eff)
-        dispatch = self.dispatch
-        if rest and dispatch is not None and dispatch.loop is not None:
-            per_loop.setdefault(dispatch.loop, []).append((dispatch.deliver, (rest,)))
-
-    def _run_batch(self, ops: list[_Op], batch: _Batch, isolate: bool) -> tuple[list[tuple[bool, Any]], float]:
+    def _run_batch(self, ops: list[Op], batch: _Batch, isolate: bool) -> tuple[list[tuple[bool, Any]], float]:
         """One attempt at a batch; returns the per-op results and when the ops ended (commit follows)."""
         results: list[tuple[bool, Any]] = []
         tid = -1
@@ -494,7 +429,7 @@ class LmdbStore:
                         # memory before raising: later ops must read records from txn.
                         self._wcache.clear()
                         batch.rollback(mark)
-                        results.append((False, _store_error(e)))
+                        results.append((False, store_error(e)))
                 t1 = time.perf_counter()
             # Leaving the with-block committed (and fsynced) the transaction.
             self._last_own_txn = tid
@@ -503,7 +438,7 @@ class LmdbStore:
             raise
         return results, t1
 
-    def _run_isolated(self, txn: mdb.Transaction, batch: _Batch, op: _Op) -> tuple[bool, Any]:
+    def _run_isolated(self, txn: mdb.Transaction, batch: _Batch, op: Op) -> tuple[bool, Any]:
         """Run one op in a nested transaction: its writes join ``txn`` only if it succeeds."""
         mark = batch.mark()
         # Cold cache for each op: a failed op's in-memory edits must not leak into the next.
@@ -518,7 +453,7 @@ class LmdbStore:
             child.abort()
             self._wcache.clear()
             batch.rollback(mark)
-            return False, _store_error(e)
+            return False, store_error(e)
         child.commit()
         return True, value
 

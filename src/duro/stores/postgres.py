@@ -44,16 +44,14 @@ import msgspec
 from duro._core import codec
 from duro._core.codec import Event
 from duro.engine.machine import LAPSED_LEASE_FAILURE, Effects, Machine, run_info
-from duro.errors import DuroError, StoreError, WorkflowNotFoundError
+from duro.errors import StoreError, WorkflowNotFoundError
 from duro.stores import lmdb as _lmdb
 from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
     ActivityTask,
     Clock,
-    Conflict,
     Dispatch,
-    Effect,
     RunClosed,
     RunInfo,
     StartRequest,
@@ -62,6 +60,7 @@ from duro.stores.base import (
     new_run_id,
     pack,
 )
+from duro.stores.batch import Op, answer_batch, resolve, store_error
 from duro.stores.pg_conn import (
     CommitUnknownError,
     PgSettings,
@@ -157,41 +156,6 @@ def _us(t: float) -> int:
     return int(t * 1_000_000)
 
 
-class _Op:
-    __slots__ = ("args", "fn", "future", "loop")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], loop: asyncio.AbstractEventLoop,
-                 future: asyncio.Future[Any]) -> None:
-        self.fn = fn
-        self.args = args
-        self.loop = loop
-        self.future = future
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
-
-
-def _run_callbacks(items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
-    for fn, args in items:
-        fn(*args)
-
-
-def _store_error(e: Exception) -> Exception:
-    """The error an op's caller sees: duro's own errors as they are, anything else wrapped."""
-    if isinstance(e, DuroError | Conflict | ValueError | TypeError):
-        return e
-    err = StoreError(f"the PostgreSQL store could not carry out the operation: {type(e).__name__}: {e}; "
-                     "nothing of it was written")
-    err.__cause__ = e
-    return err
-
-
 _OPEN: dict[str, PostgresStore] = {}
 _OPEN_LOCK = threading.Lock()
 
@@ -248,7 +212,7 @@ class PostgresStore:
         self._db_thread = threading.Thread(target=self._db_main, name="duro-pg-db", daemon=True)
         self._db_thread.start()
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="duro-pg-writer")
-        self._queue: asyncio.Queue[_Op | None] | None = None
+        self._queue: asyncio.Queue[Op | None] | None = None
         self._pool: asyncpg.Pool | None = None
         self._listener: Listener | None = None
         self._batch_task: asyncio.Task[None] | None = None
@@ -333,7 +297,7 @@ class PostgresStore:
         with self._queued_lock:
             self._queued += 1
         assert self._queue is not None
-        self._db_loop.call_soon_threadsafe(self._queue.put_nowait, _Op(fn, args, loop, fut))
+        self._db_loop.call_soon_threadsafe(self._queue.put_nowait, Op(fn, args, loop, fut))
         return fut
 
     async def _batch_loop(self) -> None:
@@ -359,7 +323,7 @@ class PostgresStore:
             if stop:
                 return
 
-    async def _commit(self, ops: list[_Op]) -> None:
+    async def _commit(self, ops: list[Op]) -> None:
         """Run ``ops`` as one transaction (retried per pg_conn's rules), then answer them and apply effects."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -384,7 +348,7 @@ class PostgresStore:
                 return
             if not isinstance(e, StoreError):
                 log.warning("a PostgreSQL batch of %d op(s) failed: %s: %s", len(ops), type(e).__name__, e)
-            self._finish(ops, [(False, _store_error(e))] * len(ops), Effects())
+            self._finish(ops, [(False, store_error(e, "the PostgreSQL store"))] * len(ops), Effects())
             return
         self.retried_batches += attempts - 1
         self.commits += 1
@@ -393,7 +357,7 @@ class PostgresStore:
         self.time_in_batches += time.perf_counter() - t0
         self._finish(ops, results, fx)
 
-    def _run_ops(self, conn: asyncpg.Connection, ops: list[_Op]) -> tuple[list[tuple[bool, Any]], Effects, PgTx]:
+    def _run_ops(self, conn: asyncpg.Connection, ops: list[Op]) -> tuple[list[tuple[bool, Any]], Effects, PgTx]:
         """On the writer thread: run every op on one PgTx, flush, and queue the wake-ups (COMMIT follows)."""
         tx = PgTx(conn, self._call, self.machine.now_us, self.settings.lease_s)
         fx = Effects()
@@ -414,7 +378,7 @@ class PostgresStore:
             except Exception as e:
                 tx.drop()
                 fx.rollback(mark)
-                results.append((False, _store_error(e)))
+                results.append((False, store_error(e, "the PostgreSQL store")))
             else:
                 tx.merge()
                 results.append((True, value))
@@ -430,7 +394,7 @@ class PostgresStore:
             self._call(notify_many(conn, [(self._channels[kind], payload) for kind, payload in sorted(notes)]))
         return results, fx, tx
 
-    def _rows_of(self, op: _Op, runs: list[bytes], attempts: list[tuple[bytes, int]], ids: list[str]) -> None:
+    def _rows_of(self, op: Op, runs: list[bytes], attempts: list[tuple[bytes, int]], ids: list[str]) -> None:
         """The runs and activity attempts ``op`` will read, for the batch's read-ahead.
 
         A guess may be wrong either way: a row not read ahead is read when asked for, and one read
@@ -456,35 +420,11 @@ class PostgresStore:
         elif fn == self._op_release_wtask or fn == self._op_fail_wtask:
             runs.append(args[1])
 
-    def _finish(self, ops: list[_Op], results: list[tuple[bool, Any]], fx: Effects) -> None:
+    def _finish(self, ops: list[Op], results: list[tuple[bool, Any]], fx: Effects) -> None:
         """After the commit (or the failure): resolve futures and apply effects, one wake-up per loop."""
-        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
-        for op, (ok, value) in zip(ops, results, strict=True):
-            per_loop.setdefault(op.loop, []).append((_resolve, (op.future, ok, value)))
-        if fx.effects:
-            self._apply(fx.effects, per_loop)
         with self._queued_lock:
             self._queued -= len(ops)
-        for loop, items in per_loop.items():
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_run_callbacks, items)
-
-    def _apply(self, effects: list[Effect],
-               per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]]) -> None:
-        rest: list[Effect] = []
-        for eff in effects:
-            if isinstance(eff, RunClosed):
-                for fut in self._waiters.pop(eff.run_key, ()):
-                    per_loop.setdefault(fut.get_loop(), []).append((_resolve, (fut, True, eff.info)))
-            elif isinstance(eff, UpdateCompleted):
-                ufut = self._update_waiters.pop(eff.update_id, None)
-                if ufut is not None:
-                    per_loop.setdefault(ufut.get_loop(), []).append((_resolve, (ufut, True, eff.payload)))
-            else:
-                rest.append(eff)
-        dispatch = self.dispatch
-        if rest and dispatch is not None and dispatch.loop is not None:
-            per_loop.setdefault(dispatch.loop, []).append((dispatch.deliver, (rest,)))
+        answer_batch(ops, results, fx.effects, self._waiters, self._update_waiters, self.dispatch)
 
     # ------------------------------------------------------------------ wake-ups from other processes
 
@@ -515,7 +455,7 @@ class PostgresStore:
         for fut in self._waiters.pop(run_key, ()):
             loop = fut.get_loop()
             if not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, fut, True, info)
+                loop.call_soon_threadsafe(resolve, fut, True, info)
 
     def on_foreign_change(self, fn: Callable[[], None]) -> Callable[[], None]:
         """Call ``fn`` on the current loop when a notification arrives; returns an unsubscriber."""
