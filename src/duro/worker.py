@@ -262,6 +262,8 @@ class Worker:
                     continue
                 self._requests_in_progress.add(request_id)
                 self._spawn(self._serve_request(request_id, raw))
+        except Exception:  # the askers time out with a clear message; the next change looks again
+            log.exception("reading the pending queries and updates of %r failed", self.task_queue)
         finally:
             self._serving_requests = False
 
@@ -556,9 +558,17 @@ class Worker:
             self._next_timer = when
             self._wake_timer.set()
 
+    def _next_timer_due(self) -> float | None:
+        """The store's earliest timer; on a read that failed (a server restarting), look again in a second."""
+        try:
+            return self.store.next_timer_due()
+        except Exception:
+            log.exception("reading the next timer failed; looking again shortly")
+            return self.store.clock.now() + _POLL_INTERVAL_S
+
     async def _timer_loop(self) -> None:
         store = self.store
-        self._next_timer = store.next_timer_due()
+        self._next_timer = self._next_timer_due()
         while self._running:
             now = store.clock.now()
             if self._next_timer is not None and self._next_timer <= now:
@@ -573,7 +583,7 @@ class Worker:
             self._wake_timer.clear()
             await wait_event(self._wake_timer, max(wait, 0.0005))
             if self._next_timer is None or self._wake_timer.is_set():
-                due = store.next_timer_due()
+                due = self._next_timer_due()
                 if due is not None and (self._next_timer is None or due < self._next_timer):
                     self._next_timer = due
 

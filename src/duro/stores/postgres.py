@@ -66,6 +66,7 @@ from duro.stores.pg_conn import (
     PgSettings,
     StoreUnavailableError,
     connect_pool,
+    is_connection_loss,
     parse_pg_url,
     run_with_retry,
 )
@@ -79,6 +80,7 @@ __all__ = ["PostgresStore", "open_postgres_store"]
 log = logging.getLogger("duro.store.pg")
 
 _MAX_BATCH = 1024
+_READ_RETRY_S = 30.0  # how long a read waits for a server that went away (a restart takes seconds)
 _SWEEP_LIMIT = 1000
 _START_TIMEOUT_S = 60.0
 
@@ -264,22 +266,49 @@ class PostgresStore:
             except Exception:
                 self._pool.terminate()
 
-    def _read(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run a read on the DB loop and wait for it (from any thread but the DB loop's)."""
-        if self._closed:
-            coro.close()
-            raise RuntimeError(f"the store at {self.settings.where} is closed")
-        try:
-            return self._call(coro)
-        except _DB_ERRORS as e:
-            raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: {type(e).__name__}: {e}") from e
+    def _read(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the DB loop and wait for it (from any thread but the DB loop's).
 
-    async def _aread(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run a read on the DB loop and await it (from another loop)."""
+        A lost connection (a server restarting, say) is retried with backoff for up to
+        ``_READ_RETRY_S`` seconds: reads change nothing, so retrying them is always safe. Not on a
+        thread that runs an event loop, though: a sleep there would stall everything on that loop
+        (a worker's heartbeats, say), so the read fails at once and its caller's loop retries it.
+        """
+        return self._retrying(lambda: self._call(fn(*args)))
+
+    def _retrying(self, read: Callable[[], Any]) -> Any:
         try:
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._db_loop))
-        except _DB_ERRORS as e:
-            raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: {type(e).__name__}: {e}") from e
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        deadline = time.monotonic() + (0.0 if on_loop else _READ_RETRY_S)
+        delay = 0.05
+        while True:
+            if self._closed:
+                raise RuntimeError(f"the store at {self.settings.where} is closed")
+            try:
+                return read()
+            except _DB_ERRORS as e:
+                if not is_connection_loss(e) or time.monotonic() + delay > deadline:
+                    raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: "
+                                     f"{type(e).__name__}: {e}") from e
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _aread(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the DB loop and await it (from another loop), retried like ``_read``."""
+        deadline = time.monotonic() + _READ_RETRY_S
+        delay = 0.05
+        while True:
+            try:
+                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), self._db_loop))
+            except _DB_ERRORS as e:
+                if not is_connection_loss(e) or time.monotonic() + delay > deadline:
+                    raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: "
+                                     f"{type(e).__name__}: {e}") from e
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -704,7 +733,7 @@ class PostgresStore:
             await self._submit(self._op_put_request, task_queue, request_id, head, args)
             deadline = loop.time() + timeout
             while True:
-                if await self._aread(self.pool.fetchval(_HAS_RESPONSE, request_id)):
+                if await self._aread(self.pool.fetchval, _HAS_RESPONSE, request_id):
                     break
                 left = deadline - loop.time()
                 if left <= 0:
@@ -721,7 +750,7 @@ class PostgresStore:
 
     def pending_requests(self, task_queue: str) -> list[tuple[str, bytes]]:
         """Requests waiting for a worker of ``task_queue``: (request id, packed request)."""
-        rows = self._read(self.pool.fetch(_PENDING_REQUESTS, task_queue))
+        rows = self._read(self.pool.fetch, _PENDING_REQUESTS, task_queue)
         return [(r[0], pack(bytes(r[1]), bytes(r[2]))) for r in rows]
 
     async def answer(self, task_queue: str, request_id: str, answer: bytes) -> None:
@@ -735,11 +764,11 @@ class PostgresStore:
 
     def has_pending_wtasks(self, task_queue: str) -> bool:
         """Whether the queue holds workflow tasks, due now, that nobody holds."""
-        return bool(self._read(self.pool.fetchval(HAS_DUE_WTASKS, task_queue, self.machine.now_us())))
+        return bool(self._read(self.pool.fetchval, HAS_DUE_WTASKS, task_queue, self.machine.now_us()))
 
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """Whether this process still holds the lease of an activity attempt."""
-        row = self._read(self.pool.fetchrow(_HOLDS_ACTIVITY, run_key, seq))
+        row = self._read(self.pool.fetchrow, _HOLDS_ACTIVITY, run_key, seq)
         return (row is not None and row[0] == self.machine.owner and row[1] == attempt and not row[2]
                 and row[3] > self.machine.now_us() and row[4] == task_queue)
 
@@ -749,25 +778,26 @@ class PostgresStore:
 
     def has_any_tasks(self) -> bool:
         """Whether any workflow or activity task is pending or running (any queue)."""
-        return bool(self._read(self.pool.fetchval(_HAS_ANY_TASKS)))
+        return bool(self._read(self.pool.fetchval, _HAS_ANY_TASKS))
 
     def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
         """All events of a run from ``from_event_id`` on."""
-        rows = self._read(self.pool.fetch(_READ_HISTORY, run_key, from_event_id))
+        rows = self._read(self.pool.fetch, _READ_HISTORY, run_key, from_event_id)
         return [codec.decode_event(r[0]) for r in rows]
 
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
         """Describe a run; the latest run of the id when ``run_id`` is None."""
-        tx = self._read_tx()
-        try:
+        def read() -> RunInfo:
+            tx = self._read_tx()
             key = Machine.resolve(tx, workflow_id, run_id)
             return run_info(key, Machine.get_run(tx, key))
-        except _DB_ERRORS as e:
-            raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: {e}") from e
+
+        info: RunInfo = self._retrying(read)
+        return info
 
     def run_state(self, run_key: bytes) -> dict[str, Any]:
         """The run record with the record's own short keys (status, next, epoch, wtf, ...), as LMDB's."""
-        row = self._read(self.pool.fetchrow(_READ_RUN, run_key))
+        row = self._read(self.pool.fetchrow, _READ_RUN, run_key)
         if row is None:
             raise WorkflowNotFoundError("?", run_key.hex())
         state: dict[str, Any] = msgspec.to_builtins(run_from_row(row))
@@ -775,12 +805,12 @@ class PostgresStore:
 
     def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
         """The latest run of each workflow id, newest first, filtered by status and type."""
-        rows = self._read(self.pool.fetch(_LIST_RUNS, status, workflow_type, limit))
+        rows = self._read(self.pool.fetch, _LIST_RUNS, status, workflow_type, min(limit, 2**31 - 1))
         return [run_info(bytes(r[0]), run_from_row(r)) for r in rows]
 
     def next_timer_due(self) -> float | None:
         """When the earliest timer is due, or None."""
-        due = self._read(self.pool.fetchval(NEXT_TIMER_US))
+        due = self._read(self.pool.fetchval, NEXT_TIMER_US)
         return None if due is None else float(due) / 1e6
 
     async def wait_closed(self, run_key: bytes) -> RunInfo:
@@ -789,7 +819,7 @@ class PostgresStore:
         self._waiters.setdefault(run_key, []).append(fut)
         try:
             # Check after registering, so a close committed in between is not missed.
-            row = await self._aread(self.pool.fetchrow(_READ_RUN, run_key))
+            row = await self._aread(self.pool.fetchrow, _READ_RUN, run_key)
             if row is None:
                 raise WorkflowNotFoundError("?", run_key.hex())
             rec = run_from_row(row)
