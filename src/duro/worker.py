@@ -381,8 +381,9 @@ class Worker:
     async def _task_failed(self, run_key: bytes, epoch: int, exc: Exception) -> None:
         """A workflow task raised: record it in the history and retry it after a backoff.
 
-        Whatever raised (the workflow's own code, a missing registration, a non-determinism, a
-        damaged history, a store error), the run is never left with a task that nobody retries.
+        Whatever raised (a missing registration, arguments that do not fit, a non-determinism, a
+        damaged history), the run is never left with a task that nobody retries (a failing store
+        is retried by ``_retry_here`` instead, with nothing recorded).
         The store keeps the task unleased and due after the backoff, so a worker with fixed code,
         in this process or another, picks it up; when even recording fails (a full disk), this
         worker retries the task itself.
