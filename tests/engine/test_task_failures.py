@@ -6,30 +6,18 @@ Each test runs on every store through the ``store`` fixture.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import duro
 from duro.stores.base import Clock, run_key_of
+from tests.waiting import eventually
 
 DEADLINE_S = 20.0
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    """Poll ``check`` (sync or async) until it returns a truthy value; fail naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+
 
 
 @duro.workflow(name="greet")

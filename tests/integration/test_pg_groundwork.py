@@ -34,6 +34,7 @@ from duro.stores.pg_notify import KINDS, Listener, channel, notify, notify_many
 from duro.stores.pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from tests import pg
 from tests.pg import PG_URL, drop_schema, random_schema, require_postgres, with_schema
+from tests.waiting import eventually
 
 pg_url = pg.pg_url  # the fixtures of tests.pg, requested by name below
 pg_settings = pg.pg_settings
@@ -45,21 +46,6 @@ NOW = 1_700_000_000_000_000
 
 def rk(i: int) -> bytes:
     return i.to_bytes(16, "big")
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns a truthy value; fail naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

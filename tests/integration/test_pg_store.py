@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +31,7 @@ import duro  # noqa: E402
 from tests import pg  # noqa: E402
 from tests.engine import wfs  # noqa: E402
 from tests.engine.wfs import Order, Receipt  # noqa: E402
+from tests.waiting import eventually  # noqa: E402
 
 pg_url = pg.pg_url  # the fixture of tests.pg, requested by name below
 
@@ -89,21 +90,6 @@ ACTIVITIES += cast("list[Callable[..., Any]]", wfs.ALL_ACTIVITIES)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], what: str,
-                     timeout: float = RESULT_TIMEOUT_S) -> None:
-    """Wait until ``check()`` is true (polled), or fail saying ``what`` did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        await asyncio.sleep(0.02)
-
 
 @pytest.fixture
 async def client(pg_url: str) -> AsyncIterator[duro.Client]:

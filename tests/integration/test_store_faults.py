@@ -22,7 +22,7 @@ import pytest
 
 import duro
 from duro.stores.base import StartRequest, new_run_id, pack
-from tests.engine.test_task_failures import eventually
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0

@@ -276,13 +276,7 @@ def _damaged(path: str, what: str) -> StoreCorruptedError:
 
 
 def _permission(path: str, what: str) -> StorePermissionError:
-    owner = ""
-    try:
-        import pwd
-
-        owner = f" (it belongs to {pwd.getpwuid(os.stat(path).st_uid).pw_name})"
-    except (ImportError, KeyError, OSError):
-        pass
+    owner = _owner_note(path)
     return StorePermissionError(
         f"this process (user id {os.getuid() if hasattr(os, 'getuid') else '?'}) may not {what} {path}{owner}; "
         "run duro as the user that owns the store, or give this user read and write access to the store "
@@ -335,11 +329,8 @@ def _inspect(fd: int, path: str, lock_exists: bool) -> LmdbMeta | None:
         if size >= need:
             return meta
         first = size // page_size  # the first page not wholly in the file
-        try:
-            if _all_free(_Pages(fd, page_size), meta, first, meta.last_pg):
-                return meta
-        except _Damaged:
-            pass  # the free list itself lies (partly) in the missing part
+        if _missing_pages_free(fd, page_size, meta, first):
+            return meta
         again = _read_metas(fd, size)[:2]
         latest = max((m for m in again if isinstance(m, LmdbMeta)), key=lambda m: m.txnid, default=None)
         if latest is not None and latest.txnid != meta.txnid and attempt + 1 < _ATTEMPTS:
@@ -453,3 +444,24 @@ def named_databases(directory: str, txnid: int) -> dict[bytes, LmdbDb] | None:
         return found
     finally:
         os.close(fd)
+
+
+def _owner_note(path: str) -> str:
+    """" (it belongs to USER)" for an error message, or "" where that cannot be told (no pwd module)."""
+    try:
+        import pwd
+
+        return f" (it belongs to {pwd.getpwuid(os.stat(path).st_uid).pw_name})"
+    except (ImportError, KeyError, OSError):
+        return ""
+
+
+def _missing_pages_free(fd: int, page_size: int, meta: LmdbMeta, first: int) -> bool:
+    """Whether pages ``first`` .. ``meta.last_pg`` (past the end of a short file) are all free.
+
+    False too when the free list itself lies (partly) in the missing part: then it cannot tell.
+    """
+    try:
+        return _all_free(_Pages(fd, page_size), meta, first, meta.last_pg)
+    except _Damaged:
+        return False

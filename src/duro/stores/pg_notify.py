@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from duro._aio import wait_event
 from duro.errors import StoreError
 from duro.stores.pg_conn import DEFAULT_CONNECT_TIMEOUT_S, PgSettings, connect_one
 
@@ -241,16 +242,22 @@ class Listener:
 
     async def _watch(self, conn: Any) -> None:
         """Return when the connection is lost (its termination callback, or a failed ping)."""
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _c: lost.set())
+        woke = asyncio.Event()
+        lost: list[bool] = []  # not the event: a ping interval passing sets that too
+
+        def on_lost(_conn: Any) -> None:
+            lost.append(True)
+            woke.set()
+
+        conn.add_termination_listener(on_lost)
         if conn.is_closed():
             return
         while not self._closing:
-            try:
-                await asyncio.wait_for(lost.wait(), self._ping_interval_s)
+            woke.clear()
+            if not lost:
+                await wait_event(woke, self._ping_interval_s)
+            if lost:
                 return
-            except TimeoutError:
-                pass
             try:
                 await conn.fetchval("SELECT 1", timeout=self._ping_timeout_s)
             except Exception as e:

@@ -41,6 +41,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from duro._aio import wait_event
 from duro._core import codec
 from duro._core.codec import Event
 from duro.engine.machine import LAPSED_LEASE_FAILURE, Effects, Machine, run_info
@@ -739,10 +740,7 @@ class PostgresStore:
                 if left <= 0:
                     break
                 changed.clear()
-                try:
-                    await asyncio.wait_for(changed.wait(), min(left, 0.25))
-                except TimeoutError:
-                    pass
+                await wait_event(changed, min(left, 0.25))
         finally:
             unsubscribe()
         answer: bytes | None = await self._submit(self._op_take_answer, task_queue, request_id)
