@@ -366,7 +366,8 @@ async def _connect_with_retry(settings: PgSettings, attempt: Callable[[float], A
             delay = min(delay * 2, _BACKOFF_MAX_S)
 
 
-async def connect_pool(settings: PgSettings, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> asyncpg.Pool:
+async def connect_pool(settings: PgSettings, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+                       init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> asyncpg.Pool:
     """Open the connection pool duro's store uses, retrying with backoff while the server is unreachable.
 
     Every connection gets ``search_path`` set to the settings' schema (alone: unqualified names in
@@ -377,6 +378,7 @@ async def connect_pool(settings: PgSettings, *, timeout_s: float = DEFAULT_CONNE
         settings: from ``parse_pg_url``.
         timeout_s: how long to keep trying to reach the server (a server starting up, a refused
             connection, too many clients) before giving up.
+        init: called with each new connection of the pool (also those made after a reconnect).
 
     Returns:
         An open asyncpg pool (``pool_min`` connections made, up to ``pool_max``).
@@ -390,10 +392,22 @@ async def connect_pool(settings: PgSettings, *, timeout_s: float = DEFAULT_CONNE
     async def attempt(connect_timeout: float) -> asyncpg.Pool:
         return await asyncpg.create_pool(
             settings.dsn, min_size=settings.pool_min, max_size=settings.pool_max,
-            server_settings=settings.server_settings(), timeout=connect_timeout,
+            server_settings=settings.server_settings(), timeout=connect_timeout, init=init, reset=_reset,
         )
 
     return await _connect_with_retry(settings, attempt, timeout_s)
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a connection needs before it goes back to the pool: only a rollback of a transaction left open.
+
+    asyncpg's default reset (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``) is one
+    more round trip per release, and it is for session state that duro's pooled connections never
+    make: its advisory locks are transaction-scoped, it LISTENs on a connection of its own, it
+    opens no cursors outside transactions and it sets its settings at connect time.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 async def connect_one(settings: PgSettings, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> asyncpg.Connection:

@@ -26,7 +26,7 @@ from duro._aio import wait_event
 from duro.errors import StoreError
 from duro.stores.pg_conn import DEFAULT_CONNECT_TIMEOUT_S, PgSettings, connect_one
 
-__all__ = ["KINDS", "Listener", "NotifyCallback", "channel", "notify", "notify_many"]
+__all__ = ["KINDS", "Listener", "NotifyCallback", "channel", "notify", "notify_many", "notify_statement"]
 
 log = logging.getLogger("duro.store.pg")
 
@@ -79,6 +79,9 @@ async def notify(conn: asyncpg.Connection, channel_name: str, payload: str = "")
     await conn.execute("SELECT pg_notify($1::text, $2::text)", channel_name, payload)
 
 
+_NOTIFY_MANY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
+
+
 async def notify_many(conn: asyncpg.Connection, items: Iterable[tuple[str, str]]) -> None:
     """Send several notifications in one round trip (a group commit's wake-ups), in order.
 
@@ -88,14 +91,19 @@ async def notify_many(conn: asyncpg.Connection, items: Iterable[tuple[str, str]]
         conn: the connection of the transaction that makes the changes.
         items: (channel name, payload) pairs.
     """
+    sql, args = notify_statement(items)
+    if args[0]:
+        await conn.execute(sql, *args)
+
+
+def notify_statement(items: Iterable[tuple[str, str]]) -> tuple[str, list[Any]]:
+    """The statement (and its arguments) that sends (channel name, payload) pairs, in order."""
     channels: list[str] = []
     payloads: list[str] = []
     for name, payload in items:
         channels.append(name)
         payloads.append(payload)
-    if channels:
-        await conn.execute("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
-                           channels, payloads)
+    return _NOTIFY_MANY, [channels, payloads]
 
 
 class Listener:
@@ -130,6 +138,8 @@ class Listener:
         self._closing = False
         self.reconnects = 0
         """How many times the connection was lost and made again."""
+        self.ignore: Callable[[str, int], bool] | None = None
+        """When set, a notification of (kind, sender's server pid) for which it returns True is dropped."""
 
     @property
     def connected(self) -> bool:
@@ -212,9 +222,9 @@ class Listener:
         self._conn = conn
         return conn
 
-    def _on_notification(self, _conn: Any, _pid: int, channel_name: str, payload: str) -> None:
+    def _on_notification(self, _conn: Any, pid: int, channel_name: str, payload: str) -> None:
         kind = self._channels.get(channel_name)
-        if kind is not None and not self._closing:
+        if kind is not None and not self._closing and not (self.ignore is not None and self.ignore(kind, pid)):
             self._call(kind, payload)
 
     def _call(self, kind: str, payload: str | None) -> None:

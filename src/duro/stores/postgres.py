@@ -71,7 +71,7 @@ from duro.stores.pg_conn import (
     parse_pg_url,
     run_with_retry,
 )
-from duro.stores.pg_notify import KINDS, Listener, channel, notify_many
+from duro.stores.pg_notify import KINDS, Listener, channel, notify_statement
 from duro.stores.pg_schema import migrate
 from duro.stores.pg_sql import HAS_DUE_WTASKS, NEXT_TIMER_US, RELEASE_EXPIRED_WTASK_LEASES, TAKE_DUE_TIMERS
 from duro.stores.postgres_tx import ATASK_COLS, PgTx, atask_from_row, blocking_on, run_from_row
@@ -201,6 +201,7 @@ class PostgresStore:
         self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._bg: set[asyncio.Future[None]] = set()
+        self._own_pids: set[int] = set()  # server pids of this store's pool connections
         self._queued = 0  # ops submitted and not yet answered (is_idle)
         self._queued_lock = threading.Lock()
         self._channels = {kind: channel(self.settings.schema, kind) for kind in KINDS}
@@ -239,7 +240,7 @@ class PostgresStore:
 
     async def _start(self) -> None:
         self._queue = asyncio.Queue()
-        pool = await connect_pool(self.settings)
+        pool = await connect_pool(self.settings, init=self._pool_connection)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn, self.settings.schema)
@@ -250,9 +251,24 @@ class PostgresStore:
             raise
         self._pool = pool
         self._listener = listener
+        listener.ignore = self._sent_here
         for kind in KINDS:
             listener.subscribe(kind, functools.partial(self._on_notify, kind))
         self._batch_task = asyncio.create_task(self._batch_loop(), name="duro-pg-batches")
+
+    async def _pool_connection(self, conn: asyncpg.Connection) -> None:
+        # A server pid is this process's only while the connection lives (another backend may get it later).
+        pid = conn.get_server_pid()
+        self._own_pids.add(pid)
+        conn.add_termination_listener(lambda _conn: self._own_pids.discard(pid))
+
+    def _sent_here(self, kind: str, pid: int) -> bool:
+        """Whether a notification needs no handling here: a run closed by this process's own commit.
+
+        Its result waiters here were released when that commit returned; re-reading the run for
+        each such notification cost two reads per workflow.
+        """
+        return kind == "closed" and pid in self._own_pids
 
     async def _shutdown(self) -> None:
         assert self._queue is not None
@@ -395,9 +411,10 @@ class PostgresStore:
         runs: list[bytes] = []
         attempts: list[tuple[bytes, int]] = []
         ids: list[str] = []
+        closing: list[bytes] = []
         for op in ops:
-            self._rows_of(op, runs, attempts, ids)
-        tx.prefetch(runs, attempts, ids)
+            self._rows_of(op, runs, attempts, ids, closing)
+        tx.prefetch(runs, attempts, ids, closing)
         for op in ops:
             mark = fx.mark()
             tx.push()
@@ -412,19 +429,19 @@ class PostgresStore:
             else:
                 tx.merge()
                 results.append((True, value))
-        tx.flush()
         notes = set(tx.notes)
         for eff in fx.effects:
             if isinstance(eff, RunClosed):
                 notes.add(("closed", eff.run_key.hex()))
             elif isinstance(eff, UpdateCompleted):
                 notes.add(("update", eff.update_id))
-        if notes:
-            tx.round_trips += 1
-            self._call(notify_many(conn, [(self._channels[kind], payload) for kind, payload in sorted(notes)]))
+        # The last writes and the wake-ups go in one hop (COMMIT follows on the DB loop).
+        tx.flush([notify_statement([(self._channels[kind], payload) for kind, payload in sorted(notes)])]
+                 if notes else None)
         return results, fx, tx
 
-    def _rows_of(self, op: Op, runs: list[bytes], attempts: list[tuple[bytes, int]], ids: list[str]) -> None:
+    def _rows_of(self, op: Op, runs: list[bytes], attempts: list[tuple[bytes, int]], ids: list[str],
+                 closing: list[bytes]) -> None:
         """The runs and activity attempts ``op`` will read, for the batch's read-ahead.
 
         A guess may be wrong either way: a row not read ahead is read when asked for, and one read
@@ -438,6 +455,8 @@ class PostgresStore:
         if fn == self._op_complete_wtask or fn == self._op_start_eager:
             c = args[-1]
             runs.append(c.run_key)
+            if c.close_status is not None:
+                closing.append(c.run_key)
             if c.completed_activity is not None:
                 attempts.append((c.run_key, c.completed_activity[0]))
         elif fn == self._op_complete_activity:

@@ -58,6 +58,11 @@ _PREFETCH_WTASKS = ("SELECT run_key, task_queue, owner, lease_until_us, visible_
                     "WHERE run_key = ANY($1::bytea[]) ORDER BY run_key")
 _PREFETCH_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us FROM workflows "
                    "WHERE workflow_id = ANY($1::text[]) ORDER BY workflow_id")
+# The workflow-id rows of runs (a run that closes updates its id's row): locked like the others.
+_PREFETCH_INDEX_OF_RUNS = ("SELECT w.workflow_id, w.run_key, w.status, w.workflow_type, w.start_us, w.close_us "
+                           "FROM workflows AS w WHERE w.workflow_id IN "
+                           "(SELECT r.workflow_id FROM runs AS r WHERE r.run_key = ANY($1::bytea[])) "
+                           "ORDER BY w.workflow_id")
 _PREFETCH_ATASKS = (f"SELECT {ATASK_COLS} FROM atasks WHERE (run_key, seq) IN "
                     "(SELECT * FROM unnest($1::bytea[], $2::bigint[])) ORDER BY run_key, seq")
 _SELECT_HISTORY = ("SELECT event_id, envelope FROM history WHERE run_key = $1::bytea AND event_id >= $2::bigint "
@@ -233,7 +238,8 @@ class PgTx:
         self.notes: set[tuple[str, str]] = set()  # (kind, payload) wake-ups for other processes
         self.round_trips = 0
         # Rows read ahead for a batch (``prefetch``), as the database holds them: None = no such row.
-        # Writes never go here (they go to the layers), so a dropped layer leaves these valid.
+        # Op writes never go here (they go to the layers), so a dropped layer leaves these valid; a flush
+        # copies what it wrote here, since from then on the database holds it.
         self.read_rows: dict[str, dict[Any, Any]] = {"runs": {}, "wtasks": {}, "atasks": {}, "index": {}}
 
     # -- the layer stack
@@ -261,36 +267,49 @@ class PgTx:
         return False, None
 
     def prefetch(self, run_keys: list[bytes], attempts: list[tuple[bytes, int]],
-                 workflow_ids: list[str] | None = None) -> None:
-        """Read ahead, in three round trips, the rows a batch's ops will read, and lock them.
+                 workflow_ids: list[str] | None = None, closing: list[bytes] | None = None) -> None:
+        """Read ahead, in one hop to the DB loop, the rows a batch's ops will read, and lock them.
 
-        Runs, workflow tasks and activity attempts, locked in key order so concurrent batches do
-        not deadlock on them. Without it every op reads its rows one round trip at a time.
+        Runs and their workflow tasks, workflow-id rows (those named, and those of the ``closing``
+        runs, whose close updates them), and activity attempts: each kind locked in key order, so
+        concurrent batches do not deadlock on them. Without it every op reads its rows one round
+        trip (and two thread hops) at a time.
         """
-        if run_keys:
-            keys = sorted(set(run_keys))
-            for table, sql in (("runs", _PREFETCH_RUNS), ("wtasks", _PREFETCH_WTASKS)):
-                rows = self._fetch(sql + self._suffix, keys)
+        reads: list[tuple[str, str, list[Any]]] = []
+        keys = sorted(set(run_keys))
+        if keys:
+            reads.append(("runs", _PREFETCH_RUNS + self._suffix, [keys]))
+            reads.append(("wtasks", _PREFETCH_WTASKS + self._suffix, [keys]))
+        ids = sorted(set(workflow_ids or ()))
+        if ids:
+            reads.append(("index", _PREFETCH_INDEX + self._suffix, [ids]))
+        if closing:
+            reads.append(("index_of_runs", _PREFETCH_INDEX_OF_RUNS + self._suffix, [sorted(set(closing))]))
+        pairs = sorted(set(attempts))
+        if pairs:
+            reads.append(("atasks", _PREFETCH_ATASKS + self._suffix, [[p[0] for p in pairs], [p[1] for p in pairs]]))
+        if not reads:
+            return
+        self.round_trips += len(reads)
+        results: list[list[Any]] = self.call(_fetch_all(self.conn, [(sql, args) for _, sql, args in reads]))
+        for (table, _, _), rows in zip(reads, results, strict=True):
+            if table == "index" or table == "index_of_runs":
+                got_i = {r[0]: r for r in rows}
+                cache = self.read_rows["index"]
+                for wid in ids if table == "index" else list(got_i):
+                    if wid not in cache:
+                        cache[wid] = got_i.get(wid)
+                        self.index_in_db[wid] = wid in got_i
+            elif table == "atasks":
+                got_a = {(bytes(r[0]), int(r[1])): r for r in rows}
+                cache = self.read_rows["atasks"]
+                for pair in pairs:
+                    cache.setdefault(pair, got_a.get(pair))
+            else:
                 got = {bytes(r[0]): r for r in rows}
                 cache = self.read_rows[table]
                 for k in keys:
                     cache.setdefault(k, got.get(k))
-        if workflow_ids:
-            ids = sorted(set(workflow_ids))
-            rows = self._fetch(_PREFETCH_INDEX + self._suffix, ids)
-            got_i = {r[0]: r for r in rows}
-            cache = self.read_rows["index"]
-            for wid in ids:
-                if wid not in cache:
-                    cache[wid] = got_i.get(wid)
-                    self.index_in_db[wid] = wid in got_i
-        if attempts:
-            pairs = sorted(set(attempts))
-            rows = self._fetch(_PREFETCH_ATASKS + self._suffix, [p[0] for p in pairs], [p[1] for p in pairs])
-            got_a = {(bytes(r[0]), int(r[1])): r for r in rows}
-            cache = self.read_rows["atasks"]
-            for pair in pairs:
-                cache.setdefault(pair, got_a.get(pair))
 
     # -- database access
     def _fetchrow(self, sql: str, *args: Any) -> Any:
@@ -441,12 +460,18 @@ class PgTx:
         due = [v for layer in self.layers for v in layer.timers.values() if v is not None]
         return min(due) if due else None
 
-    def flush(self) -> None:
-        """Write the buffered writes of the ops that succeeded (the bottom layer) with set-based statements."""
+    def flush(self, tail: list[tuple[str, list[Any]]] | None = None) -> None:
+        """Write the buffered writes of the ops that succeeded (the bottom layer) with set-based statements.
+
+        ``tail``: statements to run after them in the same hop (a batch's notifications).
+        """
         if any(not layer.empty() for layer in self.layers[1:]):
             raise RuntimeError("flush with an op's writes still open")
         base = self.layers[0]
         if base.empty():
+            if tail:
+                self.round_trips += 1
+                self.call(_run_all(self.conn, tail))
             return
         self.layers[0] = _Layer()
         stmts: list[tuple[str, list[Any]]] = []
@@ -480,8 +505,15 @@ class PgTx:
                 stmts.append((_DELETE_TIMERS, [[k[0] for k in dels], [k[1] for k in dels]]))
             if puts:
                 stmts.append((_UPSERT_TIMERS, _columns(puts, 3)))
+        stmts.extend(tail or ())
         self.round_trips += 1
         self.call(_run_all(self.conn, stmts))
+        # The database now holds what the flushed layer held: the read-ahead rows must say so, or a later
+        # op of this batch (after a claim's or a sweep's flush) would read the rows as they were before
+        # the batch (a deleted workflow task still there, an old run record after a dropped layer
+        # cleared ``records``). The layer's rows have the column order of the read-ahead selects.
+        for table in ("runs", "wtasks", "atasks", "index"):
+            self.read_rows[table].update(getattr(base, table))
 
 
 def _columns(rows: list[tuple[Any, ...]], n: int) -> list[Any]:
@@ -507,6 +539,10 @@ async def _run_all(conn: Any, stmts: list[tuple[str, list[Any]]]) -> None:
     # Deletes come before upserts of the same table (a key is in one or the other, never both).
     for sql, args in stmts:
         await conn.execute(sql, *args)
+
+
+async def _fetch_all(conn: Any, reads: list[tuple[str, list[Any]]]) -> list[list[Any]]:
+    return [await conn.fetch(sql, *args) for sql, args in reads]
 
 
 def blocking_on(loop: asyncio.AbstractEventLoop) -> Blocking:
