@@ -20,6 +20,7 @@ from duro.errors import DuroError
 from duro.stores.base import RUNNING, pack, run_key_of, unpack
 
 if TYPE_CHECKING:
+    from duro._core.codec import Event
     from duro.client import WorkflowHandle
     from duro.worker import Worker
     from duro.workflow import WorkflowDefinition
@@ -32,7 +33,7 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) ->
     client = handle.client
     store = client.store
     conv = client.converter
-    info = handle._info()
+    info = await handle._info()
     run_key = run_key_of(info.run_id)
     payload = conv.encode_args(args)
     for worker, inst in local_dispatch(store).cached(run_key):
@@ -42,7 +43,8 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) ->
             return conv.decode(conv.encode(inst.query(name, conv.decode_args(payload, ()))))
     defn = _local_definition(handle, info.workflow_type)
     if defn is not None:
-        return conv.decode(conv.encode(_query_by_replay(handle, defn, run_key, name, payload)))
+        events = await store.aread_history(run_key)
+        return conv.decode(conv.encode(_query_by_replay(handle, defn, run_key, events, name, payload)))
     head = orjson.dumps({"kind": "query", "run": info.run_id, "name": name})
     answer = await store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if answer is None:
@@ -54,10 +56,9 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) ->
     return _unwrap(client.converter, answer)
 
 
-def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: bytes, name: str,
-                     payload: bytes) -> Any:
+def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: bytes, events: list[Event],
+                     name: str, payload: bytes) -> Any:
     conv = handle.client.converter
-    events = handle.client.store.read_history(run_key)
     inst = WorkflowInstance(defn, run_key, events[0], conv)
     try:
         inst.replay(events)
@@ -76,7 +77,7 @@ def _local_definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDef
 async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -> Any:
     """Deliver update ``name`` through a worker of the run's task queue (this process first)."""
     client = handle.client
-    info = handle._info()
+    info = await handle._info()
     if info.status != RUNNING:
         raise DuroError(f"workflow {handle.id!r} is {info.status}; updates need a running workflow")
     payload = client.converter.encode_args(args)
@@ -114,7 +115,7 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
                 await asyncio.sleep(0.0005)
             result = inst.query(head["name"], worker.converter.decode_args(payload, ()))
         else:
-            events = worker.store.read_history(run_key)
+            events = await worker.store.aread_history(run_key)
             defn = worker.definition(events[0].name) if events else None
             if defn is None:
                 raise DuroError(f"this worker does not run workflow type {events[0].name if events else '?'!r}")

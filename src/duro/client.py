@@ -229,7 +229,7 @@ class Client:
         check_name("workflow_type", workflow_type, allow_none=True)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
-        return [WorkflowExecution._from(i) for i in self.store.list_runs(status, workflow_type, limit)]
+        return [WorkflowExecution._from(i) for i in await self.store.alist_runs(status, workflow_type, limit)]
 
 
 def _definition(workflow: Any) -> WorkflowDefinition | None:
@@ -257,7 +257,7 @@ class WorkflowHandle:
     def _result_hint_for(self, query: str) -> Any:
         return None
 
-    def _target(self) -> str | None:
+    async def _target(self) -> str | None:
         """The run that signals, queries, cancels and describes address.
 
         A handle from ``start_workflow`` follows its workflow through continue-as-new (as its
@@ -265,11 +265,11 @@ class WorkflowHandle:
         """
         if self.run_id is None or not self._follow_runs:
             return self.run_id
-        info = self.client.store.find_run(self.id, self.run_id)
+        info = await self.client.store.afind_run(self.id, self.run_id)
         return None if info.status == "continued_as_new" else self.run_id
 
-    def _info(self) -> RunInfo:
-        return self.client.store.find_run(self.id, self._target())
+    async def _info(self) -> RunInfo:
+        return await self.client.store.afind_run(self.id, await self._target())
 
     async def result(self, timeout: float | datetime.timedelta | None = None) -> Any:
         """Wait for the run to close and return its result.
@@ -290,7 +290,7 @@ class WorkflowHandle:
             timeout = 0.0
         seconds = check_duration("result timeout", timeout, allow_none=True)
         store = self.client.store
-        run_id = self.run_id or self._info().run_id
+        run_id = self.run_id or (await self._info()).run_id
         loop = asyncio.get_running_loop()
         deadline = None if seconds is None else loop.time() + seconds
         while True:
@@ -298,7 +298,7 @@ class WorkflowHandle:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 # No time left to wait: read the run as it stands (a closed one has its result).
-                info = store.find_run(self.id, run_id)
+                info = await store.afind_run(self.id, run_id)
                 if info.status == RUNNING:
                     raise TimeoutError(f"workflow {self.id!r} (run {run_id}) is still running "
                                        f"after the result timeout of {seconds}s")
@@ -307,7 +307,7 @@ class WorkflowHandle:
                 info = await (asyncio.wait_for(waiter, left) if left is not None else waiter)
             ev = info.close_event
             if ev is None:
-                last = store.read_history(run_key, info.history_length)
+                last = await store.aread_history(run_key, info.history_length)
                 if not last:
                     raise WorkflowNotFoundError(self.id, info.run_id)
                 ev = last[-1]
@@ -336,16 +336,16 @@ class WorkflowHandle:
         """
         check_name("signal name", name)
         payload = self.client.converter.encode_args(args)
-        await self.client.store.signal_workflow(self.id, self._target(), name, payload)
+        await self.client.store.signal_workflow(self.id, await self._target(), name, payload)
 
     async def describe(self) -> WorkflowExecution:
         """Status, type, times and history length of the run."""
-        return WorkflowExecution._from(self._info())
+        return WorkflowExecution._from(await self._info())
 
     async def fetch_history(self) -> History:
         """The run's recorded events."""
-        info = self._info()
-        events = self.client.store.read_history(run_key_of(info.run_id))
+        info = await self._info()
+        events = await self.client.store.aread_history(run_key_of(info.run_id))
         return History(self.id, info.run_id, events)
 
     async def history(self) -> History:
@@ -358,7 +358,7 @@ class WorkflowHandle:
         The workflow may catch it and still run cleanup activities; ``result()`` then raises
         ``WorkflowFailedError`` caused by ``duro.CancelledError`` if it ended cancelled.
         """
-        await self.client.store.cancel_workflow(self.id, self._target())
+        await self.client.store.cancel_workflow(self.id, await self._target())
 
     async def query(self, name: str, *args: Any) -> Any:
         """Ask the workflow a question; nothing is written.
@@ -402,4 +402,4 @@ class WorkflowHandle:
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         self.client.converter.encode(reason)  # the payload size limit applies to the reason too
-        await self.client.store.terminate_workflow(self.id, self._target(), reason)
+        await self.client.store.terminate_workflow(self.id, await self._target(), reason)

@@ -128,6 +128,7 @@ class Worker:
         self._active: set[bytes] = set()
         self._again: set[bytes] = set()
         self._wf_backlog: deque[bytes] = deque()
+        self._claims: set[asyncio.Future[list[bytes]]] = set()  # workflow task claims in flight
         self._act_running = 0
         self._act_backlog: deque[ActivityTask] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -202,15 +203,34 @@ class Worker:
         local_dispatch(self.store).detach(self)
         if self._unsubscribe:
             self._unsubscribe()
+        held = {*self._active, *self._wf_backlog, *self._again}  # workflow tasks leased to this worker
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for claim in await asyncio.gather(*self._claims, return_exceptions=True):
+            if isinstance(claim, list):
+                held.update(claim)
+        await self._release_held(held)
         for inst in self._cache.values():
             inst.close()
         self._cache.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _release_held(self, held: set[bytes]) -> None:
+        """Give back the workflow tasks this worker held but did not finish, so others take them now.
+
+        Without this they would wait for their lease to end (30 s), also for another worker of this
+        process.
+        """
+        if not held:
+            return
+        try:
+            await self.store.return_workflow_tasks(self.task_queue, sorted(held))
+        except Exception as e:  # the store is unreachable: the leases end by themselves
+            log.warning("could not give back %d workflow task(s) on shutdown (%s: %s); other workers take them "
+                        "when their leases end", len(held), type(e).__name__, e)
 
     # ------------------------------------------------------------------ what the rest of the process sees
 
@@ -257,7 +277,7 @@ class Worker:
     async def _serve_requests(self) -> None:
         """Answer queries and updates that clients in other processes left for this queue."""
         try:
-            for request_id, raw in self.store.pending_requests(self.task_queue):
+            for request_id, raw in await self.store.apending_requests(self.task_queue):
                 if request_id in self._requests_in_progress:
                     continue
                 self._requests_in_progress.add(request_id)
@@ -314,10 +334,15 @@ class Worker:
             # Cleared before looking, so a wake-up that arrives while we look is not lost.
             self._wake_wf.clear()
             try:
-                if store.has_pending_wtasks(self.task_queue):
+                if await store.ahas_pending_wtasks(self.task_queue):
                     free = self.max_wf_tasks - len(self._active)
                     if free > 0:
-                        for run_key in await store.claim_workflow_tasks(self.task_queue, free):
+                        # Shielded: a shutdown that cancels this loop must still learn what the claim
+                        # leased, to hand it back (see shutdown).
+                        claim = asyncio.ensure_future(store.claim_workflow_tasks(self.task_queue, free))
+                        self._claims.add(claim)
+                        claim.add_done_callback(self._claims.discard)
+                        for run_key in await asyncio.shield(claim):
                             self.offer_workflow_task(run_key)
             except Exception:  # keep polling: a failed claim must not stop the worker
                 log.exception("claiming workflow tasks of %r failed", self.task_queue)
@@ -328,10 +353,10 @@ class Worker:
         if inst is not None:
             inst.close()
 
-    def _load(self, run_key: bytes, events: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
+    async def _load(self, run_key: bytes, events: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
         """A fresh instance replayed from the full history, and the inputs it still has to process."""
         if events is None:
-            events = self.store.read_history(run_key)
+            events = await self.store.aread_history(run_key)
         if not events:
             return None, []
         if events[-1].type in _TERMINAL or events[-1].type in (codec.WORKFLOW_COMPLETED, codec.WORKFLOW_FAILED):
@@ -400,12 +425,13 @@ class Worker:
         if delay is not None:
             asyncio.get_running_loop().call_later(delay + 0.001, self._wake_wf.set)
 
-    def _prepare(self, run_key: bytes, history: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
+    async def _prepare(self, run_key: bytes,
+                       history: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
         """The run's instance (cached, or rebuilt by replay) and the inputs it has not processed yet."""
         inst = self._cache.get(run_key)
         if inst is not None:
             self._cache.move_to_end(run_key)
-            new = self.store.read_history(run_key, inst.last_event_id + 1)
+            new = await self.store.aread_history(run_key, inst.last_event_id + 1)
             foreign = any(ev.type == codec.WORKFLOW_TASK_COMPLETED and ev.event_id != inst.last_marker_id
                           for ev in new)
             if not foreign and not any(ev.type in _TERMINAL for ev in new):
@@ -413,7 +439,7 @@ class Worker:
                     inst.next_event_id = new[-1].event_id + 1
                 return inst, [ev for ev in new if not is_command(ev.type) and ev.type not in _NOT_INPUTS]
             self._evict(run_key)  # another worker moved the run on, or it was closed: start over
-        inst, pending = self._load(run_key, history)
+        inst, pending = await self._load(run_key, history)
         if inst is not None:
             self._cache[run_key] = inst
             self._trim_cache()
@@ -421,7 +447,7 @@ class Worker:
 
     async def _workflow_task_inner(self, run_key: bytes, history: list[Event] | None) -> None:
         store = self.store
-        inst, pending = self._prepare(run_key, history)
+        inst, pending = await self._prepare(run_key, history)
         if inst is None:
             await store.release_workflow_task(self.task_queue, run_key, 1 << 62)
             return
@@ -498,7 +524,7 @@ class Worker:
             update_id = new_run_id()
             fut = store.wait_update(update_id)
             try:
-                inst, pending = self._prepare(run_key, None)
+                inst, pending = await self._prepare(run_key, None)
                 if inst is None:
                     raise DuroError("the workflow is closed; updates need a running workflow")
                 inst.busy = True
@@ -559,17 +585,17 @@ class Worker:
             self._next_timer = when
             self._wake_timer.set()
 
-    def _next_timer_due(self) -> float | None:
+    async def _next_timer_due(self) -> float | None:
         """The store's earliest timer; on a read that failed (a server restarting), look again in a second."""
         try:
-            return self.store.next_timer_due()
+            return await self.store.anext_timer_due()
         except Exception:
             log.exception("reading the next timer failed; looking again shortly")
             return self.store.clock.now() + _POLL_INTERVAL_S
 
     async def _timer_loop(self) -> None:
         store = self.store
-        self._next_timer = self._next_timer_due()
+        self._next_timer = await self._next_timer_due()
         while self._running:
             now = store.clock.now()
             if self._next_timer is not None and self._next_timer <= now:
@@ -584,7 +610,7 @@ class Worker:
             self._wake_timer.clear()
             await wait_event(self._wake_timer, max(wait, 0.0005))
             if self._next_timer is None or self._wake_timer.is_set():
-                due = self._next_timer_due()
+                due = await self._next_timer_due()
                 if due is not None and (self._next_timer is None or due < self._next_timer):
                     self._next_timer = due
 
@@ -654,7 +680,8 @@ class Worker:
             # lasts at least 30 s and only expiry takes it from a live owner, so a task started
             # right after it was leased needs no look (the look costs a read snapshot).
             if (time.monotonic() - task.received > _LEASE_CHECK_AFTER_S
-                    and not self.store.holds_activity(task.task_queue, task.run_key, task.seq, task.attempt)):
+                    and not await self.store.aholds_activity(task.task_queue, task.run_key, task.seq,
+                                                             task.attempt)):
                 self.stats["stale_activities"] += 1
                 log.warning("activity %r (seq %d attempt %d) of run %s is no longer leased to this worker; "
                             "not starting it", task.name, task.seq, task.attempt, task.run_key.hex())

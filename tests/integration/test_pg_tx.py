@@ -11,8 +11,6 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-import pytest
-
 from duro.engine.records import ActivityMeta, RunRecord, RunStatus, WorkflowIndex, WorkflowTaskLease
 from duro.stores.pg_conn import PgSettings, connect_one
 from duro.stores.pg_schema import migrate

@@ -589,6 +589,29 @@ def test_release_wtask_drops_a_task_with_nothing_new_or_hands_it_out_again() -> 
     assert env.wtask(key) is None
 
 
+def test_return_wtasks_gives_back_only_this_process_tasks_of_open_runs() -> None:
+    env = Env()
+    ours, closed, theirs = env.start("ours"), env.start("closed"), env.start("theirs")
+    env.apply(lambda tx, fx: tx.put_wtask(Q, theirs, WorkflowTaskLease("other-host:1:1:x", env.now + 10**7)))
+    env.terminate("closed")
+    env.apply(lambda tx, fx: tx.put_wtask(Q, closed, WorkflowTaskLease(OWNER, env.now + 10**7)))
+    env.consumer.workflows = False  # the worker that held them stopped; nobody here takes the queue
+    given = env.apply(lambda tx, fx: env.machine.return_wtasks(tx, fx, Q, [ours, closed, theirs, b"\0" * 16]))
+    assert given == 1
+    assert env.wtask(ours) == WorkflowTaskLease()  # unleased, due now, for any process
+    assert env.wtask(closed) is None
+    theirs_lease = env.wtask(theirs)
+    assert theirs_lease is not None and theirs_lease.owner == "other-host:1:1:x"
+    assert env.effects == []
+    # Another worker of this process that takes the queue gets a given-back task at once.
+    env.apply(lambda tx, fx: tx.put_wtask(Q, ours, WorkflowTaskLease(OWNER, env.now + 10**7)))
+    env.consumer.workflows = True
+    assert env.apply(lambda tx, fx: env.machine.return_wtasks(tx, fx, Q, [ours])) == 1
+    lease = env.wtask(ours)
+    assert lease is not None and lease.owner == OWNER
+    assert env.effects == [WorkflowTaskReady(Q, ours)]
+
+
 CLOSES = [("completed", codec.WORKFLOW_COMPLETED, RESULT), ("failed", codec.WORKFLOW_FAILED, FAILURE),
           ("canceled", codec.WORKFLOW_CANCELED, CANCELED)]
 

@@ -534,6 +534,25 @@ class Machine:
         else:
             tx.delete_wtask(task_queue, run_key)
 
+    def return_wtasks(self, tx: Tx, fx: Effects, task_queue: str, run_keys: list[bytes]) -> int:
+        """Give back workflow tasks leased to this process that it will not run (a worker stopping).
+
+        Each is handed to another worker of this process that takes the queue, or left unleased and
+        due now for any process, instead of waiting for its lease to end. A task leased elsewhere, or
+        gone, is left as it is; a closed run's task is dropped. Returns how many were given back.
+        """
+        given = 0
+        for run_key in run_keys:
+            existing = tx.wtask(task_queue, run_key)
+            if existing is None or existing.owner != self.owner:
+                continue
+            tx.delete_wtask(task_queue, run_key)
+            rec = tx.run(run_key)
+            if rec is not None and rec.status == RUNNING:
+                self.enqueue_wtask(tx, fx, run_key, rec, self.now_us())
+                given += 1
+        return given
+
     def fail_wtask(self, tx: Tx, fx: Effects, task_queue: str, run_key: bytes, epoch: int, error_type: str,
                    failure: bytes, digest: str) -> float | None:
         """Record that a workflow task raised, and make it due again after a backoff.

@@ -19,6 +19,7 @@ __all__ = [
     "ChildStart",
     "Clock",
     "ExternalRequest",
+    "LocalReads",
     "RunInfo",
     "StartRequest",
     "Store",
@@ -318,6 +319,9 @@ class Store(Protocol):
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task's commands; return the run's next event id. Raises Conflict."""
 
+    async def return_workflow_tasks(self, task_queue: str, run_keys: list[bytes]) -> int:
+        """Give back workflow tasks this process leased and will not run (see ``Machine.return_wtasks``)."""
+
     async def release_workflow_task(self, task_queue: str, run_key: bytes, seen_through: int) -> None:
         """Drop a workflow task that had nothing new (or hand it out again if it now has)."""
 
@@ -381,7 +385,7 @@ class Store(Protocol):
     def drop_update_waiter(self, update_id: str) -> None:
         """Forget an update waiter."""
 
-    # -- reading
+    # -- reading (outside a loop: tools, tests)
     def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
         """A run's events from ``from_event_id`` on."""
 
@@ -390,6 +394,32 @@ class Store(Protocol):
 
     def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
         """The latest run of each workflow id, optionally filtered."""
+
+    # -- reading on an event loop: what clients and workers call. A store whose reads wait on a
+    # server awaits them here (and rides out a restart with retries) instead of blocking the loop.
+    async def aread_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
+        """``read_history``, awaited."""
+
+    async def afind_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
+        """``find_run``, awaited."""
+
+    async def alist_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+        """``list_runs``, awaited."""
+
+    async def ahas_pending_wtasks(self, task_queue: str) -> bool:
+        """``has_pending_wtasks``, awaited."""
+
+    async def aholds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
+        """``holds_activity``, awaited."""
+
+    async def anext_timer_due(self) -> float | None:
+        """``next_timer_due``, awaited."""
+
+    async def ahas_any_tasks(self) -> bool:
+        """``has_any_tasks``, awaited."""
+
+    async def apending_requests(self, task_queue: str) -> list[tuple[str, bytes]]:
+        """``pending_requests``, awaited."""
 
     async def wait_closed(self, run_key: bytes) -> RunInfo:
         """Wait until the run is closed."""
@@ -403,3 +433,56 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release the backend."""
+
+
+class _SyncReads(Protocol):
+    """The synchronous reads ``LocalReads`` awaits."""
+
+    def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]: ...
+    def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo: ...
+    def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]: ...
+    def has_pending_wtasks(self, task_queue: str) -> bool: ...
+    def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool: ...
+    def next_timer_due(self) -> float | None: ...
+    def has_any_tasks(self) -> bool: ...
+    def pending_requests(self, task_queue: str) -> list[tuple[str, bytes]]: ...
+
+
+class LocalReads:
+    """The awaited reads of the ``Store`` protocol for a store whose reads are local and quick (LMDB).
+
+    Each calls the synchronous read: on a memory map it takes microseconds, less than handing it
+    to a thread would.
+    """
+
+    async def aread_history(self: _SyncReads, run_key: bytes, from_event_id: int = 1) -> list[Event]:
+        """``read_history``, awaited."""
+        return self.read_history(run_key, from_event_id)
+
+    async def afind_run(self: _SyncReads, workflow_id: str, run_id: str | None = None) -> RunInfo:
+        """``find_run``, awaited."""
+        return self.find_run(workflow_id, run_id)
+
+    async def alist_runs(self: _SyncReads, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+        """``list_runs``, awaited."""
+        return self.list_runs(status, workflow_type, limit)
+
+    async def ahas_pending_wtasks(self: _SyncReads, task_queue: str) -> bool:
+        """``has_pending_wtasks``, awaited."""
+        return self.has_pending_wtasks(task_queue)
+
+    async def aholds_activity(self: _SyncReads, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
+        """``holds_activity``, awaited."""
+        return self.holds_activity(task_queue, run_key, seq, attempt)
+
+    async def anext_timer_due(self: _SyncReads) -> float | None:
+        """``next_timer_due``, awaited."""
+        return self.next_timer_due()
+
+    async def ahas_any_tasks(self: _SyncReads) -> bool:
+        """``has_any_tasks``, awaited."""
+        return self.has_any_tasks()
+
+    async def apending_requests(self: _SyncReads, task_queue: str) -> list[tuple[str, bytes]]:
+        """``pending_requests``, awaited."""
+        return self.pending_requests(task_queue)

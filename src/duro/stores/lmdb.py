@@ -57,6 +57,7 @@ from duro.stores.base import (
     ActivityTask,
     Clock,
     Dispatch,
+    LocalReads,
     RunInfo,
     StartRequest,
     WorkflowTaskCompletion,
@@ -267,7 +268,7 @@ class _Dbs:
         self.runs, self.wf, self.wtask, self.atask, self.timer = runs, wf, wtask, atask, timer
 
 
-class LmdbStore:
+class LmdbStore(LocalReads):
     """The embedded store on an LMDB environment (see the module docstring for the layout)."""
 
     def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE, max_map_size: int | None = None) -> None:
@@ -585,6 +586,9 @@ class LmdbStore:
                           seen_through: int) -> None:
         self.machine.release_wtask(self._tx(txn), batch, task_queue, run_key, seen_through)
 
+    def _op_return_wtasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_keys: list[bytes]) -> int:
+        return self.machine.return_wtasks(self._tx(txn), batch, task_queue, run_keys)
+
     def _op_fail_wtask(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes, epoch: int,
                        error_type: str, failure: bytes) -> float | None:
         digest = hashlib.blake2b(failure, digest_size=8).hexdigest()
@@ -795,6 +799,10 @@ class LmdbStore:
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task; raises Conflict when the run moved on."""
         return await self._submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
+
+    async def return_workflow_tasks(self, task_queue: str, run_keys: list[bytes]) -> int:
+        """Give back workflow tasks this process leased and will not run (a worker stopping)."""
+        return await self._submit(self._op_return_wtasks, task_queue, run_keys)  # type: ignore[no-any-return]
 
     async def release_workflow_task(self, task_queue: str, run_key: bytes, seen_through: int) -> None:
         """Drop a workflow task that had nothing new to process (or re-dispatch it if it now has)."""

@@ -544,7 +544,8 @@ async def run_with_retry(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], 
     Raises:
         StoreUnavailableError: connections kept failing until ``deadline_s``; none of the failed
             attempts committed.
-        CommitUnknownError: the connection was lost while COMMIT was in flight and ``fn`` is not idempotent.
+        CommitUnknownError: the connection was lost while COMMIT was in flight and ``fn`` is not
+            idempotent, or it is and no later attempt could run before ``deadline_s``.
         Exception: whatever ``fn`` or the server raised that is not a connection loss or a rollback
             the server reported (constraint violations, statement timeouts, ``fn``'s own errors).
     """
@@ -553,6 +554,7 @@ async def run_with_retry(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], 
     delay = _BACKOFF_INITIAL_S
     attempts = 0
     at = f" at {where}" if where else ""
+    unknown = False  # whether an attempt lost its connection while COMMIT was in flight
     while True:
         attempts += 1
         state = _Attempt()
@@ -568,16 +570,22 @@ async def run_with_retry(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], 
             lost = is_connection_loss(e, state.conn) or (
                 state.broken and isinstance(e, asyncpg.InterfaceError | asyncpg.InternalClientError))
             if lost:
-                if state.phase == "commit" and not idempotent:
-                    raise CommitUnknownError(
-                        f"the connection to PostgreSQL{at} was lost while committing ({_describe(e)}); the "
-                        "transaction may or may not have committed") from e
+                if state.phase == "commit":
+                    if not idempotent:
+                        raise CommitUnknownError(
+                            f"the connection to PostgreSQL{at} was lost while committing ({_describe(e)}); the "
+                            "transaction may or may not have committed") from e
+                    unknown = True
                 if state.phase != "acquire":
                     await pool.expire_connections()
             elif not _is_definite_rollback(e):
                 raise
         pause = delay * random.uniform(0.5, 1.0)
         if loop.time() + pause >= deadline:
+            if unknown:  # an idempotent fn that may have committed, and no attempt since could tell
+                raise CommitUnknownError(
+                    f"PostgreSQL{at} could not be reached for {deadline_s:g} s after a connection was lost while "
+                    f"committing (last error {_describe(error)}); the transaction may or may not have committed")
             raise StoreUnavailableError(
                 f"a transaction on PostgreSQL{at} failed {attempts} times in {deadline_s:g} s (last error "
                 f"{_describe(error)})" + (f"; {start_hint()}" if lost else "")) from error

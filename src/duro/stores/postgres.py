@@ -73,7 +73,13 @@ from duro.stores.pg_conn import (
 )
 from duro.stores.pg_notify import KINDS, Listener, channel, notify_statement
 from duro.stores.pg_schema import migrate
-from duro.stores.pg_sql import HAS_DUE_WTASKS, NEXT_TIMER_US, RELEASE_EXPIRED_WTASK_LEASES, TAKE_DUE_TIMERS
+from duro.stores.pg_sql import (
+    HAS_DUE_WTASKS,
+    NEXT_TIMER_US,
+    RECORD_OP_ID,
+    RELEASE_EXPIRED_WTASK_LEASES,
+    TAKE_DUE_TIMERS,
+)
 from duro.stores.postgres_tx import ATASK_COLS, PgTx, atask_from_row, blocking_on, run_from_row
 
 __all__ = ["PostgresStore", "open_postgres_store"]
@@ -149,6 +155,25 @@ _PUT_RESPONSE = "INSERT INTO responses (request_id, answer, created_us) VALUES (
 _TAKE_RESPONSE = "DELETE FROM responses WHERE request_id = $1::text RETURNING answer"
 _HAS_RESPONSE = "SELECT EXISTS (SELECT 1 FROM responses WHERE request_id = $1::text)"
 
+_INSERT_BATCH_ID = "INSERT INTO op_ids (op_id, created_us) VALUES ($1::text, $2::bigint)"
+# Batch ids matter only while their batch may be retried (seconds); requests and answers only while
+# their requester waits (a few seconds by default). Older rows are purged by the reaper.
+_PURGE_AFTER_US = 600_000_000
+_PURGE_EVERY_S = 60.0
+_PURGE = """
+WITH old_ids AS (DELETE FROM op_ids WHERE op_id IN
+                 (SELECT op_id FROM op_ids WHERE created_us < $1::bigint LIMIT $2::integer)),
+     old_requests AS (DELETE FROM requests WHERE request_id IN
+                      (SELECT request_id FROM requests WHERE created_us < $1::bigint LIMIT $2::integer))
+DELETE FROM responses WHERE request_id IN
+    (SELECT request_id FROM responses WHERE created_us < $1::bigint LIMIT $2::integer)
+"""
+
+
+class _Committed(Exception):
+    """A retried batch found its id recorded: an earlier attempt, whose COMMIT went unanswered, committed."""
+
+
 # Errors that mean the transaction itself broke (the server aborted it, or the connection is gone):
 # the batch fails (and is retried when that is safe), not only the op that met it.
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
@@ -202,6 +227,7 @@ class PostgresStore:
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._bg: set[asyncio.Future[None]] = set()
         self._own_pids: set[int] = set()  # server pids of this store's pool connections
+        self._next_purge = 0.0  # when the reaper next purges old batch ids, requests and answers
         self._queued = 0  # ops submitted and not yet answered (is_idle)
         self._queued_lock = threading.Lock()
         self._channels = {kind: channel(self.settings.schema, kind) for kind in KINDS}
@@ -374,17 +400,33 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         attempts = 0
+        # Exactly once across a lost COMMIT: every batch records its id in ``op_ids`` in its own
+        # transaction. An attempt after the first records the id *first*: if an earlier attempt
+        # committed, the id is there and nothing is run again (the ops get that attempt's answers);
+        # if the server is still finishing that attempt, the insert waits for it (the unique index).
+        batch_id = new_run_id()
+        ran: list[tuple[list[tuple[bool, Any]], Effects, PgTx]] = []  # the latest attempt that ran the ops
 
         async def body(conn: asyncpg.Connection) -> tuple[list[tuple[bool, Any]], Effects, PgTx]:
             nonlocal attempts
             attempts += 1
-            return await loop.run_in_executor(self._writer, self._run_ops, conn, ops)
+            marker: str | None = batch_id
+            if attempts > 1:
+                if not await conn.fetchval(RECORD_OP_ID, batch_id, self.machine.now_us()):
+                    raise _Committed
+                marker = None
+            out = await loop.run_in_executor(self._writer, self._run_ops, conn, ops, marker)
+            ran[:] = [out]
+            return out
 
         try:
-            results, fx, tx = await run_with_retry(
-                self.pool, body, idempotent=False, where=self.settings.where,
-                attempt_timeout_s=self.settings.statement_timeout_ms / 1000 + 10
-                if self.settings.statement_timeout_ms else None)
+            try:
+                results, fx, tx = await run_with_retry(
+                    self.pool, body, idempotent=True, where=self.settings.where,
+                    attempt_timeout_s=self.settings.statement_timeout_ms / 1000 + 10
+                    if self.settings.statement_timeout_ms else None)
+            except _Committed:
+                results, fx, tx = ran[0]
         except Exception as e:
             if len(ops) > 1 and not isinstance(e, StoreUnavailableError | CommitUnknownError):
                 # The server refused the batch as a whole: run each op alone, so only the culprit fails.
@@ -403,8 +445,12 @@ class PostgresStore:
         self.time_in_batches += time.perf_counter() - t0
         self._finish(ops, results, fx)
 
-    def _run_ops(self, conn: asyncpg.Connection, ops: list[Op]) -> tuple[list[tuple[bool, Any]], Effects, PgTx]:
-        """On the writer thread: run every op on one PgTx, flush, and queue the wake-ups (COMMIT follows)."""
+    def _run_ops(self, conn: asyncpg.Connection, ops: list[Op],
+                 marker: str | None) -> tuple[list[tuple[bool, Any]], Effects, PgTx]:
+        """On the writer thread: run every op on one PgTx, flush, and queue the wake-ups (COMMIT follows).
+
+        ``marker``: the batch id to record with the last writes (None: this attempt recorded it first).
+        """
         tx = PgTx(conn, self._call, self.machine.now_us, self.settings.lease_s)
         fx = Effects()
         results: list[tuple[bool, Any]] = []
@@ -435,9 +481,13 @@ class PostgresStore:
                 notes.add(("closed", eff.run_key.hex()))
             elif isinstance(eff, UpdateCompleted):
                 notes.add(("update", eff.update_id))
-        # The last writes and the wake-ups go in one hop (COMMIT follows on the DB loop).
-        tx.flush([notify_statement([(self._channels[kind], payload) for kind, payload in sorted(notes)])]
-                 if notes else None)
+        # The last writes, the batch id and the wake-ups go in one hop (COMMIT follows on the DB loop).
+        tail: list[tuple[str, list[Any]]] = []
+        if marker is not None:
+            tail.append((_INSERT_BATCH_ID, [marker, self.machine.now_us()]))
+        if notes:
+            tail.append(notify_statement([(self._channels[kind], payload) for kind, payload in sorted(notes)]))
+        tx.flush(tail)
         return results, fx, tx
 
     def _rows_of(self, op: Op, runs: list[bytes], attempts: list[tuple[bytes, int]], ids: list[str],
@@ -468,6 +518,8 @@ class PostgresStore:
             attempts.append((args[0], args[2]))
         elif fn == self._op_release_wtask or fn == self._op_fail_wtask:
             runs.append(args[1])
+        elif fn == self._op_return_wtasks:
+            runs.extend(args[1])
 
     def _finish(self, ops: list[Op], results: list[tuple[bool, Any]], fx: Effects) -> None:
         """After the commit (or the failure): resolve futures and apply effects, one wake-up per loop."""
@@ -559,6 +611,9 @@ class PostgresStore:
     def _op_release_wtask(self, tx: PgTx, fx: Effects, task_queue: str, run_key: bytes, seen_through: int) -> None:
         self.machine.release_wtask(tx, fx, task_queue, run_key, seen_through)
 
+    def _op_return_wtasks(self, tx: PgTx, fx: Effects, task_queue: str, run_keys: list[bytes]) -> int:
+        return self.machine.return_wtasks(tx, fx, task_queue, run_keys)
+
     def _op_fail_wtask(self, tx: PgTx, fx: Effects, task_queue: str, run_key: bytes, epoch: int, error_type: str,
                        failure: bytes) -> float | None:
         digest = hashlib.blake2b(failure, digest_size=8).hexdigest()
@@ -632,6 +687,9 @@ class PostgresStore:
         expired = [ActivityOutcome(run_key=bytes(r[0]), task_queue=r[2], seq=r[1], attempt=r[3],
                                    failure=LAPSED_LEASE_FAILURE, error_type="TimeoutError") for r in rows]
         self._sweep(tx, fx, expired, self._op_complete_activity, "lapsed activity lease")
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + _PURGE_EVERY_S
+            tx.fetch(_PURGE, now_us - _PURGE_AFTER_US, _SWEEP_LIMIT * 10)
         return len(freed) + len(expired)
 
     def _op_fire_timers(self, tx: PgTx, fx: Effects) -> float | None:
@@ -691,6 +749,10 @@ class PostgresStore:
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task; raises Conflict when the run moved on."""
         return await self._submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
+
+    async def return_workflow_tasks(self, task_queue: str, run_keys: list[bytes]) -> int:
+        """Give back workflow tasks this process leased and will not run (a worker stopping)."""
+        return await self._submit(self._op_return_wtasks, task_queue, run_keys)  # type: ignore[no-any-return]
 
     async def release_workflow_task(self, task_queue: str, run_key: bytes, seen_through: int) -> None:
         """Drop a workflow task that had nothing new to process (or re-dispatch it if it now has)."""
@@ -785,9 +847,11 @@ class PostgresStore:
 
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """Whether this process still holds the lease of an activity attempt."""
-        row = self._read(self.pool.fetchrow, _HOLDS_ACTIVITY, run_key, seq)
-        return (row is not None and row[0] == self.machine.owner and row[1] == attempt and not row[2]
-                and row[3] > self.machine.now_us() and row[4] == task_queue)
+        return self._holds(self._read(self.pool.fetchrow, _HOLDS_ACTIVITY, run_key, seq), task_queue, attempt)
+
+    def _holds(self, row: Any, task_queue: str, attempt: int) -> bool:
+        return bool(row is not None and row[0] == self.machine.owner and row[1] == attempt and not row[2]
+                    and row[3] > self.machine.now_us() and row[4] == task_queue)
 
     def is_idle(self) -> bool:
         """Whether no write of this process is queued or being committed."""
@@ -829,6 +893,48 @@ class PostgresStore:
         """When the earliest timer is due, or None."""
         due = self._read(self.pool.fetchval, NEXT_TIMER_US)
         return None if due is None else float(due) / 1e6
+
+    # ------------------------------------------------------------------ reading on an event loop
+    # Awaited on the DB loop (the caller's loop runs on meanwhile), retried with backoff while the
+    # server is away (a restart takes seconds), like ``_read`` off a loop.
+
+    async def aread_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
+        """``read_history``, awaited."""
+        rows = await self._aread(self.pool.fetch, _READ_HISTORY, run_key, from_event_id)
+        return [codec.decode_event(r[0]) for r in rows]
+
+    async def afind_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
+        """``find_run``, awaited: the machine's lookup (synchronous reads) runs on a thread."""
+        info: RunInfo = await asyncio.get_running_loop().run_in_executor(None, self.find_run, workflow_id, run_id)
+        return info
+
+    async def alist_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+        """``list_runs``, awaited."""
+        rows = await self._aread(self.pool.fetch, _LIST_RUNS, status, workflow_type, min(limit, 2**31 - 1))
+        return [run_info(bytes(r[0]), run_from_row(r)) for r in rows]
+
+    async def ahas_pending_wtasks(self, task_queue: str) -> bool:
+        """``has_pending_wtasks``, awaited."""
+        return bool(await self._aread(self.pool.fetchval, HAS_DUE_WTASKS, task_queue, self.machine.now_us()))
+
+    async def aholds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
+        """``holds_activity``, awaited."""
+        row = await self._aread(self.pool.fetchrow, _HOLDS_ACTIVITY, run_key, seq)
+        return self._holds(row, task_queue, attempt)
+
+    async def anext_timer_due(self) -> float | None:
+        """``next_timer_due``, awaited."""
+        due = await self._aread(self.pool.fetchval, NEXT_TIMER_US)
+        return None if due is None else float(due) / 1e6
+
+    async def ahas_any_tasks(self) -> bool:
+        """``has_any_tasks``, awaited."""
+        return bool(await self._aread(self.pool.fetchval, _HAS_ANY_TASKS))
+
+    async def apending_requests(self, task_queue: str) -> list[tuple[str, bytes]]:
+        """``pending_requests``, awaited."""
+        rows = await self._aread(self.pool.fetch, _PENDING_REQUESTS, task_queue)
+        return [(r[0], pack(bytes(r[1]), bytes(r[2]))) for r in rows]
 
     async def wait_closed(self, run_key: bytes) -> RunInfo:
         """Wait until the run is closed; woken by the closing commit or another process's notification."""
