@@ -12,6 +12,7 @@ r"""The ``duro`` command: look at and drive workflows in a store from a shell.
     duro [--store URL] terminate WORKFLOW_ID [--reason TEXT]
     duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...]
     duro [--store URL] check [--json]
+    duro copy SRC_URL DST_URL [--merge] [--force]
 
 The store is ``--store``, else the environment variable ``DURO_STORE``, else
 ``lmdb://./duro-data``. Arguments of workflows, signals and queries are JSON, one per word
@@ -33,6 +34,7 @@ import json
 import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -54,6 +56,7 @@ from duro.errors import (
 )
 from duro.history import History, HistoryEvent
 from duro.stores.check import CheckReport, check_store
+from duro.stores.copy import CopyReport, copy_store
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "main"]
 
@@ -204,11 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-timeout", type=_seconds, metavar="SECONDS", help="limit for each run")
 
     p = sub.add_parser("check", parents=[common], help="verify a store's files, histories and records",
-                       description="Verify the store without writing to it: its files, that every event of every "
-                       "history decodes with consecutive ids, and that records, indexes, tasks and timers agree. "
-                       "Prints each problem (run, workflow id, event id); exit status 0 when none is found, 1 "
-                       "otherwise. Workers may go on using the store meanwhile.")
+                       description="Verify the store without writing to it: its files (LMDB) or its schema "
+                       "version (PostgreSQL), that every event of every history decodes with consecutive ids, that "
+                       "records, indexes, tasks and timers agree, and that no running run lacks the task that would "
+                       "move it. Prints each problem (run, workflow id, event id); exit status 0 when none is found, "
+                       "1 otherwise. Workers may go on using the store meanwhile.")
     p.add_argument("--json", action="store_true", help="print the report as a JSON object")
+
+    p = sub.add_parser("copy", help="copy every workflow, running ones included, into another store",
+                       description="Copy every workflow of the store SRC_URL, running ones included, into the store "
+                       "DST_URL (LMDB or PostgreSQL, either way), to continue there: stop the source's workers, "
+                       "copy, then start workers against DST_URL. The source is only read and is left as it was. "
+                       "See docs/copy.md.")
+    p.add_argument("src_url", metavar="SRC_URL", help="the store to copy from (it must exist)")
+    p.add_argument("dst_url", metavar="DST_URL", help="the store to copy into (created when missing)")
+    p.add_argument("--merge", action="store_true",
+                   help="add to a destination that holds workflows already (an id present in both is refused)")
+    p.add_argument("--force", action="store_true",
+                   help="copy although workers still hold leases in the source (they should be stopped)")
     return parser
 
 
@@ -585,8 +601,59 @@ def _unexpected(e: BaseException, url: str, show_traceback: bool) -> None:
            "tells which" + ("" if show_traceback else "; --traceback shows where it happened") + ")")
 
 
+def _copy(args: argparse.Namespace) -> int:
+    """``duro copy``: progress at most once a second, then a summary (``--store`` plays no part)."""
+    last = time.monotonic()
+
+    def progress(r: CopyReport) -> None:
+        nonlocal last
+        if time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            _print(f"copied {r.runs} runs ({r.running} running), {r.events} events so far")
+
+    try:
+        report = copy_store(args.src_url, args.dst_url, merge=args.merge, force=args.force, progress=progress)
+    except (StoreCorruptedError, CorruptHistoryError) as e:
+        # As it is: _execute's hint would name --store, which copy does not use.
+        raise OperationError(str(e)) from None
+    for line in copy_lines(report):
+        _print(line)
+    return 0
+
+
+def copy_lines(report: CopyReport) -> list[str]:
+    """What ``duro copy`` prints once it is done.
+
+    Args:
+        report: what ``duro.stores.copy.copy_store`` copied.
+
+    Returns:
+        The lines (not yet escaped).
+    """
+    r = report
+    lines = [f"copied {r.runs} runs ({r.running} running) of {r.workflows} workflow ids from {r.source} to "
+             f"{r.destination} in {r.seconds:.1f} s:",
+             f"  {r.events} events, {r.workflow_tasks} workflow tasks, {r.activity_attempts} activity attempts, "
+             f"{r.timers} timers"]
+    if r.leases_reset:
+        lines.append(f"  {r.leases_reset} task(s) leased in the source are free in the destination")
+    if r.dropped_attempts:
+        lines.append(f"  {r.dropped_attempts} activity attempt(s) their workflows had cancelled were left behind")
+    if r.skipped_index_entries:
+        lines.append(f"  warning: {r.skipped_index_entries} workflow id(s) of the source name no run and were not "
+                     "copied (a damaged index: duro --store SRC_URL check tells more)")
+    if r.source_changed:
+        lines.append("  warning: the source changed during the copy; what it recorded after the copy began is "
+                     "not in the destination")
+    lines.append("the source is unchanged: start your workers against the destination, and delete the source once "
+                 "you have checked the copy")
+    return lines
+
+
 def _execute(url: str, args: argparse.Namespace) -> int:
     try:
+        if args.command == "copy":
+            return _copy(args)
         if args.command == "check":
             return _check(url, args)
         return asyncio.run(_run(url, args))

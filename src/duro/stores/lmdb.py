@@ -109,7 +109,7 @@ def _us(t: float) -> int:
     return round(t * 1_000_000)
 
 
-def _owner_alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
     """Whether the process that took a lease still runs (only answerable on this host)."""
     if owner == OWNER:
         return True
@@ -258,7 +258,7 @@ def open_lmdb_store(url: str) -> LmdbStore:
         return store
 
 
-class _Dbs:
+class Dbs:
     """The named databases the state machine's records live in (see lmdb_tx)."""
 
     __slots__ = ("atask", "runs", "timer", "wf", "wtask")
@@ -310,7 +310,7 @@ class LmdbStore(LocalReads):
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._own_txns: set[int] = set()
         self._wcache = RunCache()
-        self._dbs = _Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer)
+        self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer)
         self.machine = Machine(OWNER, lambda: _us(self.clock.now()))
         self._last_own_txn = -1
         with self.env.begin() as snap:
@@ -540,7 +540,19 @@ class LmdbStore(LocalReads):
     # batch's transaction (or selects the items a sweep works on: claims, reaps, due timers).
 
     def _tx(self, txn: mdb.Transaction) -> LmdbTx:
-        return LmdbTx(txn, self._dbs, self.log, self._wcache)
+        return LmdbTx(txn, self.dbs, self.log, self._wcache)
+
+    def tx(self, txn: mdb.Transaction) -> LmdbTx:
+        """The state machine's ``Tx`` on a write transaction of this store (inside an op of ``apply``)."""
+        return self._tx(txn)
+
+    async def apply(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(txn, batch, *args)`` as one op of the next group commit and return its result.
+
+        For store-level tools (``duro copy``): ``fn`` writes through ``tx(txn)``; what it writes is
+        durable when this returns, and nothing of it if it raises.
+        """
+        return await self._submit(fn, *args)
 
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):
@@ -629,7 +641,7 @@ class LmdbStore(LocalReads):
             lease = decode_lease(raw)
             if lease.visible_us > now_us:
                 continue  # a failed task waiting for its retry
-            if lease.owner and lease.until_us > now_us and _owner_alive(lease.owner):
+            if lease.owner and lease.until_us > now_us and owner_alive(lease.owner):
                 continue  # leased (ours too: a local hand-off is in flight) until it expires
             claimed.append(key[len(prefix) :])
         tx = self._tx(txn)
@@ -673,7 +685,7 @@ class LmdbStore(LocalReads):
             if until <= now_us:
                 return True
             if owner not in dead:
-                dead[owner] = not _owner_alive(owner)
+                dead[owner] = not owner_alive(owner)
             return dead[owner]
 
         # Leases of this process expire too: a task that its worker lost track of (an error no
@@ -938,7 +950,7 @@ class LmdbStore(LocalReads):
 
     def _read_tx(self, txn: mdb.Transaction) -> LmdbTx:
         # Reads never use the writer thread's cache: it may hold what is not committed yet.
-        return LmdbTx(txn, self._dbs, self.log, RunCache())
+        return LmdbTx(txn, self.dbs, self.log, RunCache())
 
     def run_state(self, run_key: bytes) -> dict[str, Any]:
         """The run record as stored (JSON keys: status, next, epoch, wtf, ...)."""

@@ -353,6 +353,18 @@ class PostgresStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    async def aread(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """Await ``fn(*args)`` (a read on ``pool``) on the DB loop, retried while the server is away."""
+        return await self._aread(fn, *args)
+
+    async def apply(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(tx, fx, *args)`` (a ``PgTx`` and ``Effects``) as one op of the next group commit.
+
+        For store-level tools (``duro copy``): what ``fn`` writes is committed when this returns, and
+        nothing of it if it raises.
+        """
+        return await self._submit(fn, *args)
+
     @property
     def pool(self) -> asyncpg.Pool:
         """The connection pool (lives on the DB loop: use it only there)."""
@@ -677,7 +689,7 @@ class PostgresStore:
         rows = list(tx.fetch(_EXPIRED_ATASKS, now_us, _SWEEP_LIMIT))
         # Owners on this host whose process is gone (exited, a zombie, a reused pid) lose their leases
         # at once, as in the LMDB store; owners elsewhere only by expiry.
-        dead = [r[0] for r in tx.fetch(_LEASE_OWNERS) if not _lmdb._owner_alive(r[0])]
+        dead = [r[0] for r in tx.fetch(_LEASE_OWNERS) if not _lmdb.owner_alive(r[0])]
         if dead:
             for row in tx.fetch(_FREE_WTASKS_OF, dead):
                 freed.append(row)
