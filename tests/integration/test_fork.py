@@ -144,13 +144,13 @@ def test_liveness_sees_zombies_and_reused_pids() -> None:
             break
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    assert not lmdb_store._owner_alive(f"{host}:{proc.pid}:{token_start}:abcd1234")
+    assert not lmdb_store.owner_alive(f"{host}:{proc.pid}:{token_start}:abcd1234")
     proc.wait()
     me = lmdb_store._start_time(os.getpid())
     parent = os.getppid()
-    assert lmdb_store._owner_alive(f"{host}:{parent}:{lmdb_store._start_time(parent)}:abcd1234")
+    assert lmdb_store.owner_alive(f"{host}:{parent}:{lmdb_store._start_time(parent)}:abcd1234")
     # Same pid, another start time: the pid was reused by a later process.
-    assert not lmdb_store._owner_alive(f"{host}:{parent}:{me}1:abcd1234")
+    assert not lmdb_store.owner_alive(f"{host}:{parent}:{me}1:abcd1234")
     # Another token with our own pid is an earlier process that had it.
-    assert not lmdb_store._owner_alive(f"{host}:{os.getpid()}:{me}:00000000")
-    assert lmdb_store._owner_alive(f"other-host:{parent}:1:abcd1234")
+    assert not lmdb_store.owner_alive(f"{host}:{os.getpid()}:{me}:00000000")
+    assert lmdb_store.owner_alive(f"other-host:{parent}:1:abcd1234")
