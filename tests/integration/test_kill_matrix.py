@@ -19,7 +19,7 @@ import pytest
 
 import duro
 from tests.integration.killmatrix import FAILURE_COUNTS, Config, KillMatrix, Report
-from tests.integration.pg_stuck import STUCK_RUN_BUG, stuck_runs
+from tests.integration.pg_open_runs import open_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -46,11 +46,11 @@ async def test_kill_matrix_on_postgres(pg_url: str, tmp_path: Path) -> None:
     finally:
         matrix.kill_everything()
     assert all(p.proc.returncode is not None for p in matrix.all_procs)
-    if report.lost and not report.aborted and report.failures() == report.lost:
+    if report.lost and not report.aborted:
         async with duro.Client.connect(cfg.store) as client:
-            matching, others = await stuck_runs(client, cfg.store)
-        if matching and not others and len(matching) == report.lost:
-            pytest.xfail(f"{STUCK_RUN_BUG}: {matching}")
+            without_task, others = await open_runs(client, cfg.store)
+        report.problems.append(f"open runs with no task after a recorded activity result: {without_task[:5]}; "
+                               f"others: {others[:5]}")
     summary = _assert_clean(report)
     assert report.rounds == 1
     assert report.worker_kills >= 1 and report.client_kills >= 1, summary

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from duro.stores.pg_conn import CommitUnknownError, StoreUnavailableError
 from tests.engine import wfs
 from tests.engine.wfs import Order, Receipt
 from tests.integration.pg_cluster import cluster_cmd, restartable_cluster  # noqa: F401 - a fixture
-from tests.integration.pg_stuck import STUCK_RUN_BUG, stuck_runs
+from tests.integration.pg_open_runs import open_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -53,23 +52,6 @@ N_KILL = 1000
 # lost or doubled, and its run time is dominated by the restart and the reconnect back-off.
 N_RESTART_BEFORE = 150  # acknowledged starts before the restart
 N_RESTART_AFTER = 150  # acknowledged starts after the cluster is back
-# A store bug (see test_pg_reads_reconnect.py): reads outside a transition (the run lookup of
-# handle.signal, describe, ...) are not retried across a restart; they raise StoreError at once.
-READ_FAILED = "reading from PostgreSQL at"
-# Store/worker bugs seen around a restart (intermittent): the test xfails on exactly these signatures.
-LEASED_TO_LIVE_WORKER = (
-    "PostgreSQL store/worker bug around a restart: a run's activity attempts (attempt 1) stay leased to a "
-    "worker that is alive but does not run them, with no workflow task, so the run waits for the activity "
-    "lease (default timeout 300 s + slack); likely a commit whose outcome the worker lost (the tasks it "
-    "leased to itself are never run). Also seen: Worker._timer_loop and _serve_requests die on a read "
-    "StoreError during the restart ('Task exception was never retrieved')")
-DUPLICATE_SIGNAL = (
-    "PostgreSQL store bug around a restart: a signal recorded twice (WorkflowExecutionSignaled x2) although "
-    "the client re-sent only signals that had raised and were absent from the history when checked")
-READ_NOT_RETRIED = (
-    "PostgreSQL store bug: reads outside a transition (PostgresStore._read: find_run, read_history, ...) "
-    "are not retried across a server restart; handle.signal() raised StoreError('reading from PostgreSQL "
-    "... failed: the database system is shutting down') instead of reconnecting with backoff (issue 8 B.4)")
 QUEUE = "pgmp"
 ACTIVITIES = ("validate", "reserve", "charge", "ship")
 
@@ -164,27 +146,14 @@ async def start_workers(spawn: Spawn, url: str, n: int) -> list[Proc]:
 
 async def wait_all_done(client: duro.Client, url: str, all_done: Callable[[], Awaitable[bool]], timeout: float,
                         n: int, workers: list[Proc]) -> None:
-    """Wait until every workflow completed; xfail if the only open runs are the known stuck-run bug's."""
+    """Wait until every workflow completed; on a timeout, say what the open runs are waiting for."""
     try:
         await wait_until(all_done, timeout, f"all {n} workflows to complete", workers)
     except AssertionError as e:
-        matching, others = await stuck_runs(client, url)
-        if matching and not others:
-            pytest.xfail(f"{STUCK_RUN_BUG}: {matching}")
-        live = {f"{socket.gethostname()}:{p.proc.pid}:" for p in workers if p.proc.poll() is None}
-        if not matching and others and all(_leased_to_live_worker(o, live) for o in others):
-            pytest.xfail(f"{LEASED_TO_LIVE_WORKER}: {others[:3]}")
-        raise AssertionError(f"open runs: {len(matching)} with the stuck-run signature {matching[:5]}; others:\n"
-                             + "\n".join(others[:10]) + f"\nworker logs: {workers[0].out_path.parent}\n{e}") from None
-
-
-def _leased_to_live_worker(line: str, live: set[str]) -> bool:
-    """A ``stuck_runs`` line: no workflow task, no timer, only attempts leased to a live worker for > 60 s."""
-    if "(wtask False, timer False, atasks: " not in line:
-        return False
-    attempts = line.split("atasks: ", 1)[1].rstrip(")").split("; ")
-    return all(any(f"owner {prefix}" in a for prefix in live)
-               and int(a.rsplit("lease ends in ", 1)[1].split()[0]) > 60 for a in attempts)
+        without_task, others = await open_runs(client, url)
+        raise AssertionError(f"open runs: {len(without_task)} with no task after a recorded activity result "
+                             f"{without_task[:5]}; others:\n" + "\n".join(others[:10])
+                             + f"\nworker logs: {workers[0].out_path.parent}\n{e}") from None
 
 
 def assert_alive(procs: list[Proc]) -> None:
@@ -300,7 +269,6 @@ class Outcomes:
     start_unknown: dict[str, int] = field(default_factory=dict)  # start raised CommitUnknownError
     start_unavailable: dict[str, int] = field(default_factory=dict)  # start raised StoreUnavailableError
     signal_uncertain: set[str] = field(default_factory=set)  # signal raised one of the two, or READ_FAILED
-    read_failures: list[str] = field(default_factory=list)  # the store bug READ_NOT_RETRIED
     notes: dict[str, str] = field(default_factory=dict)  # id -> what its start or signal raised
     other_errors: list[str] = field(default_factory=list)
 
@@ -343,12 +311,6 @@ async def test_postgres_restart_mid_run(pg_url: str, spawn: Spawn) -> None:
                 except (CommitUnknownError, StoreUnavailableError) as e:
                     out.signal_uncertain.add(wfid)
                     out.notes[wfid] = f"signal raised {type(e).__name__}: {e}"[:200]
-                except duro.errors.StoreError as e:
-                    out.notes[wfid] = f"signal raised {type(e).__name__}: {e}"[:200]
-                    if READ_FAILED not in str(e):
-                        raise
-                    out.read_failures.append(f"signal {wfid}: {e}")
-                    out.signal_uncertain.add(wfid)
                 except Exception as e:
                     out.other_errors.append(f"signal {wfid}: {type(e).__name__}: {e}")
                     out.signal_uncertain.add(wfid)
@@ -410,15 +372,10 @@ async def test_postgres_restart_mid_run(pg_url: str, spawn: Spawn) -> None:
         assert in_store == set(expected), f"unexpected runs: {sorted(in_store - set(expected))[:10]}"
         resent = sorted(w for w in out.signal_uncertain if w in out.notes)
         problems = await check_exactly_once(client, expected, out.notes)
-        if problems and all("'WorkflowExecutionSignaled': 2}" in p and "'WorkflowExecutionStarted': 1," in p
-                            and "'WorkflowExecutionCompleted': 1," in p for p in problems):
-            pytest.xfail(f"{DUPLICATE_SIGNAL} (re-sent: {resent}): {problems[:5]}")
         assert not problems, f"{len(problems)} runs wrong (signals re-sent after a check: {resent}), e.g.:\n" + \
             "\n".join(problems[:20])
         assert_alive(workers)
         print(f"restart took {restart_s:.1f}s with {running_at_restart} running; {len(out.acked)} acknowledged, "
               f"{len(out.start_unknown)} starts unknown ({len(expected) - len(out.acked)} exist), "
               f"{len(out.start_unavailable)} unavailable, {len(out.signal_uncertain)} signals uncertain")
-        if out.read_failures:  # everything else held: fail on this bug alone, as a known one
-            pytest.xfail(f"{READ_NOT_RETRIED}: {len(out.read_failures)} times, e.g. {out.read_failures[0]}")
 
