@@ -16,8 +16,9 @@ flushed with a few set-based statements at the end, then COMMIT. Only after COMM
 ops' futures resolved and their effects applied (result waiters, update waiters, this process's
 workers through ``dispatch``). An op that raises drops its own writes and fails alone; a batch
 that the server refuses as a whole (a constraint, a statement timeout) runs again op by op, so only
-the culprit fails. A connection lost while COMMIT is in flight fails the batch's ops with
-``CommitUnknownError`` (their outcome is unknown; this first version does not make them idempotent).
+the culprit fails. A connection lost while COMMIT is in flight is settled by the batch's id, which
+every batch records in ``op_ids``: the retry records it first, and finds it (the first attempt
+committed: its answers stand) or not (it runs the batch), so a batch applies exactly once.
 
 Claims, reaps and due timers select rows with ``FOR UPDATE SKIP LOCKED`` inside the batch's
 transaction, then run the machine's transitions on them, as the LMDB store does. Wake-ups: a batch
