@@ -83,7 +83,7 @@ from duro.stores.pg_sql import (
 )
 from duro.stores.postgres_tx import ATASK_COLS, PgTx, atask_from_row, blocking_on, run_from_row
 
-__all__ = ["PostgresStore", "open_postgres_store"]
+__all__ = ["PostgresStore", "list_runs_query", "open_postgres_store"]
 
 log = logging.getLogger("duro.store.pg")
 
@@ -138,10 +138,28 @@ _LIST_RUNS = """
 SELECT r.run_key, r.workflow_id, r.workflow_type, r.task_queue, r.status, r.start_us, r.close_us,
        r.next_event_id, r.epoch, r.last_input, r.record
 FROM workflows AS w JOIN runs AS r ON r.run_key = w.run_key
-WHERE ($1::text IS NULL OR w.status = $1::text) AND ($2::text IS NULL OR w.workflow_type = $2::text)
+{where}
 ORDER BY w.start_us DESC, w.workflow_id
-LIMIT $3::integer
+LIMIT $1::integer
 """
+
+
+def list_runs_query(status: str | None, workflow_type: str | None, limit: int) -> tuple[str, list[Any]]:
+    """The statement (and arguments) that lists the latest runs, newest first, with only the filters given.
+
+    Written per combination rather than as ``$1 IS NULL OR status = $1``: a prepared statement's
+    generic plan cannot use an index for such a condition, so each filter's own index
+    (``workflows_by_status``, ``workflows_by_type``, else ``workflows_by_start``) serves it.
+    """
+    conds: list[str] = []
+    args: list[Any] = [min(limit, 2**31 - 1)]
+    if status is not None:
+        args.append(status)
+        conds.append(f"w.status = ${len(args)}::text")
+    if workflow_type is not None:
+        args.append(workflow_type)
+        conds.append(f"w.workflow_type = ${len(args)}::text")
+    return _LIST_RUNS.format(where=f"WHERE {' AND '.join(conds)}" if conds else ""), args
 _READ_HISTORY = "SELECT envelope FROM history WHERE run_key = $1::bytea AND event_id >= $2::bigint ORDER BY event_id"
 _READ_RUN = ("SELECT run_key, workflow_id, workflow_type, task_queue, status, start_us, close_us, next_event_id, "
              "epoch, last_input, record FROM runs WHERE run_key = $1::bytea")
@@ -899,7 +917,8 @@ class PostgresStore:
 
     def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
         """The latest run of each workflow id, newest first, filtered by status and type."""
-        rows = self._read(self.pool.fetch, _LIST_RUNS, status, workflow_type, min(limit, 2**31 - 1))
+        sql, args = list_runs_query(status, workflow_type, limit)
+        rows = self._read(self.pool.fetch, sql, *args)
         return [run_info(bytes(r[0]), run_from_row(r)) for r in rows]
 
     def next_timer_due(self) -> float | None:
@@ -923,7 +942,8 @@ class PostgresStore:
 
     async def alist_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
         """``list_runs``, awaited."""
-        rows = await self._aread(self.pool.fetch, _LIST_RUNS, status, workflow_type, min(limit, 2**31 - 1))
+        sql, args = list_runs_query(status, workflow_type, limit)
+        rows = await self._aread(self.pool.fetch, sql, *args)
         return [run_info(bytes(r[0]), run_from_row(r)) for r in rows]
 
     async def ahas_pending_wtasks(self, task_queue: str) -> bool:
