@@ -199,6 +199,16 @@ _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalCli
               concurrent.futures.CancelledError)
 
 
+def _read_may_retry(e: BaseException) -> bool:
+    """Whether a failed read should be tried again: the connection was lost, or left unusable.
+
+    Reads change nothing, so any client-side connection trouble (asyncpg's InterfaceError and
+    InternalClientError, seen on a pooled connection the server had just ended) is worth a retry
+    on a fresh connection, not only what ``is_connection_loss`` recognises.
+    """
+    return is_connection_loss(e) or isinstance(e, asyncpg.InterfaceError | asyncpg.InternalClientError)
+
+
 def _us(t: float) -> int:
     return int(t * 1_000_000)
 
@@ -352,7 +362,7 @@ class PostgresStore:
             try:
                 return read()
             except _DB_ERRORS as e:
-                if not is_connection_loss(e) or time.monotonic() + delay > deadline:
+                if not _read_may_retry(e) or time.monotonic() + delay > deadline:
                     raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: "
                                      f"{type(e).__name__}: {e}") from e
             time.sleep(delay)
@@ -366,7 +376,7 @@ class PostgresStore:
             try:
                 return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), self._db_loop))
             except _DB_ERRORS as e:
-                if not is_connection_loss(e) or time.monotonic() + delay > deadline:
+                if not _read_may_retry(e) or time.monotonic() + delay > deadline:
                     raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: "
                                      f"{type(e).__name__}: {e}") from e
             await asyncio.sleep(delay)
