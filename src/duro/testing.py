@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import shutil
 import tempfile
 import time
@@ -16,13 +17,15 @@ from duro._local import local_dispatch
 from duro._validate import check_duration
 from duro.client import Client
 from duro.converter import DataConverter, default_converter
-from duro.errors import NonDeterminismError
+from duro.errors import NonDeterminismError, StoreError
 from duro.history import History
 from duro.stores import open_store
-from duro.stores.base import Clock, run_key_of
+from duro.stores.base import Clock, Store, run_key_of
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
 __all__ = ["Replayer", "SkippingClock", "WorkflowEnvironment"]
+
+log = logging.getLogger("duro.testing")
 
 
 class SkippingClock(Clock):
@@ -37,28 +40,44 @@ class SkippingClock(Clock):
 
 
 class WorkflowEnvironment:
-    """An in-process duro for tests: a temporary LMDB store and a client, removed afterwards.
+    """An in-process duro for tests: a store and a client, with a clock the test can move.
+
+    By default the store is a temporary LMDB directory, removed afterwards. ``store=URL`` runs the
+    environment on a store you give instead (``postgresql://...?schema=NAME`` or ``lmdb://PATH``),
+    for example to test against PostgreSQL as deployed; the environment leaves that store's data
+    in place, so give each test a schema (or directory) of its own.
 
     With ``time_skipping=True``, whenever nothing but timers is pending (no workflow task, no
     activity, nothing being committed), the clock jumps to the next timer: a workflow that
-    sleeps for a day finishes at once. Activities still run in real time.
+    sleeps for a day finishes at once. Activities still run in real time. This works on both
+    stores, because each reads the time from the environment's clock and writes it as data (the
+    PostgreSQL store passes it to the server as parameters, never uses the server's ``now()``). The
+    clock is this process's, though: every worker of the store must run in this process. A worker
+    in another process on the same store keeps the real time, so it would not fire the timers
+    skipped to and would see this process's leases as far in the future.
 
     Use ``async with WorkflowEnvironment(time_skipping=True) as env:`` and ``env.client``.
 
     Args:
+        store: the store URL to run on; None (the default): a temporary LMDB store, removed on exit.
         time_skipping: jump the clock to the next timer whenever only timers are pending.
         converter: the data converter of the environment's client.
         max_payload_size: the client's payload size limit in bytes (see ``Client.connect``).
     """
 
-    def __init__(self, *, time_skipping: bool = False, converter: DataConverter | None = None,
-                 max_payload_size: int | None = None) -> None:
+    def __init__(self, *, store: str | None = None, time_skipping: bool = False,
+                 converter: DataConverter | None = None, max_payload_size: int | None = None) -> None:
+        if store is not None and not isinstance(store, str):
+            raise TypeError(f"store must be a store URL (a str such as 'postgresql://...' or 'lmdb://PATH'), "
+                            f"not {type(store).__name__}")
+        self._store_url = store
         self.time_skipping = time_skipping
         self._converter = converter
         self._max_payload_size = max_payload_size
         self._dir: str | None = None
         self._client: Client | None = None
         self._skipper: asyncio.Task[None] | None = None
+        self._previous_clock: Clock | None = None
         self.clock = SkippingClock()
         self.skipped = 0.0
 
@@ -70,22 +89,54 @@ class WorkflowEnvironment:
         return self._client
 
     async def __aenter__(self) -> WorkflowEnvironment:
-        self._dir = tempfile.mkdtemp(prefix="duro-test-env-")
-        store = open_store(f"lmdb://{self._dir}")
-        store.clock = self.clock
+        if self._store_url is None:
+            self._dir = tempfile.mkdtemp(prefix="duro-test-env-")
+            url = f"lmdb://{self._dir}"
+        else:
+            url = self._store_url
+        try:
+            store = open_store(url)
+        except BaseException:
+            self._remove_dir()
+            raise
+        try:
+            self._take_clock(store)
+        except BaseException:
+            await store.close()
+            self._remove_dir()
+            raise
         self._client = Client(store, self._converter, max_payload_size=self._max_payload_size)
         if self.time_skipping:
             self._skipper = asyncio.ensure_future(self._skip_loop())
         return self
+
+    def _take_clock(self, store: Store) -> None:
+        """Make the environment's clock the store's (a store URL opened twice in a process is one store)."""
+        if isinstance(store.clock, SkippingClock):
+            raise RuntimeError(
+                "another WorkflowEnvironment in this process already runs on this store and drives its clock; "
+                "two environments on one store would move each other's time. Give "
+                "each environment its own store (for PostgreSQL, its own ?schema=NAME)")
+        self._previous_clock = store.clock
+        store.clock = self.clock
 
     async def __aexit__(self, *exc: object) -> None:
         if self._skipper is not None:
             self._skipper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._skipper
+            self._skipper = None
         if self._client is not None:
+            store = self._client.store
+            if store.clock is self.clock and self._previous_clock is not None:
+                # Others in this process may still hold the store: they go on with the real time.
+                store.clock = self._previous_clock
+            self._previous_clock = None
             await self._client.close()
             self._client = None
+        self._remove_dir()
+
+    def _remove_dir(self) -> None:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -112,24 +163,29 @@ class WorkflowEnvironment:
         idle_checks = 0
         while True:
             await asyncio.sleep(0.002)
-            if not self._idle():
+            try:
+                if not await self._idle():
+                    idle_checks = 0
+                    continue
+                idle_checks += 1
+                # Idle twice in a row (a few ms apart): not a gap between a commit and its follow-up.
+                if idle_checks < 2:
+                    continue
+                due = await store.anext_timer_due()
+            except StoreError as e:  # a read that failed (PostgreSQL away for long): look again next round
+                log.debug("time skipping could not read the store: %s", e)
                 idle_checks = 0
                 continue
-            idle_checks += 1
-            # Idle twice in a row (a few ms apart): not a gap between a commit and its follow-up.
-            if idle_checks < 2:
-                continue
-            due = store.next_timer_due()
             if due is not None and due > self.clock.now():
                 self._advance(due)
                 idle_checks = 0
 
-    def _idle(self) -> bool:
+    async def _idle(self) -> bool:
         store = self.client.store
-        if not store.is_idle() or store.has_any_tasks():
+        # The in-memory questions first: has_any_tasks is a round trip on PostgreSQL.
+        if not store.is_idle() or not local_dispatch(store).idle():
             return False
-        return local_dispatch(store).idle()
-
+        return not await store.ahas_any_tasks()
 
 
 class Replayer:

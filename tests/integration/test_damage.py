@@ -412,6 +412,24 @@ def test_check_finds_broken_records_and_indexes(store_dir: Path) -> None:
     assert report.runs_ok == WORKFLOWS + 1 - 4
 
 
+async def test_check_finds_a_run_with_input_but_no_workflow_task(store_dir: Path) -> None:
+    """The signature of a run nothing will move: a signal recorded, the workflow task that would process it gone."""
+    async with duro.Client.connect(f"lmdb://{store_dir}") as client:  # no worker: the task stays queued
+        await client.get_handle("waiting").signal("item", 1)
+    assert check_store(str(store_dir)).ok  # the queued task is there: healthy
+    env = Env(store_dir)
+    run_key = env.run_key("waiting")
+    env.delete(b"wtask", QUEUE.encode() + b"\x00" + run_key)
+    env.close()
+
+    report = check_store(str(store_dir))
+    (problem,) = report.problems
+    assert (problem.run_id, problem.workflow_id) == (run_key.hex(), "waiting")
+    assert problem.message == (
+        "the run is running and its newest input, event 3, was never processed (its last workflow task processed "
+        "through event 1), but it has no workflow task: no worker will take it up")
+
+
 def test_check_reports_file_damage_without_opening(store_dir: Path) -> None:
     data = truncate_to_half(store_dir)
     proc = duro_cli(store_dir, "check")

@@ -1,4 +1,8 @@
-"""``check_store``: verify an LMDB store's files, histories, records and indexes without writing to it."""
+"""``check_store``: verify a store's files, histories, records and indexes without writing to it.
+
+This module checks LMDB stores; ``check_store`` hands a ``postgresql://`` URL to
+``duro.stores.pg_check``, which fills in the same ``CheckReport``.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from duro.stores.base import CLOSED_STATUSES, RUNNING, unpack
 from duro.stores.lmdb import parse_lmdb_url
 from duro.stores.lmdb_files import DATA_FILE, LmdbMeta, inspect_lmdb_files, named_databases
 
-__all__ = ["CheckReport", "Problem", "check_store"]
+__all__ = ["CheckReport", "Problem", "check_store", "unprocessed_input_problem"]
 
 # The named databases of duro.stores.lmdb (its module docstring has their key and value layouts).
 DATABASES = (b"history", b"runs", b"wf", b"wtask", b"atask", b"timer", b"meta", b"req", b"resp")
@@ -32,6 +36,24 @@ MAX_READERS = 1024
 # Read transactions tried before giving up on finding the snapshot's meta page (each miss means
 # two other commits landed between beginning the transaction and reading the meta pages).
 _SNAPSHOT_ATTEMPTS = 20
+
+
+def unprocessed_input_problem(last_input: int, processed: int) -> str:
+    """The problem of a running run that has an input no workflow task processed, and no workflow task.
+
+    Both stores keep this invariant: a transition that appends an input to a running run (a signal,
+    an activity result, a timer, a child's close) makes sure the run has a workflow task, and a
+    completed workflow task that did not process the newest input leaves one. Without it nothing
+    moves the run again.
+
+    Args:
+        last_input: the run record's ``last_input`` (the id of its newest input event).
+        processed: the input its last WorkflowTaskCompleted processed through (0: none completed).
+    """
+    done = f"its last workflow task processed through event {processed}" if processed else \
+        "no workflow task has completed yet"
+    return (f"the run is running and its newest input, event {last_input}, was never processed ({done}), but it "
+            "has no workflow task: no worker will take it up")
 
 
 @dataclass(frozen=True)
@@ -127,18 +149,23 @@ def _store_location(url_or_path: str) -> tuple[str, int | None]:
     if "://" not in url_or_path:
         return str(Path(url_or_path).expanduser().resolve()), None
     if not url_or_path.startswith("lmdb://"):
-        raise StoreURLError(f"cannot check {url_or_path!r}: only LMDB stores (lmdb://PATH) can be checked")
+        raise StoreURLError(f"cannot check {url_or_path!r}: expected lmdb://PATH, a store directory, or "
+                            "postgresql://USER@HOST:PORT/DATABASE[?schema=NAME]")
     path, sizes = parse_lmdb_url(url_or_path)
     return path, sizes["map_size"]
 
 
 def check_store(url_or_path: str) -> CheckReport:
-    """Verify an LMDB store without writing to it; every problem found is in the report.
+    """Verify a store without writing to it; every problem found is in the report.
+
+    A ``postgresql://`` (or ``postgres://``) URL is checked by ``duro.stores.pg_check.check_postgres``
+    (see there); what follows is the LMDB check.
 
     Checks, in one read snapshot: the files (as the store checks them before opening, see
     ``duro.stores.lmdb_files``); that every event of every history decodes, its ids run 1, 2, 3...
     and its run record's next event id follows the last one; that run records, the workflow-id
-    index, tasks, timers and requests are readable and point to existing runs.
+    index, tasks, timers and requests are readable and point to existing runs; that a running run
+    with an input its last workflow task did not process has a workflow task.
 
     Workers and clients, in this process or others, may go on using the store meanwhile; a store
     open in this process is checked through its environment (LMDB must not be opened twice in one
@@ -146,16 +173,22 @@ def check_store(url_or_path: str) -> CheckReport:
     grows meanwhile (LMDB cannot reuse pages a reader may still see).
 
     Args:
-        url_or_path: ``lmdb://PATH`` (``?map_size=`` as the store uses it) or the store's directory.
+        url_or_path: ``lmdb://PATH`` (``?map_size=`` as the store uses it), the store's directory, or
+            a ``postgresql://`` URL.
 
     Returns:
         The report; ``report.ok`` is True when nothing is wrong.
 
     Raises:
-        StoreURLError: not an LMDB URL.
+        StoreURLError: neither an LMDB nor a PostgreSQL store URL.
         StorePermissionError: this process may not read or write the store's files.
-        StoreError: the store's files could not be read.
+        StoreError: the store's files could not be read (PostgreSQL: the server could not be
+            reached, or reading failed midway).
     """
+    if url_or_path.startswith(("postgresql://", "postgres://")):
+        from duro.stores.pg_check import check_postgres_store
+
+        return check_postgres_store(url_or_path)
     path, map_size = _store_location(url_or_path)
     report = CheckReport(path=path)
     data = os.path.join(path, DATA_FILE)
@@ -241,6 +274,8 @@ class _Checker:
         self.dbs = dbs
         self.report = report
         self.runs: dict[bytes, dict[str, Any] | None] = {}  # run key -> record (None: unreadable)
+        self.processed: dict[bytes, int] = {}  # run key -> what its last WorkflowTaskCompleted processed through
+        self.wtask_runs: set[bytes] = set()  # runs that have a workflow task
 
     def items(self, name: bytes) -> Iterator[tuple[bytes, bytes]]:
         db = self.dbs.get(name)
@@ -268,6 +303,7 @@ class _Checker:
         self.check_timers()
         self.check_requests()
         self.check_meta()
+        self.check_pending_work()
         self.report.run_ids = {k.hex() for k in self.runs}
 
     def check_runs(self) -> None:
@@ -311,7 +347,13 @@ class _Checker:
             wid = self.wid(run_key)
             try:
                 # What the store itself does to replay a run: decode straight from LMDB's map.
-                ids = [e.event_id for e in read_events(self.txn, history, run_key)]
+                ids = []
+                processed = 0
+                for e in read_events(self.txn, history, run_key):
+                    ids.append(e.event_id)
+                    if e.type == codec.WORKFLOW_TASK_COMPLETED:
+                        processed = e.ref
+                self.processed[run_key] = processed
             except CorruptHistoryError:
                 ids = self.scan_run(history, run_key, wid)
             for prev, event_id in zip([0, *ids], ids, strict=False):
@@ -399,6 +441,7 @@ class _Checker:
                 add(f"workflow task: a malformed key {key!r}")
                 continue
             run_key = key[-RUN_KEY_SIZE:]
+            self.wtask_runs.add(run_key)
             self._task_run("workflow task", run_key, key[: -RUN_KEY_SIZE - 1])
             lease = _json(raw)
             if not isinstance(lease, dict) or "o" not in lease or "u" not in lease:
@@ -447,3 +490,14 @@ class _Checker:
         for key, raw in self.items(b"meta"):
             if key == b"batch" and len(raw) != 8:
                 self.report.add(f"meta: the batch id is {len(raw)} bytes, expected 8")
+
+    def check_pending_work(self) -> None:
+        """A running run whose newest input came after what its last workflow task processed has a workflow task."""
+        for run_key, rec in self.runs.items():
+            processed = self.processed.get(run_key)
+            if rec is None or rec.get("status") != RUNNING or processed is None:
+                continue  # unreadable record or history: reported already
+            last_input = rec.get("last_input", 1)  # left out of the record at its default
+            if isinstance(last_input, int) and last_input > processed and run_key not in self.wtask_runs:
+                self.report.add(unprocessed_input_problem(last_input, processed), run_key=run_key,
+                                workflow_id=self.wid(run_key))
