@@ -660,15 +660,15 @@ class Worker:
         """Keep the leases of this worker's long activities without a timeout alive.
 
         Leases of this process expire like any other (so nothing is stranded in a live worker);
-        an attempt with a timeout is ended by its timeout before its lease runs out, one without
-        is renewed here while it runs.
+        an attempt with a timeout is ended by its timeout before its lease runs out, one that must
+        heartbeat is kept by its heartbeats, one with neither is renewed here while it runs.
         """
         now = time.monotonic()
         if now - self._last_renew < _RENEW_INTERVAL_S:
             return
         self._last_renew = now
         items = [(t.run_key, t.seq, t.attempt) for t in self._act_live.values()
-                 if not t.start_to_close_timeout and not t.schedule_to_close_timeout]
+                 if not t.start_to_close_timeout and not t.schedule_to_close_timeout and not t.heartbeat_timeout]
         if items:
             await self.store.renew_activity_leases(self.task_queue, items, _RENEWED_LEASE_S)
 

@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,3 +155,5 @@ def test_liveness_sees_zombies_and_reused_pids() -> None:
     # Another token with our own pid is an earlier process that had it.
     assert not lmdb_store.owner_alive(f"{host}:{os.getpid()}:{me}:00000000")
     assert lmdb_store.owner_alive(f"other-host:{parent}:1:abcd1234")
+    # The same host name in another pid namespace (a container with the host's network): not ours to judge.
+    assert lmdb_store.owner_alive(f"{socket.gethostname()}~00000000:{os.getpid()}:{me}1:abcd1234")

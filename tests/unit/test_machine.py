@@ -419,21 +419,24 @@ def test_complete_wtask_resets_a_failure_streak() -> None:
     assert b"wtf" not in env.store.state.runs[key]
 
 
-@pytest.mark.parametrize(("stc", "s2c", "lease_s"), [
-    (10.0, None, 10 + ATASK_LEASE_SLACK_S),
-    (None, 20.0, 20 + ATASK_LEASE_SLACK_S),
-    (10.0, 20.0, 10 + ATASK_LEASE_SLACK_S),
-    (None, None, DEFAULT_ACTIVITY_TIMEOUT_S + ATASK_LEASE_SLACK_S),
+@pytest.mark.parametrize(("stc", "s2c", "hb", "lease_s"), [
+    (10.0, None, None, 10 + ATASK_LEASE_SLACK_S),
+    (None, 20.0, None, 20 + ATASK_LEASE_SLACK_S),
+    (10.0, 20.0, None, 10 + ATASK_LEASE_SLACK_S),
+    (None, None, None, DEFAULT_ACTIVITY_TIMEOUT_S + ATASK_LEASE_SLACK_S),
+    (10.0, None, 5.0, 5 + ATASK_LEASE_SLACK_S),  # until the next heartbeat is due
+    (None, None, 5.0, 5 + ATASK_LEASE_SLACK_S),
+    (3.0, None, 5.0, 3 + ATASK_LEASE_SLACK_S),
 ])
 def test_activity_tasks_are_leased_here_for_their_timeout_plus_slack(
-        stc: float | None, s2c: float | None, lease_s: float) -> None:
+        stc: float | None, s2c: float | None, hb: float | None, lease_s: float) -> None:
     env = Env()
     key = env.start()
     policy = duro.RetryPolicy(maximum_attempts=3).to_dict()
-    task = env.schedule(key, 1, stc=stc, s2c=s2c, hb=5.0, retry=policy, args=b'["a"]')
+    task = env.schedule(key, 1, stc=stc, s2c=s2c, hb=hb, retry=policy, args=b'["a"]')
     assert env.atask(key, 1) == (ActivityMeta(
         workflow_id="w", workflow_type="Wf", name="act", attempt=1, scheduled_us=env.now, start_to_close=stc,
-        schedule_to_close=s2c, heartbeat=5.0, retry=policy, owner=OWNER, until_us=env.now + int(lease_s * S),
+        schedule_to_close=s2c, heartbeat=hb, retry=policy, owner=OWNER, until_us=env.now + int(lease_s * S),
     ), b'["a"]', b"")
     assert env.effects == [ActivityTaskReady(task)]
 
@@ -1000,11 +1003,11 @@ def test_a_heartbeat_extends_the_lease_of_an_attempt_with_a_heartbeat_timeout() 
     env = Env()
     key = env.start()
     env.schedule(key, 1, stc=10.0, hb=5.0)
-    first_until = env.now + int((10 + ATASK_LEASE_SLACK_S) * S)
+    first_until = env.now + int((5 + ATASK_LEASE_SLACK_S) * S)  # until the first heartbeat is due
     assert env.meta(key, 1).until_us == first_until
     env.clock.advance(1)
     assert env.heartbeat(key, 1, 1, b"d1") is False
-    assert env.meta(key, 1).until_us == first_until  # not shortened
+    assert env.meta(key, 1).until_us == first_until + 1 * S
     env.clock.advance(19)
     assert env.heartbeat(key, 1, 1, None) is False  # no details: the last ones stay
     assert env.atask(key, 1) == (env.meta(key, 1), b'["x"]', b"d1")
@@ -1119,7 +1122,7 @@ def test_an_attempt_whose_lease_lapsed_fails_as_a_timeout_and_retries_per_policy
     key = env.start()
     env.schedule(key, 1, stc=10.0, retry=policy, hb=2.0)
     env.heartbeat(key, 1, 1, b"hb")
-    env.clock.advance(10 + ATASK_LEASE_SLACK_S - 1)
+    env.clock.advance(2 + ATASK_LEASE_SLACK_S - 1)  # a heartbeat timeout shortens the lease
     assert env.reap() == []  # not expired yet
     env.clock.advance(1)
     assert env.reap() == [outcome]

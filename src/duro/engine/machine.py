@@ -156,9 +156,18 @@ def task_of(task_queue: str, run_key: bytes, seq: int, meta: ActivityMeta, args:
     )
 
 
-def attempt_lease_s(start_to_close: float | None, schedule_to_close: float | None) -> float:
-    """How long a worker holds an activity attempt: its timeout plus the slack (300 s without one)."""
-    return (start_to_close or schedule_to_close or DEFAULT_ACTIVITY_TIMEOUT_S) + ATASK_LEASE_SLACK_S
+def attempt_lease_s(start_to_close: float | None, schedule_to_close: float | None,
+                    heartbeat: float | None = None) -> float:
+    """How long a worker holds an activity attempt before another may take it, plus the slack.
+
+    Its timeout (300 s without one); an attempt that must heartbeat holds it only until its next
+    heartbeat is due (each heartbeat extends it), so a dead worker's attempt is retried after its
+    heartbeat timeout, as Temporal does, not after the whole timeout.
+    """
+    base = start_to_close or schedule_to_close or DEFAULT_ACTIVITY_TIMEOUT_S
+    if heartbeat:
+        base = min(base, heartbeat)
+    return base + ATASK_LEASE_SLACK_S
 
 
 _TERMINATED_BY_PARENT = orjson.dumps({
@@ -595,7 +604,8 @@ class Machine:
             scheduled_us=us(t.scheduled_time), start_to_close=t.start_to_close_timeout,
             schedule_to_close=t.schedule_to_close_timeout, heartbeat=t.heartbeat_timeout, retry=t.retry_policy,
             owner=self.owner if local else "",
-            until_us=now_us + us(attempt_lease_s(t.start_to_close_timeout, t.schedule_to_close_timeout))
+            until_us=now_us + us(attempt_lease_s(t.start_to_close_timeout, t.schedule_to_close_timeout,
+                                                 t.heartbeat_timeout))
             if local else 0,
             visible_us=visible_us,
         )
@@ -680,7 +690,7 @@ class Machine:
             tx.delete_atask(task_queue, run_key, seq)
             return None
         meta.owner = self.owner
-        meta.until_us = now_us + us(attempt_lease_s(meta.start_to_close, meta.schedule_to_close))
+        meta.until_us = now_us + us(attempt_lease_s(meta.start_to_close, meta.schedule_to_close, meta.heartbeat))
         tx.put_atask(task_queue, run_key, seq, meta, args, details)
         return task_of(task_queue, run_key, seq, meta, args, details)
 

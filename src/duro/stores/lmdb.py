@@ -74,7 +74,24 @@ __all__ = ["LmdbStore", "open_lmdb_store", "started_event"]
 
 log = logging.getLogger("duro.store")
 
-_HOST = socket.gethostname()
+def _host_id() -> str:
+    """This machine and pid namespace, as lease owners name them (no ``:``, the token's separator).
+
+    The host name alone is not enough: two containers with the host's network (or two machines
+    with the same name) share it, and each would take the other's pids for its own and free live
+    leases. The boot id and the pid namespace tell them apart where Linux has them.
+    """
+    name = socket.gethostname().replace(":", "_")
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip()
+        where = boot + os.readlink("/proc/self/ns/pid").encode()
+    except OSError:  # not Linux: the host name is what there is
+        return name
+    return f"{name}~{hashlib.blake2b(where, digest_size=4).hexdigest()}"
+
+
+_HOST = _host_id()
 
 
 def _start_time(pid: int) -> str:

@@ -197,6 +197,7 @@ class _Committed(Exception):
 # the batch fails (and is retried when that is safe), not only the op that met it.
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
               concurrent.futures.CancelledError)
+_READ_ERRORS = (*_DB_ERRORS, TimeoutError)  # a read attempt that ran over its bound, too
 
 
 def _read_may_retry(e: BaseException) -> bool:
@@ -206,7 +207,8 @@ def _read_may_retry(e: BaseException) -> bool:
     InternalClientError, seen on a pooled connection the server had just ended) is worth a retry
     on a fresh connection, not only what ``is_connection_loss`` recognises.
     """
-    return is_connection_loss(e) or isinstance(e, asyncpg.InterfaceError | asyncpg.InternalClientError)
+    return is_connection_loss(e) or isinstance(e, asyncpg.InterfaceError | asyncpg.InternalClientError
+                                                   | TimeoutError)
 
 
 def _us(t: float) -> int:
@@ -257,6 +259,9 @@ class PostgresStore:
         self._bg: set[asyncio.Future[None]] = set()
         self._own_pids: set[int] = set()  # server pids of this store's pool connections
         self._next_purge = 0.0  # when the reaper next purges old batch ids, requests and answers
+        # How long one attempt of a batch or a read may take before it counts as a lost connection.
+        self._attempt_s = (self.settings.statement_timeout_ms / 1000 + 10 if self.settings.statement_timeout_ms
+                           else None)
         self._queued = 0  # ops submitted and not yet answered (is_idle)
         self._queued_lock = threading.Lock()
         self._channels = {kind: channel(self.settings.schema, kind) for kind in KINDS}
@@ -346,7 +351,15 @@ class PostgresStore:
         thread that runs an event loop, though: a sleep there would stall everything on that loop
         (a worker's heartbeats, say), so the read fails at once and its caller's loop retries it.
         """
-        return self._retrying(lambda: self._call(fn(*args)))
+        return self._retrying(lambda: self._call(self._bounded(fn, *args)))
+
+    async def _bounded(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """``fn(*args)`` on the DB loop, given up after one attempt's bound (then retried as a loss).
+
+        A server that vanished without closing the socket (a partition dropping packets) would
+        otherwise hold a read until TCP gives up; batches have the same bound.
+        """
+        return await asyncio.wait_for(fn(*args), self._attempt_s)
 
     def _retrying(self, read: Callable[[], Any]) -> Any:
         try:
@@ -361,7 +374,7 @@ class PostgresStore:
                 raise RuntimeError(f"the store at {self.settings.where} is closed")
             try:
                 return read()
-            except _DB_ERRORS as e:
+            except _READ_ERRORS as e:
                 if not _read_may_retry(e) or time.monotonic() + delay > deadline:
                     raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: "
                                      f"{type(e).__name__}: {e}") from e
@@ -374,8 +387,9 @@ class PostgresStore:
         delay = 0.05
         while True:
             try:
-                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), self._db_loop))
-            except _DB_ERRORS as e:
+                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._bounded(fn, *args),
+                                                                                  self._db_loop))
+            except _READ_ERRORS as e:
                 if not _read_may_retry(e) or time.monotonic() + delay > deadline:
                     raise StoreError(f"reading from PostgreSQL at {self.settings.where} failed: "
                                      f"{type(e).__name__}: {e}") from e
@@ -463,9 +477,7 @@ class PostgresStore:
         try:
             try:
                 results, fx, tx = await run_with_retry(
-                    self.pool, body, idempotent=True, where=self.settings.where,
-                    attempt_timeout_s=self.settings.statement_timeout_ms / 1000 + 10
-                    if self.settings.statement_timeout_ms else None)
+                    self.pool, body, idempotent=True, where=self.settings.where, attempt_timeout_s=self._attempt_s)
             except _Committed:
                 results, fx, tx = ran[0]
         except Exception as e:

@@ -32,7 +32,7 @@ import orjson
 
 from duro._core import codec
 from duro._core.codec import Event
-from duro.engine.machine import ATASK_LEASE_SLACK_S, DEFAULT_ACTIVITY_TIMEOUT_S
+from duro.engine.machine import ATASK_LEASE_SLACK_S, attempt_lease_s
 from duro.engine.records import ActivityMeta, RunRecord, RunStatus, WorkflowIndex, WorkflowTaskLease
 from duro.stores.base import run_key_of
 
@@ -182,8 +182,8 @@ def atask_from_row(row: Any) -> tuple[ActivityMeta, bytes, bytes]:
 
 
 def attempt_base_s(meta: ActivityMeta) -> float:
-    """The timeout an activity attempt's lease covers before the slack."""
-    return meta.start_to_close or meta.schedule_to_close or DEFAULT_ACTIVITY_TIMEOUT_S
+    """What an activity attempt's lease covers before the slack (see ``machine.attempt_lease_s``)."""
+    return attempt_lease_s(meta.start_to_close, meta.schedule_to_close, meta.heartbeat) - ATASK_LEASE_SLACK_S
 
 
 # ---------------------------------------------------------------------------------------------- overlay
@@ -399,9 +399,9 @@ class PgTx:
         return wtask_from_row(row)
 
     def put_wtask(self, task_queue: str, run_key: bytes, lease: WorkflowTaskLease) -> None:
-        """Create or replace the run's workflow task; a lease lasts at most the store's ``lease_s``."""
+        """Create or replace the run's workflow task; a lease lasts the store's ``lease_s`` (the URL's option)."""
         if lease.owner:
-            until = min(lease.until_us, self.now_us() + self.lease_us) or 1
+            until = self.now_us() + self.lease_us
             row: tuple[Any, ...] = (run_key, task_queue, lease.owner, until, until)
         else:
             row = (run_key, task_queue, None, 0, lease.visible_us)
