@@ -5,7 +5,7 @@ it is waiting. Everything it was waiting on is cancelled with it: the durable ti
 the running activity learns about it at its next heartbeat (``ctx.is_cancelled``). The workflow
 may catch the error and still run activities (here: a cleanup) before it ends as cancelled.
 
-    .venv/bin/python examples/cancellation.py [DATA_DIR]    # default: ./duro-data/cancellation-<timestamp>
+    .venv/bin/python examples/cancellation.py [DATA_DIR | STORE_URL]    # default: ./duro-data/cancellation-<timestamp>
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ async def export_report(ctx: duro.WorkflowContext, report: str) -> str:
         raise  # end as cancelled; returning a value here would complete the workflow instead
 
 
-async def main(data_dir: str) -> None:
-    url = f"lmdb://{data_dir}"
+async def main(where: str) -> None:
+    url = where if "://" in where else f"lmdb://{where}"  # a directory, or any store URL
     print(f"store: {url}")
     t0 = time.perf_counter()
     async with duro.Client.connect(url) as client:

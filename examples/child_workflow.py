@@ -7,7 +7,7 @@ handle instead: the parent can signal or cancel the child, and await ``handle.re
 If the parent closes first, its children are terminated (``parent_close_policy="terminate"``, the
 default; "request_cancel" and "abandon" are the others).
 
-    .venv/bin/python examples/child_workflow.py [DATA_DIR]    # default: ./duro-data/children-<timestamp>
+    .venv/bin/python examples/child_workflow.py [DATA_DIR | STORE_URL]    # default: ./duro-data/children-<timestamp>
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ async def fulfil_order(ctx: duro.WorkflowContext, order_id: str, warehouses: lis
     return {"tracking": tracking, "invoice": await invoicing.result()}
 
 
-async def main(data_dir: str) -> None:
-    url = f"lmdb://{data_dir}"
+async def main(where: str) -> None:
+    url = where if "://" in where else f"lmdb://{where}"  # a directory, or any store URL
     print(f"store: {url}")
     async with duro.Client.connect(url) as client:
         async with duro.Worker(client, task_queue="orders", workflows=[fulfil_order, ship_from, invoice],

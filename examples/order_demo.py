@@ -3,7 +3,7 @@
 validate the order -> reserve inventory and take the payment in parallel -> wait for an approval
 signal -> ship. Then print the event history duro recorded, reopen the store and look again.
 
-    .venv/bin/python examples/order_demo.py [DATA_DIR]    # default: ./duro-data/demo-<timestamp>
+    .venv/bin/python examples/order_demo.py [DATA_DIR | STORE_URL]    # default: ./duro-data/demo-<timestamp>
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def print_history(history: duro.History) -> None:
     print("  (WorkflowTaskCompleted: the workflow code ran; the events right after it are what it decided)")
 
 
-async def main(data_dir: str) -> None:
-    url = f"lmdb://{data_dir}"
+async def main(where: str) -> None:
+    url = where if "://" in where else f"lmdb://{where}"  # a directory, or any store URL
     order = Order("A-1001", customer="alice@example.com", items=["keyboard", "mouse"], amount_cents=12_900)
     print(f"store: {url}")
     t_start = time.perf_counter()

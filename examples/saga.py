@@ -5,7 +5,7 @@ with a ``duro.Saga``. The car cannot be booked, so the saga cancels the hotel, t
 the workflow fails with the car's error. Compensations are activities too: they are recorded in the
 history and would resume after a crash like any other step.
 
-    .venv/bin/python examples/saga.py [DATA_DIR]    # default: ./duro-data/saga-<timestamp>
+    .venv/bin/python examples/saga.py [DATA_DIR | STORE_URL]    # default: ./duro-data/saga-<timestamp>
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def describe(exc: BaseException | None, indent: str = "  ") -> None:
         exc, indent = exc.__cause__, indent + "  "
 
 
-async def main(data_dir: str) -> None:
-    url = f"lmdb://{data_dir}"
+async def main(where: str) -> None:
+    url = where if "://" in where else f"lmdb://{where}"  # a directory, or any store URL
     trip = Trip("T-42", traveller="alice", destination="Lisbon", nights=3, car_class="convertible")
     print(f"store: {url}")
     async with duro.Client.connect(url) as client:

@@ -10,7 +10,7 @@
   ``execute_update`` needs a worker for the workflow in the same process.
 * a final "checkout" signal ends the workflow, which charges the customer and returns a receipt.
 
-    .venv/bin/python examples/signal_query.py [DATA_DIR]    # default: ./duro-data/signal-query-<timestamp>
+    .venv/bin/python examples/signal_query.py [DATA_DIR | STORE_URL]    # default: ./duro-data/signal-query-<timestamp>
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ async def shopping_cart(ctx: duro.WorkflowContext, customer: str) -> dict[str, A
     return {"customer": customer, "items": len(items), "total_cents": total(), "payment": payment}
 
 
-async def main(data_dir: str) -> None:
-    url = f"lmdb://{data_dir}"
+async def main(where: str) -> None:
+    url = where if "://" in where else f"lmdb://{where}"  # a directory, or any store URL
     print(f"store: {url}")
     async with duro.Client.connect(url) as client:
         async with duro.Worker(client, task_queue="carts", workflows=[shopping_cart], activities=[charge]):

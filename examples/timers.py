@@ -6,7 +6,7 @@ a worker runs again. ``asyncio.wait_for`` and ``asyncio.timeout`` work in workfl
 durable timers. The durations are short so the example ends in about a second; real ones can be
 days.
 
-    .venv/bin/python examples/timers.py [DATA_DIR]    # default: ./duro-data/timers-<timestamp>
+    .venv/bin/python examples/timers.py [DATA_DIR | STORE_URL]    # default: ./duro-data/timers-<timestamp>
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ async def confirmation(ctx: duro.WorkflowContext, to: str, within: float) -> dic
     return {"confirmed": True, "by": confirmed["by"]}
 
 
-async def main(data_dir: str) -> None:
-    url = f"lmdb://{data_dir}"
+async def main(where: str) -> None:
+    url = where if "://" in where else f"lmdb://{where}"  # a directory, or any store URL
     print(f"store: {url}")
     t_start = time.perf_counter()
 

@@ -1,4 +1,4 @@
-"""The runnable examples run to the end and print what they promise."""
+"""The runnable examples run to the end and print what they promise, on each store (a directory or a URL)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_order_demo(tmp_path: Path) -> None:
-    data_dir = tmp_path / "store"
-    proc = subprocess.run(
-        [sys.executable, "examples/order_demo.py", str(data_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    out = proc.stdout
-    assert f"store: lmdb://{data_dir}" in out
+def test_order_demo(store: str) -> None:
+    out = run_example("order_demo.py", store)
     for line in ("[activity] validate order A-1001 ... ok", "[workflow] waiting for approval...",
                  "sending approval signal from alice", "[activity] ship order A-1001 ... ok"):
         assert line in out
@@ -31,25 +23,26 @@ def test_order_demo(tmp_path: Path) -> None:
             "tracking_number='TRK-A-1001', approved_by='alice')") in out
     # The count varies: the two parallel results may reach the workflow in one task or in two.
     assert re.search(r"reopened the store: order-A-1001 is completed, \d+ events, same result: True", out)
-    assert data_dir.is_dir()
 
 
-def run_example(name: str, tmp_path: Path) -> str:
-    """Run examples/<name> on a fresh store directory; return its stdout after checking it succeeded."""
-    data_dir = tmp_path / "store"
-    proc = subprocess.run(
-        [sys.executable, f"examples/{name}", str(data_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+def run_example(name: str, store: str) -> str:
+    """Run examples/<name> on a fresh store (the ``store`` fixture's URL); its stdout, once it succeeded.
+
+    An LMDB store is given as the directory, the way a user runs an example; other stores by URL.
+    """
+    where = store.removeprefix("lmdb://")
+    proc = subprocess.run([sys.executable, f"examples/{name}", where], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert f"store: lmdb://{data_dir}" in proc.stdout
-    assert data_dir.is_dir()
+    assert f"store: {store}" in proc.stdout
+    if store.startswith("lmdb://"):
+        assert Path(where).is_dir()
     return proc.stdout
 
 
-def test_saga(tmp_path: Path) -> None:
-    out = run_example("saga.py", tmp_path)
+def test_saga(store: str) -> None:
+    out = run_example("saga.py", store)
     steps = ["[activity] book flight to Lisbon for alice ... ok", "[activity] book hotel in Lisbon, 3 nights ... ok",
              "[activity] book a convertible car in Lisbon ... none left",
              "[activity] cancel hotel HOTEL-T-42 ... ok", "[activity] cancel flight FLIGHT-T-42 ... ok"]
@@ -64,8 +57,8 @@ def test_saga(tmp_path: Path) -> None:
     assert out.rstrip().endswith("WorkflowExecutionFailed")
 
 
-def test_timers(tmp_path: Path) -> None:
-    out = run_example("timers.py", tmp_path)
+def test_timers(store: str) -> None:
+    out = run_example("timers.py", store)
     assert "confirm-carol: {'confirmed': True, 'by': 'carol'}" in out
     assert "confirm-bob: {'confirmed': False}" in out
     assert "email to support@example.com: bob@example.com did not confirm in time" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from tests.test_examples import run_example
 
@@ -19,8 +18,8 @@ def recorded(out: str) -> list[tuple[str, str]]:
     return [(m[0], m[1].strip()) for m in re.findall(r"^\s+\d+\s{2}(\w+) *(.*)$", out, re.MULTILINE)]
 
 
-def test_signal_query(tmp_path: Path) -> None:
-    out = run_example("signal_query.py", tmp_path)
+def test_signal_query(store: str) -> None:
+    out = run_example("signal_query.py", store)
     in_order(out, [
         "started workflow cart-alice",
         "signal add_item: 2 x book",
@@ -44,8 +43,8 @@ def test_signal_query(tmp_path: Path) -> None:
     ], out
 
 
-def test_child_workflow(tmp_path: Path) -> None:
-    out = run_example("child_workflow.py", tmp_path)
+def test_child_workflow(store: str) -> None:
+    out = run_example("child_workflow.py", store)
     for warehouse in ("berlin", "lyon", "porto"):
         assert f"[activity] pack A-7 in {warehouse} ... ok" in out
     in_order(out, ["started workflow order-A-7", "[activity] invoice A-7 for 3 parcels ... ok",
@@ -67,8 +66,8 @@ def test_child_workflow(tmp_path: Path) -> None:
     assert events[-1] == ("WorkflowExecutionCompleted", ""), out
 
 
-def test_cancellation(tmp_path: Path) -> None:
-    out = run_example("cancellation.py", tmp_path)
+def test_cancellation(store: str) -> None:
+    out = run_example("cancellation.py", store)
     in_order(out, [
         "started workflow export-Q3-sales",
         "[activity] create workspace for Q3-sales ... ok",
