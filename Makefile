@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PGVER   := $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: install demo test lint bench bench-peers clean postgres fuzz soak
+.PHONY: install demo test lint bench bench-peers bench-pg clean postgres fuzz soak
 
 $(STAMP): pyproject.toml setup.py
 	@# The compiled core links liblmdb: install its headers where they are missing (Debian/Ubuntu).
@@ -71,6 +71,12 @@ bench: install
 # from its registry, run one after another; writes the table and chart into BENCHMARKS.md.
 bench-peers: install postgres
 	$(VPY) benchmarks/peers/run_all.py
+
+# W6 on the local PostgreSQL, in one run: duro W1 with 1 and 3 worker processes (clients in their own process),
+# W1L, and one-process W1/W1L; DBOS (its own environment) W1/W1L in one process and with 1 and 3 queue worker
+# processes; then a table of duro/DBOS ratios (benchmarks/peers/results/pg_table.md).
+bench-pg: install postgres
+	$(VPY) benchmarks/peers/run_pg.py
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/duro/_core/*.so csrc/duro/_core/*.c csrc/duro/_core/*.html

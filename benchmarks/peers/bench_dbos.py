@@ -7,6 +7,10 @@ object as the last stdout line (also written to --out).
 
     .envs/dbos/bin/python bench_dbos.py --workload W1 --db sqlite --out r.json
 
+W1/W1L on PostgreSQL also run with separate processes (W6): ``--workers N`` starts N worker
+processes that each launch DBOS on the same system database and dequeue from one DBOS queue;
+this process is then only a DBOSClient that enqueues and polls for the results.
+
 Set up the environment with setup_dbos.sh.
 """
 
@@ -20,9 +24,12 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from importlib.metadata import version as pkg_version
 from typing import Any
 
@@ -320,10 +327,9 @@ def _pg_admin(sql: str) -> None:
         conn.execute(sql)
 
 
-def _durable_desc(dbos: DBOS, db: str, path: str | None) -> str:
+def _durable_desc(engine: Any, db: str, path: str | None) -> str:
     import sqlalchemy as sa
 
-    engine = dbos._sys_db.engine
     with engine.connect() as conn:
         if db == "sqlite":
             jm = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
@@ -348,6 +354,125 @@ def _durable_desc(dbos: DBOS, db: str, path: str | None) -> str:
         )
 
 
+# --- several worker processes (W6): DBOS queue workers + a DBOSClient ----------
+
+QUEUE = "bench_w1"
+APP_VERSION = "bench-w6"
+DONE = ["SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"]
+
+
+def serve_worker(args: argparse.Namespace) -> int:
+    """A worker process: launch DBOS on the shared system database, listen to QUEUE until SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    config: DBOSConfig = {"name": "dbos-bench", "log_level": "WARNING", "system_database_url": args.db_url,
+                          "executor_id": f"bench-worker-{args.worker_index}", "application_version": APP_VERSION}
+    DBOS(config=config)
+    DBOS.launch()
+    try:
+        DBOS.register_queue(QUEUE, polling_interval_sec=args.queue_poll_ms / 1000.0)
+        # Ready once DBOS's queue manager runs the queue's dequeue thread (it checks every 1 s).
+        deadline = time.monotonic() + 30
+        while not any(t.name == f"queue-worker-{QUEUE}" and t.is_alive() for t in threading.enumerate()):
+            if time.monotonic() > deadline or stop.is_set():
+                raise RuntimeError(f"DBOS started no dequeue thread for {QUEUE}")
+            time.sleep(0.01)
+        with open(args.ready_file, "w") as f:
+            f.write(str(os.getpid()))
+        stop.wait()
+    finally:
+        DBOS.destroy(workflow_completion_timeout_sec=5)
+    return 0
+
+
+def start_workers(procs: list[subprocess.Popen[bytes]], k: int, db_url: str, args: argparse.Namespace,
+                  tmp: str) -> None:
+    def wait_ready(i: int) -> None:
+        path, deadline = os.path.join(tmp, f"ready-{i}"), time.monotonic() + 60
+        while not os.path.exists(path):
+            if procs[i].poll() is not None:
+                raise RuntimeError(f"DBOS worker {i} exited with code {procs[i].returncode} before it was ready")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"DBOS worker {i} not ready after 60 s")
+            time.sleep(0.02)
+
+    for i in range(k):
+        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--workload", "W1", "--role",
+                                       "worker", "--worker-index", str(i), "--db-url", db_url, "--ready-file",
+                                       os.path.join(tmp, f"ready-{i}"), "--queue-poll-ms", str(args.queue_poll_ms)],
+                                      stdin=subprocess.DEVNULL))
+        if i == 0:
+            wait_ready(0)  # the first one creates the system database's tables; the others then start at once
+    for i in range(1, k):
+        wait_ready(i)
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for i, p in enumerate(procs):
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"warning: DBOS worker {i} did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
+            p.kill()
+            p.wait()
+
+
+async def w1_remote(client: Any, n: int, c: int, poll_s: float, first: int = 0) -> tuple[float, list[float]]:
+    """Enqueue n orders (uuid4 ids) on QUEUE with at most c in flight; one batched status poll for all of them."""
+    inflight: dict[str, tuple[float, dict[str, Any]]] = {}
+    lat: list[float] = []
+    nxt = first
+
+    async def enqueue(i: int) -> None:
+        inp, wid = _order_input(i), str(uuid.uuid4())
+        t = time.perf_counter()
+        await client.enqueue_async({"workflow_name": order_wf.dbos_function_name, "queue_name": QUEUE,
+                                    "workflow_id": wid, "app_version": APP_VERSION}, inp)
+        inflight[wid] = (t, inp)
+
+    async def refill(k: int) -> None:
+        nonlocal nxt
+        todo = range(nxt, min(nxt + k, first + n))
+        nxt = todo.stop
+        await asyncio.gather(*(enqueue(i) for i in todo))
+
+    t0 = time.perf_counter()
+    await refill(c)
+    while inflight:
+        done = await client.list_workflows_async(workflow_ids=list(inflight), status=DONE, load_input=False)
+        now = time.perf_counter()
+        for st in done:
+            t, inp = inflight.pop(st.workflow_id)
+            want = {"order_id": inp["order_id"], "tracking": "T-" + inp["order_id"]}
+            assert st.status == "SUCCESS" and st.output == want, (st.workflow_id, st.status, st.output, st.error)
+            lat.append(now - t)
+        if done:
+            await refill(len(done))
+        else:
+            await asyncio.sleep(poll_s)
+    return time.perf_counter() - t0, lat
+
+
+async def run_remote(args: argparse.Namespace, client: Any, n: int) -> dict[str, Any]:
+    poll_s = args.client_poll_ms / 1000.0
+    how = (f"{args.workers} worker process(es), each DBOS.launch() on the same PostgreSQL system database + "
+           f"DBOS.register_queue({QUEUE!r}, polling_interval_sec={args.queue_poll_ms / 1000.0}); this process "
+           "is a DBOSClient: enqueue_async (uuid4 ids), and ONE list_workflows_async(workflow_ids=in-flight, "
+           f"status=done) poll every {poll_s} s while nothing finished (latency includes up to that interval)")
+    if args.workload == "W1L":
+        await w1_remote(client, WARMUP, 1, poll_s, first=-WARMUP)
+        wall, lat = await w1_remote(client, n, 1, poll_s)
+        how = f"{WARMUP} warm-up + {n} measured, one at a time; " + how
+    else:
+        wall, lat = await w1_remote(client, n, args.concurrency, poll_s)
+        how = f"{n} workflows, at most {min(args.concurrency, n)} in flight; " + how
+    return {"wall_s": wall, "throughput_per_s": n / wall, "latency_ms": percentiles(lat), "notes": how}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", required=True, choices=["W1", "W1L", "W2", "W3", "W4"])
@@ -362,7 +487,22 @@ def main() -> int:
         help="SQLite only: notification_listener_polling_interval_sec in ms (DBOS default 1000; "
         "DBOS minimum 1). Only W3 (recv) waits on it.",
     )
+    ap.add_argument("--workers", type=int, default=0,
+                    help="PostgreSQL W1/W1L: N separate DBOS worker processes on a queue, this process a "
+                    "DBOSClient (0: workflows run in this process, started with DBOS.start_workflow_async)")
+    ap.add_argument("--queue-poll-ms", type=float, default=10.0,
+                    help="--workers: the queue's polling_interval_sec in ms (DBOS default 1000)")
+    ap.add_argument("--client-poll-ms", type=float, default=5.0,
+                    help="--workers: how often the client polls for finished workflows")
+    ap.add_argument("--role", choices=["driver", "worker"], default="driver", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--db-url", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role == "worker":
+        return serve_worker(args)
+    if args.workers and (args.db != "postgres" or args.workload not in ("W1", "W1L")):
+        ap.error("--workers runs W1 or W1L with --db postgres")
 
     # W2: n is K, the number of concurrent steps (default 500); it always runs 5 times.
     defaults = {"W1": 2000, "W1L": 200, "W2": FANOUT_K, "W3": 200, "W4": 2000}
@@ -384,6 +524,8 @@ def main() -> int:
         config["notification_listener_polling_interval_sec"] = poll_s
     else:
         pg_db = f"dbos_bench_{os.getpid()}"
+        if args.workers:
+            tmpdir = tempfile.mkdtemp(prefix="dbos_bench_")
 
     result: dict[str, Any] = {}
     dbos: DBOS | None = None
@@ -392,22 +534,39 @@ def main() -> int:
             _pg_admin(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
             _pg_admin(f'CREATE DATABASE "{pg_db}"')
             config["system_database_url"] = PG_URL.format(db=pg_db)
-        dbos = DBOS(config=config)
-        DBOS.launch()
-        durable = _durable_desc(dbos, args.db, sqlite_path)
+        if args.workers:
+            assert pg_db is not None and tmpdir is not None
+            from dbos import DBOSClient
 
-        async def run() -> dict[str, Any]:
-            if args.workload == "W1":
-                return await w1(n, args.concurrency)
-            if args.workload == "W1L":
-                return await w1l(n)
-            if args.workload == "W2":
-                return await w2(n, FANOUT_RUNS)
-            if args.workload == "W3":
-                return await w3(n, poll_s)
-            return await w4(n)
+            workers: list[subprocess.Popen[bytes]] = []
+            try:
+                start_workers(workers, args.workers, PG_URL.format(db=pg_db), args, tmpdir)
+                client = DBOSClient(system_database_url=PG_URL.format(db=pg_db), application_name="dbos-bench",
+                                    system_database_pool_size=10)
+                try:
+                    durable = _durable_desc(client._sys_db.engine, args.db, None)
+                    r = asyncio.run(run_remote(args, client, n))
+                finally:
+                    client.destroy()
+            finally:
+                stop_workers(workers)
+        else:
+            dbos = DBOS(config=config)
+            DBOS.launch()
+            durable = _durable_desc(dbos._sys_db.engine, args.db, sqlite_path)
 
-        r = asyncio.run(run())
+            async def run() -> dict[str, Any]:
+                if args.workload == "W1":
+                    return await w1(n, args.concurrency)
+                if args.workload == "W1L":
+                    return await w1l(n)
+                if args.workload == "W2":
+                    return await w2(n, FANOUT_RUNS)
+                if args.workload == "W3":
+                    return await w3(n, poll_s)
+                return await w4(n)
+
+            r = asyncio.run(run())
         result = {
             "system": f"dbos-{args.db}",
             "version": pkg_version("dbos"),
@@ -421,6 +580,9 @@ def main() -> int:
         }
         if args.workload == "W1":
             result["concurrency"] = min(args.concurrency, n)
+        if args.db == "postgres":
+            result["workers"] = args.workers or 1
+            result["client"] = "separate process (DBOSClient)" if args.workers else "in the worker's process"
     finally:
         if dbos is not None:
             DBOS.destroy(workflow_completion_timeout_sec=5)
