@@ -24,6 +24,7 @@ Row mapping (tables in ``pg_schema``):
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -275,41 +276,54 @@ class PgTx:
         concurrent batches do not deadlock on them. Without it every op reads its rows one round
         trip (and two thread hops) at a time.
         """
-        reads: list[tuple[str, str, list[Any]]] = []
+        # One statement: a CTE per kind of row (each locking in key order, kinds always in this order,
+        # so concurrent batches do not deadlock), each returned as an array of its rows.
+        ctes: list[str] = []
+        cols: list[str] = []
+        args: list[Any] = []
+
+        def cte(name: str, sql: str, *values: Any) -> None:
+            ctes.append(f"{name} AS ({shift(sql, len(args))}{self._suffix})")
+            args.extend(values)
+            cols.append(f"(SELECT array_agg({name}) FROM {name})")
+
         keys = sorted(set(run_keys))
         if keys:
-            reads.append(("runs", _PREFETCH_RUNS + self._suffix, [keys]))
-            reads.append(("wtasks", _PREFETCH_WTASKS + self._suffix, [keys]))
+            cte("r", _PREFETCH_RUNS, keys)
+            ctes.append(f"w AS ({shift(_PREFETCH_WTASKS, len(args) - 1)}{self._suffix})")  # the same keys
+            cols.append("(SELECT array_agg(w) FROM w)")
         ids = sorted(set(workflow_ids or ()))
         if ids:
-            reads.append(("index", _PREFETCH_INDEX + self._suffix, [ids]))
+            cte("i", _PREFETCH_INDEX, ids)
         if closing:
-            reads.append(("index_of_runs", _PREFETCH_INDEX_OF_RUNS + self._suffix, [sorted(set(closing))]))
+            cte("c", _PREFETCH_INDEX_OF_RUNS, sorted(set(closing)))
         pairs = sorted(set(attempts))
         if pairs:
-            reads.append(("atasks", _PREFETCH_ATASKS + self._suffix, [[p[0] for p in pairs], [p[1] for p in pairs]]))
-        if not reads:
+            cte("a", _PREFETCH_ATASKS, [p[0] for p in pairs], [p[1] for p in pairs])
+        if not ctes:
             return
-        self.round_trips += len(reads)
-        results: list[list[Any]] = self.call(_fetch_all(self.conn, [(sql, args) for _, sql, args in reads]))
-        for (table, _, _), rows in zip(reads, results, strict=True):
-            if table == "index" or table == "index_of_runs":
-                got_i = {r[0]: r for r in rows}
-                cache = self.read_rows["index"]
-                for wid in ids if table == "index" else list(got_i):
-                    if wid not in cache:
-                        cache[wid] = got_i.get(wid)
-                        self.index_in_db[wid] = wid in got_i
-            elif table == "atasks":
-                got_a = {(bytes(r[0]), int(r[1])): r for r in rows}
-                cache = self.read_rows["atasks"]
-                for pair in pairs:
-                    cache.setdefault(pair, got_a.get(pair))
-            else:
-                got = {bytes(r[0]): r for r in rows}
+        row = self._fetchrow(f"WITH {', '.join(ctes)} SELECT {', '.join(cols)}", *args)
+        results = iter(row)
+        if keys:
+            for table in ("runs", "wtasks"):
+                got = {bytes(r[0]): r for r in next(results) or ()}
                 cache = self.read_rows[table]
-                for k in keys:
-                    cache.setdefault(k, got.get(k))
+                for key in keys:
+                    cache.setdefault(key, got.get(key))
+        for which in (ids, closing):
+            if not which:
+                continue
+            got_i = {r[0]: r for r in next(results) or ()}
+            cache = self.read_rows["index"]
+            for wid in ids if which is ids else list(got_i):
+                if wid not in cache:
+                    cache[wid] = got_i.get(wid)
+                    self.index_in_db[wid] = wid in got_i
+        if pairs:
+            got_a = {(bytes(r[0]), int(r[1])): r for r in next(results) or ()}
+            cache = self.read_rows["atasks"]
+            for pair in pairs:
+                cache.setdefault(pair, got_a.get(pair))
 
     # -- database access
     def _fetchrow(self, sql: str, *args: Any) -> Any:
@@ -470,8 +484,8 @@ class PgTx:
         base = self.layers[0]
         if base.empty():
             if tail:
-                self.round_trips += 1
-                self.call(_run_all(self.conn, tail))
+                sql, args = combine(tail)
+                self._execute(sql, *args)
             return
         self.layers[0] = _Layer()
         stmts: list[tuple[str, list[Any]]] = []
@@ -506,8 +520,8 @@ class PgTx:
             if puts:
                 stmts.append((_UPSERT_TIMERS, _columns(puts, 3)))
         stmts.extend(tail or ())
-        self.round_trips += 1
-        self.call(_run_all(self.conn, stmts))
+        sql, args = combine(stmts)
+        self._execute(sql, *args)
         # The database now holds what the flushed layer held: the read-ahead rows must say so, or a later
         # op of this batch (after a claim's or a sweep's flush) would read the rows as they were before
         # the batch (a deleted workflow task still there, an old run record after a dropped layer
@@ -535,10 +549,33 @@ def _split(stmts: list[tuple[str, list[Any]]], table: dict[Any, tuple[Any, ...] 
         stmts.append((upsert_sql, _columns(puts, n)))
 
 
-async def _run_all(conn: Any, stmts: list[tuple[str, list[Any]]]) -> None:
-    # Deletes come before upserts of the same table (a key is in one or the other, never both).
-    for sql, args in stmts:
-        await conn.execute(sql, *args)
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def shift(sql: str, offset: int) -> str:
+    """``sql`` with its parameters ``$n`` renumbered ``$(n + offset)``, to join it to another statement."""
+    return _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
+
+
+def combine(stmts: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """Several statements as one (one round trip): each a CTE of a single statement, parameters renumbered.
+
+    PostgreSQL runs every data-modifying CTE once, on one snapshot; a ``SELECT`` part (sending
+    notifications) runs only if referenced, so the final select counts its rows. Invariant the
+    callers keep: no two parts touch the same row (a key is deleted or upserted, never both).
+    """
+    if len(stmts) == 1 and not stmts[0][0].lstrip().upper().startswith("SELECT"):
+        return stmts[0][0], list(stmts[0][1])
+    ctes: list[str] = []
+    refs: list[str] = []
+    args: list[Any] = []
+    for n, (sql, part_args) in enumerate(stmts):
+        offset = len(args)
+        ctes.append(f"s{n} AS ({shift(sql.strip(), offset)})")
+        args.extend(part_args)
+        if sql.lstrip().upper().startswith("SELECT"):
+            refs.append(f"(SELECT count(*) FROM s{n})")
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(refs) or '1'}", args
 
 
 async def _fetch_all(conn: Any, reads: list[tuple[str, list[Any]]]) -> list[list[Any]]:
