@@ -88,6 +88,7 @@ __all__ = ["PostgresStore", "list_runs_query", "open_postgres_store"]
 log = logging.getLogger("duro.store.pg")
 
 _MAX_BATCH = 1024
+_BATCHES_IN_FLIGHT = 2  # group commits of one process committing at once, each on its own connection
 _READ_RETRY_S = 30.0  # how long a read waits for a server that went away (a restart takes seconds)
 _SWEEP_LIMIT = 1000
 _START_TIMEOUT_S = 60.0
@@ -163,7 +164,14 @@ def list_runs_query(status: str | None, workflow_type: str | None, limit: int) -
 _READ_HISTORY = "SELECT envelope FROM history WHERE run_key = $1::bytea AND event_id >= $2::bigint ORDER BY event_id"
 _READ_RUN = ("SELECT run_key, workflow_id, workflow_type, task_queue, status, start_us, close_us, next_event_id, "
              "epoch, last_input, record FROM runs WHERE run_key = $1::bytea")
-_READ_RUN_STATUSES = "SELECT run_key, status FROM runs WHERE run_key = ANY($1::bytea[])"
+# Runs that result waiters wait on, and the close event of those that closed (the last event).
+_CHECK_RUNS = """
+SELECT r.run_key, r.workflow_id, r.workflow_type, r.task_queue, r.status, r.start_us, r.close_us, r.next_event_id,
+       r.epoch, r.last_input, r.record, h.envelope
+FROM runs AS r LEFT JOIN history AS h
+    ON r.status <> 'running' AND h.run_key = r.run_key AND h.event_id = r.next_event_id - 1
+WHERE r.run_key = ANY($1::bytea[])
+"""
 _HAS_ANY_TASKS = "SELECT EXISTS (SELECT 1 FROM wtasks) OR EXISTS (SELECT 1 FROM atasks)"
 _PUT_REQUEST = ("INSERT INTO requests (request_id, task_queue, head, args, created_us) "
                 "VALUES ($1::text, $2::text, $3::bytea, $4::bytea, $5::bigint)")
@@ -266,8 +274,9 @@ class PostgresStore:
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
         self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
-        self._bg: set[asyncio.Future[None]] = set()
         self._own_pids: set[int] = set()  # server pids of this store's pool connections
+        self._to_check: set[bytes] = set()  # runs whose result waiters want a look (on the DB loop)
+        self._checker: asyncio.Future[None] | None = None  # the look in progress
         self._next_purge = 0.0  # when the reaper next purges old batch ids, requests and answers
         # How long one attempt of a batch or a read may take before it counts as a lost connection.
         self._attempt_s = (self.settings.statement_timeout_ms / 1000 + 10 if self.settings.statement_timeout_ms
@@ -285,7 +294,8 @@ class PostgresStore:
         self._call = blocking_on(self._db_loop)
         self._db_thread = threading.Thread(target=self._db_main, name="duro-pg-db", daemon=True)
         self._db_thread.start()
-        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="duro-pg-writer")
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=_BATCHES_IN_FLIGHT,
+                                                             thread_name_prefix="duro-pg-writer")
         self._queue: asyncio.Queue[Op | None] | None = None
         self._pool: asyncpg.Pool | None = None
         self._listener: Listener | None = None
@@ -438,27 +448,47 @@ class PostgresStore:
         return fut
 
     async def _batch_loop(self) -> None:
+        """Drain the queue into batches, up to ``_BATCHES_IN_FLIGHT`` committing at once.
+
+        A batch spends most of its time waiting for round trips and the server's WAL flush, so a
+        second one on another connection overlaps it (and their flushes may share one). Batches
+        that touch the same run serialize on its row lock; what one process submits to one run
+        comes in causal order anyway (a worker submits a run's next op after the last one returned).
+        """
         assert self._queue is not None
         q = self._queue
-        while True:
-            op = await q.get()
-            if op is None:
-                return
-            ops = [op]
-            stop = False
-            while len(ops) < _MAX_BATCH and not q.empty():
-                nxt = q.get_nowait()
-                if nxt is None:
-                    stop = True
-                    break
-                ops.append(nxt)
-            try:
-                await self._commit(ops)
-            except Exception:  # never lose the loop: the ops' callers would wait forever
-                log.exception("a PostgreSQL batch failed unexpectedly")
-                self._finish(ops, [(False, StoreError("the PostgreSQL store failed"))] * len(ops), Effects())
-            if stop:
-                return
+        slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()  # ops queue up meanwhile: the next batch is bigger
+                op = await q.get()
+                if op is None:
+                    return
+                ops = [op]
+                stop = False
+                while len(ops) < _MAX_BATCH and not q.empty():
+                    nxt = q.get_nowait()
+                    if nxt is None:
+                        stop = True
+                        break
+                    ops.append(nxt)
+                task = asyncio.ensure_future(self._commit_batch(ops))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _t: slots.release())
+                if stop:
+                    return
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _commit_batch(self, ops: list[Op]) -> None:
+        try:
+            await self._commit(ops)
+        except Exception:  # never lose a batch: its ops' callers would wait forever
+            log.exception("a PostgreSQL batch failed unexpectedly")
+            self._finish(ops, [(False, StoreError("the PostgreSQL store failed"))] * len(ops), Effects())
 
     async def _commit(self, ops: list[Op]) -> None:
         """Run ``ops`` as one transaction (retried per pg_conn's rules), then answer them and apply effects."""
@@ -597,23 +627,63 @@ class PostgresStore:
         for loop, fn in list(self._change_listeners):
             if not loop.is_closed():
                 loop.call_soon_threadsafe(fn)
-        if self._waiters and (payload is None or kind == "closed"):
-            keys = list(self._waiters) if payload is None else [k for k in self._waiters if k.hex() == payload]
-            if keys:
-                task = asyncio.ensure_future(self._recheck_waiters(keys))
-                self._bg.add(task)
-                task.add_done_callback(self._bg.discard)
+        if self._waiters:
+            if payload is None:
+                self._check(list(self._waiters))
+            elif kind == "closed":
+                try:
+                    key = bytes.fromhex(payload)
+                except ValueError:
+                    return
+                if key in self._waiters:
+                    self._check([key])
 
-    async def _recheck_waiters(self, keys: list[bytes]) -> None:
+    def _check(self, keys: list[bytes]) -> None:
+        """On the DB loop: look at these runs for their result waiters, with other looks due now, in one read.
+
+        Looks asked for while one read is out (waiters registering, closes notified) go in the
+        next: a client waiting on many runs costs a read per burst of closes, not two per run.
+        """
+        self._to_check.update(keys)
+        if self._checker is None:
+            self._checker = asyncio.ensure_future(self._check_runs())
+
+    async def _check_runs(self) -> None:
+        delay = 0.05
         try:
-            rows = await self.pool.fetch(_READ_RUN_STATUSES, keys)
-            closed = [bytes(r[0]) for r in rows if r[1] != RUNNING]
-            for key in closed:
-                row = await self.pool.fetchrow(_READ_RUN, key)
-                if row is not None:
-                    self._release_waiters(key, run_info(key, run_from_row(row)))
-        except Exception as e:  # the next notification or the caller's own check will tell
-            log.debug("re-checking result waiters failed: %s", e)
+            while self._to_check and not self._closed:
+                keys = [k for k in self._to_check if k in self._waiters]
+                self._to_check.clear()
+                if not keys:
+                    continue
+                try:
+                    rows = await asyncio.wait_for(self.pool.fetch(_CHECK_RUNS, keys), self._attempt_s)
+                except Exception as e:  # a lost connection: look again, the waiters wait meanwhile
+                    log.debug("looking at runs for their result waiters failed (%s: %s); again in %.2fs",
+                              type(e).__name__, e, delay)
+                    self._to_check.update(keys)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                delay = 0.05
+                found: set[bytes] = set()
+                for row in rows:
+                    key = bytes(row[0])
+                    found.add(key)
+                    rec = run_from_row(row)
+                    if rec.status != RUNNING:
+                        info = run_info(key, rec)
+                        if row[11] is not None:
+                            info.close_event = codec.decode_event(row[11])
+                        self._release_waiters(key, info)
+                for key in keys:
+                    if key not in found:
+                        for fut in self._waiters.pop(key, ()):
+                            if not fut.get_loop().is_closed():
+                                fut.get_loop().call_soon_threadsafe(
+                                    resolve, fut, False, WorkflowNotFoundError("?", key.hex()))
+        finally:
+            self._checker = None
 
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):
@@ -1002,17 +1072,15 @@ class PostgresStore:
         return [(r[0], pack(bytes(r[1]), bytes(r[2]))) for r in rows]
 
     async def wait_closed(self, run_key: bytes) -> RunInfo:
-        """Wait until the run is closed; woken by the closing commit or another process's notification."""
+        """Wait until the run is closed; woken by the closing commit or another process's notification.
+
+        The run is looked at once after the waiter is registered (so a close committed in between
+        is not missed), together with the other looks due (see ``_check``).
+        """
         fut: asyncio.Future[RunInfo] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_key, []).append(fut)
         try:
-            # Check after registering, so a close committed in between is not missed.
-            row = await self._aread(self.pool.fetchrow, _READ_RUN, run_key)
-            if row is None:
-                raise WorkflowNotFoundError("?", run_key.hex())
-            rec = run_from_row(row)
-            if rec.status != RUNNING and not fut.done():
-                fut.set_result(run_info(run_key, rec))
+            self._db_loop.call_soon_threadsafe(self._check, [run_key])
             return await fut
         finally:
             futs = self._waiters.get(run_key)
