@@ -289,6 +289,27 @@ async def test_start_by_name(client: duro.Client, worker: duro.Worker, cli: Cli,
     one_error_line(r, 2, "--task-queue")
 
 
+async def test_start_options_from_the_cli(client: duro.Client, worker: duro.Worker, cli_process: Cli) -> None:
+    # Signal-with-start, twice: the second call signals the open run and prints its id.
+    first = await cli_process("start", "signal_workflow", "2", "--id", "sws-cli", "--task-queue", QUEUE,
+                              "--start-signal", "item", "--start-signal-arg", '{"n": 1}')
+    assert first.code == 0, first
+    again = await cli_process("start", "signal_workflow", "2", "--id", "sws-cli", "--task-queue", QUEUE,
+                              "--start-signal", "item", "--start-signal-arg", '{"n": 2}')
+    assert again.code == 0 and again.out.strip() == first.out.strip(), again
+    assert await asyncio.wait_for(client.get_handle("sws-cli").result(), 10) == [{"n": 1}, {"n": 2}]
+    # terminate_existing replaces an open run.
+    r = await cli_process("start", "signal_workflow", "1", "--id", "tx-cli", "--task-queue", QUEUE)
+    r2 = await cli_process("start", "signal_workflow", "1", "--id", "tx-cli", "--task-queue", QUEUE,
+                           "--id-conflict-policy", "terminate_existing")
+    assert r2.code == 0 and r2.out.strip() != r.out.strip(), r2
+    old = await client.get_handle("tx-cli", run_id=r.out.strip()).describe()
+    assert old.status == "terminated"
+    bad = await cli_process("start", "signal_workflow", "--id", "x", "--task-queue", QUEUE, "--start-signal", "s",
+                            "--start-signal-arg", "[1,")
+    one_error_line(bad, 2, "not JSON")
+
+
 async def test_query_answered_by_a_worker_of_another_process(client: duro.Client, worker: duro.Worker,
                                                               cli_process: Cli) -> None:
     handle = await client.start_workflow(features_wfs.queried, id="asked", task_queue=QUEUE)

@@ -28,7 +28,7 @@ from duro.errors import (
 from duro.history import History, HistoryEvent
 from duro.saga import Saga, SagaError
 from duro.worker import Worker
-from duro.workflow import WorkflowContext, WorkflowInfo, workflow
+from duro.workflow import ExternalWorkflowHandle, WorkflowContext, WorkflowInfo, workflow
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "CorruptHistoryError",
     "DataConverter",
     "DuroError",
+    "ExternalWorkflowHandle",
     "History",
     "HistoryEvent",
     "JsonConverter",

@@ -205,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whether the id of a closed run may be used again (default allow_duplicate)")
     p.add_argument("--execution-timeout", type=_seconds, metavar="SECONDS", help="limit for the whole workflow")
     p.add_argument("--run-timeout", type=_seconds, metavar="SECONDS", help="limit for each run")
+    p.add_argument("--id-conflict-policy", choices=("fail", "use_existing", "terminate_existing"),
+                   help="when a run with the id is open: fail (default), use_existing (print its run id; "
+                   "the default with --start-signal) or terminate_existing")
+    p.add_argument("--start-signal", metavar="NAME", type=_name("signal name"),
+                   help="signal-with-start: record this signal with the start (or on the open run)")
+    p.add_argument("--start-signal-arg", dest="start_signal_args", action="append", default=[], metavar="JSON",
+                   help="an argument of the start signal, as JSON (repeat for several)")
 
     p = sub.add_parser("check", parents=[common], help="verify a store's files, histories and records",
                        description="Verify the store without writing to it: its files (LMDB) or its schema "
@@ -527,7 +534,8 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
     handle = await client.start_workflow(
         args.workflow_type, *values, id=args.workflow_id, task_queue=args.task_queue,
         id_reuse_policy=args.id_reuse_policy, execution_timeout=args.execution_timeout,
-        run_timeout=args.run_timeout,
+        run_timeout=args.run_timeout, id_conflict_policy=args.id_conflict_policy,
+        start_signal=args.start_signal, start_signal_args=_json_args(args.start_signal_args),
     )
     _print(str(handle.run_id))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from duro.workflow import WorkflowDefinition, get_workflow_definition
 __all__ = ["Client", "WorkflowExecution", "WorkflowHandle"]
 
 ID_REUSE_POLICIES = ("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate")
+ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,9 @@ class Client:
         id_reuse_policy: str = "allow_duplicate",
         execution_timeout: float | datetime.timedelta | None = None,
         run_timeout: float | datetime.timedelta | None = None,
+        id_conflict_policy: str | None = None,
+        start_signal: str | None = None,
+        start_signal_args: Sequence[Any] = (),
     ) -> WorkflowHandle:
         """Start a workflow run and return its handle once the start is durable.
 
@@ -155,9 +159,21 @@ class Client:
             execution_timeout: limit for the whole workflow, in seconds or a timedelta (0 or None:
                 no limit; at most 100 years).
             run_timeout: limit for this run (same range).
+            id_conflict_policy: what to do when a run with this id is open: "fail" (raise
+                WorkflowAlreadyStartedError), "use_existing" (return a handle on that run) or
+                "terminate_existing" (terminate it, then start this one). Default: "fail", or
+                "use_existing" with ``start_signal`` (signal-with-start, as in Temporal).
+            start_signal: signal-with-start: this signal is recorded in the same commit as the
+                start, right after it, so the workflow's first task sees it; with "use_existing" and
+                an open run, that run gets the signal instead.
+            start_signal_args: the signal's arguments.
+
+        Returns:
+            A handle on the run started, or on the open run that was used.
 
         Raises:
-            WorkflowAlreadyStartedError: a run with this id is running (or the policy forbids reuse).
+            WorkflowAlreadyStartedError: a run with this id is running and the conflict policy is
+                "fail" (or the reuse policy forbids reusing a closed run's id).
             TypeError: the arguments do not fit the workflow's signature or cannot be encoded, or an
                 argument has the wrong type.
             ValueError: ``id``, ``task_queue`` or the workflow name is empty, holds NUL or is over
@@ -174,6 +190,19 @@ class Client:
         check_name("task_queue", task_queue)
         if id_reuse_policy not in ID_REUSE_POLICIES:
             raise ValueError(f"id_reuse_policy must be one of {ID_REUSE_POLICIES}, got {id_reuse_policy!r}")
+        if id_conflict_policy is None:
+            id_conflict_policy = "fail" if start_signal is None else "use_existing"
+        if id_conflict_policy not in ID_CONFLICT_POLICIES:
+            raise ValueError(f"id_conflict_policy must be one of {ID_CONFLICT_POLICIES}, got {id_conflict_policy!r}")
+        signal_args = b""
+        if start_signal is not None:
+            check_name("start_signal", start_signal)
+            if isinstance(start_signal_args, (str, bytes)) or not isinstance(start_signal_args, Sequence):
+                raise TypeError("start_signal_args must be a list or tuple of the signal's arguments, got "
+                                f"{type(start_signal_args).__name__}")
+            signal_args = self.converter.encode_args(tuple(start_signal_args))
+        elif start_signal_args:
+            raise ValueError("start_signal_args given without start_signal")
         execution_s = to_seconds(execution_timeout, "execution_timeout")
         run_s = to_seconds(run_timeout, "run_timeout")
         if defn is not None:
@@ -183,10 +212,13 @@ class Client:
         req = StartRequest(
             workflow_id=id, workflow_type=name, task_queue=task_queue, args=payload, run_id=run_id,
             id_reuse_policy=id_reuse_policy, execution_timeout=execution_s, run_timeout=run_s,
+            id_conflict_policy=id_conflict_policy, start_signal=start_signal, start_signal_args=signal_args,
         )
-        worker = self._eager_worker(name, task_queue)
+        # Eager start (the first task run here, in the start's commit) only for a plain start.
+        plain = id_conflict_policy == "fail" and start_signal is None
+        worker = self._eager_worker(name, task_queue) if plain else None
         if worker is None or not await worker.eager_start(req):
-            await self.store.start_workflow(req)
+            run_id = await self.store.start_workflow(req)
         handle = WorkflowHandle(self, id, run_id, result_hint=defn.return_hint if defn else None)
         handle._defn = defn
         return handle

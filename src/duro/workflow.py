@@ -17,7 +17,8 @@ from duro.converter import parameter_hints
 if TYPE_CHECKING:
     from duro._instance import ChildWorkflowHandle, WorkflowInstance
 
-__all__ = ["WorkflowContext", "WorkflowDefinition", "WorkflowInfo", "get_workflow_definition", "workflow"]
+__all__ = ["ExternalWorkflowHandle", "WorkflowContext", "WorkflowDefinition", "WorkflowInfo",
+           "get_workflow_definition", "workflow"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,6 +89,28 @@ class WorkflowInfo:
     attempt: int
     first_run_id: str
     parent: dict[str, Any] | None = None
+
+
+class ExternalWorkflowHandle:
+    """Another workflow, addressed by id from inside a workflow (``ctx.get_external_workflow_handle``)."""
+
+    __slots__ = ("_inst", "id", "run_id")
+
+    def __init__(self, inst: WorkflowInstance, workflow_id: str, run_id: str | None) -> None:
+        self._inst = inst
+        self.id = workflow_id
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"ExternalWorkflowHandle(id={self.id!r}, run_id={self.run_id!r})"
+
+    async def signal(self, name: str, *args: Any) -> None:
+        """Send a signal (delivered when this workflow task commits)."""
+        self._inst.request_external("signal", self.id, self.run_id, name, args)
+
+    async def cancel(self) -> None:
+        """Ask the workflow to cancel (delivered when this workflow task commits)."""
+        self._inst.request_external("cancel", self.id, self.run_id, "", ())
 
 
 class WorkflowContext:
@@ -235,6 +258,20 @@ class WorkflowContext:
         """Start a child workflow and wait for its result (``WorkflowFailedError`` if it fails)."""
         handle = self._inst.start_child(workflow, args, id, task_queue, parent_close_policy)
         return await handle.result()
+
+    def get_external_workflow_handle(self, workflow_id: str, run_id: str | None = None) -> ExternalWorkflowHandle:
+        """A handle to signal or cancel any workflow by id (not only this workflow's children).
+
+        ``await handle.signal(name, *args)`` and ``await handle.cancel()`` are recorded as commands
+        and delivered in the commit of this workflow task, exactly once (replay does not send them
+        again). A target that is not open then (no such id, or closed) does not receive them, and
+        the sending workflow goes on.
+
+        Raises:
+            ValueError: ``workflow_id`` is empty, holds NUL or is over 255 bytes.
+        """
+        check_name("workflow id", workflow_id)
+        return ExternalWorkflowHandle(self._inst, workflow_id, run_id)
 
     # --- queries, updates, versioning, continue-as-new -----------------------------------------
 

@@ -155,6 +155,47 @@ def test_id_reuse_policy(policy: IdReusePolicy, previous: str, allowed: bool) ->
     assert env.rec(old) == before
 
 
+def test_use_existing_returns_the_open_run_and_gives_it_the_start_signal() -> None:
+    env = Env()
+    old = env.start("w")
+    before = len(env.history(old))
+    req = env.request("w", id_conflict_policy="use_existing", start_signal="go", start_signal_args=b"[7]")
+    assert env.apply(lambda tx, fx: env.machine.start(tx, fx, req)) == old.hex()
+    assert env.types(old)[before:] == [codec.SIGNAL_RECEIVED]
+    assert env.history(old)[-1].payload == b"[7]"
+    assert env.index("w") is not None and env.index("w").run_id == old.hex()  # type: ignore[union-attr]
+    assert env.store.view().run(run_key_of(req.run_id)) is None  # no new run
+    plain = env.request("w", id_conflict_policy="use_existing")
+    assert env.apply(lambda tx, fx: env.machine.start(tx, fx, plain)) == old.hex()
+    assert len(env.history(old)) == before + 1  # nothing more recorded
+
+
+def test_terminate_existing_closes_the_open_run_and_starts_anew() -> None:
+    env = Env()
+    old = env.start("w", run_timeout=60.0)
+    req = env.request("w", id_conflict_policy="terminate_existing", id_reuse_policy="reject_duplicate")
+    assert env.apply(lambda tx, fx: env.machine.start(tx, fx, req)) == req.run_id
+    assert env.rec(old).status == RunStatus.TERMINATED and env.types(old)[-1] == codec.WORKFLOW_TERMINATED
+    assert env.rec(old).timers is None
+    new = run_key_of(req.run_id)
+    assert env.rec(new).status == RunStatus.RUNNING
+    assert env.index("w") == WorkflowIndex(req.run_id, RunStatus.RUNNING, "Wf", env.now)
+    # With no open run, the reuse policy still decides about the closed one.
+    env.terminate("w")
+    again = env.request("w", id_conflict_policy="terminate_existing", id_reuse_policy="reject_duplicate")
+    env.refuses(WorkflowAlreadyStartedError, lambda tx, fx: env.machine.start(tx, fx, again))
+
+
+def test_signal_with_start_records_the_signal_before_the_first_task() -> None:
+    env = Env()
+    req = env.request("w", start_signal="go", start_signal_args=b'[{"by":"bob"}]')
+    env.apply(lambda tx, fx: env.machine.start(tx, fx, req))
+    key = run_key_of(req.run_id)
+    assert env.types(key) == [codec.WORKFLOW_STARTED, codec.SIGNAL_RECEIVED]
+    assert env.rec(key).last_input == 2
+    assert env.wtask(key) is not None
+
+
 def test_start_eager_commits_the_run_and_its_first_task_together() -> None:
     env = Env()
     req = env.request("w")

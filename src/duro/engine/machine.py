@@ -258,7 +258,24 @@ class Machine:
     # ------------------------------------------------------------------ starting runs
 
     def start(self, tx: Tx, fx: Effects, req: StartRequest) -> str:
-        """Create a run: WorkflowExecutionStarted and its first workflow task (and timeout timer)."""
+        """Create a run: WorkflowExecutionStarted and its first workflow task (and timeout timer).
+
+        When a run of the id is open, ``req.id_conflict_policy`` decides: "fail" raises
+        WorkflowAlreadyStartedError, "use_existing" returns that run's id (after recording
+        ``req.start_signal`` on it, if any), "terminate_existing" terminates it and starts anew.
+        Returns the id of the run the caller gets a handle on.
+        """
+        idx = tx.index(req.workflow_id)
+        if idx is not None and idx.status == RUNNING and req.id_conflict_policy != "fail":
+            if req.id_conflict_policy == "use_existing":
+                if req.start_signal is not None:
+                    self.signal(tx, fx, req.workflow_id, idx.run_id, req.start_signal, req.start_signal_args)
+                return idx.run_id
+            self.terminate(tx, fx, req.workflow_id, idx.run_id,
+                           f"terminated by a new start of workflow {req.workflow_id!r} "
+                           "(id_conflict_policy='terminate_existing')")
+            self.create_run(tx, fx, req, self.now_us(), replaced_open=True)
+            return req.run_id
         self.create_run(tx, fx, req, self.now_us())
         return req.run_id
 
@@ -272,10 +289,14 @@ class Machine:
         return self.complete_wtask(tx, fx, first)
 
     def create_run(self, tx: Tx, fx: Effects, req: StartRequest, now_us: int, deadline_us: int = 0,
-                   eager: bool = False) -> bytes:
-        """Create a run: its record, WorkflowExecutionStarted, the id index, its first task (and timeout)."""
+                   eager: bool = False, replaced_open: bool = False) -> bytes:
+        """Create a run: its record, WorkflowExecutionStarted, the id index, its first task (and timeout).
+
+        ``replaced_open``: the id's open run was just terminated for this start, so the reuse policy
+        (about runs that had closed) does not apply.
+        """
         idx = tx.index(req.workflow_id)
-        if idx is not None:
+        if idx is not None and not replaced_open:
             if idx.status == RUNNING:
                 raise WorkflowAlreadyStartedError(req.workflow_id, idx.run_id)
             policy = req.id_reuse_policy
@@ -294,7 +315,11 @@ class Machine:
             tx.put_timer(fire_us, run_key, 0)
             rec.timers = {"0": fire_us}
             fx.effects.append(TimerSet(fire_us / 1e6))
-        history = self.append(tx, run_key, rec, [started], now_us)
+        first = [started]
+        if req.start_signal is not None:  # signal-with-start: the first task sees it
+            first.append(Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.start_signal, req.start_signal_args))
+        history = self.append(tx, run_key, rec, first, now_us)
+        rec.last_input = history[-1].event_id
         tx.put_run(run_key, rec)
         tx.put_index(req.workflow_id, WorkflowIndex(req.run_id, RUNNING, req.workflow_type, now_us))
         if not eager:  # eager: the caller commits the first task in this same transaction

@@ -104,6 +104,11 @@ class StartRequest:
     run_timeout: float | None = None
     parent: dict[str, Any] | None = None
     first_run_id: str | None = None
+    # A run with this id already open: "fail", "use_existing" (signal it, if start_signal) or
+    # "terminate_existing" (terminate it, then start).
+    id_conflict_policy: str = "fail"
+    start_signal: str | None = None  # signal-with-start: recorded right after WorkflowExecutionStarted
+    start_signal_args: bytes = b""
 
 
 @dataclass(slots=True)
