@@ -223,6 +223,26 @@ class Client:
         handle._defn = defn
         return handle
 
+    async def execute_update_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
+                                        task_queue: str, update: str, update_args: Sequence[Any] = (),
+                                        id_conflict_policy: str = "use_existing", **options: Any) -> Any:
+        """Start the workflow unless a run with ``id`` is open, then run update ``update`` on it; its result.
+
+        The start is ``start_workflow`` with ``id_conflict_policy`` (default "use_existing", so the call
+        may be repeated safely: a second call updates the run the first started) and ``options``;
+        the update is ``handle.execute_update(update, *update_args)``, with its rules (a validator
+        that raises rejects it, an accepted update is recorded with its result).
+
+        Raises:
+            What ``start_workflow`` and ``WorkflowHandle.execute_update`` raise.
+        """
+        if isinstance(update_args, (str, bytes)) or not isinstance(update_args, Sequence):
+            raise TypeError(f"update_args must be a list or tuple, got {type(update_args).__name__}")
+        check_name("update name", update)
+        handle = await self.start_workflow(workflow, *args, id=id, task_queue=task_queue,
+                                           id_conflict_policy=id_conflict_policy, **options)
+        return await handle.execute_update(update, *update_args)
+
     def _eager_worker(self, workflow_type: str, task_queue: str) -> Any:
         """A worker of this process that can run the first task of the workflow right away."""
         return local_dispatch(self.store).eager_worker(workflow_type, task_queue)

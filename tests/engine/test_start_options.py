@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import duro
-from tests.engine import wfs
+from tests.engine import features_wfs, wfs
 from tests.waiting import eventually
 
 QUEUE = "start-options"
@@ -39,7 +39,9 @@ async def cancellable(ctx: duro.WorkflowContext) -> str:
 
 @pytest.fixture
 async def worker(client: duro.Client) -> AsyncIterator[duro.Worker]:
-    async with duro.Worker(client, task_queue=QUEUE, workflows=[wfs.signal_workflow, pinger, cancellable],
+    async with duro.Worker(client, task_queue=QUEUE, workflows=[wfs.signal_workflow, pinger, cancellable,
+                                                               features_wfs.queried],
+                           activities=[features_wfs.note],
                            max_cached_workflows=1) as w:  # a tiny cache: tasks replay, so a re-sent command would show
         yield w
 
@@ -120,3 +122,20 @@ async def test_bad_start_options_are_refused_and_nothing_is_stored(client: duro.
         await client.start_workflow(wfs.signal_workflow, 1, id="bad", task_queue=QUEUE, **kwargs)
     with pytest.raises(duro.WorkflowNotFoundError):
         await client.get_handle("bad").describe()
+
+
+async def test_update_with_start_starts_once_and_updates_each_time(client: duro.Client, worker: duro.Worker) -> None:
+    assert await client.execute_update_with_start(features_wfs.queried, id="uws", task_queue=QUEUE,
+                                                  update="add", update_args=["a"]) == 1
+    assert await client.execute_update_with_start(features_wfs.queried, id="uws", task_queue=QUEUE,
+                                                  update="add", update_args=["b"]) == 2
+    history = [e.event_type for e in await client.get_handle("uws").fetch_history()]
+    assert history.count("WorkflowExecutionStarted") == 1
+    with pytest.raises(duro.ApplicationError, match="empty items are rejected"):
+        await client.execute_update_with_start(features_wfs.queried, id="uws", task_queue=QUEUE,
+                                               update="add", update_args=[""])
+    with pytest.raises(TypeError, match="update_args must be a list"):
+        await client.execute_update_with_start(features_wfs.queried, id="uws", task_queue=QUEUE,
+                                               update="add", update_args="c")
+    await client.get_handle("uws").signal("add", "stop")
+    assert await client.get_handle("uws").result() == ["a", "b", "stop"]
