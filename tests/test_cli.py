@@ -310,6 +310,31 @@ async def test_start_options_from_the_cli(client: duro.Client, worker: duro.Work
     one_error_line(bad, 2, "not JSON")
 
 
+async def test_list_filters_pages_and_count(client: duro.Client, cli: Cli) -> None:
+    for i in range(3):
+        await client.start_workflow("signal_workflow", 1, id=f"f{i}", task_queue=QUEUE,
+                                    search_attributes={"customer": "alice" if i else "bob", "n": i},
+                                    memo={"note": f"m{i}"})
+    r = await cli("list", "--attr", 'customer="alice"', "--json")
+    assert r.code == 0, r
+    listed = json.loads(r.out)
+    assert sorted(w["workflow_id"] for w in listed) == ["f1", "f2"]
+    assert {w["memo"]["note"] for w in listed} == {"m1", "m2"}
+    r = await cli("count", "--attr", 'customer="alice"', "--attr", "n=2")
+    assert (r.code, r.out.strip()) == (0, "1"), r
+    r = await cli("count", "--status", "running", "--after", "2000-01-01T00:00")
+    assert (r.code, r.out.strip()) == (0, "3"), r
+    r = await cli("list", "--limit", "2")
+    assert r.code == 0 and "more: --page " in r.out, r
+    token = r.out.strip().splitlines()[-1].split("--page ")[1]
+    r = await cli("list", "--limit", "2", "--page", token)
+    assert r.code == 0 and r.out.count("signal_workflow") == 1, r
+    r = await cli("describe", "f0")
+    assert '"customer": "bob"' in r.out or '"customer":"bob"' in r.out, r
+    one_error_line(await cli("count", "--attr", "customer=alice"), 2, "not JSON")
+    one_error_line(await cli("list", "--after", "yesterday"), 2, "ISO 8601")
+
+
 async def test_query_answered_by_a_worker_of_another_process(client: duro.Client, worker: duro.Worker,
                                                               cli_process: Cli) -> None:
     handle = await client.start_workflow(features_wfs.queried, id="asked", task_queue=QUEUE)

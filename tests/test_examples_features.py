@@ -89,3 +89,45 @@ def test_cancellation(store: str) -> None:
     assert types[-1] == "WorkflowExecutionCanceled", out
     finished = re.search(r"finished in (\d+\.\d+)s", out)
     assert finished is not None and float(finished.group(1)) < 20, out  # the day-long timer did not run out
+
+
+def test_async_completion(store: str) -> None:
+    out = run_example("async_completion.py", store)
+    in_order(out, [
+        "started workflow expense-E-1",
+        "[activity] approval of E-1 requested (41-byte task token); the attempt ends without a result",
+        "[webhook] alice is looking at E-1",
+        "[webhook] alice approves E-1",
+        "[activity] pay 120.00 EUR to ada ... ok",
+        "result: {'id': 'E-1', 'status': 'paid', 'approved_by': 'alice', 'payment': 'PAY-E-1'}",
+        "started workflow expense-E-2",
+        "[webhook] carol rejects E-2: over the travel budget",
+        "result: {'id': 'E-2', 'status': 'rejected', 'reason': 'over the travel budget'}",
+        "the same token again: TaskTokenError (completed)",
+        "a forged token: TaskTokenError (malformed)",
+    ])
+    # The loggers: each line once, carrying the workflow's ids (the activity's with its name and attempt).
+    assert out.count("expense E-1: 120.00 EUR") == 1, out
+    assert re.search(r"\[log\] duro\.activity \[activity_type=request_approval activity_id=1 attempt=1 "
+                     r"workflow_type=expense_report workflow_id=expense-E-2 run_id=[0-9a-f]{32} task_queue=expenses\] "
+                     r"approval of E-2 requested", out), out
+    assert "expense E-2 not approved: over the travel budget" in out, out
+    assert [name for _, name in recorded(out)] == ["expense_report", "request_approval", "request_approval", ""], out
+    assert [t for t, _ in recorded(out)] == ["WorkflowExecutionStarted", "ActivityTaskScheduled",
+                                             "ActivityTaskFailed", "WorkflowExecutionCompleted"], out
+
+
+def test_schedules(store: str) -> None:
+    out = run_example("schedules.py", store)
+    in_order(out, ["created schedule ops-report: every 0.2s, next runs at ", "[activity] report for ops (ops-report-",
+                   "paused ('enough for the demo') after ", "trigger started ops-report-",
+                   "backfill of 09:00:00-09:00:01 on 2026-01-01 started 5 runs: ops-report-2026-01-01T09:00:00Z ... "
+                   "ops-report-2026-01-01T09:00:00.800000Z",
+                   "the same backfill again started 0 runs (each time runs once)",
+                   "nightly (cron '0 3 * * *' in Europe/Paris) runs next at ",
+                   "schedules: ['nightly', 'ops-report']", "deleted; schedules left: []"])
+    fired = re.search(r"paused \('enough for the demo'\) after (\d+) runs", out)
+    assert fired is not None and int(fired.group(1)) >= 3, out
+    listed = re.search(r"list_workflows\(DuroScheduleId='ops-report'\): (\d+) runs, (\d+) completed", out)
+    assert listed is not None and listed.group(1) == listed.group(2), out
+    assert int(listed.group(1)) == int(fired.group(1)) + 6, out  # the fires, the trigger, the backfill

@@ -1,6 +1,9 @@
 """duro: durable execution for Python — Temporal-style workflows, embedded on LMDB."""
 
+from importlib import metadata as _metadata
+
 from duro import testing as testing
+from duro._async_completion import AsyncActivityHandle, CompleteAsync
 from duro.activity import ActivityContext, ActivityInfo, RetryPolicy, activity
 from duro.client import Client, WorkflowExecution, WorkflowHandle
 from duro.converter import DataConverter, JsonConverter
@@ -12,12 +15,15 @@ from duro.errors import (
     DuroError,
     NonDeterminismError,
     PayloadTooLargeError,
+    ScheduleAlreadyExistsError,
+    ScheduleNotFoundError,
     StoreCorruptedError,
     StoreError,
     StoreFullError,
     StoreLimitError,
     StorePermissionError,
     StoreURLError,
+    TaskTokenError,
     TerminatedError,
     TimeoutError,
     WorkflowAlreadyStartedError,
@@ -27,18 +33,24 @@ from duro.errors import (
 )
 from duro.history import History, HistoryEvent
 from duro.saga import Saga, SagaError
+from duro.schedules import ScheduleAction, ScheduleDescription, ScheduleHandle, ScheduleSpec
 from duro.worker import Worker
 from duro.workflow import ExternalWorkflowHandle, WorkflowContext, WorkflowInfo, workflow
 
-__version__ = "0.1.0"
+try:  # the one version source is pyproject.toml, read back from the installed distribution's metadata
+    __version__: str = _metadata.version("duro")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed (no metadata)
+    __version__ = "0+unknown"
 
 __all__ = [
     "ActivityContext",
     "ActivityError",
     "ActivityInfo",
     "ApplicationError",
+    "AsyncActivityHandle",
     "CancelledError",
     "Client",
+    "CompleteAsync",
     "CorruptHistoryError",
     "DataConverter",
     "DuroError",
@@ -51,12 +63,19 @@ __all__ = [
     "RetryPolicy",
     "Saga",
     "SagaError",
+    "ScheduleAction",
+    "ScheduleAlreadyExistsError",
+    "ScheduleDescription",
+    "ScheduleHandle",
+    "ScheduleNotFoundError",
+    "ScheduleSpec",
     "StoreCorruptedError",
     "StoreError",
     "StoreFullError",
     "StoreLimitError",
     "StorePermissionError",
     "StoreURLError",
+    "TaskTokenError",
     "TerminatedError",
     "TimeoutError",
     "Worker",

@@ -31,6 +31,7 @@ from duro.converter import (
     failure_from_dict,
     parameter_hints,
 )
+from duro.engine.records import SEARCH_ATTRIBUTES_MARKER
 from duro.errors import ActivityError, DuroError, NonDeterminismError, WorkflowFailedError, WorkflowIOError
 from duro.stores.base import ActivityTask, ChildStart, ExternalRequest, WorkflowTaskCompletion, pack, unpack
 from duro.workflow import WorkflowContext, WorkflowDefinition, WorkflowInfo
@@ -591,6 +592,10 @@ class WorkflowInstance:
         if not self.replaying:
             self.external.append(ExternalRequest(kind=kind, workflow_id=workflow_id, run_id=run_id, name=name,
                                                  args=payload))
+
+    def upsert_search_attributes(self, attrs: dict[str, Any]) -> None:
+        """Record a change of the run's search attributes (applied by the store with the task's commit)."""
+        self._command(Event(codec.MARKER, 0, 0, 0, 0, SEARCH_ATTRIBUTES_MARKER, orjson.dumps(attrs)))
 
     # ------------------------------------------------------------------ versioning
 

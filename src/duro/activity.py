@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,11 +192,22 @@ class ActivityInfo:
     start_to_close_timeout: float | None
     heartbeat_timeout: float | None
 
+    @property
+    def task_token(self) -> bytes:
+        """Opaque bytes naming this attempt, for ``client.get_async_activity_handle(token)``.
+
+        Hand it to whoever completes the activity from outside (a webhook, a person), then raise
+        ``duro.CompleteAsync()``. ``token.hex()`` / ``bytes.fromhex(text)`` carry it as text.
+        """
+        from duro._async_completion import encode_task_token
+
+        return encode_task_token(bytes.fromhex(self.workflow_run_id), self.task_queue, self.activity_id, self.attempt)
+
 
 class ActivityContext:
-    """What an activity gets as its first argument: ``info``, ``heartbeat()`` and ``is_cancelled``."""
+    """What an activity gets as its first argument: ``info``, ``heartbeat()``, ``is_cancelled``, ``logger``."""
 
-    __slots__ = ("_cancelled", "_heartbeat", "_heartbeater", "_task", "info", "last_heartbeat")
+    __slots__ = ("_cancelled", "_heartbeat", "_heartbeater", "_logger", "_task", "info", "last_heartbeat")
 
     def __init__(self, info: ActivityInfo, heartbeat: Callable[[ActivityContext, Any], None],
                  task: Any = None) -> None:
@@ -204,7 +216,22 @@ class ActivityContext:
         self._task = task
         self._heartbeater: Any = None  # made by the worker on the first heartbeat
         self._cancelled = False
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.last_heartbeat: float = 0.0
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger (``duro.activity``) whose records carry this attempt's ids.
+
+        Each record has the attributes ``workflow_id``, ``run_id``, ``workflow_type``,
+        ``task_queue``, ``activity_type``, ``activity_id`` and ``attempt`` (for formatters and
+        filters), and its message starts with them.
+        """
+        if self._logger is None:
+            from duro._logging import ActivityLogger
+
+            self._logger = ActivityLogger(self.info)
+        return self._logger
 
     def heartbeat(self, details: Any = None) -> None:
         """Report progress; ``details`` survive into the next attempt as ``info.heartbeat_details``.

@@ -10,9 +10,11 @@ r"""The ``duro`` command: look at and drive workflows in a store from a shell.
     duro [--store URL] query WORKFLOW_ID NAME [JSON_ARG ...]
     duro [--store URL] cancel WORKFLOW_ID
     duro [--store URL] terminate WORKFLOW_ID [--reason TEXT]
+    duro [--store URL] reset WORKFLOW_ID --event-id N [--run-id RUN_ID] [--reason TEXT]
     duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...]
     duro [--store URL] check [--json]
     duro copy SRC_URL DST_URL [--merge] [--force]
+    duro [--store URL] schedule list|describe|create|pause|unpause|trigger|backfill|delete ...  (duro._schedule_cli)
 
 The store is ``--store``, else the environment variable ``DURO_STORE``, else
 ``lmdb://./duro-data``. Arguments of workflows, signals and queries are JSON, one per word
@@ -42,6 +44,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from duro._core import mdb
+from duro._schedule_cli import add_schedule_parser, run_schedule
 from duro._validate import MAX_DURATION_S, check_name
 from duro.client import Client, WorkflowExecution
 from duro.errors import (
@@ -148,7 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=STATUSES, help="only runs with this status")
     p.add_argument("--type", dest="workflow_type", metavar="TYPE", help="only workflows of this registered type")
     p.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N workflows (default 100)")
+    _filter_options(p)
+    p.add_argument("--page", metavar="TOKEN", help="the next page (its token is printed after a full page)")
     p.add_argument("--json", action="store_true", help="print a JSON array")
+
+    p = sub.add_parser("count", parents=[common], help="count workflows (the latest run of each id) by filters",
+                       description="Count the workflow ids whose latest run matches the filters of `list`.")
+    p.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    p.add_argument("--type", dest="workflow_type", metavar="TYPE", help="only workflows of this registered type")
+    _filter_options(p)
 
     p = sub.add_parser("describe", parents=[common], help="status, type, times and length of a run",
                        description="Describe a workflow run (the latest run unless --run is given).")
@@ -191,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--reason", default="", metavar="TEXT", help="why (recorded in the history)")
 
+    p = sub.add_parser("reset", parents=[common], help="rerun a workflow from one of its workflow tasks",
+                       description="Start a new run of the workflow from its WorkflowTaskCompleted event N, with the "
+                       "workers' current code, and print the new run id. The new run keeps the history before N and "
+                       "the signals and updates that arrived after it; an open run is terminated. `duro history` "
+                       "shows the event ids.")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
+    p.add_argument("--event-id", required=True, type=_positive_int, metavar="N",
+                   help="the id of a WorkflowTaskCompleted event of the run")
+    p.add_argument("--run-id", metavar="RUN_ID", help="a specific run (default: the latest)")
+    p.add_argument("--reason", default="", metavar="TEXT", help="why (recorded in both runs' histories)")
+
     p = sub.add_parser("start", parents=[common], help="start a workflow by its registered name",
                        description="Start a workflow of registered type TYPE with each JSON_ARG as an argument, "
                        "and print its run id. A worker of the task queue runs it.")
@@ -213,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-signal-arg", dest="start_signal_args", action="append", default=[], metavar="JSON",
                    help="an argument of the start signal, as JSON (repeat for several)")
 
+    p = sub.add_parser("activity", parents=[common], help="complete, fail or heartbeat an activity from outside",
+                       description="Act on the activity attempt a task token names (ActivityInfo.task_token as "
+                       "hex, typically of an activity that raised duro.CompleteAsync): complete it with the JSON "
+                       "result, fail it with MESSAGE (the retry policy applies), or heartbeat it with JSON details.")
+    p.add_argument("action", choices=("complete", "fail", "heartbeat"), metavar="ACTION",
+                   help="complete, fail or heartbeat")
+    p.add_argument("task_token", metavar="TOKEN", help="the task token, as hex")
+    p.add_argument("value", nargs="?", metavar="JSON_OR_MESSAGE",
+                   help="complete: the result (JSON, default null); fail: the error message; heartbeat: the "
+                   "details (JSON, default none)")
+    p.add_argument("--type", dest="error_type", metavar="TYPE", help="fail: the error's type (ApplicationError.type)")
+    p.add_argument("--non-retryable", action="store_true", help="fail: do not retry, whatever the retry policy says")
+
     p = sub.add_parser("check", parents=[common], help="verify a store's files, histories and records",
                        description="Verify the store without writing to it: its files (LMDB) or its schema "
                        "version (PostgreSQL), that every event of every history decodes with consecutive ids, that "
@@ -232,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add to a destination that holds workflows already (an id present in both is refused)")
     p.add_argument("--force", action="store_true",
                    help="copy although workers still hold leases in the source (they should be stopped)")
+    add_schedule_parser(sub, common)  # duro schedule ... (duro._schedule_cli)
     return parser
 
 
@@ -363,7 +399,7 @@ def _execution_dict(ex: WorkflowExecution) -> dict[str, Any]:
         "workflow_id": ex.workflow_id, "run_id": ex.run_id, "workflow_type": ex.workflow_type,
         "task_queue": ex.task_queue, "status": ex.status, "start_time": ex.start_time.isoformat(),
         "close_time": ex.close_time.isoformat() if ex.close_time else None, "history_length": ex.history_length,
-        "task_failures": ex.task_failures,
+        "task_failures": ex.task_failures, "search_attributes": ex.search_attributes, "memo": ex.memo,
     }
 
 
@@ -448,8 +484,48 @@ def _failure_text(err: BaseException) -> str:
 # ---------------------------------------------------------------------------------------- commands
 
 
+def _filter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attr", dest="attrs", action="append", default=[], metavar="NAME=JSON",
+                   help="only workflows whose search attribute NAME equals the JSON value "
+                   "(e.g. customer='\"alice\"' or amount=5); repeat for several")
+    p.add_argument("--after", type=_when, metavar="TIME", help="only workflows started after TIME (ISO 8601, UTC "
+                   "when no offset is given)")
+    p.add_argument("--before", type=_when, metavar="TIME", help="only workflows started before TIME")
+
+
+def _when(text: str) -> datetime.datetime:
+    try:
+        t = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-12-01T09:30)") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=datetime.UTC)
+
+
+def _attrs(texts: Sequence[str]) -> dict[str, Any] | None:
+    attrs: dict[str, Any] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--attr {text!r}: write NAME=JSON, e.g. customer='\"alice\"' or amount=5")
+        try:
+            attrs[name] = json.loads(value, parse_constant=_no_constant)
+        except ValueError as e:
+            raise UsageError(f"--attr {text!r}: the value is not JSON ({e}); write strings in double quotes") from None
+    return attrs or None
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {"status": args.status, "workflow_type": args.workflow_type, "search_attributes": _attrs(args.attrs),
+            "started_after": args.after, "started_before": args.before}
+
+
+async def _count(client: Client, args: argparse.Namespace) -> int:
+    _print(str(await client.count_workflows(**_filters(args))))
+    return 0
+
+
 async def _list(client: Client, args: argparse.Namespace) -> int:
-    runs = await client.list_workflows(status=args.status, workflow_type=args.workflow_type, limit=args.limit)
+    runs = await client.list_workflows(**_filters(args), limit=args.limit, page_token=args.page)
     if args.json:
         print(_json([_execution_dict(r) for r in runs], indent=2))
         return 0
@@ -461,6 +537,8 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
     for line in _table(["workflow id", "type", "status", "started (UTC)", "closed (UTC)", "events"], rows,
                        right=(5,)):
         _print(line)
+    if runs.next_page_token is not None:
+        _print(f"more: --page {runs.next_page_token}")
     return 0
 
 
@@ -475,6 +553,10 @@ async def _describe(client: Client, args: argparse.Namespace) -> int:
               ("events", str(ex.history_length))]
     if ex.task_failures:
         fields.append(("task failed", f"{ex.task_failures} time(s) in a row; see WorkflowTaskFailed in its history"))
+    if ex.search_attributes:
+        fields.append(("attributes", _json(ex.search_attributes)))
+    if ex.memo:
+        fields.append(("memo", _json(ex.memo)))
     for key, value in fields:
         _print(f"{key + ':':<12} {value}")
     return 0
@@ -529,6 +611,12 @@ async def _terminate(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reset(client: Client, args: argparse.Namespace) -> int:
+    handle = await client.get_handle(args.workflow_id, args.run_id).reset(event_id=args.event_id, reason=args.reason)
+    _print(str(handle.run_id))
+    return 0
+
+
 async def _start(client: Client, args: argparse.Namespace) -> int:
     values = args.values
     handle = await client.start_workflow(
@@ -541,9 +629,33 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _activity(client: Client, args: argparse.Namespace) -> int:
+    from duro.errors import ApplicationError, TaskTokenError
+
+    try:
+        token = bytes.fromhex(args.task_token)
+        handle = client.get_async_activity_handle(token)
+    except (ValueError, TaskTokenError) as e:  # not hex, or not a task token: bad input
+        raise UsageError(f"TOKEN is not a task token ({e}); pass ActivityInfo.task_token.hex()") from None
+    if args.action != "fail" and (args.error_type or args.non_retryable):
+        raise UsageError("--type and --non-retryable go with fail")
+    if args.action == "fail":
+        if not args.value:
+            raise UsageError("fail needs the error MESSAGE")
+        await handle.fail(ApplicationError(args.value, type=args.error_type, non_retryable=args.non_retryable))
+    else:
+        [value] = _json_args([args.value]) if args.value is not None else [None]
+        await (handle.complete(value) if args.action == "complete" else handle.heartbeat(value))
+    _print({"complete": "completed the activity attempt", "fail": "failed the activity attempt (its retry policy "
+            "applies)", "heartbeat": "recorded a heartbeat of the activity attempt"}[args.action])
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
-    "list": _list, "describe": _describe, "history": _history, "result": _result, "signal": _signal,
-    "query": _query, "cancel": _cancel, "terminate": _terminate, "start": _start,
+    "list": _list, "count": _count, "describe": _describe, "history": _history, "result": _result, "signal": _signal,
+    "query": _query, "cancel": _cancel, "terminate": _terminate, "reset": _reset, "start": _start,
+    "activity": _activity,
+    "schedule": run_schedule,
 }
 
 
@@ -582,7 +694,8 @@ def _check(url: str, args: argparse.Namespace) -> int:
 
 async def _run(url: str, args: argparse.Namespace) -> int:
     command = _COMMANDS[args.command]
-    if args.command != "start":  # only start may create a store; the others need its workflows
+    # Only start (and schedule create) may create a store; the others need its workflows.
+    if args.command != "start" and getattr(args, "schedule_command", None) != "create":
         _check_store_exists(url)
     async with Client.connect(url) as client:
         return await command(client, args)

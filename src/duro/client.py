@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from duro._core import codec
 from duro._local import local_dispatch
 from duro._validate import check_call_args, check_duration, check_name
+from duro._visibility import check_memo, check_search_attributes, parse_page
+from duro._visibility import page_token as page_token_of
 from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter, with_max_payload_size
 from duro.errors import DuroError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
+from duro.schedules import ScheduleClient
 from duro.stores import open_store
-from duro.stores.base import RUNNING, RunInfo, StartRequest, Store, new_run_id, run_key_of
+from duro.stores.base import RUNNING, ListQuery, RunInfo, StartRequest, Store, new_run_id, run_key_of
 from duro.workflow import WorkflowDefinition, get_workflow_definition
+
+if TYPE_CHECKING:
+    from duro._async_completion import AsyncActivityHandle
 
 __all__ = ["Client", "WorkflowExecution", "WorkflowHandle"]
 
@@ -41,6 +48,10 @@ class WorkflowExecution:
     #: through). Each new failure is a ``WorkflowTaskFailed`` event in the history; the task is
     #: retried with backoff until a worker's code gets through it.
     task_failures: int = 0
+    #: The run's search attributes (set at start, changed by ``ctx.upsert_search_attributes``).
+    search_attributes: dict[str, Any] = field(default_factory=dict)
+    #: The memo given at start.
+    memo: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def _from(cls, info: RunInfo) -> WorkflowExecution:
@@ -50,7 +61,18 @@ class WorkflowExecution:
             start_time=datetime.datetime.fromtimestamp(info.start_time, tz=datetime.UTC),
             close_time=datetime.datetime.fromtimestamp(info.close_time, tz=datetime.UTC) if info.close_time else None,
             history_length=info.history_length, task_failures=info.task_failures,
+            search_attributes=dict(info.search_attributes or {}), memo=dict(info.memo or {}),
         )
+
+
+class WorkflowPage(list[WorkflowExecution]):
+    """A page of ``list_workflows``: a list, newest first, with the token of the next page.
+
+    ``next_page_token`` is None when this page is the last one; pass it as ``page_token`` to get
+    the next (pages follow the start order, so workflows started meanwhile do not shift them).
+    """
+
+    next_page_token: str | None = None
 
 
 class _Connect:
@@ -79,8 +101,11 @@ class _Connect:
             await self._client.close()
 
 
-class Client:
+class Client(ScheduleClient):
     """A connection to a store. Create with ``duro.Client.connect(url)``.
+
+    Schedules (``create_schedule``, ``get_schedule_handle``, ``list_schedules``) come from
+    ``duro.schedules.ScheduleClient``.
 
     Args:
         store: the opened store.
@@ -146,6 +171,8 @@ class Client:
         id_conflict_policy: str | None = None,
         start_signal: str | None = None,
         start_signal_args: Sequence[Any] = (),
+        search_attributes: dict[str, Any] | None = None,
+        memo: dict[str, Any] | None = None,
     ) -> WorkflowHandle:
         """Start a workflow run and return its handle once the start is durable.
 
@@ -167,6 +194,10 @@ class Client:
                 start, right after it, so the workflow's first task sees it; with "use_existing" and
                 an open run, that run gets the signal instead.
             start_signal_args: the signal's arguments.
+            search_attributes: what ``list_workflows`` can filter on (str, int, float, bool or
+                timezone-aware datetime values); the workflow changes them with
+                ``ctx.upsert_search_attributes``.
+            memo: a JSON object shown by ``describe()`` (not filtered on).
 
         Returns:
             A handle on the run started, or on the open run that was used.
@@ -203,6 +234,8 @@ class Client:
             signal_args = self.converter.encode_args(tuple(start_signal_args))
         elif start_signal_args:
             raise ValueError("start_signal_args given without start_signal")
+        attrs = check_search_attributes(search_attributes) if search_attributes is not None else None
+        memo_doc = check_memo(memo) if memo is not None else None
         execution_s = to_seconds(execution_timeout, "execution_timeout")
         run_s = to_seconds(run_timeout, "run_timeout")
         if defn is not None:
@@ -213,6 +246,7 @@ class Client:
             workflow_id=id, workflow_type=name, task_queue=task_queue, args=payload, run_id=run_id,
             id_reuse_policy=id_reuse_policy, execution_timeout=execution_s, run_timeout=run_s,
             id_conflict_policy=id_conflict_policy, start_signal=start_signal, start_signal_args=signal_args,
+            search_attributes=attrs or None, memo=memo_doc or None,
         )
         # Eager start (the first task run here, in the start's commit) only for a plain start.
         plain = id_conflict_policy == "fail" and start_signal is None
@@ -272,16 +306,91 @@ class Client:
         handle._follow_runs = run_id is None
         return handle
 
+    def get_async_activity_handle(self, task_token: bytes) -> AsyncActivityHandle:
+        """A handle to complete, fail or heartbeat, from outside, the activity attempt ``task_token`` names.
+
+        The token is ``ActivityInfo.task_token`` of an attempt (typically one that raised
+        ``duro.CompleteAsync()``); this process needs no worker, only the same store.
+
+        Raises:
+            TypeError: ``task_token`` is not bytes.
+            duro.TaskTokenError: it is not a duro task token (garbage, cut, altered, another
+                version). Whether the attempt exists and waits is checked by each call on the handle.
+        """
+        from duro._async_completion import AsyncActivityHandle
+
+        return AsyncActivityHandle(self, task_token)
+
     async def list_workflows(self, status: str | None = None, workflow_type: str | None = None,
-                             limit: int = 100) -> list[WorkflowExecution]:
-        """The latest run of each workflow id, optionally filtered by status and type."""
-        if status is not None and status not in (RUNNING, "completed", "failed", "terminated", "canceled",
-                                                 "continued_as_new", "timed_out"):
-            raise ValueError(f"unknown status {status!r}")
-        check_name("workflow_type", workflow_type, allow_none=True)
+                             search_attributes: dict[str, Any] | None = None,
+                             started_after: datetime.datetime | float | None = None,
+                             started_before: datetime.datetime | float | None = None,
+                             limit: int = 100, page_token: str | None = None) -> WorkflowPage:
+        """The latest run of each workflow id, newest first, filtered; served by the store's indexes.
+
+        Args:
+            status: "running", "completed", "failed", "canceled", "terminated",
+                "continued_as_new" or "timed_out".
+            workflow_type: the registered workflow name.
+            search_attributes: equality filters on the runs' search attributes (all must hold).
+            started_after: only runs started after this (a timezone-aware datetime or epoch
+                seconds; exclusive).
+            started_before: only runs started before this (exclusive).
+            limit: the page size (a positive int).
+            page_token: ``next_page_token`` of the previous page.
+
+        Returns:
+            A ``WorkflowPage``: a list of ``WorkflowExecution`` with ``next_page_token``.
+
+        Raises:
+            ValueError: an unknown status, a bad name, limit or page token, a naive datetime.
+            TypeError: a filter value of an unsupported type.
+        """
+        query = _list_query(status, workflow_type, search_attributes, started_after, started_before)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
-        return [WorkflowExecution._from(i) for i in await self.store.alist_runs(status, workflow_type, limit)]
+        after = parse_page(page_token) if page_token is not None else None
+        infos = await self.store.alist_runs(query, limit, after)
+        page = WorkflowPage(WorkflowExecution._from(i) for i in infos)
+        if len(infos) == limit:
+            last = infos[-1]
+            page.next_page_token = page_token_of(round(last.start_time * 1e6), last.workflow_id)
+        return page
+
+    async def count_workflows(self, status: str | None = None, workflow_type: str | None = None,
+                              search_attributes: dict[str, Any] | None = None,
+                              started_after: datetime.datetime | float | None = None,
+                              started_before: datetime.datetime | float | None = None) -> int:
+        """How many workflow ids' latest runs match the filters (those of ``list_workflows``)."""
+        query = _list_query(status, workflow_type, search_attributes, started_after, started_before)
+        return await self.store.acount_runs(query)
+
+
+_STATUSES = (RUNNING, "completed", "failed", "terminated", "canceled", "continued_as_new", "timed_out")
+
+
+def _time_us(name: str, value: datetime.datetime | float | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(datetime.UTC))")
+        return round(value.timestamp() * 1e6)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return round(value * 1e6)
+    raise TypeError(f"{name} must be a timezone-aware datetime or epoch seconds, got {value!r}")
+
+
+def _list_query(status: str | None, workflow_type: str | None, search_attributes: dict[str, Any] | None,
+                started_after: datetime.datetime | float | None,
+                started_before: datetime.datetime | float | None) -> ListQuery:
+    if status is not None and status not in _STATUSES:
+        raise ValueError(f"unknown status {status!r}; one of {', '.join(_STATUSES)}")
+    check_name("workflow_type", workflow_type, allow_none=True)
+    attrs = check_search_attributes(search_attributes) if search_attributes is not None else None
+    return ListQuery(status=status, workflow_type=workflow_type, search_attributes=attrs or None,
+                     started_after_us=_time_us("started_after", started_after),
+                     started_before_us=_time_us("started_before", started_before))
 
 
 def _definition(workflow: Any) -> WorkflowDefinition | None:
@@ -455,3 +564,42 @@ class WorkflowHandle:
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         self.client.converter.encode(reason)  # the payload size limit applies to the reason too
         await self.client.store.terminate_workflow(self.id, await self._target(), reason)
+
+    async def reset(self, *, event_id: int, reason: str = "") -> WorkflowHandle:
+        """Start a new run of this workflow from a workflow task of the run, with the current code.
+
+        The new run keeps the run's history before ``event_id`` (a WorkflowTaskCompleted event:
+        the decisions of that workflow task and after are made again by the workers' current
+        code), then the signals and updates that arrived after it, so none is lost. Activities,
+        timers and child workflows decided before it and still pending carry on in the new run.
+        An open run is terminated ("reset: <reason>"); open or closed, it points to the new run
+        (its record's next run id), and the workflow id now names the new run. One commit.
+
+        Args:
+            event_id: the id of a WorkflowTaskCompleted event of this handle's run (see
+                ``fetch_history()``).
+            reason: why, recorded in both runs' histories.
+
+        Returns:
+            A handle on the new run.
+
+        Raises:
+            TypeError: ``event_id`` is not an int, or ``reason`` not a str.
+            ValueError: ``event_id`` is less than 1.
+            duro.WorkflowNotFoundError: no such workflow or run.
+            duro.DuroError: ``event_id`` is not a WorkflowTaskCompleted of the run (the message
+                lists those that are), the run has none yet, or another run of the id is open.
+                Nothing is written then.
+        """
+        if isinstance(event_id, bool) or not isinstance(event_id, int):
+            raise TypeError(f"event_id must be an int (a WorkflowTaskCompleted event's id), "
+                            f"not {type(event_id).__name__}")
+        if event_id < 1:
+            raise ValueError(f"event_id must be the id of a WorkflowTaskCompleted event (1 or more), got {event_id}")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        self.client.converter.encode(reason)  # the payload size limit applies to the reason too
+        new_run = await self.client.store.reset_workflow(self.id, await self._target(), event_id, reason)
+        handle = WorkflowHandle(self.client, self.id, new_run, result_hint=self._result_hint)
+        handle._defn = self._defn
+        return handle

@@ -178,3 +178,50 @@ class PayloadTooLargeError(DuroError, ValueError):
         super().__init__(message)
         self.size = size
         self.limit = limit
+
+
+class TaskTokenError(DuroError, ValueError):
+    """A task token (``ActivityInfo.task_token``) that cannot complete, fail or heartbeat anything.
+
+    Nothing is written when it is raised. The message says what was wrong.
+
+    Attributes:
+        reason: ``"malformed"`` (not a duro task token: garbage, truncated or altered bytes),
+            ``"version"`` (a token format this duro does not read), ``"unknown_run"`` (no such run in
+            this store), ``"unknown_activity"`` (the run has no such activity attempt on that task
+            queue), ``"not_started"`` (the attempt has not started), ``"completed"`` (the activity
+            already completed or failed for good), ``"superseded"`` (a later attempt replaced this one),
+            ``"timed_out"`` (the attempt ran past its timeout waiting for this call) or ``"closed"``
+            (the workflow run is closed).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ScheduleNotFoundError(DuroError):
+    """No schedule with this id exists in the store; nothing was written.
+
+    Attributes:
+        schedule_id: the id asked for.
+    """
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"schedule {schedule_id!r} is not in this store; check the id and the store URL "
+                         "(client.list_schedules() lists them); nothing was written")
+        self.schedule_id = schedule_id
+
+
+class ScheduleAlreadyExistsError(DuroError):
+    """A schedule with this id exists already; nothing was written.
+
+    Attributes:
+        schedule_id: the id asked for.
+    """
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"a schedule with id {schedule_id!r} exists already; change it with "
+                         "client.get_schedule_handle(id).update(...), delete it first, or choose another id; "
+                         "nothing was written")
+        self.schedule_id = schedule_id

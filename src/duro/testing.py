@@ -14,6 +14,7 @@ from typing import Any
 
 from duro._instance import WorkflowInstance
 from duro._local import local_dispatch
+from duro._schedule_loop import wake_schedule_loops
 from duro._validate import check_duration
 from duro.client import Client
 from duro.converter import DataConverter, default_converter
@@ -48,8 +49,8 @@ class WorkflowEnvironment:
     in place, so give each test a schema (or directory) of its own.
 
     With ``time_skipping=True``, whenever nothing but timers is pending (no workflow task, no
-    activity, nothing being committed), the clock jumps to the next timer: a workflow that
-    sleeps for a day finishes at once. Activities still run in real time. This works on both
+    activity, nothing being committed), the clock jumps to the next timer (or the next fire of a
+    schedule): a workflow that sleeps for a day finishes at once. Activities still run in real time. This works on both
     stores, because each reads the time from the environment's clock and writes it as data (the
     PostgreSQL store passes it to the server as parameters, never uses the server's ``now()``). The
     clock is this process's, though: every worker of the store must run in this process. A worker
@@ -157,6 +158,7 @@ class WorkflowEnvironment:
             self.clock.offset += gap
             self.skipped += gap
         local_dispatch(self.client.store).timer_set(0.0)  # the workers' timer loops fire what is due now
+        wake_schedule_loops(self.client.store)  # and their schedule loops
 
     async def _skip_loop(self) -> None:
         store = self.client.store
@@ -172,6 +174,9 @@ class WorkflowEnvironment:
                 if idle_checks < 2:
                     continue
                 due = await store.anext_timer_due()
+                fire = await store.anext_schedule_due()  # schedules fire at their times as timers do
+                if fire is not None and (due is None or fire < due):
+                    due = fire
             except StoreError as e:  # a read that failed (PostgreSQL away for long): look again next round
                 log.debug("time skipping could not read the store: %s", e)
                 idle_checks = 0

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from duro._aio import wait_event
+from duro._async_completion import CompleteAsync
 from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import is_command
 from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._local import local_dispatch
 from duro._loop import install_io_guard
+from duro._schedule_loop import schedule_loop
 from duro._validate import check_name
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
@@ -179,6 +181,7 @@ class Worker:
         if self._workflows:
             self._spawn(self._wf_poll_loop())
             self._spawn(self._timer_loop())
+            self._spawn(schedule_loop(self))  # fires the queue's schedules (duro._schedule_loop)
         if self._activities:
             self._spawn(self._act_poll_loop())
         self._spawn(self._reap_loop())
@@ -712,9 +715,10 @@ class Worker:
             return
         conv = self.converter
         heartbeat_details = conv.decode(task.heartbeat_details) if task.heartbeat_details else None
+        started = self.store.clock.now()
         timeout = task.start_to_close_timeout
         if task.schedule_to_close_timeout:
-            left = task.scheduled_time + task.schedule_to_close_timeout - self.store.clock.now()
+            left = task.scheduled_time + task.schedule_to_close_timeout - started
             timeout = left if timeout is None else min(timeout, left)
         info = ActivityInfo(
             activity_id=task.seq, activity_type=task.name, attempt=task.attempt, workflow_id=task.workflow_id,
@@ -742,6 +746,14 @@ class Worker:
             if not self._running:
                 raise
             await self._report_failure(task, ApplicationError("activity was cancelled", type="CancelledError"))
+            return
+        except CompleteAsync:
+            # Completed later through its task token. The attempt leaves this worker (its slot is
+            # free, its lease is not renewed here) and waits in the store until its deadline.
+            if not await self.store.hand_off_activity(task.task_queue, task.run_key, task.seq, task.attempt, started):
+                log.info("activity %r (seq %d attempt %d) of run %s raised CompleteAsync but is no longer leased "
+                         "here (completed from outside already, or timed out)", task.name, task.seq, task.attempt,
+                         task.run_key.hex())
             return
         except Exception as e:
             await self._report_failure(task, e)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import inspect
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from duro._validate import check_call_args, check_duration, check_name, signature_of
+from duro._visibility import check_search_attributes
 from duro.activity import RetryPolicy
 from duro.converter import parameter_hints
 
@@ -120,11 +122,27 @@ class WorkflowContext:
     goes through it, so replay reproduces the same decisions.
     """
 
-    __slots__ = ("_inst", "info")
+    __slots__ = ("_inst", "_logger", "info")
 
     def __init__(self, inst: WorkflowInstance, info: WorkflowInfo) -> None:
         self._inst = inst
         self.info = info
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger (``duro.workflow``) that is silent while replaying, so a line is logged once.
+
+        When a worker rebuilds a workflow from its history (after a restart, an eviction from its
+        cache, in another process), the code runs again over recorded events; this logger records
+        nothing then. Each record has the attributes ``workflow_id``, ``run_id``, ``workflow_type``
+        and ``task_queue`` (for formatters and filters), and its message starts with them.
+        """
+        if self._logger is None:
+            from duro._logging import WorkflowLogger
+
+            self._logger = WorkflowLogger(self._inst)
+        return self._logger
 
     # --- activities -------------------------------------------------------------------------------
 
@@ -258,6 +276,18 @@ class WorkflowContext:
         """Start a child workflow and wait for its result (``WorkflowFailedError`` if it fails)."""
         handle = self._inst.start_child(workflow, args, id, task_queue, parent_close_policy)
         return await handle.result()
+
+    def upsert_search_attributes(self, attributes: dict[str, Any]) -> None:
+        """Change this run's search attributes (what ``list_workflows`` filters on); replay-safe.
+
+        Recorded as a command (a ``MarkerRecorded`` event named "duro:search_attributes") and
+        applied when this workflow task commits. A value of None removes the attribute. Values:
+        str, int, float, bool or a timezone-aware datetime.
+
+        Raises:
+            TypeError, ValueError: as for ``start_workflow(search_attributes=...)``.
+        """
+        self._inst.upsert_search_attributes(check_search_attributes(attributes, allow_none=True))
 
     def get_external_workflow_handle(self, workflow_id: str, run_id: str | None = None) -> ExternalWorkflowHandle:
         """A handle to signal or cancel any workflow by id (not only this workflow's children).

@@ -30,7 +30,7 @@ from duro.cli import main
 from duro.stores.check import CheckReport
 from duro.stores.pg_check import TABLES, check_postgres, display_url
 from duro.stores.pg_conn import connect_one, parse_pg_url, quote_ident
-from duro.stores.pg_schema import migrate
+from duro.stores.pg_schema import SCHEMA_VERSION, migrate
 from tests.engine import features_wfs as f
 from tests.engine import wfs
 from tests.pg import PG_URL, drop_schema, random_schema, require_postgres, with_schema
@@ -291,8 +291,9 @@ async def test_a_schema_that_does_not_exist(copy: Copy) -> None:
     ("DROP TABLE duro_meta", "holds no duro store (it has no duro_meta table)"),
     ("DELETE FROM duro_meta", "duro_meta records no schema version"),
     ("UPDATE duro_meta SET value = 'one'", "duro_meta records the schema version 'one', not a number"),
-    ("UPDATE duro_meta SET value = '99'", "the schema is at version 99, newer than this duro knows (1)"),
-    ("UPDATE duro_meta SET value = '0'", "the schema is at version 0, older than this duro's (1)"),
+    ("UPDATE duro_meta SET value = '99'",
+     f"the schema is at version 99, newer than this duro knows ({SCHEMA_VERSION})"),
+    ("UPDATE duro_meta SET value = '0'", f"the schema is at version 0, older than this duro's ({SCHEMA_VERSION})"),
 ])
 async def test_schema_version(copy: Copy, damage: str, expected: str) -> None:
     await copy.conn.execute(damage)

@@ -28,6 +28,7 @@ from duro.engine.records import (
     decode_run,
     encode,
 )
+from duro.engine.schedules import ScheduleRecord, decode_schedule, encode_schedule
 from duro.stores.base import pack, unpack
 
 __all__ = ["FakeClock", "MemState", "MemStore", "MemTx"]
@@ -64,6 +65,7 @@ class MemState:
     wtasks: dict[tuple[str, bytes], bytes] = field(default_factory=dict)
     atasks: dict[tuple[str, bytes, int], bytes] = field(default_factory=dict)
     timers: set[tuple[int, bytes, int]] = field(default_factory=set)
+    schedules: dict[str, bytes] = field(default_factory=dict)
 
     def copy(self) -> MemState:
         """A copy that shares nothing mutable with this one (bytes and Events are immutable)."""
@@ -71,6 +73,7 @@ class MemState:
             runs=dict(self.runs), index=dict(self.index),
             history={k: list(v) for k, v in self.history.items()},
             wtasks=dict(self.wtasks), atasks=dict(self.atasks), timers=set(self.timers),
+            schedules=dict(self.schedules),
         )
 
 
@@ -81,6 +84,7 @@ class MemTx:
         self.state = state
         self.writes = 0
         self._runs: dict[bytes, RunRecord] = {}
+        self._schedules: dict[str, ScheduleRecord] = {}
 
     # -- runs and the index
     def run(self, run_key: bytes) -> RunRecord | None:
@@ -162,6 +166,36 @@ class MemTx:
         if (fire_us, run_key, seq) in self.state.timers:
             self.writes += 1
             self.state.timers.discard((fire_us, run_key, seq))
+
+
+    # -- schedules (duro.engine.schedules.ScheduleTx)
+    def schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        rec = self._schedules.get(schedule_id)
+        if rec is None:
+            raw = self.state.schedules.get(schedule_id)
+            if raw is None:
+                return None
+            rec = self._schedules[schedule_id] = decode_schedule(raw)
+        return rec
+
+    def put_schedule(self, rec: ScheduleRecord) -> None:
+        self.writes += 1
+        self.state.schedules[rec.schedule_id] = encode_schedule(rec)
+        self._schedules[rec.schedule_id] = rec
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        if self.state.schedules.pop(schedule_id, None) is not None:
+            self.writes += 1
+        self._schedules.pop(schedule_id, None)
+
+    def due_schedules(self, task_queue: str, now_us: int) -> list[str]:
+        """The schedules of ``task_queue`` due by ``now_us`` (what a store's due index selects), by fire time."""
+        due = []
+        for raw in self.state.schedules.values():
+            rec = decode_schedule(raw)
+            if rec.task_queue == task_queue and rec.fire_at_us is not None and rec.fire_at_us <= now_us:
+                due.append((rec.fire_at_us, rec.schedule_id))
+        return [sid for _, sid in sorted(due)]
 
 
 class MemStore:

@@ -15,7 +15,16 @@ import orjson
 
 from duro._core import codec
 from duro._core.codec import Event
-from duro.engine.records import ActivityMeta, RunRecord, RunStatus, WorkflowIndex, WorkflowTaskLease
+from duro.engine.records import (
+    SEARCH_ATTRIBUTES_MARKER,
+    ActivityMeta,
+    RunRecord,
+    RunStatus,
+    WorkflowIndex,
+    WorkflowTaskLease,
+)
+from duro.engine.schedules import SCHEDULE_ID_ATTR
+from duro.engine.schedules import run_closed as schedule_run_closed
 from duro.errors import DuroError, WorkflowAlreadyStartedError, WorkflowNotFoundError
 from duro.stores.base import (
     ActivityOutcome,
@@ -43,8 +52,10 @@ if TYPE_CHECKING:
     from duro.engine.tx import Tx
 
 __all__ = [
+    "ASYNC_OWNER",
     "ATASK_LEASE_SLACK_S",
     "DEFAULT_ACTIVITY_TIMEOUT_S",
+    "SEARCH_ATTRIBUTES_MARKER",
     "WTASK_LEASE_S",
     "Effects",
     "Local",
@@ -59,6 +70,10 @@ WTASK_RETRY_INITIAL_S = 0.5
 WTASK_RETRY_MAX_S = 60.0
 ATASK_LEASE_SLACK_S = 30.0
 DEFAULT_ACTIVITY_TIMEOUT_S = 300.0
+# The owner of an attempt whose code raised CompleteAsync: no process holds it (a worker that stops
+# or dies does not end it), only its deadline and heartbeats do. Not a "host:pid:..." token, so
+# no liveness check takes it for a dead process.
+ASYNC_OWNER = "(async)"
 _NEVER = 1 << 63
 RUNNING = RunStatus.RUNNING
 
@@ -102,6 +117,7 @@ def run_info(run_key: bytes, rec: RunRecord) -> RunInfo:
         task_queue=rec.task_queue, status=str(rec.status), start_time=rec.start_us / 1e6,
         close_time=rec.close_us / 1e6 if rec.close_us else None, history_length=rec.next_event_id - 1,
         parent=rec.parent, next_run_id=rec.next_run_id, task_failures=rec.task_failures,
+        search_attributes=rec.search_attributes, memo=rec.memo,
     )
 
 
@@ -306,7 +322,8 @@ class Machine:
                 raise WorkflowAlreadyStartedError(req.workflow_id, idx.run_id)
         run_key = run_key_of(req.run_id)
         rec = RunRecord(workflow_id=req.workflow_id, workflow_type=req.workflow_type, task_queue=req.task_queue,
-                        status=RUNNING, start_us=now_us, parent=req.parent or None)
+                        status=RUNNING, start_us=now_us, parent=req.parent or None,
+                        search_attributes=req.search_attributes or None, memo=req.memo or None)
         started = started_event(req, now_us, deadline_us)
         deadline_us = orjson.loads(unpack(started.payload)[0]).get("deadline_us", 0)
         rec.deadline_us = deadline_us
@@ -321,7 +338,8 @@ class Machine:
         history = self.append(tx, run_key, rec, first, now_us)
         rec.last_input = history[-1].event_id
         tx.put_run(run_key, rec)
-        tx.put_index(req.workflow_id, WorkflowIndex(req.run_id, RUNNING, req.workflow_type, now_us))
+        tx.put_index(req.workflow_id, WorkflowIndex(req.run_id, RUNNING, req.workflow_type, now_us,
+                                                    search_attributes=rec.search_attributes))
         if not eager:  # eager: the caller commits the first task in this same transaction
             self.enqueue_wtask(tx, fx, run_key, rec, now_us, history)
         return run_key
@@ -356,6 +374,21 @@ class Machine:
         (ev,) = self.append(tx, run_key, rec, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "", payload)], now_us)
         self.close_run(tx, fx, run_key, rec, RunStatus.TERMINATED, now_us, ev)
 
+    def reset(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None, event_id: int, reason: str,
+              new_run_id: str) -> str:
+        """Start run ``new_run_id`` from the run's WorkflowTaskCompleted ``event_id``; close the old run.
+
+        The new run holds the events before ``event_id``, a record of the reset, and the signals,
+        updates and outcomes of earlier decisions that arrived after it; the current code redoes
+        the rest (``duro.engine.reset`` has the details). An open old run is terminated
+        ("reset: <reason>"); open or closed, it points to the new run, as does the id's index.
+        Raises (before writing) WorkflowNotFoundError, or DuroError for an event id that is not a
+        WorkflowTaskCompleted of the run, a run with none, or another open run of the id.
+        """
+        from duro.engine.reset import reset_run  # its own module: the history analysis is long
+
+        return reset_run(self, tx, fx, workflow_id, run_id, event_id, reason, new_run_id)
+
     # ------------------------------------------------------------------ closing
 
     def close_run(self, tx: Tx, fx: Effects, run_key: bytes, rec: RunRecord, status: RunStatus, now_us: int,
@@ -382,6 +415,8 @@ class Machine:
             self.close_child(tx, fx, run_key_of(child_run), policy, now_us)
         if rec.parent and status != RunStatus.CONTINUED_AS_NEW:
             self.notify_parent(tx, fx, rec.parent, status, close_event, now_us)
+        if rec.search_attributes and SCHEDULE_ID_ATTR in rec.search_attributes:  # started by a schedule
+            schedule_run_closed(self, tx, fx, rec, now_us)
 
     def close_child(self, tx: Tx, fx: Effects, child_key: bytes, policy: str, now_us: int) -> None:
         """Apply a closing parent's policy to one of its open children."""
@@ -474,6 +509,8 @@ class Machine:
         for ev in c.commands:
             if ev.type == codec.UPDATE_COMPLETED:
                 fx.effects.append(UpdateCompleted(ev.name, ev.payload))
+            elif ev.type == codec.MARKER and ev.name == SEARCH_ATTRIBUTES_MARKER:
+                self.upsert_search_attributes(tx, c.run_key, rec, ev.payload)
         if c.close_status == "continued_as_new":
             self.continue_as_new(tx, fx, c.run_key, rec, written[-1], now_us)
         if c.close_status is not None:
@@ -486,6 +523,25 @@ class Machine:
             tx.delete_wtask(c.task_queue, c.run_key)
             tx.put_run(c.run_key, rec)
         return rec.next_event_id
+
+    @staticmethod
+    def upsert_search_attributes(tx: Tx, run_key: bytes, rec: RunRecord, payload: bytes) -> None:
+        """Merge a workflow's ``upsert_search_attributes`` into its run and its id's visibility row.
+
+        ``payload`` is a JSON object; a key set to null is removed. The run record is saved by the
+        caller.
+        """
+        attrs = dict(rec.search_attributes or {})
+        for key, value in orjson.loads(payload).items():
+            if value is None:
+                attrs.pop(key, None)
+            else:
+                attrs[key] = value
+        rec.search_attributes = attrs or None
+        idx = tx.index(rec.workflow_id)
+        if idx is not None and idx.run_id == run_key.hex():
+            idx.search_attributes = rec.search_attributes
+            tx.put_index(rec.workflow_id, idx)
 
     def request_activity_cancel(self, tx: Tx, task_queue: str, run_key: bytes, seq: int) -> None:
         """Mark an activity attempt cancelled: its next heartbeat says so, and it is not retried."""
@@ -549,7 +605,9 @@ class Machine:
         req = StartRequest(workflow_id=rec.workflow_id, workflow_type=ev.name or rec.workflow_type,
                            task_queue=rec.task_queue, args=ev.payload, run_id=new_run, parent=rec.parent,
                            first_run_id=old_meta.get("first_run"), run_timeout=old_meta.get("run_timeout"),
-                           execution_timeout=old_meta.get("execution_timeout"))
+                           execution_timeout=old_meta.get("execution_timeout"),
+                           # As in Temporal, the next run keeps the search attributes and the memo.
+                           search_attributes=rec.search_attributes, memo=rec.memo)
         self.create_run(tx, fx, req, now_us, deadline_us=old_meta.get("deadline_us", 0))
         rec.next_run_id = new_run
         parent = rec.parent
@@ -656,6 +714,11 @@ class Machine:
             tx.delete_atask(o.task_queue, o.run_key, o.seq)
             return "canceled"
         now_us = self.now_us()
+        if meta.owner == ASYNC_OWNER and o.failure == LAPSED_LEASE_FAILURE:  # say which timeout it was
+            from duro.engine.async_completion import async_lapse_failure
+
+            o = ActivityOutcome(run_key=o.run_key, task_queue=o.task_queue, seq=o.seq, attempt=o.attempt,
+                                failure=async_lapse_failure(meta), error_type="TimeoutError")
         if o.result is not None:
             ev = Event(codec.ACTIVITY_COMPLETED, 0, 0, o.seq, o.attempt, meta.name, o.result)
         else:
@@ -685,7 +748,11 @@ class Machine:
         rec = tx.run(run_key)
         if rec is None or rec.status != RUNNING:
             return True  # its run closed: the result would be dropped, stop now
-        if meta.heartbeat:
+        if meta.owner == ASYNC_OWNER:  # waiting for an outside completion: never past its deadline
+            from duro.engine.async_completion import waiting_until
+
+            meta.until_us = waiting_until(meta, self.now_us())
+        elif meta.heartbeat:
             meta.until_us = max(meta.until_us, self.now_us() + us(meta.heartbeat + ATASK_LEASE_SLACK_S))
         tx.put_atask(task_queue, run_key, seq, meta, args, details if details is not None else old)
         return meta.cancel
@@ -706,6 +773,41 @@ class Machine:
             tx.put_atask(task_queue, run_key, seq, meta, args, details)
             renewed += 1
         return renewed
+
+    # ------------------------------------------------------------------ completing activities from outside
+    # (duro.engine.async_completion has the details)
+
+    def hand_off_activity(self, tx: Tx, fx: Effects, task_queue: str, run_key: bytes, seq: int, attempt: int,
+                          started_us: int) -> bool:
+        """An attempt's code raised ``CompleteAsync``: it now waits for a completion from outside.
+
+        False (nothing written): the attempt is no longer this process's.
+        """
+        from duro.engine.async_completion import hand_off
+
+        return hand_off(self, tx, task_queue, run_key, seq, attempt, started_us)
+
+    def complete_activity_by_token(self, tx: Tx, fx: Effects, o: ActivityOutcome) -> str:
+        """``complete_activity`` for a task token: "done", "retry" or "canceled".
+
+        Raises TaskTokenError, before writing, when the token names no attempt that is running or
+        waiting for its completion.
+        """
+        from duro.engine.async_completion import check_token
+
+        check_token(self, tx, o.task_queue, o.run_key, o.seq, o.attempt)
+        return self.complete_activity(tx, fx, o)
+
+    def heartbeat_by_token(self, tx: Tx, fx: Effects, run_key: bytes, task_queue: str, seq: int, attempt: int,
+                           details: bytes | None) -> bool:
+        """``heartbeat`` for a task token; True when the workflow cancelled the activity.
+
+        Raises TaskTokenError, before writing, as ``complete_activity_by_token`` does.
+        """
+        from duro.engine.async_completion import check_token
+
+        check_token(self, tx, task_queue, run_key, seq, attempt)
+        return self.heartbeat(tx, fx, run_key, task_queue, seq, attempt, details)
 
     def lease_atask(self, tx: Tx, task_queue: str, run_key: bytes, seq: int, meta: ActivityMeta, args: bytes,
                     details: bytes, now_us: int) -> ActivityTask | None:

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "SEARCH_ATTRIBUTES_MARKER",
     "ActivityMeta",
     "IdReusePolicy",
     "ParentClosePolicy",
@@ -25,6 +26,11 @@ __all__ = [
     "decode_run",
     "encode",
 ]
+
+
+# ctx.upsert_search_attributes is recorded as a MarkerRecorded command of this name (payload: the
+# JSON object of changes); the state machine applies it to the run and its visibility row.
+SEARCH_ATTRIBUTES_MARKER = "duro:search_attributes"
 
 
 class RunStatus(enum.StrEnum):
@@ -58,7 +64,7 @@ class ParentClosePolicy(enum.StrEnum):
 class RunRecord(msgspec.Struct, omit_defaults=True, rename={
     "workflow_id": "wid", "workflow_type": "type", "task_queue": "queue", "start_us": "start",
     "close_us": "close", "next_event_id": "next", "deadline_us": "deadline", "next_run_id": "next_run",
-    "task_failures": "wtf", "last_failure": "wtf_msg",
+    "task_failures": "wtf", "last_failure": "wtf_msg", "search_attributes": "sa",
 }):
     """One run: its identity, where its history stands, and what is pending on it.
 
@@ -66,7 +72,9 @@ class RunRecord(msgspec.Struct, omit_defaults=True, rename={
     workflow tasks completed (a completion must name it); ``last_input`` is the id of the newest
     input event (a task that processed less leaves the run with a task); ``timers`` maps each
     pending timer's seq (as text) to its due time in µs (seq 0: the execution/run timeout);
-    ``children`` maps each open child's seq to [its run id, its parent-close policy].
+    ``children`` maps each open child's seq to [its run id, its parent-close policy];
+    ``search_attributes`` (set at start, changed by the workflow) and ``memo`` (set at start) are
+    what visibility shows and filters on.
     """
 
     workflow_id: str
@@ -85,17 +93,21 @@ class RunRecord(msgspec.Struct, omit_defaults=True, rename={
     next_run_id: str | None = None
     task_failures: int = 0
     last_failure: str | None = None
+    search_attributes: dict[str, Any] | None = None
+    memo: dict[str, Any] | None = None
 
 
-class WorkflowIndex(msgspec.Struct, rename={"run_id": "run", "workflow_type": "type", "start_us": "start",
-                                            "close_us": "close"}):
-    """The latest run of a workflow id."""
+class WorkflowIndex(msgspec.Struct, omit_defaults=True, rename={
+    "run_id": "run", "workflow_type": "type", "start_us": "start", "close_us": "close", "search_attributes": "sa",
+}):
+    """The latest run of a workflow id (and what ``list_workflows`` filters on: its search attributes)."""
 
     run_id: str
     status: RunStatus
     workflow_type: str
     start_us: int
     close_us: int = 0
+    search_attributes: dict[str, Any] | None = None
 
 
 class WorkflowTaskLease(msgspec.Struct, omit_defaults=False, rename={
@@ -113,10 +125,14 @@ class WorkflowTaskLease(msgspec.Struct, omit_defaults=False, rename={
 class ActivityMeta(msgspec.Struct, rename={
     "workflow_id": "wid", "workflow_type": "wtype", "scheduled_us": "sched", "start_to_close": "stc",
     "schedule_to_close": "s2c", "heartbeat": "hb", "owner": "o", "until_us": "u", "visible_us": "vis",
+    "deadline_us": "dl",
 }):
     """An activity attempt waiting or running: what to run, its limits, who holds its lease.
 
-    Stored beside the attempt's arguments and last heartbeat details (opaque bytes).
+    Stored beside the attempt's arguments and last heartbeat details (opaque bytes). An attempt
+    whose code raised ``CompleteAsync`` waits for a completion from outside: its owner is
+    ``machine.ASYNC_OWNER`` (no process) and ``deadline_us`` its start-to-close/schedule-to-close
+    deadline (0: none), past which no heartbeat extends its lease.
     """
 
     workflow_id: str
@@ -132,6 +148,7 @@ class ActivityMeta(msgspec.Struct, rename={
     until_us: int = 0
     visible_us: int = 0
     cancel: bool = False
+    deadline_us: int = 0
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from duro._core.codec import Event
+    from duro.engine.schedules import ScheduleChange, ScheduleCommand, ScheduleRecord
 
 __all__ = [
     "ActivityOutcome",
@@ -19,6 +20,7 @@ __all__ = [
     "ChildStart",
     "Clock",
     "ExternalRequest",
+    "ListQuery",
     "LocalReads",
     "RunInfo",
     "StartRequest",
@@ -109,6 +111,23 @@ class StartRequest:
     id_conflict_policy: str = "fail"
     start_signal: str | None = None  # signal-with-start: recorded right after WorkflowExecutionStarted
     start_signal_args: bytes = b""
+    search_attributes: dict[str, Any] | None = None  # checked by duro._visibility
+    memo: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The filters of ``list_workflows`` / ``count_workflows`` (all given ones must hold).
+
+    Times are µs by the store's clock; both bounds are exclusive. ``search_attributes`` are
+    equality filters on the workflow's current attributes (type included: 5 is not "5").
+    """
+
+    status: str | None = None
+    workflow_type: str | None = None
+    search_attributes: dict[str, Any] | None = None
+    started_after_us: int | None = None
+    started_before_us: int | None = None
 
 
 @dataclass(slots=True)
@@ -127,6 +146,8 @@ class RunInfo:
     next_run_id: str | None = None
     close_event: Event | None = None  # handed to in-process waiters so they need not read it back
     task_failures: int = 0  # consecutive failed attempts of the run's current workflow task
+    search_attributes: dict[str, Any] | None = None
+    memo: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -320,6 +341,13 @@ class Store(Protocol):
     async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close an open run at once."""
 
+    async def reset_workflow(self, workflow_id: str, run_id: str | None, event_id: int, reason: str) -> str:
+        """Start a new run from the run's WorkflowTaskCompleted ``event_id``; the new run id.
+
+        The old run (if open) is terminated and points to the new one (see ``Machine.reset``).
+        Raises ``WorkflowNotFoundError`` or ``duro.DuroError`` (nothing written) when it cannot.
+        """
+
     # -- workflow tasks
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task's commands; return the run's next event id. Raises Conflict."""
@@ -350,6 +378,26 @@ class Store(Protocol):
 
     async def claim_activity_tasks(self, task_queue: str, limit: int) -> list[ActivityTask]:
         """Lease up to ``limit`` visible activity attempts of the queue to this process."""
+
+    async def hand_off_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int,
+                                started: float) -> bool:
+        """An attempt raised ``CompleteAsync`` (it started at ``started``): it now waits for an outside completion.
+
+        False when the attempt is no longer this process's (see ``Machine.hand_off_activity``).
+        """
+
+    async def complete_activity_by_token(self, outcome: ActivityOutcome) -> str:
+        """Record the end of the attempt a task token names: "done", "retry" or "canceled".
+
+        Raises ``duro.TaskTokenError`` (nothing written) when no such attempt runs or waits.
+        """
+
+    async def heartbeat_activity_by_token(self, run_key: bytes, task_queue: str, seq: int, attempt: int,
+                                          details: bytes | None) -> bool:
+        """Record a heartbeat of the attempt a task token names; True when the workflow cancelled it.
+
+        Raises ``duro.TaskTokenError`` (nothing written) when no such attempt runs or waits.
+        """
 
     async def renew_activity_leases(self, task_queue: str, items: list[tuple[bytes, int, int]],
                                     seconds: float) -> int:
@@ -397,8 +445,14 @@ class Store(Protocol):
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
         """Describe a run (the latest of the workflow id when ``run_id`` is None)."""
 
-    def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
-        """The latest run of each workflow id, optionally filtered."""
+    def list_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]:
+        """The latest run of each workflow id matching ``query``, newest first, from an index.
+
+        ``after``: the (start µs, workflow id) of the last run of the previous page.
+        """
+
+    def count_runs(self, query: ListQuery) -> int:
+        """How many workflow ids' latest runs match ``query``."""
 
     # -- reading on an event loop: what clients and workers call. A store whose reads wait on a
     # server awaits them here (and rides out a restart with retries) instead of blocking the loop.
@@ -408,8 +462,11 @@ class Store(Protocol):
     async def afind_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo:
         """``find_run``, awaited."""
 
-    async def alist_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+    async def alist_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]:
         """``list_runs``, awaited."""
+
+    async def acount_runs(self, query: ListQuery) -> int:
+        """``count_runs``, awaited."""
 
     async def ahas_pending_wtasks(self, task_queue: str) -> bool:
         """``has_pending_wtasks``, awaited."""
@@ -429,6 +486,22 @@ class Store(Protocol):
     async def wait_closed(self, run_key: bytes) -> RunInfo:
         """Wait until the run is closed."""
 
+    # -- schedules (duro.engine.schedules): records, and a due index per task queue for the workers
+    async def change_schedule(self, command: ScheduleCommand) -> ScheduleChange:
+        """Carry out a schedule command (create, pause, trigger, backfill, update, delete) in one commit."""
+
+    async def fire_schedules(self, task_queue: str) -> float | None:
+        """Fire the due schedules of ``task_queue`` (each fire one transition); when its next one is due."""
+
+    async def aread_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        """The schedule record as committed, or None."""
+
+    async def alist_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule record, by id."""
+
+    async def anext_schedule_due(self, task_queue: str | None = None) -> float | None:
+        """When the earliest schedule (of ``task_queue``, or of any queue) fires; None: none."""
+
     # -- this process
     def set_dispatch(self, dispatch: Dispatch | None) -> None:
         """Hand the tasks this process's commits lease to it to ``dispatch`` (see ``duro._local``)."""
@@ -445,7 +518,8 @@ class _SyncReads(Protocol):
 
     def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]: ...
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo: ...
-    def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]: ...
+    def list_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]: ...
+    def count_runs(self, query: ListQuery) -> int: ...
     def has_pending_wtasks(self, task_queue: str) -> bool: ...
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool: ...
     def next_timer_due(self) -> float | None: ...
@@ -468,9 +542,14 @@ class LocalReads:
         """``find_run``, awaited."""
         return self.find_run(workflow_id, run_id)
 
-    async def alist_runs(self: _SyncReads, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+    async def alist_runs(self: _SyncReads, query: ListQuery, limit: int,
+                         after: tuple[int, str] | None = None) -> list[RunInfo]:
         """``list_runs``, awaited."""
-        return self.list_runs(status, workflow_type, limit)
+        return self.list_runs(query, limit, after)
+
+    async def acount_runs(self: _SyncReads, query: ListQuery) -> int:
+        """``count_runs``, awaited."""
+        return self.count_runs(query)
 
     async def ahas_pending_wtasks(self: _SyncReads, task_queue: str) -> bool:
         """``has_pending_wtasks``, awaited."""

@@ -20,6 +20,7 @@ from duro.errors import CorruptHistoryError, StoreCorruptedError, StoreURLError
 from duro.stores.base import CLOSED_STATUSES, RUNNING, unpack
 from duro.stores.lmdb import parse_lmdb_url
 from duro.stores.lmdb_files import DATA_FILE, LmdbMeta, inspect_lmdb_files, named_databases
+from duro.stores.lmdb_schedules import check_schedules
 
 __all__ = ["CheckReport", "Problem", "check_store", "unprocessed_input_problem"]
 
@@ -253,9 +254,12 @@ def _check_env(env: mdb.Environment, path: str, report: CheckReport) -> None:
     # Opening an existing named database takes LMDB's writer lock for a moment but writes nothing;
     # missing ones are not opened (that would create them).
     dbs = {n: env.open_db(n) for n in DATABASES if n in names}
+    sched = env.open_db(b"sched") if b"sched" in names else None  # schedules (a store may predate them)
     with env.begin() as txn:
         report.txnid = txn.id()
         _Checker(txn, dbs, report).run()
+        if sched is not None:
+            check_schedules(txn, sched, report.add)
         report.records_checked = True
 
 

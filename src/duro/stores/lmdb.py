@@ -45,18 +45,19 @@ from duro.engine.records import (
     ActivityMeta,
     WorkflowTaskLease,
     decode_activity_meta,
-    decode_index,
     decode_lease,
     decode_run,
     encode,
 )
 from duro.errors import StoreError, StoreURLError, WorkflowNotFoundError
+from duro.stores import lmdb_visibility as visibility
 from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
     ActivityTask,
     Clock,
     Dispatch,
+    ListQuery,
     LocalReads,
     RunInfo,
     StartRequest,
@@ -68,6 +69,7 @@ from duro.stores.base import (
 )
 from duro.stores.batch import Op, answer_batch, store_error
 from duro.stores.lmdb_files import check_lmdb_files
+from duro.stores.lmdb_schedules import LmdbSchedules
 from duro.stores.lmdb_tx import U64, LmdbTx, RunCache, atask_key
 
 __all__ = ["LmdbStore", "open_lmdb_store", "started_event"]
@@ -278,14 +280,16 @@ def open_lmdb_store(url: str) -> LmdbStore:
 class Dbs:
     """The named databases the state machine's records live in (see lmdb_tx)."""
 
-    __slots__ = ("atask", "runs", "timer", "wf", "wtask")
+    __slots__ = ("atask", "runs", "sched", "timer", "vis", "wf", "wtask")
 
     def __init__(self, runs: mdb.Database, wf: mdb.Database, wtask: mdb.Database, atask: mdb.Database,
-                 timer: mdb.Database) -> None:
+                 timer: mdb.Database, vis: mdb.Database, sched: mdb.Database) -> None:
         self.runs, self.wf, self.wtask, self.atask, self.timer = runs, wf, wtask, atask, timer
+        self.vis = vis
+        self.sched = sched  # schedules and their due index (see lmdb_schedules)
 
 
-class LmdbStore(LocalReads):
+class LmdbStore(LocalReads, LmdbSchedules):
     """The embedded store on an LMDB environment (see the module docstring for the layout)."""
 
     def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE, max_map_size: int | None = None) -> None:
@@ -314,6 +318,8 @@ class LmdbStore(LocalReads):
         self._meta = self.env.open_db(b"meta")
         self._req = self.env.open_db(b"req")
         self._resp = self.env.open_db(b"resp")
+        self._vis = self.env.open_db(b"vis")  # see lmdb_visibility
+        self._sched = self.env.open_db(b"sched")  # see lmdb_schedules
         self.env.reader_check()
         self.log = HistoryLog(self.env, self._history_db)
         self._refs = 0
@@ -327,7 +333,8 @@ class LmdbStore(LocalReads):
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._own_txns: set[int] = set()
         self._wcache = RunCache()
-        self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer)
+        self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer, self._vis, self._sched)
+        self._index_visibility()
         self.machine = Machine(OWNER, lambda: _us(self.clock.now()))
         self._last_own_txn = -1
         with self.env.begin() as snap:
@@ -608,6 +615,10 @@ class LmdbStore(LocalReads):
                       reason: str) -> None:
         self.machine.terminate(self._tx(txn), batch, workflow_id, run_id, reason)
 
+    def _op_reset(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None, event_id: int,
+                  reason: str, new_run: str) -> str:
+        return self.machine.reset(self._tx(txn), batch, workflow_id, run_id, event_id, reason, new_run)
+
     def _op_complete_wtask(self, txn: mdb.Transaction, batch: _Batch, c: WorkflowTaskCompletion) -> int:
         return self.machine.complete_wtask(self._tx(txn), batch, c)
 
@@ -633,6 +644,17 @@ class LmdbStore(LocalReads):
     def _op_heartbeat(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, task_queue: str, seq: int,
                       attempt: int, details: bytes | None) -> bool:
         return self.machine.heartbeat(self._tx(txn), batch, run_key, task_queue, seq, attempt, details)
+
+    def _op_hand_off(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, run_key: bytes, seq: int,
+                     attempt: int, started_us: int) -> bool:
+        return self.machine.hand_off_activity(self._tx(txn), batch, task_queue, run_key, seq, attempt, started_us)
+
+    def _op_complete_by_token(self, txn: mdb.Transaction, batch: _Batch, o: ActivityOutcome) -> str:
+        return self.machine.complete_activity_by_token(self._tx(txn), batch, o)
+
+    def _op_heartbeat_by_token(self, txn: mdb.Transaction, batch: _Batch, run_key: bytes, task_queue: str,
+                               seq: int, attempt: int, details: bytes | None) -> bool:
+        return self.machine.heartbeat_by_token(self._tx(txn), batch, run_key, task_queue, seq, attempt, details)
 
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """Whether this process still holds the lease of an activity attempt (checked before it starts)."""
@@ -825,6 +847,11 @@ class LmdbStore(LocalReads):
         """Close the run at once with WorkflowExecutionTerminated."""
         await self._submit(self._op_terminate, workflow_id, run_id, reason)
 
+    async def reset_workflow(self, workflow_id: str, run_id: str | None, event_id: int, reason: str) -> str:
+        """Start a new run from a WorkflowTaskCompleted of the run and close the old one; the new run id."""
+        new_run = new_run_id()  # chosen here: an op that runs again (a retried batch) makes the same run
+        return await self._submit(self._op_reset, workflow_id, run_id, event_id, reason, new_run)  # type: ignore[no-any-return]
+
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task; raises Conflict when the run moved on."""
         return await self._submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
@@ -845,6 +872,20 @@ class LmdbStore(LocalReads):
                                  details: bytes | None) -> bool:
         """Record a heartbeat; True means the attempt is no longer wanted (cancelled or superseded)."""
         return await self._submit(self._op_heartbeat, run_key, task_queue, seq, attempt, details)  # type: ignore[no-any-return]
+
+    async def hand_off_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int,
+                                started: float) -> bool:
+        """An attempt raised CompleteAsync: it waits for an outside completion (see ``Machine.hand_off_activity``)."""
+        return await self._submit(self._op_hand_off, task_queue, run_key, seq, attempt, _us(started))  # type: ignore[no-any-return]
+
+    async def complete_activity_by_token(self, outcome: ActivityOutcome) -> str:
+        """Record an attempt's end given by its task token: "done", "retry" or "canceled" (else TaskTokenError)."""
+        return await self._submit(self._op_complete_by_token, outcome)  # type: ignore[no-any-return]
+
+    async def heartbeat_activity_by_token(self, run_key: bytes, task_queue: str, seq: int, attempt: int,
+                                          details: bytes | None) -> bool:
+        """Record a heartbeat given by a task token; True: the workflow cancelled it (else TaskTokenError)."""
+        return await self._submit(self._op_heartbeat_by_token, run_key, task_queue, seq, attempt, details)  # type: ignore[no-any-return]
 
     async def fail_workflow_task(self, task_queue: str, run_key: bytes, epoch: int, error_type: str,
                                  failure: bytes) -> float | None:
@@ -985,22 +1026,28 @@ class LmdbStore(LocalReads):
             key = Machine.resolve(tx, workflow_id, run_id)
             return run_info(key, Machine.get_run(tx, key))
 
-    def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
-        """The latest run of each workflow id, filtered by status and type, at most ``limit``."""
-        out: list[RunInfo] = []
+    def list_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]:
+        """The latest run of each workflow id matching ``query``, newest first (the ``vis`` index)."""
         with self.env.begin() as txn:
             tx = self._read_tx(txn)
-            for _wid, raw in txn.cursor(db=self._wf):
-                idx = decode_index(raw)
-                if status is not None and idx.status != status:
-                    continue
-                if workflow_type is not None and idx.workflow_type != workflow_type:
-                    continue
-                key = run_key_of(idx.run_id)
-                out.append(run_info(key, Machine.get_run(tx, key)))
-                if len(out) >= limit:
-                    break
-        return out
+            found = visibility.scan(txn, self._wf, self._vis, query, limit, after)
+            return [run_info(run_key_of(idx.run_id), Machine.get_run(tx, run_key_of(idx.run_id)))
+                    for _wid, idx in found]
+
+    def count_runs(self, query: ListQuery) -> int:
+        """How many workflow ids' latest runs match ``query`` (counted on the ``vis`` index)."""
+        with self.env.begin() as txn:
+            return len(visibility.scan(txn, self._wf, self._vis, query, 0))
+
+    def _index_visibility(self) -> None:
+        """Build the ``vis`` index of a store written before it existed (once; later writes keep it)."""
+        with self.env.begin() as txn:
+            if txn.cursor(db=self._vis).first() or not txn.cursor(db=self._wf).first():
+                return
+        with self.env.begin(write=True) as txn:
+            if not txn.cursor(db=self._vis).first():
+                n = visibility.rebuild(txn, self._wf, self._vis)
+                log.info("indexed %d workflow ids for list_workflows in %s", n, self.path)
 
     def next_timer_due(self) -> float | None:
         """When the earliest timer in the store is due, or None."""

@@ -8,6 +8,7 @@ Named databases and keys (integers big-endian in keys so cursors walk them in or
 - ``wtask``    queue + 0x00 + run_key                   -> WorkflowTaskLease
 - ``atask``    queue + 0x00 + run_key + seq(u64)        -> pack(ActivityMeta, args, heartbeat details)
 - ``timer``    fire_at µs(u64) + run_key + seq(u64)     -> b""
+- ``sched``    schedules and their due index              (``duro.stores.lmdb_schedules``)
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from duro.engine.records import (
     decode_run,
     encode,
 )
+from duro.stores import lmdb_visibility as visibility
 from duro.stores.base import pack, unpack
+from duro.stores.lmdb_schedules import LmdbScheduleOps
 
 if TYPE_CHECKING:
     from duro._core.log import HistoryLog
@@ -77,7 +80,7 @@ class RunCache:
         self.records.clear()
 
 
-class LmdbTx:
+class LmdbTx(LmdbScheduleOps):
     """``duro.engine.tx.Tx`` on one LMDB write transaction (see the module docstring for keys)."""
 
     __slots__ = ("cache", "dbs", "log", "txn")
@@ -117,8 +120,11 @@ class LmdbTx:
         return None if raw is None else decode_index(raw)
 
     def put_index(self, workflow_id: str, idx: WorkflowIndex) -> None:
-        """Store the latest run of a workflow id."""
-        self.txn.put(workflow_id.encode(), encode(idx), db=self.dbs.wf)
+        """Store the latest run of a workflow id, and its keys in the visibility index."""
+        key = workflow_id.encode()
+        raw = self.txn.get(key, db=self.dbs.wf)
+        visibility.replace(self.txn, self.dbs.vis, workflow_id, None if raw is None else decode_index(raw), idx)
+        self.txn.put(key, encode(idx), db=self.dbs.wf)
 
     # -- history
     def append_history(self, run_key: bytes, events: list[Event]) -> None:

@@ -32,6 +32,7 @@ import msgspec
 import orjson
 
 from duro._core import codec
+from duro.engine.schedules import record_problems
 from duro.errors import CorruptHistoryError, StoreError
 from duro.stores.base import CLOSED_STATUSES, RUNNING
 from duro.stores.check import CheckReport, unprocessed_input_problem
@@ -41,7 +42,8 @@ from duro.stores.postgres_tx import ATASK_COLS, atask_from_row, run_from_row
 
 __all__ = ["TABLES", "check_postgres", "check_postgres_store", "display_url"]
 
-TABLES = ("runs", "workflows", "history", "wtasks", "atasks", "timers", "requests", "responses", "op_ids")
+TABLES = ("runs", "workflows", "history", "wtasks", "atasks", "timers", "requests", "responses", "op_ids",
+          "schedules")
 """The tables of ``pg_schema.MIGRATIONS`` (besides ``duro_meta``)."""
 
 STATUSES = (RUNNING, *CLOSED_STATUSES)
@@ -59,6 +61,7 @@ _HISTORY = "SELECT run_key, event_id, envelope FROM history ORDER BY run_key, ev
 _WORKFLOWS = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us FROM workflows "
               "ORDER BY workflow_id")
 _REQUESTS = "SELECT request_id, head FROM requests ORDER BY request_id"
+_SCHEDULES = "SELECT schedule_id, task_queue, fire_at_us, record FROM schedules ORDER BY schedule_id"
 
 
 def display_url(url: str) -> str:
@@ -209,6 +212,8 @@ class _Checker:
             await self.check_workflows()
         if "requests" in self.tables:
             await self.check_requests()
+        if "schedules" in self.tables:
+            await self.check_schedules()
         self.report.run_ids = {k.hex() for k in self.runs}
         self.report.records_checked = True
 
@@ -478,6 +483,12 @@ class _Checker:
             elif run.status == RUNNING and named != key:
                 self.add(f"the run is running, but the workflow index names run {named.hex()} as the latest of its "
                          "id (a running run must be its id's latest)", key)
+
+    async def check_schedules(self) -> None:
+        """Schedules: a readable record, whose queue and fire time the row's indexed columns repeat."""
+        async for row in self.rows(_SCHEDULES):
+            for problem in record_problems(row[0], row[3], (row[1], row[2])):
+                self.add(problem)
 
     async def check_requests(self) -> None:
         """Queries and updates waiting for a worker: a readable JSON header."""

@@ -41,7 +41,7 @@ SELECT run_key, workflow_id, workflow_type, task_queue, status, start_us, close_
        last_input, record
 FROM runs WHERE run_key > $1::bytea ORDER BY run_key LIMIT $2::integer
 """
-_INDEX_OF = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us FROM workflows "
+_INDEX_OF = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes FROM workflows "
              "WHERE workflow_id = ANY($1::text[])")
 _WTASKS_OF = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
               "WHERE run_key = ANY($1::bytea[])")

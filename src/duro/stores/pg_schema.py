@@ -187,7 +187,24 @@ CREATE TABLE op_ids (
 CREATE INDEX op_ids_by_age ON op_ids (created_us);
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1]
+_MIGRATION_2 = """
+-- schedules: one row per schedule (duro.engine.schedules.ScheduleRecord in record, jsonb with the record's
+-- own field names). fire_at_us is when a worker of task_queue fires it next (its next due time plus its
+-- jitter), NULL while it is paused or has no due time left. Invariants kept by the store: task_queue and
+-- fire_at_us equal the record's task_queue and fire_at_us, written by the same statement; a fire (the
+-- record advanced past the due times it acted on, and the runs it started) is one transaction, the row
+-- locked (a worker selects due rows FOR UPDATE SKIP LOCKED), so each due time fires once. The runs a
+-- schedule started name it in their search attributes (DuroScheduleId), not by a key here.
+CREATE TABLE schedules (
+    schedule_id  text    PRIMARY KEY,
+    task_queue   text    NOT NULL,
+    fire_at_us   bigint,
+    record       jsonb   NOT NULL
+);
+CREATE INDEX schedules_due ON schedules (task_queue, fire_at_us) WHERE fire_at_us IS NOT NULL;
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2]
 """The schema's migrations, in order: ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
 
 Each runs in the transaction that records its version, with ``search_path`` set to the schema alone

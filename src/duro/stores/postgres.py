@@ -41,6 +41,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import orjson
 
 from duro._aio import wait_event
 from duro._core import codec
@@ -54,6 +55,7 @@ from duro.stores.base import (
     ActivityTask,
     Clock,
     Dispatch,
+    ListQuery,
     RunClosed,
     RunInfo,
     StartRequest,
@@ -73,6 +75,7 @@ from duro.stores.pg_conn import (
     run_with_retry,
 )
 from duro.stores.pg_notify import KINDS, Listener, channel, notify_statement
+from duro.stores.pg_schedules import PgSchedules
 from duro.stores.pg_schema import migrate
 from duro.stores.pg_sql import (
     HAS_DUE_WTASKS,
@@ -83,7 +86,7 @@ from duro.stores.pg_sql import (
 )
 from duro.stores.postgres_tx import ATASK_COLS, PgTx, atask_from_row, blocking_on, run_from_row
 
-__all__ = ["PostgresStore", "list_runs_query", "open_postgres_store"]
+__all__ = ["PostgresStore", "count_runs_query", "list_runs_query", "open_postgres_store"]
 
 log = logging.getLogger("duro.store.pg")
 
@@ -145,22 +148,48 @@ LIMIT $1::integer
 """
 
 
-def list_runs_query(status: str | None, workflow_type: str | None, limit: int) -> tuple[str, list[Any]]:
+def _conditions(q: ListQuery, args: list[Any]) -> list[str]:
+    conds: list[str] = []
+
+    def arg(value: Any, cast: str) -> str:
+        args.append(value)
+        return f"${len(args)}::{cast}"
+
+    if q.status is not None:
+        conds.append(f"w.status = {arg(q.status, 'text')}")
+    if q.workflow_type is not None:
+        conds.append(f"w.workflow_type = {arg(q.workflow_type, 'text')}")
+    if q.search_attributes:
+        conds.append(f"w.search_attributes @> {arg(orjson.dumps(q.search_attributes).decode(), 'jsonb')}")
+    if q.started_after_us is not None:
+        conds.append(f"w.start_us > {arg(q.started_after_us, 'bigint')}")
+    if q.started_before_us is not None:
+        conds.append(f"w.start_us < {arg(q.started_before_us, 'bigint')}")
+    return conds
+
+
+def list_runs_query(q: ListQuery, limit: int, after: tuple[int, str] | None = None) -> tuple[str, list[Any]]:
     """The statement (and arguments) that lists the latest runs, newest first, with only the filters given.
 
     Written per combination rather than as ``$1 IS NULL OR status = $1``: a prepared statement's
     generic plan cannot use an index for such a condition, so each filter's own index
-    (``workflows_by_status``, ``workflows_by_type``, else ``workflows_by_start``) serves it.
+    (``workflows_by_status``, ``workflows_by_type``, the GIN index of search attributes, else
+    ``workflows_by_start``) serves it. ``after`` pages by key (start, id), never by offset.
     """
-    conds: list[str] = []
     args: list[Any] = [min(limit, 2**31 - 1)]
-    if status is not None:
-        args.append(status)
-        conds.append(f"w.status = ${len(args)}::text")
-    if workflow_type is not None:
-        args.append(workflow_type)
-        conds.append(f"w.workflow_type = ${len(args)}::text")
+    conds = _conditions(q, args)
+    if after is not None:
+        args += [after[0], after[1]]
+        a, b = len(args) - 1, len(args)
+        conds.append(f"(w.start_us < ${a}::bigint OR (w.start_us = ${a}::bigint AND w.workflow_id > ${b}::text))")
     return _LIST_RUNS.format(where=f"WHERE {' AND '.join(conds)}" if conds else ""), args
+
+
+def count_runs_query(q: ListQuery) -> tuple[str, list[Any]]:
+    """The statement (and arguments) that counts the workflow ids whose latest run matches ``q``."""
+    args: list[Any] = []
+    conds = _conditions(q, args)
+    return f"SELECT count(*) FROM workflows AS w {'WHERE ' + ' AND '.join(conds) if conds else ''}", args
 _READ_HISTORY = "SELECT envelope FROM history WHERE run_key = $1::bytea AND event_id >= $2::bigint ORDER BY event_id"
 _READ_RUN = ("SELECT run_key, workflow_id, workflow_type, task_queue, status, start_us, close_us, next_event_id, "
              "epoch, last_input, record FROM runs WHERE run_key = $1::bytea")
@@ -260,7 +289,7 @@ def open_postgres_store(url: str) -> PostgresStore:
         return store
 
 
-class PostgresStore:
+class PostgresStore(PgSchedules):
     """The PostgreSQL store (see the module docstring for its threads and batches)."""
 
     def __init__(self, url: str, settings: PgSettings | None = None) -> None:
@@ -602,13 +631,16 @@ class PostgresStore:
                 closing.append(c.run_key)
             if c.completed_activity is not None:
                 attempts.append((c.run_key, c.completed_activity[0]))
-        elif fn == self._op_complete_activity:
+        elif fn == self._op_complete_activity or fn == self._op_complete_by_token:
             o = args[0]
             runs.append(o.run_key)
             attempts.append((o.run_key, o.seq))
-        elif fn == self._op_heartbeat:
+        elif fn == self._op_heartbeat or fn == self._op_heartbeat_by_token:
             runs.append(args[0])
             attempts.append((args[0], args[2]))
+        elif fn == self._op_hand_off:
+            runs.append(args[1])
+            attempts.append((args[1], args[2]))
         elif fn == self._op_release_wtask or fn == self._op_fail_wtask:
             runs.append(args[1])
         elif fn == self._op_return_wtasks:
@@ -738,6 +770,10 @@ class PostgresStore:
     def _op_terminate(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None, reason: str) -> None:
         self.machine.terminate(tx, fx, workflow_id, run_id, reason)
 
+    def _op_reset(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None, event_id: int, reason: str,
+                  new_run: str) -> str:
+        return self.machine.reset(tx, fx, workflow_id, run_id, event_id, reason, new_run)
+
     def _op_complete_wtask(self, tx: PgTx, fx: Effects, c: WorkflowTaskCompletion) -> int:
         return self.machine.complete_wtask(tx, fx, c)
 
@@ -758,6 +794,17 @@ class PostgresStore:
     def _op_heartbeat(self, tx: PgTx, fx: Effects, run_key: bytes, task_queue: str, seq: int, attempt: int,
                       details: bytes | None) -> bool:
         return self.machine.heartbeat(tx, fx, run_key, task_queue, seq, attempt, details)
+
+    def _op_hand_off(self, tx: PgTx, fx: Effects, task_queue: str, run_key: bytes, seq: int, attempt: int,
+                     started_us: int) -> bool:
+        return self.machine.hand_off_activity(tx, fx, task_queue, run_key, seq, attempt, started_us)
+
+    def _op_complete_by_token(self, tx: PgTx, fx: Effects, o: ActivityOutcome) -> str:
+        return self.machine.complete_activity_by_token(tx, fx, o)
+
+    def _op_heartbeat_by_token(self, tx: PgTx, fx: Effects, run_key: bytes, task_queue: str, seq: int,
+                               attempt: int, details: bytes | None) -> bool:
+        return self.machine.heartbeat_by_token(tx, fx, run_key, task_queue, seq, attempt, details)
 
     def _op_renew_leases(self, tx: PgTx, fx: Effects, task_queue: str, items: list[tuple[bytes, int, int]],
                          seconds: float) -> int:
@@ -879,6 +926,11 @@ class PostgresStore:
         """Close the run at once with WorkflowExecutionTerminated."""
         await self._submit(self._op_terminate, workflow_id, run_id, reason)
 
+    async def reset_workflow(self, workflow_id: str, run_id: str | None, event_id: int, reason: str) -> str:
+        """Start a new run from a WorkflowTaskCompleted of the run and close the old one; the new run id."""
+        new_run = new_run_id()  # chosen here: an op that runs again (a retried batch) makes the same run
+        return await self._submit(self._op_reset, workflow_id, run_id, event_id, reason, new_run)  # type: ignore[no-any-return]
+
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task; raises Conflict when the run moved on."""
         return await self._submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
@@ -912,6 +964,20 @@ class PostgresStore:
     async def claim_activity_tasks(self, task_queue: str, limit: int) -> list[ActivityTask]:
         """Lease up to ``limit`` visible activity attempts of the queue to this process."""
         return await self._submit(self._op_claim_atasks, task_queue, limit)  # type: ignore[no-any-return]
+
+    async def hand_off_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int,
+                                started: float) -> bool:
+        """An attempt raised CompleteAsync: it waits for an outside completion (see ``Machine.hand_off_activity``)."""
+        return await self._submit(self._op_hand_off, task_queue, run_key, seq, attempt, round(started * 1e6))  # type: ignore[no-any-return]
+
+    async def complete_activity_by_token(self, outcome: ActivityOutcome) -> str:
+        """Record an attempt's end given by its task token: "done", "retry" or "canceled" (else TaskTokenError)."""
+        return await self._submit(self._op_complete_by_token, outcome)  # type: ignore[no-any-return]
+
+    async def heartbeat_activity_by_token(self, run_key: bytes, task_queue: str, seq: int, attempt: int,
+                                          details: bytes | None) -> bool:
+        """Record a heartbeat given by a task token; True: the workflow cancelled it (else TaskTokenError)."""
+        return await self._submit(self._op_heartbeat_by_token, run_key, task_queue, seq, attempt, details)  # type: ignore[no-any-return]
 
     async def renew_activity_leases(self, task_queue: str, items: list[tuple[bytes, int, int]],
                                     seconds: float) -> int:
@@ -1017,9 +1083,9 @@ class PostgresStore:
         state: dict[str, Any] = msgspec.to_builtins(run_from_row(row))
         return state
 
-    def list_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
-        """The latest run of each workflow id, newest first, filtered by status and type."""
-        sql, args = list_runs_query(status, workflow_type, limit)
+    def list_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]:
+        """The latest run of each workflow id matching ``query``, newest first (see ``list_runs_query``)."""
+        sql, args = list_runs_query(query, limit, after)
         rows = self._read(self.pool.fetch, sql, *args)
         return [run_info(bytes(r[0]), run_from_row(r)) for r in rows]
 
@@ -1042,12 +1108,22 @@ class PostgresStore:
         info: RunInfo = await asyncio.get_running_loop().run_in_executor(None, self.find_run, workflow_id, run_id)
         return info
 
-    async def alist_runs(self, status: str | None, workflow_type: str | None, limit: int) -> list[RunInfo]:
+    async def alist_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]:
         """``list_runs``, awaited."""
-        sql, args = list_runs_query(status, workflow_type, limit)
+        sql, args = list_runs_query(query, limit, after)
         rows = await self._aread(self.pool.fetch, sql, *args)
         return [run_info(bytes(r[0]), run_from_row(r)) for r in rows]
 
+
+    def count_runs(self, query: ListQuery) -> int:
+        """How many workflow ids' latest runs match ``query``."""
+        sql, args = count_runs_query(query)
+        return int(self._read(self.pool.fetchval, sql, *args))
+
+    async def acount_runs(self, query: ListQuery) -> int:
+        """``count_runs``, awaited."""
+        sql, args = count_runs_query(query)
+        return int(await self._aread(self.pool.fetchval, sql, *args))
     async def ahas_pending_wtasks(self, task_queue: str) -> bool:
         """``has_pending_wtasks``, awaited."""
         return bool(await self._aread(self.pool.fetchval, HAS_DUE_WTASKS, task_queue, self.machine.now_us()))

@@ -19,6 +19,7 @@ Row mapping (tables in ``pg_schema``):
 - ``ActivityMeta`` -> ``atasks``: attempt, owner, lease, visibility and the cancel flag as columns,
   the rest in ``meta`` (jsonb); empty heartbeat details are NULL.
 - history rows hold ``Event.encode()`` envelopes, read back with ``codec.decode_event``.
+- ``ScheduleRecord`` -> ``schedules`` (``duro.stores.pg_schedules``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from duro._core.codec import Event
 from duro.engine.machine import ATASK_LEASE_SLACK_S, attempt_lease_s
 from duro.engine.records import ActivityMeta, RunRecord, RunStatus, WorkflowIndex, WorkflowTaskLease
 from duro.stores.base import run_key_of
+from duro.stores.pg_schedules import PgScheduleOps, schedule_statements
 
 __all__ = ["Blocking", "PgTx"]
 
@@ -47,7 +49,8 @@ _DEL: Final = None  # an overlay entry that deletes the row
 _RUN_COLS = "run_key, workflow_id, workflow_type, task_queue, status, start_us, close_us, next_event_id, " \
             "epoch, last_input, record"
 _SELECT_RUN = f"SELECT {_RUN_COLS} FROM runs WHERE run_key = $1::bytea"
-_SELECT_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us FROM workflows "
+_SELECT_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes "
+                 "FROM workflows "
                  "WHERE workflow_id = $1::text")
 _SELECT_WTASK = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
                  "WHERE run_key = $1::bytea")
@@ -57,10 +60,12 @@ _SELECT_ATASK = f"SELECT {ATASK_COLS} FROM atasks WHERE run_key = $1::bytea AND 
 _PREFETCH_RUNS = f"SELECT {_RUN_COLS} FROM runs WHERE run_key = ANY($1::bytea[]) ORDER BY run_key"
 _PREFETCH_WTASKS = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
                     "WHERE run_key = ANY($1::bytea[]) ORDER BY run_key")
-_PREFETCH_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us FROM workflows "
+_PREFETCH_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes "
+                   "FROM workflows "
                    "WHERE workflow_id = ANY($1::text[]) ORDER BY workflow_id")
 # The workflow-id rows of runs (a run that closes updates its id's row): locked like the others.
-_PREFETCH_INDEX_OF_RUNS = ("SELECT w.workflow_id, w.run_key, w.status, w.workflow_type, w.start_us, w.close_us "
+_PREFETCH_INDEX_OF_RUNS = ("SELECT w.workflow_id, w.run_key, w.status, w.workflow_type, w.start_us, w.close_us, "
+                           "w.search_attributes "
                            "FROM workflows AS w WHERE w.workflow_id IN "
                            "(SELECT r.workflow_id FROM runs AS r WHERE r.run_key = ANY($1::bytea[])) "
                            "ORDER BY w.workflow_id")
@@ -81,19 +86,19 @@ ON CONFLICT (run_key) DO UPDATE SET
     next_event_id = excluded.next_event_id, epoch = excluded.epoch, last_input = excluded.last_input,
     record = excluded.record
 """
-_INDEX_COLS = "workflow_id, run_key, status, workflow_type, start_us, close_us"
+_INDEX_COLS = "workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes"
 _INSERT_INDEX = f"""
 INSERT INTO workflows ({_INDEX_COLS})
-SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::jsonb[])
 """
 # A row that was read (so locked) is updated; a new id is a plain INSERT: two processes starting the
 # same new id cannot both succeed (the loser's batch fails and its op runs again alone, then sees
 # the winner's run).
 _UPDATE_INDEX = """
 UPDATE workflows AS w SET run_key = n.run_key, status = n.status, workflow_type = n.workflow_type,
-    start_us = n.start_us, close_us = n.close_us
-FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
-    AS n(workflow_id, run_key, status, workflow_type, start_us, close_us)
+    start_us = n.start_us, close_us = n.close_us, search_attributes = n.search_attributes
+FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::jsonb[])
+    AS n(workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes)
 WHERE w.workflow_id = n.workflow_id
 """
 _INSERT_HISTORY = """
@@ -158,14 +163,15 @@ def run_from_row(row: Any) -> RunRecord:
 
 
 def index_row(workflow_id: str, idx: WorkflowIndex) -> tuple[Any, ...]:
-    """The ``workflows`` row of an index entry."""
+    """The ``workflows`` row of an index entry (search attributes as the jsonb text; none: ``{}``)."""
     return (workflow_id, run_key_of(idx.run_id), str(idx.status), idx.workflow_type, idx.start_us,
-            idx.close_us or None)
+            idx.close_us or None, orjson.dumps(idx.search_attributes or {}).decode())
 
 
 def index_from_row(row: Any) -> WorkflowIndex:
-    """The index entry of a ``workflows`` row."""
-    return WorkflowIndex(bytes(row[1]).hex(), RunStatus(row[2]), row[3], row[4], row[5] or 0)
+    """The index entry of a ``workflows`` row (a row read without its search attributes has none)."""
+    attrs = orjson.loads(row[6]) if len(row) > 6 and row[6] is not None else None
+    return WorkflowIndex(bytes(row[1]).hex(), RunStatus(row[2]), row[3], row[4], row[5] or 0, attrs or None)
 
 
 def wtask_from_row(row: Any) -> WorkflowTaskLease:
@@ -190,7 +196,7 @@ def attempt_base_s(meta: ActivityMeta) -> float:
 # ---------------------------------------------------------------------------------------------- overlay
 
 class _Layer:
-    __slots__ = ("atasks", "history", "index", "runs", "timers", "wtasks")
+    __slots__ = ("atasks", "history", "index", "runs", "schedules", "timers", "wtasks")
 
     def __init__(self) -> None:
         self.runs: dict[bytes, tuple[Any, ...]] = {}
@@ -199,6 +205,7 @@ class _Layer:
         self.wtasks: dict[bytes, tuple[Any, ...] | None] = {}
         self.atasks: dict[tuple[bytes, int], tuple[Any, ...] | None] = {}
         self.timers: dict[tuple[bytes, int], int | None] = {}
+        self.schedules: dict[str, tuple[Any, ...] | None] = {}  # see pg_schedules
 
     def merge_into(self, below: _Layer) -> None:
         below.runs.update(self.runs)
@@ -208,12 +215,14 @@ class _Layer:
         below.wtasks.update(self.wtasks)
         below.atasks.update(self.atasks)
         below.timers.update(self.timers)
+        below.schedules.update(self.schedules)
 
     def empty(self) -> bool:
-        return not (self.runs or self.index or self.history or self.wtasks or self.atasks or self.timers)
+        return not (self.runs or self.index or self.history or self.wtasks or self.atasks or self.timers
+                    or self.schedules)
 
 
-class PgTx:
+class PgTx(PgScheduleOps):
     """``duro.engine.tx.Tx`` on one PostgreSQL transaction (see the module docstring).
 
     Args:
@@ -495,11 +504,11 @@ class PgTx:
             new = [row for wid, row in base.index.items() if not self.index_in_db.get(wid)]
             old = [row for wid, row in base.index.items() if self.index_in_db.get(wid)]
             if new:
-                stmts.append((_INSERT_INDEX, _columns(new, 6)))
+                stmts.append((_INSERT_INDEX, _columns(new, 7)))
                 for row in new:
                     self.index_in_db[row[0]] = True
             if old:
-                stmts.append((_UPDATE_INDEX, _columns(old, 6)))
+                stmts.append((_UPDATE_INDEX, _columns(old, 7)))
         if base.history:
             keys: list[bytes] = []
             ids: list[int] = []
@@ -512,6 +521,7 @@ class PgTx:
             stmts.append((_INSERT_HISTORY, [keys, ids, envs]))
         _split(stmts, base.wtasks, _DELETE_WTASKS, _UPSERT_WTASKS, 5, single_key=True)
         _split(stmts, base.atasks, _DELETE_ATASKS, _UPSERT_ATASKS, 12)
+        stmts.extend(schedule_statements(base.schedules))
         if base.timers:
             dels = [k for k, v in base.timers.items() if v is None]
             puts = [(k[0], k[1], v) for k, v in base.timers.items() if v is not None]
