@@ -14,7 +14,17 @@ points into the map. This module knows no key layout: log.pyx cimports it (mdb.p
 history straight from the map on the transaction's own handle.
 """
 
-from libc.errno cimport ENOSPC, EIO, EACCES, EROFS, EPERM, EDQUOT
+from libc.errno cimport ENOSPC, EIO, EACCES, EROFS, EPERM
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    /* MSVC's errno.h has no EDQUOT (disk quota exceeded): there it can never be returned. */
+    #ifndef EDQUOT
+    #define EDQUOT (-1)
+    #endif
+    """
+    int EDQUOT
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 import time as _time
