@@ -202,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--reason", default="", metavar="TEXT", help="why (recorded in the history)")
 
+    p = sub.add_parser("delete", parents=[common], help="delete a closed workflow run and its history",
+                       description="Delete a closed run (the latest of the id unless --run is given) with its history. "
+                       "A running run is refused: cancel or terminate it first.")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
+    p.add_argument("--run", dest="run_id", metavar="RUN_ID", help="a specific run (default: the latest)")
+
+    p = sub.add_parser("purge", parents=[common], help="delete every run closed before a time",
+                       description="Delete every run closed before TIME, with its history (the store's retention, "
+                       "?retention_days=, does this in the background). Prints how many.")
+    p.add_argument("--before", type=_when, required=True, metavar="TIME",
+                   help="ISO 8601 (UTC when no offset is given)")
+
     p = sub.add_parser("reset", parents=[common], help="rerun a workflow from one of its workflow tasks",
                        description="Start a new run of the workflow from its WorkflowTaskCompleted event N, with the "
                        "workers' current code, and print the new run id. The new run keeps the history before N and "
@@ -605,6 +617,23 @@ async def _cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _delete(client: Client, args: argparse.Namespace) -> int:
+    await client.get_handle(args.workflow_id, args.run_id).delete()
+    _print(f"deleted workflow {args.workflow_id!r}" + (f" run {args.run_id}" if args.run_id else ""))
+    return 0
+
+
+async def _purge(client: Client, args: argparse.Namespace) -> int:
+    total = 0
+    while True:
+        n = await client.purge(args.before, limit=1000)
+        total += n
+        if n < 1000:
+            break
+    _print(f"deleted {total} run(s) closed before {args.before.isoformat()}")
+    return 0
+
+
 async def _terminate(client: Client, args: argparse.Namespace) -> int:
     await client.get_handle(args.workflow_id).terminate(args.reason)
     _print(f"terminated workflow {args.workflow_id!r}")
@@ -652,7 +681,8 @@ async def _activity(client: Client, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
-    "list": _list, "count": _count, "describe": _describe, "history": _history, "result": _result, "signal": _signal,
+    "list": _list, "count": _count, "delete": _delete, "purge": _purge,
+    "describe": _describe, "history": _history, "result": _result, "signal": _signal,
     "query": _query, "cancel": _cancel, "terminate": _terminate, "reset": _reset, "start": _start,
     "activity": _activity,
     "schedule": run_schedule,

@@ -357,6 +357,19 @@ class Client(ScheduleClient):
             page.next_page_token = page_token_of(round(last.start_time * 1e6), last.workflow_id)
         return page
 
+    async def purge(self, before: datetime.datetime | float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` runs closed before ``before`` (with their histories); how many.
+
+        The store's retention (``?retention_days=``, default 30) does this in the background; this
+        is for doing it now. Call again while it returns ``limit``.
+        """
+        before_us = _time_us("before", before)
+        if before_us is None:
+            raise TypeError("before must be a timezone-aware datetime or epoch seconds")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        return await self.store.purge(before_us, limit)
+
     async def count_workflows(self, status: str | None = None, workflow_type: str | None = None,
                               search_attributes: dict[str, Any] | None = None,
                               started_after: datetime.datetime | float | None = None,
@@ -564,6 +577,17 @@ class WorkflowHandle:
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         self.client.converter.encode(reason)  # the payload size limit applies to the reason too
         await self.client.store.terminate_workflow(self.id, await self._target(), reason)
+
+    async def delete(self) -> None:
+        """Delete the run (a closed one) and its history; the workflow id's row goes too if it named it.
+
+        A handle without ``run_id`` deletes the latest run of the id.
+
+        Raises:
+            DuroError: the run is running (cancel or terminate it first); nothing is deleted.
+            WorkflowNotFoundError: no such workflow or run.
+        """
+        await self.client.store.delete_workflow(self.id, self.run_id)
 
     async def reset(self, *, event_id: int, reason: str = "") -> WorkflowHandle:
         """Start a new run of this workflow from a workflow task of the run, with the current code.

@@ -57,6 +57,7 @@ _POLL_INTERVAL_S = 1.0
 _REAP_INTERVAL_S = 2.0
 _RENEW_INTERVAL_S = 60.0
 _LEASE_CHECK_AFTER_S = 0.5
+_PURGE_INTERVAL_S = 60.0  # how often a worker deletes closed runs past the store's retention
 _RENEWED_LEASE_S = 330.0  # the lease of an activity without timeouts: 300 s + the 30 s slack
 
 
@@ -130,6 +131,7 @@ class Worker:
         self._active: set[bytes] = set()
         self._again: set[bytes] = set()
         self._wf_backlog: deque[bytes] = deque()
+        self._next_purge = time.monotonic() + _PURGE_INTERVAL_S  # first purge a minute after start
         self._claims: set[asyncio.Future[list[bytes]]] = set()  # workflow task claims in flight
         self._act_running = 0
         self._act_backlog: deque[ActivityTask] = deque()
@@ -655,8 +657,11 @@ class Worker:
                 if await self.store.reap():
                     self._wake_wf.set()
                     self._wake_act.set()
+                if time.monotonic() >= self._next_purge:  # retention: closed runs past it go, in the background
+                    self._next_purge = time.monotonic() + _PURGE_INTERVAL_S
+                    await self.store.purge_expired()
             except Exception:
-                log.exception("reaping expired leases failed")
+                log.exception("reaping expired leases (or purging closed runs past the retention) failed")
             await asyncio.sleep(_REAP_INTERVAL_S)
 
     async def _renew_leases(self) -> None:

@@ -167,6 +167,15 @@ class MemTx:
             self.writes += 1
             self.state.timers.discard((fire_us, run_key, seq))
 
+    def delete_run(self, run_key: bytes, last_event_id: int) -> None:
+        self.writes += 1
+        self.state.runs.pop(run_key, None)
+        self.state.history.pop(run_key, None)
+
+    def delete_index(self, workflow_id: str) -> None:
+        self.writes += 1
+        self.state.index.pop(workflow_id, None)
+
 
     # -- schedules (duro.engine.schedules.ScheduleTx)
     def schedule(self, schedule_id: str) -> ScheduleRecord | None:

@@ -543,6 +543,41 @@ class Machine:
             idx.search_attributes = rec.search_attributes
             tx.put_index(rec.workflow_id, idx)
 
+    def delete_run(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None) -> str:
+        """Delete a closed run and its history (``handle.delete``); the id's row goes if it named it.
+
+        Raises DuroError, before writing, for a running run (cancel or terminate it first).
+        """
+        run_key = self.resolve(tx, workflow_id, run_id)
+        rec = self.get_run(tx, run_key)
+        if rec.status == RUNNING:
+            raise DuroError(f"workflow {workflow_id!r} (run {run_key.hex()}) is running: cancel or terminate it "
+                            "before deleting it")
+        self.drop_run(tx, run_key, rec)
+        return run_key.hex()
+
+    @staticmethod
+    def drop_run(tx: Tx, run_key: bytes, rec: RunRecord) -> None:
+        """Delete a closed run's rows, and its id's row when that names this run."""
+        tx.delete_run(run_key, rec.next_event_id - 1)
+        idx = tx.index(rec.workflow_id)
+        if idx is not None and idx.run_id == run_key.hex():
+            tx.delete_index(rec.workflow_id)
+
+    def purge(self, tx: Tx, fx: Effects, run_keys: list[bytes], before_us: int) -> int:
+        """Delete those of ``run_keys`` that are closed and were closed before ``before_us``; how many.
+
+        The candidates come from a read outside this transaction: each is checked again here.
+        """
+        n = 0
+        for run_key in run_keys:
+            rec = tx.run(run_key)
+            if rec is None or rec.status == RUNNING or not rec.close_us or rec.close_us >= before_us:
+                continue
+            self.drop_run(tx, run_key, rec)
+            n += 1
+        return n
+
     def request_activity_cancel(self, tx: Tx, task_queue: str, run_key: bytes, seq: int) -> None:
         """Mark an activity attempt cancelled: its next heartbeat says so, and it is not retried."""
         found = tx.atask(task_queue, run_key, seq)

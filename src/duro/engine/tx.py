@@ -72,3 +72,10 @@ class Tx(Protocol):
 
     def delete_timer(self, fire_us: int, run_key: bytes, seq: int) -> None:
         """Drop a timer (if any)."""
+
+    # -- deleting closed runs (retention, ``handle.delete``)
+    def delete_run(self, run_key: bytes, last_event_id: int) -> None:
+        """Drop a closed run's record and its history (events 1..``last_event_id``)."""
+
+    def delete_index(self, workflow_id: str) -> None:
+        """Drop a workflow id's row (its latest run was deleted)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import struct
 import time
@@ -70,6 +71,31 @@ def run_key_of(run_id: str) -> bytes:
     if len(key) != 16:
         raise ValueError(f"a run id is 32 hex digits, got {run_id!r}")
     return key
+
+
+DEFAULT_RETENTION_DAYS = 30.0
+
+
+def parse_retention_days(value: str | None, url: str) -> int:
+    """The ``retention_days`` option of a store URL, as µs (0: keep closed runs forever).
+
+    Closed runs older than this are deleted with their histories in the background (default 30).
+
+    Raises:
+        StoreURLError: not a number of days from 0 to 36,500.
+    """
+    from duro.errors import StoreURLError
+
+    if value is None:
+        return round(DEFAULT_RETENTION_DAYS * 86_400e6)
+    try:
+        days = float(value)
+    except ValueError:
+        days = math.nan
+    if not math.isfinite(days) or not 0 <= days <= 36_500:
+        raise StoreURLError(f"retention_days={value!r} in {url!r} must be a number of days from 0 (keep closed "
+                            "runs forever) to 36500")
+    return round(days * 86_400e6)
 
 
 def new_run_id() -> str:
@@ -340,6 +366,15 @@ class Store(Protocol):
 
     async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close an open run at once."""
+
+    async def delete_workflow(self, workflow_id: str, run_id: str | None) -> str:
+        """Delete a closed run and its history; its run id (``Machine.delete_run``)."""
+
+    async def purge(self, before_us: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` runs closed before ``before_us`` (store clock, µs); how many."""
+
+    async def purge_expired(self) -> int:
+        """``purge`` of the runs older than the store's retention (``?retention_days=``; 0: none)."""
 
     async def reset_workflow(self, workflow_id: str, run_id: str | None, event_id: int, reason: str) -> str:
         """Start a new run from the run's WorkflowTaskCompleted ``event_id``; the new run id.

@@ -64,6 +64,7 @@ from duro.stores.base import (
     WorkflowTaskCompletion,
     new_run_id,
     pack,
+    parse_retention_days,
     run_key_of,
     unpack,
 )
@@ -240,9 +241,10 @@ def parse_lmdb_url(url: str) -> tuple[str, dict[str, int]]:
     if not raw:
         raise StoreURLError(f"LMDB URL {url!r} names no directory; expected lmdb://PATH such as lmdb://./duro-data")
     opts = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    unknown = set(opts) - {"map_size", "max_map_size"}
+    unknown = set(opts) - {"map_size", "max_map_size", "retention_days"}
     if unknown:
-        raise StoreURLError(f"unknown LMDB URL option(s) {sorted(unknown)} in {url!r}; known: map_size, max_map_size")
+        raise StoreURLError(f"unknown LMDB URL option(s) {sorted(unknown)} in {url!r}; known: map_size, "
+                            "max_map_size, retention_days")
     sizes = {}
     for name, default in (("map_size", DEFAULT_MAP_SIZE), ("max_map_size", 0)):
         try:
@@ -251,6 +253,7 @@ def parse_lmdb_url(url: str) -> tuple[str, dict[str, int]]:
             raise StoreURLError(f"{name} in {url!r} must be an integer number of bytes") from None
         if sizes[name] < 0 or (name == "map_size" and sizes[name] < 1 << 16):
             raise StoreURLError(f"{name} in {url!r} must be at least 65536 bytes, got {sizes[name]}")
+    sizes["retention_us"] = parse_retention_days(opts.get("retention_days"), url)
     return str(Path(raw).expanduser().resolve()), sizes
 
 
@@ -271,7 +274,8 @@ def open_lmdb_store(url: str) -> LmdbStore:
     with _OPEN_LOCK:
         store = _OPEN.get(path)
         if store is None or store._closed:
-            store = LmdbStore(path, map_size=sizes["map_size"], max_map_size=sizes["max_map_size"] or None)
+            store = LmdbStore(path, map_size=sizes["map_size"], max_map_size=sizes["max_map_size"] or None,
+                              retention_us=sizes["retention_us"])
             _OPEN[path] = store
         store._refs += 1
         return store
@@ -292,7 +296,8 @@ class Dbs:
 class LmdbStore(LocalReads, LmdbSchedules):
     """The embedded store on an LMDB environment (see the module docstring for the layout)."""
 
-    def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE, max_map_size: int | None = None) -> None:
+    def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE, max_map_size: int | None = None,
+                 retention_us: int = 0) -> None:
         directory = Path(path)
         if not directory.exists():
             # Owner-only, whatever the umask: the store holds business data.
@@ -302,6 +307,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             raise StoreError(f"the LMDB store path {path} exists and is not a directory: name a directory")
         self.path = path
         self.url = f"lmdb://{path}"
+        self.retention_us = retention_us  # closed runs older than this are purged (0: never)
         self.clock = Clock()
         # Before LMDB maps the file: a truncated or overwritten data.mdb would otherwise kill the
         # process with SIGBUS on first access, or read as an empty store.
@@ -615,6 +621,24 @@ class LmdbStore(LocalReads, LmdbSchedules):
                       reason: str) -> None:
         self.machine.terminate(self._tx(txn), batch, workflow_id, run_id, reason)
 
+    def _op_delete(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None) -> str:
+        return self.machine.delete_run(self._tx(txn), batch, workflow_id, run_id)
+
+    def _op_purge(self, txn: mdb.Transaction, batch: _Batch, run_keys: list[bytes], before_us: int) -> int:
+        return self.machine.purge(self._tx(txn), batch, run_keys, before_us)
+
+    def _purge_candidates(self, before_us: int, limit: int) -> list[bytes]:
+        """Runs closed before ``before_us``, read outside the writer (a scan of the run records)."""
+        found: list[bytes] = []
+        with self.env.begin() as txn:
+            for key, raw in txn.cursor(db=self._runs).iternext():
+                rec = decode_run(raw)
+                if rec.status != RUNNING and rec.close_us and rec.close_us < before_us:
+                    found.append(key)
+                    if len(found) >= limit:
+                        break
+        return found
+
     def _op_reset(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None, event_id: int,
                   reason: str, new_run: str) -> str:
         return self.machine.reset(self._tx(txn), batch, workflow_id, run_id, event_id, reason, new_run)
@@ -846,6 +870,21 @@ class LmdbStore(LocalReads, LmdbSchedules):
     async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close the run at once with WorkflowExecutionTerminated."""
         await self._submit(self._op_terminate, workflow_id, run_id, reason)
+
+    async def delete_workflow(self, workflow_id: str, run_id: str | None) -> str:
+        """Delete a closed run and its history; its run id."""
+        return await self._submit(self._op_delete, workflow_id, run_id)  # type: ignore[no-any-return]
+
+    async def purge(self, before_us: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` runs closed before ``before_us``; how many (freed pages are reused)."""
+        keys = await asyncio.get_running_loop().run_in_executor(None, self._purge_candidates, before_us, limit)
+        return await self._submit(self._op_purge, keys, before_us) if keys else 0
+
+    async def purge_expired(self) -> int:
+        """Purge the runs closed longer ago than the store's retention (none when it is 0)."""
+        if not self.retention_us:
+            return 0
+        return await self.purge(_us(self.clock.now()) - self.retention_us)
 
     async def reset_workflow(self, workflow_id: str, run_id: str | None, event_id: int, reason: str) -> str:
         """Start a new run from a WorkflowTaskCompleted of the run and close the old one; the new run id."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from duro._core import mdb
 from duro._core.codec import Event
+from duro._core.log import event_key
 from duro.engine.records import (
     ActivityMeta,
     RunRecord,
@@ -102,6 +103,22 @@ class LmdbTx(LmdbScheduleOps):
             rec = decode_run(raw)
             self.cache.records[run_key] = rec  # identity for the rest of this transaction
         return rec
+
+    def delete_run(self, run_key: bytes, last_event_id: int) -> None:
+        """Drop a closed run's record and its history (keys from ``log.event_key``: the layout is the log's)."""
+        self.cache.records.pop(run_key, None)
+        self.txn.delete(run_key, db=self.dbs.runs)
+        db = self.log.db
+        for event_id in range(1, last_event_id + 1):
+            self.txn.delete(event_key(run_key, event_id), db=db)
+
+    def delete_index(self, workflow_id: str) -> None:
+        """Drop a workflow id's entry and its visibility keys."""
+        key = workflow_id.encode()
+        raw = self.txn.get(key, db=self.dbs.wf)
+        if raw is not None:
+            visibility.remove(self.txn, self.dbs.vis, workflow_id, decode_index(raw))
+            self.txn.delete(key, db=self.dbs.wf)
 
     def put_run(self, run_key: bytes, rec: RunRecord) -> None:
         """Store the run record; open runs stay cached."""

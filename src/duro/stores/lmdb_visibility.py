@@ -28,7 +28,7 @@ from duro.stores.base import ListQuery
 if TYPE_CHECKING:
     from duro._core import mdb
 
-__all__ = ["keys_of", "matches", "rebuild", "replace", "scan"]
+__all__ = ["keys_of", "matches", "rebuild", "remove", "replace", "scan"]
 
 _MAX = (1 << 64) - 1
 
@@ -60,6 +60,12 @@ def replace(txn: mdb.Transaction, db: mdb.Database, workflow_id: str, old: Workf
     for key in new_keys:
         if key not in old_keys:
             txn.put(key, b"", db=db)
+
+
+def remove(txn: mdb.Transaction, db: mdb.Database, workflow_id: str, old: WorkflowIndex) -> None:
+    """Drop the ``vis`` keys of an entry that is deleted."""
+    for key in keys_of(workflow_id, old):
+        txn.delete(key, db=db)
 
 
 def rebuild(txn: mdb.Transaction, wf: mdb.Database, vis: mdb.Database) -> int:

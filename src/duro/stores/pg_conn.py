@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from duro.errors import StoreError, StoreURLError
+from duro.stores.base import parse_retention_days
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -76,7 +77,7 @@ _BACKOFF_MAX_S = 2.0
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_IDENT_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: longer names are silently truncated
 _INT_MAX = 2**31 - 1
-_DUROS_OPTIONS = ("schema", "pool_min", "pool_max", "lease_s", "statement_timeout_ms")
+_DUROS_OPTIONS = ("schema", "pool_min", "pool_max", "lease_s", "statement_timeout_ms", "retention_days")
 _URL_FORM = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?schema=NAME&...]"
 
 
@@ -108,6 +109,7 @@ class PgSettings:
         pool_max: connections the pool opens at most.
         lease_s: how long a claimed task stays leased to its worker without renewal, in seconds.
         statement_timeout_ms: the server's ``statement_timeout`` for duro's sessions (0: none).
+        retention_us: closed runs older than this are purged in the background (0: never).
         host: the host (or comma-separated host list, or socket directory) the URL names; "" when
             it names none (libpq's defaults apply).
         port: the port the URL names ("" for the default, 5432).
@@ -124,6 +126,7 @@ class PgSettings:
     pool_max: int = 10
     lease_s: float = 30.0
     statement_timeout_ms: int = 30000
+    retention_us: int = 0
     host: str = ""
     port: str = ""
     database: str = ""
@@ -301,7 +304,8 @@ def parse_pg_url(url: str) -> PgSettings:
     dsn = url.split("?", 1)[0] + ("?" + "&".join(passthrough) if passthrough else "")
     return PgSettings(
         dsn=dsn, schema=schema, pool_min=pool_min, pool_max=pool_max, lease_s=lease_s,
-        statement_timeout_ms=timeout_ms, host=host, port=port, database=database, user=user,
+        statement_timeout_ms=timeout_ms, retention_us=parse_retention_days(options.get("retention_days"), url),
+        host=host, port=port, database=database, user=user,
         application_name_set="application_name" in names, connect_timeout_s=connect_timeout_s,
     )
 

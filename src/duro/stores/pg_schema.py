@@ -204,7 +204,12 @@ CREATE TABLE schedules (
 CREATE INDEX schedules_due ON schedules (task_queue, fire_at_us) WHERE fire_at_us IS NOT NULL;
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2]
+# Migration 3: retention finds the runs closed before a time by this index (closed runs only).
+_MIGRATION_3 = """
+CREATE INDEX runs_by_close ON runs (close_us) WHERE close_us IS NOT NULL;
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3]
 """The schema's migrations, in order: ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
 
 Each runs in the transaction that records its version, with ``search_path`` set to the schema alone

@@ -201,6 +201,8 @@ FROM runs AS r LEFT JOIN history AS h
     ON r.status <> 'running' AND h.run_key = r.run_key AND h.event_id = r.next_event_id - 1
 WHERE r.run_key = ANY($1::bytea[])
 """
+_PURGE_CANDIDATES = ("SELECT run_key FROM runs WHERE close_us < $1::bigint AND status <> 'running' "
+                     "ORDER BY close_us LIMIT $2::integer")
 _HAS_ANY_TASKS = "SELECT EXISTS (SELECT 1 FROM wtasks) OR EXISTS (SELECT 1 FROM atasks)"
 _PUT_REQUEST = ("INSERT INTO requests (request_id, task_queue, head, args, created_us) "
                 "VALUES ($1::text, $2::text, $3::bytea, $4::bytea, $5::bigint)")
@@ -770,6 +772,12 @@ class PostgresStore(PgSchedules):
     def _op_terminate(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None, reason: str) -> None:
         self.machine.terminate(tx, fx, workflow_id, run_id, reason)
 
+    def _op_delete(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None) -> str:
+        return self.machine.delete_run(tx, fx, workflow_id, run_id)
+
+    def _op_purge(self, tx: PgTx, fx: Effects, run_keys: list[bytes], before_us: int) -> int:
+        return self.machine.purge(tx, fx, run_keys, before_us)
+
     def _op_reset(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None, event_id: int, reason: str,
                   new_run: str) -> str:
         return self.machine.reset(tx, fx, workflow_id, run_id, event_id, reason, new_run)
@@ -925,6 +933,22 @@ class PostgresStore(PgSchedules):
     async def terminate_workflow(self, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close the run at once with WorkflowExecutionTerminated."""
         await self._submit(self._op_terminate, workflow_id, run_id, reason)
+
+    async def delete_workflow(self, workflow_id: str, run_id: str | None) -> str:
+        """Delete a closed run and its history (and any row left of it); its run id."""
+        return await self._submit(self._op_delete, workflow_id, run_id)  # type: ignore[no-any-return]
+
+    async def purge(self, before_us: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` runs closed before ``before_us`` (found by ``runs_by_close``); how many."""
+        rows = await self._aread(self.pool.fetch, _PURGE_CANDIDATES, before_us, limit)
+        keys = [bytes(r[0]) for r in rows]
+        return await self._submit(self._op_purge, keys, before_us) if keys else 0
+
+    async def purge_expired(self) -> int:
+        """Purge the runs closed longer ago than the store's retention (none when it is 0)."""
+        if not self.settings.retention_us:
+            return 0
+        return await self.purge(self.machine.now_us() - self.settings.retention_us)
 
     async def reset_workflow(self, workflow_id: str, run_id: str | None, event_id: int, reason: str) -> str:
         """Start a new run from a WorkflowTaskCompleted of the run and close the old one; the new run id."""

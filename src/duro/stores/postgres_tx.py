@@ -106,6 +106,9 @@ INSERT INTO history (run_key, event_id, envelope)
 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
 """
 _DELETE_WTASKS = "DELETE FROM wtasks WHERE run_key = ANY($1::bytea[])"
+_DELETE_RUNS = tuple(f"DELETE FROM {table} WHERE run_key = ANY($1::bytea[])"
+                     for table in ("history", "wtasks", "atasks", "timers", "runs"))
+_DELETE_INDEX = "DELETE FROM workflows WHERE workflow_id = ANY($1::text[])"
 _UPSERT_WTASKS = """
 INSERT INTO wtasks (run_key, task_queue, owner, lease_until_us, visible_at_us)
 SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
@@ -199,8 +202,8 @@ class _Layer:
     __slots__ = ("atasks", "history", "index", "runs", "schedules", "timers", "wtasks")
 
     def __init__(self) -> None:
-        self.runs: dict[bytes, tuple[Any, ...]] = {}
-        self.index: dict[str, tuple[Any, ...]] = {}
+        self.runs: dict[bytes, tuple[Any, ...] | None] = {}
+        self.index: dict[str, tuple[Any, ...] | None] = {}
         self.history: dict[bytes, list[Event]] = {}
         self.wtasks: dict[bytes, tuple[Any, ...] | None] = {}
         self.atasks: dict[tuple[bytes, int], tuple[Any, ...] | None] = {}
@@ -372,6 +375,18 @@ class PgTx(PgScheduleOps):
         self.records[run_key] = rec
         return rec
 
+    def delete_run(self, run_key: bytes, last_event_id: int) -> None:
+        """Drop a closed run's rows: record, history, and any task or timer left (buffered)."""
+        self.layers[-1].runs[run_key] = _DEL
+        self.records.pop(run_key, None)
+
+    def delete_index(self, workflow_id: str) -> None:
+        """Drop a workflow id's row (buffered)."""
+        if workflow_id not in self.index_in_db:
+            row = self._fetchrow(_SELECT_INDEX + self._suffix, workflow_id)
+            self.index_in_db[workflow_id] = row is not None
+        self.layers[-1].index[workflow_id] = _DEL
+
     def put_run(self, run_key: bytes, rec: RunRecord) -> None:
         """Store the run record (buffered; the object stays the run's record in this batch)."""
         self.layers[-1].runs[run_key] = run_row(run_key, rec)
@@ -499,10 +514,20 @@ class PgTx(PgScheduleOps):
         self.layers[0] = _Layer()
         stmts: list[tuple[str, list[Any]]] = []
         if base.runs:
-            stmts.append((_UPSERT_RUNS, _columns(list(base.runs.values()), 11)))
+            gone = [k for k, row in base.runs.items() if row is None]
+            if gone:  # a deleted run takes every row of it along (its history, leftover tasks)
+                stmts += [(sql, [gone]) for sql in _DELETE_RUNS]
+            kept = [row for row in base.runs.values() if row is not None]
+            if kept:
+                stmts.append((_UPSERT_RUNS, _columns(kept, 11)))
         if base.index:
-            new = [row for wid, row in base.index.items() if not self.index_in_db.get(wid)]
-            old = [row for wid, row in base.index.items() if self.index_in_db.get(wid)]
+            gone_ids = [wid for wid, row in base.index.items() if row is None]
+            if gone_ids:
+                stmts.append((_DELETE_INDEX, [gone_ids]))
+                for wid in gone_ids:
+                    self.index_in_db[wid] = False
+            new = [row for wid, row in base.index.items() if row is not None and not self.index_in_db.get(wid)]
+            old = [row for wid, row in base.index.items() if row is not None and self.index_in_db.get(wid)]
             if new:
                 stmts.append((_INSERT_INDEX, _columns(new, 7)))
                 for row in new:
