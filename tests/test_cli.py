@@ -335,6 +335,23 @@ async def test_list_filters_pages_and_count(client: duro.Client, cli: Cli) -> No
     one_error_line(await cli("list", "--after", "yesterday"), 2, "ISO 8601")
 
 
+async def test_batch_actions_by_filter(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    for i in range(4):
+        await client.start_workflow("signal_workflow", 1, id=f"b{i}", task_queue=QUEUE,
+                                    search_attributes={"team": "a" if i < 3 else "b"})
+    r = await cli("batch", "signal", "--signal", "item", '"go"', "--attr", 'team="a"')
+    assert r.code == 0 and "signal: 3 workflow(s)" in r.out, r
+    for i in range(3):
+        assert await asyncio.wait_for(client.get_handle(f"b{i}").result(), 10) == ["go"]
+    r = await cli("batch", "terminate", "--attr", 'team="b"', "--reason", "cleanup")
+    assert r.code == 0 and "terminate: 1 workflow(s)" in r.out, r
+    assert (await client.get_handle("b3").describe()).status == "terminated"
+    r = await cli("batch", "cancel", "--attr", 'team="b"')
+    assert r.code == 0 and "cancel: 0 workflow(s)" in r.out, r  # no running one left
+    one_error_line(await cli("batch", "signal"), 2, "--signal NAME")
+    one_error_line(await cli("batch", "cancel", '"x"'), 2, "takes no signal name")
+
+
 async def test_query_answered_by_a_worker_of_another_process(client: duro.Client, worker: duro.Worker,
                                                               cli_process: Cli) -> None:
     handle = await client.start_workflow(features_wfs.queried, id="asked", task_queue=QUEUE)

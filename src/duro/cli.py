@@ -202,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--reason", default="", metavar="TEXT", help="why (recorded in the history)")
 
+    p = sub.add_parser("batch", parents=[common], help="cancel, terminate or signal every workflow a filter matches",
+                       description="Apply ACTION to the latest run of every workflow id that the filters match "
+                       "(those of `list`; --status defaults to running) and print how many it reached. "
+                       "signal takes --signal NAME and the signal's JSON arguments.")
+    p.add_argument("action", choices=("cancel", "terminate", "signal"), metavar="ACTION",
+                   help="cancel, terminate or signal")
+    p.add_argument("json_args", nargs="*", metavar="JSON_ARG", help="for signal: its arguments, as JSON")
+    p.add_argument("--signal", dest="signal_name", metavar="NAME", type=_name("signal name"),
+                   help="for signal: the signal's name")
+    p.add_argument("--status", choices=STATUSES, default="running", help="runs with this status (default running)")
+    p.add_argument("--type", dest="workflow_type", metavar="TYPE", help="only workflows of this registered type")
+    _filter_options(p)
+    p.add_argument("--reason", default="", metavar="TEXT", help="for terminate: why")
+
     p = sub.add_parser("delete", parents=[common], help="delete a closed workflow run and its history",
                        description="Delete a closed run (the latest of the id unless --run is given) with its history. "
                        "A running run is refused: cancel or terminate it first.")
@@ -617,6 +631,38 @@ async def _cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _batch(client: Client, args: argparse.Namespace) -> int:
+    """Apply one action to every match, page by page; a workflow that closed meanwhile is passed over."""
+    values = list(args.values)
+    name = args.signal_name or ""
+    if args.action == "signal" and not name:
+        raise UsageError("batch signal needs --signal NAME")
+    if args.action != "signal" and (values or name):
+        raise UsageError(f"{args.action} takes no signal name or arguments (only signal does)")
+    done = skipped = 0
+    token: str | None = None
+    while True:
+        page = await client.list_workflows(**_filters(args), limit=500, page_token=token)
+        for ex in page:
+            handle = client.get_handle(ex.workflow_id, ex.run_id)
+            try:
+                if args.action == "cancel":
+                    await handle.cancel()
+                elif args.action == "terminate":
+                    await handle.terminate(args.reason)
+                else:
+                    await handle.signal(name, *values)
+                done += 1
+            except DuroError as e:  # closed since it was listed, say
+                skipped += 1
+                _print(f"{ex.workflow_id}: {e}")
+        token = page.next_page_token
+        if token is None:
+            break
+    _print(f"{args.action}: {done} workflow(s)" + (f", {skipped} passed over" if skipped else ""))
+    return 0 if not skipped else 1
+
+
 async def _delete(client: Client, args: argparse.Namespace) -> int:
     await client.get_handle(args.workflow_id, args.run_id).delete()
     _print(f"deleted workflow {args.workflow_id!r}" + (f" run {args.run_id}" if args.run_id else ""))
@@ -681,7 +727,7 @@ async def _activity(client: Client, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
-    "list": _list, "count": _count, "delete": _delete, "purge": _purge,
+    "list": _list, "count": _count, "batch": _batch, "delete": _delete, "purge": _purge,
     "describe": _describe, "history": _history, "result": _result, "signal": _signal,
     "query": _query, "cancel": _cancel, "terminate": _terminate, "reset": _reset, "start": _start,
     "activity": _activity,
