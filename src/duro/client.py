@@ -52,6 +52,8 @@ class WorkflowExecution:
     search_attributes: dict[str, Any] = field(default_factory=dict)
     #: The memo given at start.
     memo: dict[str, Any] = field(default_factory=dict)
+    #: The run that followed this one (continue-as-new or a reset), or None.
+    next_run_id: str | None = None
 
     @classmethod
     def _from(cls, info: RunInfo) -> WorkflowExecution:
@@ -62,6 +64,7 @@ class WorkflowExecution:
             close_time=datetime.datetime.fromtimestamp(info.close_time, tz=datetime.UTC) if info.close_time else None,
             history_length=info.history_length, task_failures=info.task_failures,
             search_attributes=dict(info.search_attributes or {}), memo=dict(info.memo or {}),
+            next_run_id=info.next_run_id,
         )
 
 
