@@ -60,6 +60,7 @@ from duro.errors import (
 from duro.history import History, HistoryEvent
 from duro.stores.check import CheckReport, check_store
 from duro.stores.copy import CopyReport, copy_store
+from duro.stores.lmdb import open_lmdb_store
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "main"]
 
@@ -273,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "details (JSON, default none)")
     p.add_argument("--type", dest="error_type", metavar="TYPE", help="fail: the error's type (ApplicationError.type)")
     p.add_argument("--non-retryable", action="store_true", help="fail: do not retry, whatever the retry policy says")
+
+    p = sub.add_parser("compact", parents=[common], help="write a compacted copy of an LMDB store",
+                       description="Write a compacted copy of the LMDB store (free pages left out) into DEST, a new or "
+                       "empty directory, while workers go on; then stop the workers and point them at DEST. "
+                       "PostgreSQL reclaims space itself (autovacuum; VACUUM FULL to shrink files).")
+    p.add_argument("destination", metavar="DEST", help="a new or empty directory")
 
     p = sub.add_parser("check", parents=[common], help="verify a store's files, histories and records",
                        description="Verify the store without writing to it: its files (LMDB) or its schema "
@@ -768,6 +775,22 @@ def _check(url: str, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _compact(url: str, args: argparse.Namespace) -> int:
+    """``duro compact DEST``: LMDB only (PostgreSQL compacts itself)."""
+    if not url.startswith("lmdb://"):
+        raise UsageError("compact is for LMDB stores; PostgreSQL reclaims space by itself (autovacuum), "
+                         "and VACUUM FULL shrinks its files")
+    _check_store_exists(url)
+    store = open_lmdb_store(url)
+    try:
+        before = (Path(store.path) / "data.mdb").stat().st_size
+        size = store.compact(args.destination)
+    finally:
+        asyncio.run(store.close())
+    _print(f"wrote a compacted copy to {args.destination}: {size} bytes (the store's file: {before} bytes)")
+    return 0
+
+
 async def _run(url: str, args: argparse.Namespace) -> int:
     command = _COMMANDS[args.command]
     # Only start (and schedule create) may create a store; the others need its workflows.
@@ -853,6 +876,8 @@ def _execute(url: str, args: argparse.Namespace) -> int:
             return _copy(args)
         if args.command == "check":
             return _check(url, args)
+        if args.command == "compact":
+            return _compact(url, args)
         return asyncio.run(_run(url, args))
     except (StoreCorruptedError, CorruptHistoryError) as e:
         command = f"duro --store {url} check"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import duro
+from duro.cli import main as duro_main
 from duro.stores.base import ListQuery, run_key_of
 from tests.engine import wfs
 from tests.waiting import eventually
@@ -102,3 +104,28 @@ async def test_disk_stays_flat_while_workflows_come_and_go(store: str) -> None:
                 sizes.append(os.path.getsize(path))
     # After a warm-up round the file holds its size: freed pages are reused.
     assert max(sizes[2:]) <= sizes[1] * 1.1, sizes
+
+
+@pytest.mark.lmdb_only
+async def test_compact_writes_a_smaller_copy_that_opens_and_works(store: str, tmp_path: Path) -> None:
+    async with duro.Client.connect(store) as client:
+        async with duro.Worker(client, task_queue=QUEUE, workflows=[wfs.signal_workflow]):
+            for i in range(150):
+                await _finished(client, f"c{i}")
+            keep = await client.start_workflow(wfs.signal_workflow, 1, id="kept", task_queue=QUEUE)
+            while await client.purge(datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)):
+                pass
+    dest = tmp_path / "compacted"
+    # the CLI runs its own event loop: call it off this one
+    assert await asyncio.get_running_loop().run_in_executor(
+        None, duro_main, ["--store", store, "compact", str(dest)]) == 0
+    original = os.path.getsize(Path(store.removeprefix("lmdb://")) / "data.mdb")
+    assert os.path.getsize(dest / "data.mdb") < original
+    async with duro.Client.connect(f"lmdb://{dest}") as copy:
+        async with duro.Worker(copy, task_queue=QUEUE, workflows=[wfs.signal_workflow]):
+            handle = copy.get_handle("kept")
+            assert (await handle.describe()).run_id == keep.run_id
+            await handle.signal("item", "after")
+            assert await handle.result() == ["after"]
+    assert await asyncio.get_running_loop().run_in_executor(
+        None, duro_main, ["--store", store, "compact", str(dest)]) == 1  # not empty: refused

@@ -52,6 +52,8 @@ cdef extern from "lmdb.h" nogil:
     int mdb_reader_check(MDB_env* env, int* dead)
     void mdb_env_close(MDB_env* env)
     int mdb_env_sync(MDB_env* env, int force)
+    int MDB_CP_COMPACT
+    int mdb_env_copy2(MDB_env* env, const char* path, unsigned int flags)
     int mdb_txn_begin(MDB_env* env, MDB_txn* parent, unsigned int flags, MDB_txn** txn)
     int mdb_txn_commit(MDB_txn* txn)
     void mdb_txn_abort(MDB_txn* txn)

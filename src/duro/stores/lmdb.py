@@ -871,6 +871,29 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """Close the run at once with WorkflowExecutionTerminated."""
         await self._submit(self._op_terminate, workflow_id, run_id, reason)
 
+    def compact(self, destination: str) -> int:
+        """Write a compacted copy of the store (free pages left out) into a new directory; its size in bytes.
+
+        The copy is a consistent snapshot taken while workers go on; point workers at it (after
+        stopping them) to use it. ``destination`` must not exist, or be an empty directory.
+
+        Raises:
+            StoreError: ``destination`` is not empty, or cannot be written.
+        """
+        dest = Path(destination).expanduser().resolve()
+        if dest == Path(self.path):
+            raise StoreError(f"compact writes a copy: name another directory than the store's own ({dest})")
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise StoreError(f"{dest} is not an empty directory: name a new one for the compacted copy")
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.env.copy(str(dest), compact=True)
+        except mdb.Error as e:
+            raise StoreError(f"could not write the compacted copy into {dest}: {e}") from e
+        data = dest / "data.mdb"
+        os.chmod(data, 0o600)
+        return data.stat().st_size
+
     async def delete_workflow(self, workflow_id: str, run_id: str | None) -> str:
         """Delete a closed run and its history; its run id."""
         return await self._submit(self._op_delete, workflow_id, run_id)  # type: ignore[no-any-return]
