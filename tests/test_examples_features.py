@@ -131,3 +131,17 @@ def test_schedules(store: str) -> None:
     listed = re.search(r"list_workflows\(DuroScheduleId='ops-report'\): (\d+) runs, (\d+) completed", out)
     assert listed is not None and listed.group(1) == listed.group(2), out
     assert int(listed.group(1)) == int(fired.group(1)) + 6, out  # the fires, the trigger, the backfill
+
+
+def test_day_two(store: str) -> None:
+    out = run_example("day_two.py", store)
+    assert "signal-with-start twice reached one run: True" in out
+    assert "T-4: printer on fire: resolved by bob" in out
+    assert "open web tickets: ['T-1', 'T-3']" in out
+    assert "tickets in triage: 3" in out
+    assert re.search(r"newest first, two pages: \['T-4', 'T-3'\] then \['T-2', 'T-1'\]", out), out
+    assert re.search(r"T-1 reset to event \d+: new run [0-9a-f]{8}\.\.\., result again: login fails: resolved by "
+                     r"carol", out), out
+    assert "T-1 now: completed, stage 'resolved', memo {'reported_by': 'alice'}" in out
+    assert "deleted T-2; workflows left: 3" in out
+    assert "purged 4 closed run(s); workflows left: 0" in out
