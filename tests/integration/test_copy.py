@@ -475,3 +475,16 @@ async def test_the_command_copies_and_refuses(tmp_path: Path, pg_url: str) -> No
     async with duro.Client.connect(pg_url) as client, worker(client):
         await client.get_handle("waiter").signal("go", "done")
         assert await client.get_handle("waiter").result(timeout=RESULT_TIMEOUT_S) == "done"
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "postgresql"])
+async def test_a_source_with_schedules_is_refused_unless_forced(kind: str, tmp_path: Path, pg_url: str) -> None:
+    src = f"lmdb://{tmp_path / 'src'}" if kind == "lmdb" else pg_url
+    dst = f"lmdb://{tmp_path / 'dst'}"
+    async with duro.Client.connect(src) as client:
+        await client.create_schedule("nightly", "greet", "x", task_queue="q", cron="0 3 * * *", paused=True)
+        await client.start_workflow("greet", "y", id="w1", task_queue="q")
+    with pytest.raises(CopyError, match=r"holds 1 schedule\(s\), and duro copy does not carry schedules"):
+        await copy(src, dst)
+    report = await copy(src, dst, force=True)
+    assert report.runs == 1

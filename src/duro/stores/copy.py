@@ -208,6 +208,11 @@ async def _copy(src_url: str, dst_url: str, *, merge: bool, force: bool, progres
         leases = await source.live_leases(int(time.time() * 1_000_000))
         if leases and not force:
             raise CopyError(_in_use(source, leases))
+        schedules = await source.schedule_count()
+        if schedules and not force:
+            raise CopyError(f"the source {source.description} holds {schedules} schedule(s), and duro copy does not "
+                            "carry schedules yet: pass --force (force=True) to copy the workflows without them, then "
+                            "create the schedules again on the destination (client.create_schedule)")
         sink = await asyncio.get_running_loop().run_in_executor(None, _open_sink, dst_url, dst_kind)
         try:
             report = CopyReport(source.description, sink.description)

@@ -95,6 +95,9 @@ class Source(Protocol):
     async def live_leases(self, now_us: int) -> LiveLeases:
         """Tasks leased by owners that may be alive at ``now_us``."""
 
+    async def schedule_count(self) -> int:
+        """How many schedules the source holds (a copy does not carry them yet)."""
+
     def runs(self) -> AsyncIterator[RunBundle]:
         """Every run with its rows, in run-key order, a page at a time."""
 

@@ -86,6 +86,16 @@ class LmdbSource:
                     out.owners.add(meta.owner)
         return out
 
+    async def schedule_count(self) -> int:
+        """How many schedule records (keys ``b"s" + id`` of the ``sched`` db, see lmdb_schedules)."""
+        n = 0
+        with self.txn.cursor(db=self._dbs.sched) as cur:
+            found = cur.set_range(b"s")
+            while found and bytes(cur.key()).startswith(b"s"):
+                n += 1
+                found = cur.next()
+        return n
+
     async def runs(self) -> AsyncIterator[RunBundle]:
         """Every run with its rows, in run-key order (one run decoded at a time)."""
         txn = self.txn

@@ -123,6 +123,10 @@ class PgSource:
             out.owners.add(owner)
         return out
 
+    async def schedule_count(self) -> int:
+        """How many rows the ``schedules`` table holds."""
+        return int(await self._conn.fetchval("SELECT count(*) FROM schedules"))
+
     async def runs(self) -> AsyncIterator[RunBundle]:
         """Every run with its rows, in run-key order: a page of run records, then their rows by table."""
         conn = self._conn
