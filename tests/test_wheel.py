@@ -123,7 +123,7 @@ def test_wheel_holds_the_compiled_core_stubs_licences_and_lmdb(artefacts: Artefa
     # The version the wheel reports is its tag's; uvloop is an extra, not a requirement.
     assert f"\nVersion: {VERSION}\n" in meta
     requires = [line.removeprefix("Requires-Dist: ") for line in meta.splitlines() if line.startswith("Requires-Dist")]
-    assert {r.split(">")[0] for r in requires if "extra ==" not in r} == {"msgspec", "orjson"}
+    assert {r.split(">")[0] for r in requires if "extra ==" not in r} == {"cronsim", "msgspec", "orjson"}
     assert any(r.startswith("uvloop") and 'extra == "uvloop"' in r for r in requires)
 
 
