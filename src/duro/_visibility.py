@@ -99,8 +99,8 @@ def parse_page(token: str) -> tuple[int, str]:
     """A page position from ``page_token``; ValueError for anything else."""
     try:
         start_us, workflow_id = orjson.loads(bytes.fromhex(token))
-        if isinstance(start_us, int) and isinstance(workflow_id, str):
-            return start_us, workflow_id
     except (ValueError, TypeError, orjson.JSONDecodeError):
-        pass
+        start_us = workflow_id = None
+    if isinstance(start_us, int) and isinstance(workflow_id, str):
+        return start_us, workflow_id
     raise ValueError("page_token is not one that list_workflows returned (pass .next_page_token of a page)")

@@ -85,6 +85,14 @@ Progress = Callable[[CopyReport], None]
 """Called after each batch is committed in the destination, with the counts so far."""
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def copy_store(src_url: str, dst_url: str, *, merge: bool = False, force: bool = False,
                progress: Progress | None = None) -> CopyReport:
     """Copy every workflow of the store at ``src_url`` into the store at ``dst_url``, to continue there.
@@ -122,11 +130,7 @@ def copy_store(src_url: str, dst_url: str, *, merge: bool = False, force: bool =
         StoreError: a store could not be opened or used.
         RuntimeError: called from a running event loop.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
+    if _in_event_loop():
         raise RuntimeError("copy_store blocks until the copy is done: call it outside an event loop "
                            "(from async code: await asyncio.to_thread(copy_store, ...))")
     return asyncio.run(_copy(src_url, dst_url, merge=merge, force=force, progress=progress))
