@@ -647,6 +647,9 @@ class PostgresStore(PgSchedules):
             runs.append(args[1])
         elif fn == self._op_return_wtasks:
             runs.extend(args[1])
+        elif fn == self._op_purge:
+            runs.extend(args[0])
+            closing.extend(args[0])  # their id rows, which a purge deletes
 
     def _finish(self, ops: list[Op], results: list[tuple[bool, Any]], fx: Effects) -> None:
         """After the commit (or the failure): resolve futures and apply effects, one wake-up per loop."""
