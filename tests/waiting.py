@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 POLL_S = 0.01
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+def _timed_out(what: str, timeout: float, details: Callable[[], str] | None) -> AssertionError:
+    return AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{details()}" if details else ""))
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0,
+                     details: Callable[[], str] | None = None) -> Any:
     """Poll ``check`` (sync, or returning an awaitable) until it gives a truthy value, and return it.
 
-    Fails naming ``what`` when ``timeout`` seconds pass first.
+    Fails naming ``what`` (and what ``details`` says then) when ``timeout`` seconds pass first.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -23,5 +29,17 @@ async def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0)
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise _timed_out(what, timeout, details)
         await asyncio.sleep(POLL_S)
+
+
+def eventually_sync(check: Callable[[], Any], what: str, timeout: float = 20.0, poll_s: float = POLL_S) -> Any:
+    """``eventually`` for code that runs off an event loop (a synchronous fixture's teardown, say)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise _timed_out(what, timeout, None)
+        time.sleep(poll_s)

@@ -7,6 +7,7 @@ import hashlib
 import os
 import struct
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 import duro
 from duro._async_completion import encode_task_token
+from duro.stores.base import Clock
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +77,16 @@ async def remote_approval(ctx: duro.WorkflowContext, path: str) -> str:
 
 
 WORKFLOWS: list[Callable[..., Any]] = [approval, two_approvals, impatient, remote_approval]
+
+
+class _StepClock(Clock):
+    """A store clock that moves only when the test moves it (``t``, seconds since the epoch)."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def now(self) -> float:
+        return self.t
 
 
 async def tokens(key: str, n: int = 1) -> list[tuple[int, bytes, Any]]:
@@ -153,11 +165,13 @@ async def remote_wait(ctx: duro.ActivityContext, path: str) -> str:
     Path(path).write_bytes(ctx.info.task_token)
     raise duro.CompleteAsync()
 
+from tests.waiting import eventually
+
 async def main() -> None:
     async with duro.Client.connect(sys.argv[1]) as client:
         async with duro.Worker(client, task_queue="remote", activities=[remote_wait]) as worker:
-            while not Path(sys.argv[2]).exists() or not worker.idle():
-                await asyncio.sleep(0.01)
+            await eventually(lambda: Path(sys.argv[2]).exists() and worker.idle(),
+                             "the activity to hand its attempt off")
 
 asyncio.run(main())
 """
@@ -211,19 +225,29 @@ async def test_fail_non_retryable_and_by_exception_type(client: duro.Client, wor
 
 async def test_heartbeats_from_outside_keep_it_and_their_details_reach_the_retry(
         client: duro.Client, worker: duro.Worker) -> None:
-    handle = await start(client, "beats", stc=60, hb=1, attempts=2)
-    [(_, token, _)] = await tokens("beats")
-    h = client.get_async_activity_handle(token)
-    loop = asyncio.get_running_loop()
-    until = loop.time() + 3.5  # longer than the heartbeat timeout plus a reaper round, several times over
-    n = 0
-    while loop.time() < until:  # the cadence of the heartbeats, not a wait for something
-        n += 1
-        await h.heartbeat({"progress": n})
-        await asyncio.sleep(0.2)
-    assert len(SEEN["beats"]) == 1  # never timed out
-    # Now it stops heartbeating: the heartbeat timeout fails the attempt, and the retry sees the details.
-    _, (attempt, token2, details) = await tokens("beats", 2)
+    # The store's clock is driven by the test, so each step says exactly how much time passed.
+    clock = _StepClock()
+    store = client.store
+    real, store.clock = store.clock, clock
+    try:
+        handle = await start(client, "beats", stc=60, hb=1, attempts=2)
+        [(_, token, _)] = await tokens("beats")
+        h = client.get_async_activity_handle(token)
+        n = 0
+        for _ in range(5):  # 4.5 s in all, each step within the 1 s heartbeat timeout of the last beat
+            n += 1
+            await h.heartbeat({"progress": n})
+            clock.t += 0.9
+            await store.reap()
+        assert len(SEEN["beats"]) == 1  # never timed out: no failed attempt recorded, none retried
+        assert "ActivityTaskFailed" not in [e.event_type for e in await handle.fetch_history()]
+        # Now it stops heartbeating: the heartbeat timeout fails the attempt, and the retry sees the details.
+        clock.t += 1.5  # past the heartbeat timeout
+        await store.reap()
+        clock.t += 5.0  # past the retry's backoff
+        _, (attempt, token2, details) = await tokens("beats", 2)
+    finally:
+        store.clock = real
     assert attempt == 2 and details == {"progress": n}
     with pytest.raises(duro.TaskTokenError) as info:
         await h.heartbeat()

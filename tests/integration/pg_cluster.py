@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
+
+from tests.waiting import eventually_sync
 
 CLUSTER = ("15", "main")
 
@@ -29,17 +30,16 @@ def _pg_ready() -> bool:
 
 def ensure_cluster_running(timeout: float = 60.0) -> None:
     """Start the cluster if it is down, and wait (``pg_isready``) until it accepts connections."""
-    deadline = time.monotonic() + timeout
-    started = False
-    while not _pg_ready():
-        if not started and subprocess.run(["pg_lsclusters", "-h", *CLUSTER], check=False, capture_output=True,
-                                          text=True, timeout=15).stdout.split()[3:4] != ["online"]:
-            subprocess.run(cluster_cmd("start"), check=False, capture_output=True, timeout=60)
-            started = True
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"PostgreSQL cluster {' '.join(CLUSTER)} is not accepting connections "
-                               f"{timeout}s later; start it: {' '.join(cluster_cmd('start'))}")
-        time.sleep(0.1)  # a synchronous teardown polling pg_isready under a deadline
+    if _pg_ready():
+        return
+    if subprocess.run(["pg_lsclusters", "-h", *CLUSTER], check=False, capture_output=True,
+                      text=True, timeout=15).stdout.split()[3:4] != ["online"]:
+        subprocess.run(cluster_cmd("start"), check=False, capture_output=True, timeout=60)
+    try:
+        eventually_sync(_pg_ready, "PostgreSQL to accept connections", timeout, poll_s=0.1)
+    except AssertionError:
+        raise RuntimeError(f"PostgreSQL cluster {' '.join(CLUSTER)} is not accepting connections {timeout}s "
+                           f"later; start it: {' '.join(cluster_cmd('start'))}") from None
 
 
 @pytest.fixture

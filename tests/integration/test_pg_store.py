@@ -45,7 +45,7 @@ async def stall_once(ctx: duro.ActivityContext, marker: str) -> int:
     """The first attempt writes its pid to ``marker`` and hangs (its worker gets killed); later ones return."""
     if not os.path.exists(marker):
         Path(marker).write_text(str(os.getpid()))
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # hangs until its worker is killed
     return ctx.info.attempt
 
 
