@@ -15,6 +15,7 @@ from duro._validate import check_call_args, check_duration, check_name, signatur
 from duro._visibility import check_search_attributes
 from duro.activity import RetryPolicy
 from duro.converter import parameter_hints
+from duro.stores.base import run_key_of
 
 if TYPE_CHECKING:
     from duro._instance import ChildWorkflowHandle, WorkflowInstance
@@ -298,9 +299,16 @@ class WorkflowContext:
         the sending workflow goes on.
 
         Raises:
-            ValueError: ``workflow_id`` is empty, holds NUL or is over 255 bytes.
+            ValueError: ``workflow_id`` is empty, holds NUL or is over 255 bytes; ``run_id`` is not
+                a run id.
         """
         check_name("workflow id", workflow_id)
+        if run_id is not None:
+            try:
+                run_key_of(run_id)
+            except (ValueError, TypeError):
+                raise ValueError(f"run_id must be a run id (32 hex digits, as handle.run_id gives) or None for the "
+                                 f"latest run, got {run_id!r}") from None
         return ExternalWorkflowHandle(self._inst, workflow_id, run_id)
 
     # --- queries, updates, versioning, continue-as-new -----------------------------------------

@@ -29,6 +29,15 @@ async def pinger(ctx: duro.WorkflowContext, target: str, cancel: bool) -> str:
 
 
 @duro.workflow
+async def bad_external(ctx: duro.WorkflowContext, run_id: Any) -> str:
+    try:
+        ctx.get_external_workflow_handle("target", run_id)
+    except ValueError as e:
+        return str(e)
+    return "accepted"
+
+
+@duro.workflow
 async def cancellable(ctx: duro.WorkflowContext) -> str:
     try:
         await ctx.wait_signal("never")
@@ -39,7 +48,7 @@ async def cancellable(ctx: duro.WorkflowContext) -> str:
 
 @pytest.fixture
 async def worker(client: duro.Client) -> AsyncIterator[duro.Worker]:
-    async with duro.Worker(client, task_queue=QUEUE, workflows=[wfs.signal_workflow, pinger, cancellable,
+    async with duro.Worker(client, task_queue=QUEUE, workflows=[wfs.signal_workflow, pinger, cancellable, bad_external,
                                                                features_wfs.queried],
                            activities=[features_wfs.note],
                            max_cached_workflows=1) as w:  # a tiny cache: tasks replay, so a re-sent command would show
@@ -139,3 +148,10 @@ async def test_update_with_start_starts_once_and_updates_each_time(client: duro.
                                                update="add", update_args="c")
     await client.get_handle("uws").signal("add", "stop")
     assert await client.get_handle("uws").result() == ["a", "b", "stop"]
+
+
+@pytest.mark.parametrize("run_id", ["nope", 7, "ab" * 15])
+async def test_an_external_handle_refuses_a_run_id_that_is_not_one(client: duro.Client, worker: duro.Worker,
+                                                                   run_id: Any) -> None:
+    h = await client.start_workflow(bad_external, run_id, id=f"bad-ext-{run_id!r}", task_queue=QUEUE)
+    assert "run_id must be a run id (32 hex digits" in await h.result()

@@ -100,7 +100,12 @@ class RunRecord(msgspec.Struct, omit_defaults=True, rename={
 class WorkflowIndex(msgspec.Struct, omit_defaults=True, rename={
     "run_id": "run", "workflow_type": "type", "start_us": "start", "close_us": "close", "search_attributes": "sa",
 }):
-    """The latest run of a workflow id (and what ``list_workflows`` filters on: its search attributes)."""
+    """The latest run of a workflow id (and what ``list_workflows`` filters on).
+
+    Invariant: ``status``, the times and ``search_attributes`` equal those of the run it names
+    (written in the same transaction as the run record); they are kept here so that listing and
+    filtering never load run records.
+    """
 
     run_id: str
     status: RunStatus
