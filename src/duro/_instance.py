@@ -33,7 +33,30 @@ from duro.converter import (
 )
 from duro.engine.records import SEARCH_ATTRIBUTES_MARKER
 from duro.errors import ActivityError, DuroError, NonDeterminismError, WorkflowFailedError, WorkflowIOError
-from duro.stores.base import ActivityTask, ChildStart, ExternalRequest, WorkflowTaskCompletion, pack, unpack
+from duro.interceptor import (
+    ExecuteWorkflowInput,
+    HandleQueryInput,
+    HandleSignalInput,
+    HandleUpdateInput,
+    Interceptor,
+    SignalExternalWorkflowInput,
+    StartActivityInput,
+    StartChildWorkflowInput,
+    WorkflowInboundInterceptor,
+    WorkflowOutboundInterceptor,
+    check_headers,
+)
+from duro.stores.base import (
+    FLAG_HEADERS,
+    ActivityTask,
+    ChildStart,
+    ExternalRequest,
+    WorkflowTaskCompletion,
+    headed,
+    pack,
+    split_headed,
+    unpack,
+)
 from duro.workflow import WorkflowContext, WorkflowDefinition, WorkflowInfo
 
 __all__ = ["ChildWorkflowHandle", "ContinueAsNew", "WorkflowInstance", "WorkflowTaskError"]
@@ -104,14 +127,16 @@ class WorkflowInstance:
 
     # Slots: a worker may hold 100,000 parked instances; a __dict__ each would cost ~1.5 KB more.
     __slots__ = (
-        "__weakref__", "_args_payload", "_children", "_conditions", "_divergence", "_in_query", "_main", "_matcher",
+        "__weakref__", "_args_payload", "_children", "_conditions", "_divergence", "_in_query", "_inbound", "_main",
+        "_matcher", "_outbound",
         "_patches", "_pending", "_query_handlers", "_rng", "_signal_handlers", "_signal_waiters", "_signals",
         "_update_handlers", "activity_tasks", "busy", "cancel_activities", "cancel_requested", "cancelled_timers",
         "child_starts", "close_status", "commands", "converter", "ctx", "defn", "epoch", "external", "info",
         "last_event_id", "last_marker_id", "loop", "next_event_id", "replaying", "run_key", "seq", "timers",
     )
 
-    def __init__(self, defn: WorkflowDefinition, run_key: bytes, started: Event, converter: DataConverter) -> None:
+    def __init__(self, defn: WorkflowDefinition, run_key: bytes, started: Event, converter: DataConverter,
+                 interceptors: tuple[Interceptor, ...] = ()) -> None:
         meta_b, self._args_payload = unpack(started.payload)
         meta = orjson.loads(meta_b)
         self.defn = defn
@@ -121,6 +146,7 @@ class WorkflowInstance:
         self.info = WorkflowInfo(
             workflow_id=meta["wid"], run_id=run_id, workflow_type=started.name, task_queue=meta["queue"],
             attempt=started.attempt or 1, first_run_id=meta.get("first_run", run_id), parent=meta.get("parent"),
+            headers=meta.get("headers") or {},
         )
         self.loop = WorkflowLoop(start_timer=self._start_timer, cancel_timer=self._cancel_timer)
         self.loop.set_time(started.timestamp)
@@ -159,6 +185,15 @@ class WorkflowInstance:
         self.last_marker_id = 0
         self.epoch = 0
         self.busy = False
+        # Interceptor chains (None without interceptors: then every path calls straight through).
+        self._inbound: WorkflowInboundInterceptor | None = None
+        self._outbound: WorkflowOutboundInterceptor | None = None
+        if interceptors:
+            inbound: WorkflowInboundInterceptor = _InboundRoot(self)
+            for it in reversed(interceptors):
+                inbound = it.intercept_workflow(inbound)
+            self._inbound = inbound
+            inbound.init(_OutboundRoot(self))  # the root's init keeps the wrapped chain as _outbound
 
     @property
     def rng(self) -> random.Random:
@@ -370,7 +405,15 @@ class WorkflowInstance:
         elif t == codec.TIMER_FIRED:
             self.loop.fire_timer(ev.ref)
         elif t == codec.SIGNAL_RECEIVED:
-            self.loop.call_soon(self._deliver_signal, ev.name, self.converter.decode_args(ev.payload, ()))
+            if ev.flags & FLAG_HEADERS or self._inbound is not None:
+                headers, body = split_headed(ev.payload, ev.flags)
+                args = self.converter.decode_args(body, ())
+                if self._inbound is not None:
+                    self.loop.call_soon(self._inbound.handle_signal, HandleSignalInput(ev.name, args, headers))
+                else:
+                    self.loop.call_soon(self._deliver_signal, ev.name, args)
+            else:
+                self.loop.call_soon(self._deliver_signal, ev.name, self.converter.decode_args(ev.payload, ()))
         elif t == codec.WORKFLOW_CANCEL_REQUESTED:
             self.cancel_requested = True
             main = self._main
@@ -382,11 +425,15 @@ class WorkflowInstance:
                 child._resolve(t == codec.CHILD_COMPLETED, ev.payload)
         elif t == codec.UPDATE_ACCEPTED:
             meta_b, args_b = unpack(ev.payload)
-            update_id = orjson.loads(meta_b)["id"]
-            self.loop.call_soon(self._run_update, update_id, ev.name, args_b)
+            umeta = orjson.loads(meta_b)
+            self.loop.call_soon(self._run_update, umeta["id"], ev.name, args_b, umeta.get("headers") or {})
         elif t == codec.WORKFLOW_STARTED:
             args = self.converter.decode_args(self._args_payload, self.defn.arg_hints)
-            coro = cast(Coroutine[Any, Any, Any], self.defn.fn(self.ctx, *args))
+            if self._inbound is not None:
+                coro = self._inbound.execute_workflow(
+                    ExecuteWorkflowInput(self.info.workflow_type, self.defn.fn, args, dict(self.info.headers)))
+            else:
+                coro = cast(Coroutine[Any, Any, Any], self.defn.fn(self.ctx, *args))
             self._main = self.loop.create_task(coro, name="workflow-main")
         else:
             raise NonDeterminismError(f"event {ev.event_id} ({ev.type_name}) cannot be applied to a workflow",
@@ -433,6 +480,7 @@ class WorkflowInstance:
     def schedule_activity(
         self, activity: Callable[..., Any] | str, args: tuple[Any, ...], start_to_close: Any, schedule_to_close: Any,
         heartbeat: Any, retry_policy: RetryPolicy | None, task_queue: str | None,
+        headers: dict[str, str] | None = None,
     ) -> asyncio.Future[Any]:
         """Create the ActivityTaskScheduled command and the future its result resolves."""
         if isinstance(activity, str):
@@ -474,12 +522,18 @@ class WorkflowInstance:
             hb = hb if hb is not None else defaults.heartbeat_timeout
             retry_policy = retry_policy or defaults.retry_policy
         payload = self._encode_command_args(seq, args)
-        self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload))
+        if headers:
+            headers = check_headers(headers)
+            recorded, flags = headed(payload, headers)
+            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, recorded, flags))
+        else:
+            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload))
         self.activity_tasks.append(ActivityTask(
             run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
             task_queue=queue, seq=seq, name=name, args=payload, attempt=1,
             scheduled_time=self.loop.time(), start_to_close_timeout=stc, schedule_to_close_timeout=s2c,
             heartbeat_timeout=hb, retry_policy=retry_policy.to_dict() if retry_policy is not None else _DEFAULT_RETRY,
+            headers=headers or None,
         ))
         return fut
 
@@ -526,7 +580,7 @@ class WorkflowInstance:
     # ------------------------------------------------------------------ child workflows
 
     def start_child(self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None, task_queue: str | None,
-                    parent_close_policy: str) -> ChildWorkflowHandle:
+                    parent_close_policy: str, headers: dict[str, str] | None = None) -> ChildWorkflowHandle:
         """Record StartChildWorkflowExecutionInitiated; the child starts in the same commit."""
         from duro.workflow import get_workflow_definition
 
@@ -558,10 +612,13 @@ class WorkflowInstance:
             if not matched:
                 self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, b""))
         else:
-            meta = {"id": wid, "run": run_id, "queue": queue, "policy": parent_close_policy}
+            meta: dict[str, Any] = {"id": wid, "run": run_id, "queue": queue, "policy": parent_close_policy}
+            if headers:
+                meta["headers"] = headers = check_headers(headers)
             self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, pack(orjson.dumps(meta), payload)))
             self.child_starts.append(ChildStart(seq=seq, workflow_id=wid, run_id=run_id, workflow_type=name,
-                                               task_queue=queue, args=payload, parent_close_policy=parent_close_policy))
+                                               task_queue=queue, args=payload, parent_close_policy=parent_close_policy,
+                                               headers=headers or None))
         self._children[seq] = handle
         return handle
 
@@ -577,7 +634,7 @@ class WorkflowInstance:
         return self.replaying and matcher is not None and matcher.matches_parts(event_type, self.seq + 1, name)
 
     def request_external(self, kind: str, workflow_id: str, run_id: str | None, name: str,
-                         args: tuple[Any, ...]) -> None:
+                         args: tuple[Any, ...], headers: dict[str, str] | None = None) -> None:
         """Record a signal (or a cancel request) to another run; delivered in the same commit."""
         matched = self._replay_matches(codec.EXTERNAL_SIGNAL, name)
         if not matched:  # checked and encoded as live does (see _replay_matches)
@@ -587,11 +644,21 @@ class WorkflowInstance:
         payload = b"" if matched else self.converter.encode_args(args)
         self.seq += 1
         flags = 1 if kind == "cancel" else 0
+        if headers and not matched:
+            headers = check_headers(headers)
         if not matched:
-            self._command(Event(codec.EXTERNAL_SIGNAL, 0, 0, self.seq, 0, name, payload, flags))
+            recorded, hflag = headed(payload, headers)
+            self._command(Event(codec.EXTERNAL_SIGNAL, 0, 0, self.seq, 0, name, recorded, flags | hflag))
         if not self.replaying:
             self.external.append(ExternalRequest(kind=kind, workflow_id=workflow_id, run_id=run_id, name=name,
-                                                 args=payload))
+                                                 args=payload, headers=headers or None))
+
+    def signal_external(self, workflow_id: str, run_id: str | None, name: str, args: tuple[Any, ...]) -> None:
+        """A signal to another run, through the outbound interceptors when there are any."""
+        if self._outbound is not None:
+            self._outbound.signal_external_workflow(SignalExternalWorkflowInput(workflow_id, run_id, name, args, {}))
+        else:
+            self.request_external("signal", workflow_id, run_id, name, args)
 
     def upsert_search_attributes(self, attrs: dict[str, Any]) -> None:
         """Record a change of the run's search attributes (applied by the store with the task's commit)."""
@@ -626,8 +693,13 @@ class WorkflowInstance:
         else:
             self._query_handlers[name] = handler
 
-    def query(self, name: str, args: list[Any]) -> Any:
+    def query(self, name: str, args: list[Any], headers: dict[str, str] | None = None) -> Any:
         """Answer a query from the current state; the handler may not change anything durable."""
+        if self._inbound is not None:
+            return self._inbound.handle_query(HandleQueryInput(name, args, headers or {}))
+        return self._answer_query(name, args)
+
+    def _answer_query(self, name: str, args: list[Any]) -> Any:
         handler = self._query_handlers.get(name)
         if handler is None:
             raise DuroError(f"workflow {self.info.workflow_type!r} has no query handler {name!r}; known: "
@@ -655,8 +727,14 @@ class WorkflowInstance:
             raise TypeError("an update handler and its validator must be callable")
         self._update_handlers[name] = (handler, validator)
 
-    def validate_update(self, name: str, args: list[Any]) -> None:
+    def validate_update(self, name: str, args: list[Any], headers: dict[str, str] | None = None) -> None:
         """Raise if update ``name`` would be rejected (no handler, or its validator raised)."""
+        if self._inbound is not None:
+            self._inbound.handle_update_validator(HandleUpdateInput("", name, args, headers or {}))
+        else:
+            self._validate_update(name, args)
+
+    def _validate_update(self, name: str, args: list[Any]) -> None:
         entry = self._update_handlers.get(name)
         if entry is None:
             raise DuroError(f"workflow {self.info.workflow_type!r} has no update handler {name!r}; known: "
@@ -664,7 +742,7 @@ class WorkflowInstance:
         if entry[1] is not None:
             self._guarded(entry[1], _typed(entry[1], args), "update validator")
 
-    def _run_update(self, update_id: str, name: str, args_b: bytes) -> None:
+    def _run_update(self, update_id: str, name: str, args_b: bytes, headers: dict[str, str]) -> None:
         entry = self._update_handlers.get(name)
 
         def finish(ok: bool, payload: bytes) -> None:
@@ -675,13 +753,15 @@ class WorkflowInstance:
         if entry is None:
             finish(False, encode_failure(DuroError(f"no update handler {name!r}")))
             return
-        args = _typed(entry[0], self.converter.decode_args(args_b, ()))
+        raw_args = self.converter.decode_args(args_b, ())
+        inbound = self._inbound
 
         async def run() -> None:
             try:
-                result = entry[0](*args)
-                if asyncio.iscoroutine(result):
-                    result = await result
+                if inbound is not None:
+                    result = await inbound.handle_update(HandleUpdateInput(update_id, name, raw_args, headers))
+                else:
+                    result = await self._call_update(name, raw_args)
                 payload = self.converter.encode(result)
             except Exception as e:  # the update fails; the workflow goes on
                 finish(False, encode_failure(e))
@@ -689,6 +769,15 @@ class WorkflowInstance:
                 finish(True, payload)
 
         self.loop.create_task(run(), name=f"update-{name}")
+
+    async def _call_update(self, name: str, args: list[Any]) -> Any:
+        entry = self._update_handlers.get(name)
+        if entry is None:  # removed since it was accepted
+            raise DuroError(f"no update handler {name!r}")
+        result = entry[0](*_typed(entry[0], args))
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
 
     async def wait_signal(self, name: str) -> Any:
         """Next buffered signal ``name``, or wait for one."""
@@ -796,8 +885,61 @@ class ChildWorkflowHandle:
 
     async def signal(self, name: str, *args: Any) -> None:
         """Send a signal to the child (delivered when this workflow task commits)."""
-        self._inst.request_external("signal", self.id, self.run_id, name, args)
+        self._inst.signal_external(self.id, self.run_id, name, args)
 
     async def cancel(self) -> None:
         """Ask the child to cancel (it sees asyncio.CancelledError at its current await)."""
         self._inst.request_external("cancel", self.id, self.run_id, "", ())
+
+
+class _InboundRoot(WorkflowInboundInterceptor):
+    """The innermost inbound link: what the instance does without interceptors."""
+
+    def __init__(self, inst: WorkflowInstance) -> None:
+        self._inst = inst
+
+    @property
+    def ctx(self) -> WorkflowContext:
+        return self._inst.ctx
+
+    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+        self._inst._outbound = outbound
+
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        return await input.fn(self._inst.ctx, *input.args)
+
+    def handle_signal(self, input: HandleSignalInput) -> None:
+        self._inst._deliver_signal(input.signal, input.args)
+
+    def handle_query(self, input: HandleQueryInput) -> Any:
+        return self._inst._answer_query(input.query, input.args)
+
+    def handle_update_validator(self, input: HandleUpdateInput) -> None:
+        self._inst._validate_update(input.update, input.args)
+
+    async def handle_update(self, input: HandleUpdateInput) -> Any:
+        return await self._inst._call_update(input.update, input.args)
+
+
+class _OutboundRoot(WorkflowOutboundInterceptor):
+    """The innermost outbound link: records the commands, headers included."""
+
+    def __init__(self, inst: WorkflowInstance) -> None:
+        self._inst = inst
+
+    @property
+    def ctx(self) -> WorkflowContext:
+        return self._inst.ctx
+
+    def start_activity(self, input: StartActivityInput) -> asyncio.Future[Any]:
+        return self._inst.schedule_activity(
+            input.activity, input.args, input.start_to_close_timeout, input.schedule_to_close_timeout,
+            input.heartbeat_timeout, input.retry_policy, input.task_queue, input.headers)
+
+    def start_child_workflow(self, input: StartChildWorkflowInput) -> ChildWorkflowHandle:
+        return self._inst.start_child(input.workflow, input.args, input.id, input.task_queue,
+                                      input.parent_close_policy, input.headers)
+
+    def signal_external_workflow(self, input: SignalExternalWorkflowInput) -> None:
+        self._inst.request_external("signal", input.workflow_id, input.run_id, input.signal, input.args,
+                                    input.headers)

@@ -17,6 +17,7 @@ from duro._instance import WorkflowInstance
 from duro._local import local_dispatch
 from duro.converter import decode_failure, encode_failure
 from duro.errors import DuroError
+from duro.interceptor import check_headers
 from duro.stores.base import RUNNING, pack, run_key_of, unpack
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 REMOTE_TIMEOUT_S = 10.0
 
 
-async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -> Any:
+async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
+                    headers: dict[str, str] | None = None) -> Any:
     """Answer query ``name`` (see the module docstring for who answers)."""
     client = handle.client
     store = client.store
@@ -40,12 +42,12 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) ->
         while inst.busy and worker.cached_instance(run_key) is inst:
             await asyncio.sleep(0.0005)
         if worker.cached_instance(run_key) is inst:
-            return conv.decode(conv.encode(inst.query(name, conv.decode_args(payload, ()))))
+            return conv.decode(conv.encode(inst.query(name, conv.decode_args(payload, ()), headers)))
     defn = _local_definition(handle, info.workflow_type)
     if defn is not None:
         events = await store.aread_history(run_key)
-        return conv.decode(conv.encode(_query_by_replay(handle, defn, run_key, events, name, payload)))
-    head = orjson.dumps({"kind": "query", "run": info.run_id, "name": name})
+        return conv.decode(conv.encode(_query_by_replay(handle, defn, run_key, events, name, payload, headers)))
+    head = _head("query", info.run_id, name, headers)
     answer = await store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if answer is None:
         raise DuroError(
@@ -57,12 +59,12 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) ->
 
 
 def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: bytes, events: list[Event],
-                     name: str, payload: bytes) -> Any:
+                     name: str, payload: bytes, headers: dict[str, str] | None) -> Any:
     conv = handle.client.converter
-    inst = WorkflowInstance(defn, run_key, events[0], conv)
+    inst = WorkflowInstance(defn, run_key, events[0], conv, handle.client.interceptors)
     try:
         inst.replay(events)
-        return inst.query(name, conv.decode_args(payload, ()))
+        return inst.query(name, conv.decode_args(payload, ()), headers)
     finally:
         inst.close()
 
@@ -74,7 +76,16 @@ def _local_definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDef
     return local_dispatch(handle.client.store).definition(workflow_type)
 
 
-async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -> Any:
+def _head(kind: str, run_id: str, name: str, headers: dict[str, str] | None) -> bytes:
+    """The head of a request to another process's worker (headers travel with it)."""
+    head: dict[str, Any] = {"kind": kind, "run": run_id, "name": name}
+    if headers:
+        head["headers"] = check_headers(headers)
+    return orjson.dumps(head)
+
+
+async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
+                     headers: dict[str, str] | None = None) -> Any:
     """Deliver update ``name`` through a worker of the run's task queue (this process first)."""
     client = handle.client
     info = await handle._info()
@@ -83,9 +94,9 @@ async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...]) -
     payload = client.converter.encode_args(args)
     worker = local_dispatch(client.store).update_worker(info.workflow_type, info.task_queue)
     if worker is not None:
-        answer = await worker.execute_update(run_key_of(info.run_id), name, payload)
+        answer = await worker.execute_update(run_key_of(info.run_id), name, payload, headers)
         return _unwrap(client.converter, answer)
-    head = orjson.dumps({"kind": "update", "run": info.run_id, "name": name})
+    head = _head("update", info.run_id, name, headers)
     reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if reply is None:
         raise DuroError(
@@ -107,22 +118,23 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
     head = orjson.loads(head_b)
     try:
         run_key = run_key_of(head["run"])
+        headers = head.get("headers")
         if head["kind"] == "update":
-            return await worker.execute_update(run_key, head["name"], payload)
+            return await worker.execute_update(run_key, head["name"], payload, headers)
         inst = worker.cached_instance(run_key)
         if inst is not None:
             while inst.busy:
                 await asyncio.sleep(0.0005)
-            result = inst.query(head["name"], worker.converter.decode_args(payload, ()))
+            result = inst.query(head["name"], worker.converter.decode_args(payload, ()), headers)
         else:
             events = await worker.store.aread_history(run_key)
             defn = worker.definition(events[0].name) if events else None
             if defn is None:
                 raise DuroError(f"this worker does not run workflow type {events[0].name if events else '?'!r}")
-            fresh = WorkflowInstance(defn, run_key, events[0], worker.converter)
+            fresh = WorkflowInstance(defn, run_key, events[0], worker.converter, worker.interceptors)
             try:
                 fresh.replay(events)
-                result = fresh.query(head["name"], worker.converter.decode_args(payload, ()))
+                result = fresh.query(head["name"], worker.converter.decode_args(payload, ()), headers)
             finally:
                 fresh.close()
         return pack(b'{"ok":true}', worker.converter.encode(result))

@@ -191,6 +191,8 @@ class ActivityInfo:
     heartbeat_details: Any
     start_to_close_timeout: float | None
     heartbeat_timeout: float | None
+    #: the interceptor headers the workflow scheduled the activity with (recorded in its history).
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def task_token(self) -> bytes:

@@ -18,6 +18,18 @@ from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter, with_max_payload_size
 from duro.errors import DuroError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
+from duro.interceptor import (
+    CancelWorkflowInput,
+    ClientOutboundInterceptor,
+    Interceptor,
+    QueryWorkflowInput,
+    SignalWorkflowInput,
+    StartWorkflowInput,
+    TerminateWorkflowInput,
+    UpdateWorkflowInput,
+    check_headers,
+    check_interceptors,
+)
 from duro.schedules import ScheduleClient
 from duro.stores import open_store
 from duro.stores.base import RUNNING, ListQuery, RunInfo, StartRequest, Store, new_run_id, run_key_of
@@ -81,14 +93,17 @@ class WorkflowPage(list[WorkflowExecution]):
 class _Connect:
     """What ``Client.connect`` returns: awaitable, and an async context manager that closes."""
 
-    def __init__(self, url: str, converter: DataConverter | None, max_payload_size: int | None) -> None:
+    def __init__(self, url: str, converter: DataConverter | None, max_payload_size: int | None,
+                 interceptors: tuple[Interceptor, ...]) -> None:
         self._url = url
         self._converter = converter
         self._max_payload_size = max_payload_size
+        self._interceptors = interceptors
         self._client: Client | None = None
 
     def _open(self) -> Client:
-        self._client = Client(open_store(self._url), self._converter, max_payload_size=self._max_payload_size)
+        self._client = Client(open_store(self._url), self._converter, max_payload_size=self._max_payload_size,
+                              interceptors=self._interceptors)
         return self._client
 
     def __await__(self) -> Generator[Any, None, Client]:
@@ -115,19 +130,28 @@ class Client(ScheduleClient):
         converter: the data converter (default: ``JsonConverter()``, orjson with a 2 MiB limit).
         max_payload_size: when given, the converter's payload size limit in bytes (see
             ``Client.connect``).
+        interceptors: ``duro.interceptor.Interceptor`` objects, the first the outermost (see
+            ``Client.connect``).
     """
 
     def __init__(self, store: Store, converter: DataConverter | None = None, *,
-                 max_payload_size: int | None = None) -> None:
+                 max_payload_size: int | None = None, interceptors: Sequence[Interceptor] = ()) -> None:
         conv = converter or default_converter
         if max_payload_size is not None:
             conv = with_max_payload_size(conv, max_payload_size)
         self.store = store
         self.converter: DataConverter = conv
+        #: the client's interceptors; workers built on this client use them too.
+        self.interceptors = check_interceptors(interceptors)
+        outbound: ClientOutboundInterceptor = _ClientRoot(self)
+        for it in reversed(self.interceptors):
+            outbound = it.intercept_client(outbound)
+        self._outbound = outbound
         self._closed = False
 
     @staticmethod
-    def connect(url: str, *, converter: DataConverter | None = None, max_payload_size: int | None = None) -> _Connect:
+    def connect(url: str, *, converter: DataConverter | None = None, max_payload_size: int | None = None,
+                interceptors: Sequence[Interceptor] = ()) -> _Connect:
         """Open the store at ``url`` (``lmdb://PATH``): ``async with Client.connect(url) as client``.
 
         ``await Client.connect(url)`` works too; then call ``await client.close()`` when done.
@@ -140,13 +164,16 @@ class Client(ScheduleClient):
                 None keeps the converter's own limit (2 MiB for ``JsonConverter``; build
                 ``JsonConverter(max_payload_size=None)`` for none). Workers built on this client
                 apply it to activity results and heartbeats too.
+            interceptors: ``duro.interceptor.Interceptor`` objects around this client's calls (the
+                first is the outermost); workers built on this client use them too, before their own.
 
         Raises:
             ValueError: ``max_payload_size`` is not a positive int.
+            TypeError: ``interceptors`` is not a list of ``Interceptor``.
         """
         if max_payload_size is not None:
             with_max_payload_size(default_converter, max_payload_size)  # check it now, not at open
-        return _Connect(url, converter, max_payload_size)
+        return _Connect(url, converter, max_payload_size, check_interceptors(interceptors))
 
     async def close(self) -> None:
         """Release the store (shared stores stay open for their other users)."""
@@ -228,13 +255,11 @@ class Client(ScheduleClient):
             id_conflict_policy = "fail" if start_signal is None else "use_existing"
         if id_conflict_policy not in ID_CONFLICT_POLICIES:
             raise ValueError(f"id_conflict_policy must be one of {ID_CONFLICT_POLICIES}, got {id_conflict_policy!r}")
-        signal_args = b""
         if start_signal is not None:
             check_name("start_signal", start_signal)
             if isinstance(start_signal_args, (str, bytes)) or not isinstance(start_signal_args, Sequence):
                 raise TypeError("start_signal_args must be a list or tuple of the signal's arguments, got "
                                 f"{type(start_signal_args).__name__}")
-            signal_args = self.converter.encode_args(tuple(start_signal_args))
         elif start_signal_args:
             raise ValueError("start_signal_args given without start_signal")
         attrs = check_search_attributes(search_attributes) if search_attributes is not None else None
@@ -243,20 +268,34 @@ class Client(ScheduleClient):
         run_s = to_seconds(run_timeout, "run_timeout")
         if defn is not None:
             check_call_args("workflow", defn.name, defn.signature, args)
-        payload = self.converter.encode_args(args)
-        run_id = new_run_id()
+        return await self._outbound.start_workflow(StartWorkflowInput(
+            workflow=name, args=args, id=id, task_queue=task_queue, id_reuse_policy=id_reuse_policy,
+            execution_timeout=execution_s, run_timeout=run_s, id_conflict_policy=id_conflict_policy,
+            start_signal=start_signal, start_signal_args=tuple(start_signal_args), search_attributes=attrs or None,
+            memo=memo_doc or None, definition=defn))
+
+    async def _start(self, input: StartWorkflowInput) -> WorkflowHandle:
+        """The start itself, once the interceptors have seen it: encode, store, handle."""
+        payload = self.converter.encode_args(input.args)
+        signal_args = b""
+        if input.start_signal is not None:
+            signal_args = self.converter.encode_args(tuple(input.start_signal_args))
         req = StartRequest(
-            workflow_id=id, workflow_type=name, task_queue=task_queue, args=payload, run_id=run_id,
-            id_reuse_policy=id_reuse_policy, execution_timeout=execution_s, run_timeout=run_s,
-            id_conflict_policy=id_conflict_policy, start_signal=start_signal, start_signal_args=signal_args,
-            search_attributes=attrs or None, memo=memo_doc or None,
+            workflow_id=input.id, workflow_type=input.workflow, task_queue=input.task_queue, args=payload,
+            run_id=new_run_id(), id_reuse_policy=input.id_reuse_policy, execution_timeout=input.execution_timeout,
+            run_timeout=input.run_timeout, id_conflict_policy=input.id_conflict_policy,
+            start_signal=input.start_signal, start_signal_args=signal_args,
+            search_attributes=input.search_attributes, memo=input.memo,
+            headers=check_headers(input.headers) if input.headers else None,
         )
         # Eager start (the first task run here, in the start's commit) only for a plain start.
-        plain = id_conflict_policy == "fail" and start_signal is None
-        worker = self._eager_worker(name, task_queue) if plain else None
+        plain = input.id_conflict_policy == "fail" and input.start_signal is None
+        worker = self._eager_worker(input.workflow, input.task_queue) if plain else None
+        run_id = req.run_id
         if worker is None or not await worker.eager_start(req):
             run_id = await self.store.start_workflow(req)
-        handle = WorkflowHandle(self, id, run_id, result_hint=defn.return_hint if defn else None)
+        defn = input.definition
+        handle = WorkflowHandle(self, input.id, run_id, result_hint=defn.return_hint if defn else None)
         handle._defn = defn
         return handle
 
@@ -512,8 +551,7 @@ class WorkflowHandle:
             duro.PayloadTooLargeError: the encoded payload is over the converter's size limit.
         """
         check_name("signal name", name)
-        payload = self.client.converter.encode_args(args)
-        await self.client.store.signal_workflow(self.id, await self._target(), name, payload)
+        await self.client._outbound.signal_workflow(SignalWorkflowInput(self, name, args))
 
     async def describe(self) -> WorkflowExecution:
         """Status, type, times and history length of the run."""
@@ -535,7 +573,7 @@ class WorkflowHandle:
         The workflow may catch it and still run cleanup activities; ``result()`` then raises
         ``WorkflowFailedError`` caused by ``duro.CancelledError`` if it ended cancelled.
         """
-        await self.client.store.cancel_workflow(self.id, await self._target())
+        await self.client._outbound.cancel_workflow(CancelWorkflowInput(self))
 
     async def query(self, name: str, *args: Any) -> Any:
         """Ask the workflow a question; nothing is written.
@@ -549,9 +587,8 @@ class WorkflowHandle:
                 infinity.
             duro.PayloadTooLargeError: the encoded arguments or answer are over the size limit.
         """
-        from duro._query import run_query
-
-        return await run_query(self, check_name("query name", name), args)
+        return await self.client._outbound.query_workflow(QueryWorkflowInput(self, check_name("query name", name),
+                                                                              args))
 
     async def execute_update(self, name: str, *args: Any) -> Any:
         """Send an update and wait for the handler's result.
@@ -565,9 +602,8 @@ class WorkflowHandle:
                 infinity.
             duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
         """
-        from duro._query import run_update
-
-        return await run_update(self, check_name("update name", name), args)
+        return await self.client._outbound.update_workflow(UpdateWorkflowInput(self, check_name("update name", name),
+                                                                                args))
 
     async def terminate(self, reason: str = "") -> None:
         """Close the run at once; its code does not run again.
@@ -579,7 +615,7 @@ class WorkflowHandle:
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         self.client.converter.encode(reason)  # the payload size limit applies to the reason too
-        await self.client.store.terminate_workflow(self.id, await self._target(), reason)
+        await self.client._outbound.terminate_workflow(TerminateWorkflowInput(self, reason))
 
     async def delete(self) -> None:
         """Delete the run (a closed one) and its history; the workflow id's row goes too if it named it.
@@ -630,3 +666,37 @@ class WorkflowHandle:
         handle = WorkflowHandle(self.client, self.id, new_run, result_hint=self._result_hint)
         handle._defn = self._defn
         return handle
+
+
+class _ClientRoot(ClientOutboundInterceptor):
+    """The innermost link of a client's chain: the calls themselves."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle:
+        return await self._client._start(input)
+
+    async def signal_workflow(self, input: SignalWorkflowInput) -> None:
+        h = input.handle
+        payload = self._client.converter.encode_args(input.args)
+        headers = check_headers(input.headers) if input.headers else None
+        await self._client.store.signal_workflow(h.id, await h._target(), input.signal, payload, headers)
+
+    async def query_workflow(self, input: QueryWorkflowInput) -> Any:
+        from duro._query import run_query
+
+        return await run_query(input.handle, input.query, input.args, input.headers)
+
+    async def update_workflow(self, input: UpdateWorkflowInput) -> Any:
+        from duro._query import run_update
+
+        return await run_update(input.handle, input.update, input.args, input.headers)
+
+    async def cancel_workflow(self, input: CancelWorkflowInput) -> None:
+        h = input.handle
+        await self._client.store.cancel_workflow(h.id, await h._target())
+
+    async def terminate_workflow(self, input: TerminateWorkflowInput) -> None:
+        h = input.handle
+        await self._client.store.terminate_workflow(h.id, await h._target(), input.reason)

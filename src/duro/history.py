@@ -13,6 +13,7 @@ import orjson
 from duro._core import codec
 from duro._core.codec import Event
 from duro.errors import CorruptHistoryError
+from duro.stores.base import FLAG_HEADERS, split_headed
 
 __all__ = ["History", "HistoryEvent"]
 
@@ -43,12 +44,30 @@ class HistoryEvent:
     #: The recorded time exactly, in microseconds since the epoch (``timestamp`` is its readable
     #: form, clamped to what ``datetime`` can hold).
     timestamp_us: int | None = None
+    #: The event's flags as recorded (``FLAG_HEADERS``: the payload carries interceptor headers).
+    flags: int = 0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The interceptor headers recorded with this event (a start's, a signal's, an activity's...)."""
+        if self.flags & FLAG_HEADERS:
+            return split_headed(self.payload, self.flags)[0]
+        if self.type_code in (codec.WORKFLOW_STARTED, codec.CHILD_STARTED) and len(self.payload) >= 4:
+            n = int.from_bytes(self.payload[:4], "little")
+            meta = _json(self.payload[4 : 4 + n])
+            if isinstance(meta, dict) and isinstance(meta.get("headers"), dict):
+                return dict(meta["headers"])
+        return {}
 
     def data(self) -> Any:
         """The payload decoded as JSON where it is JSON (arguments, results), else the raw bytes."""
         raw = self.payload
         if not raw:
             return None
+        if self.flags & FLAG_HEADERS:
+            headers, body = split_headed(raw, self.flags)
+            args = _json(body) if body else None
+            return {"headers": headers, "args": body if args is _NOT_JSON else args}
         value = _json(raw)
         if value is not _NOT_JSON:
             return value
@@ -68,7 +87,8 @@ class HistoryEvent:
         else:  # integer arithmetic: a float product would lose a microsecond now and then
             delta = self.timestamp - _EPOCH
             time_us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-        return Event(self.type_code, self.event_id, time_us, self.ref, self.attempt, self.name, self.payload)
+        return Event(self.type_code, self.event_id, time_us, self.ref, self.attempt, self.name, self.payload,
+                     self.flags)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -88,7 +108,7 @@ def _from_event(ev: Event) -> HistoryEvent:
     return HistoryEvent(
         event_id=ev.event_id, event_type=ev.type_name, timestamp=_readable_time(ev.timestamp_us),
         ref=ev.ref, attempt=ev.attempt, name=ev.name, payload=ev.payload, type_code=ev.type,
-        timestamp_us=ev.timestamp_us,
+        timestamp_us=ev.timestamp_us, flags=ev.flags,
     )
 
 
@@ -143,6 +163,7 @@ class History(Sequence[HistoryEvent]):
                     "event_id": e.event_id, "type": e.event_type, "type_code": e.type_code,
                     "time": e.timestamp.isoformat(), "time_us": ev.timestamp_us, "ref": e.ref,
                     "attempt": e.attempt, "name": e.name, "payload": base64.b64encode(e.payload).decode(),
+                    "flags": ev.flags,
                 }
                 for e, ev in zip(self._events, self._raw, strict=True)
             ],
@@ -158,7 +179,7 @@ class History(Sequence[HistoryEvent]):
                 raise CorruptHistoryError("not a duro history document (missing \"format\": \"duro-history\")")
             events = [
                 Event(int(e["type_code"]), int(e["event_id"]), int(e["time_us"]), int(e["ref"]), int(e["attempt"]),
-                      str(e["name"]), base64.b64decode(e["payload"], validate=True))
+                      str(e["name"]), base64.b64decode(e["payload"], validate=True), int(e.get("flags", 0)))
                 for e in doc["events"]
             ]
             return cls(str(doc["workflow_id"]), str(doc["run_id"]), events)

@@ -34,6 +34,7 @@ from duro.errors import (
     StoreError,
     TimeoutError,
 )
+from duro.interceptor import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, check_interceptors
 from duro.stores.base import (
     ActivityOutcome,
     ActivityTask,
@@ -80,6 +81,8 @@ class Worker:
             at least this (None: leave the GC alone). Each parked workflow keeps a few dozen
             objects alive; with CPython's default of 700 the cyclic collector keeps walking them
             all, which halves how fast 100,000 parked workflows resume. Restored on shutdown.
+        interceptors: ``duro.interceptor.Interceptor`` objects around this worker's workflows and
+            activities, after the client's own (``Client.connect(url, interceptors=...)``).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Worker:
         max_cached_workflows: int = 10_000,
         identity: str | None = None,
         gc_threshold: int | None = 50_000,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         check_name("task_queue", task_queue)
         for name, value in (("max_concurrent_workflow_tasks", max_concurrent_workflow_tasks),
@@ -124,6 +128,14 @@ class Worker:
             if a.name in self._activities:
                 raise ValueError(f"two activities are registered under the name {a.name!r}")
             self._activities[a.name] = a
+        #: the client's interceptors, then the worker's own (the first is the outermost).
+        self.interceptors: tuple[Interceptor, ...] = client.interceptors + check_interceptors(interceptors)
+        self._act_chain: ActivityInboundInterceptor | None = None
+        if self.interceptors:
+            chain: ActivityInboundInterceptor = _ActivityRoot(self)
+            for it in reversed(self.interceptors):
+                chain = it.intercept_activity(chain)
+            self._act_chain = chain
         self.max_wf_tasks = max_concurrent_workflow_tasks
         self.max_activities = max_concurrent_activities
         self.max_cached = max_cached_workflows
@@ -372,7 +384,7 @@ class Worker:
             raise WorkflowTaskError(
                 f"workflow type {started.name!r} is not registered on worker {self.identity} (task queue "
                 f"{self.task_queue!r}); registered: {sorted(self._workflows)}")
-        inst = WorkflowInstance(defn, run_key, started, self.converter)
+        inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors)
         if len(events) > 1:
             self.stats["replays"] += 1
         pending = inst.replay(events)
@@ -483,7 +495,7 @@ class Worker:
         started = started_event(req, now_us).with_id(1)
         run_key = run_key_of(req.run_id)
         try:
-            inst = WorkflowInstance(defn, run_key, started, self.converter)
+            inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors)
             inst.activate([started])
         except (WorkflowTaskError, NonDeterminismError, TypeError, ValueError):
             return False  # let the ordinary path run (and report) it
@@ -513,7 +525,8 @@ class Worker:
         self._wf_done(run_key)
         return True
 
-    async def execute_update(self, run_key: bytes, name: str, args: bytes) -> bytes:
+    async def execute_update(self, run_key: bytes, name: str, args: bytes,
+                             headers: dict[str, str] | None = None) -> bytes:
         """Validate and run an update on a run of this worker's queue; the handler's result.
 
         Raises the validator's error (nothing is written then), or ``WorkflowFailedError``-free
@@ -540,9 +553,12 @@ class Worker:
                         if inst.close_status is not None:
                             raise DuroError("the workflow closed before the update could be delivered")
                     decoded = self.converter.decode_args(args, ())
-                    inst.validate_update(name, decoded)  # raises: rejected, nothing written
+                    inst.validate_update(name, decoded, headers)  # raises: rejected, nothing written
+                    umeta: dict[str, Any] = {"id": update_id}
+                    if headers:
+                        umeta["headers"] = headers
                     ev = Event(codec.UPDATE_ACCEPTED, 0, int(store.clock.now() * 1e6), 0, 0, name,
-                               pack(orjson.dumps({"id": update_id}), args))
+                               pack(orjson.dumps(umeta), args))
                     inst.activate([ev])
                     await self._commit(inst, 0, [ev], None)
                 finally:
@@ -730,11 +746,19 @@ class Worker:
             workflow_run_id=task.run_key.hex(), workflow_type=task.workflow_type, task_queue=task.task_queue,
             scheduled_time=task.scheduled_time, heartbeat_details=heartbeat_details,
             start_to_close_timeout=task.start_to_close_timeout, heartbeat_timeout=task.heartbeat_timeout,
+            headers=dict(task.headers) if task.headers else {},
         )
         ctx = ActivityContext(info, self._heartbeat, task)
         try:
             args = conv.decode_args(task.args, defn.arg_hints)
-            if defn.is_async and timeout is None and not task.heartbeat_timeout:
+            if self._act_chain is not None:
+                chained: asyncio.Future[Any] = asyncio.ensure_future(self._act_chain.execute_activity(
+                    ExecuteActivityInput(defn.fn, args, dict(task.headers or {}), ctx, defn.is_async)))
+                if timeout is None and not task.heartbeat_timeout:
+                    result = await chained
+                else:
+                    result = await _watch(chained, ctx, timeout, task.heartbeat_timeout)
+            elif defn.is_async and timeout is None and not task.heartbeat_timeout:
                 result = await defn.fn(ctx, *args)  # no deadline to watch: no extra task
             else:
                 if defn.is_async:
@@ -902,3 +926,17 @@ class _Heartbeater:
                     self.ctx._cancel()
         finally:
             self.in_flight = False
+
+
+class _ActivityRoot(ActivityInboundInterceptor):
+    """The innermost link of a worker's activity chain: runs the function (a sync one on the thread pool)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        if input.is_async:
+            return await input.fn(input.ctx, *input.args)
+        call = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(self._worker._executor, call, input.fn, input.ctx,
+                                                                *input.args)

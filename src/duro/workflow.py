@@ -15,6 +15,7 @@ from duro._validate import check_call_args, check_duration, check_name, signatur
 from duro._visibility import check_search_attributes
 from duro.activity import RetryPolicy
 from duro.converter import parameter_hints
+from duro.interceptor import StartActivityInput, StartChildWorkflowInput
 from duro.stores.base import run_key_of
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class WorkflowInfo:
     attempt: int
     first_run_id: str
     parent: dict[str, Any] | None = None
+    #: the interceptor headers the run was started with (a client's, or the parent's for a child).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ExternalWorkflowHandle:
@@ -109,7 +112,7 @@ class ExternalWorkflowHandle:
 
     async def signal(self, name: str, *args: Any) -> None:
         """Send a signal (delivered when this workflow task commits)."""
-        self._inst.request_external("signal", self.id, self.run_id, name, args)
+        self._inst.signal_external(self.id, self.run_id, name, args)
 
     async def cancel(self) -> None:
         """Ask the workflow to cancel (delivered when this workflow task commits)."""
@@ -174,7 +177,12 @@ class WorkflowContext:
 
         These are raised here, in the workflow, before anything is recorded.
         """
-        return self._inst.schedule_activity(
+        inst = self._inst
+        if inst._outbound is not None:
+            return inst._outbound.start_activity(StartActivityInput(
+                activity, args, {}, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
+                retry_policy, task_queue))
+        return inst.schedule_activity(
             activity, args, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
             retry_policy, task_queue,
         )
@@ -264,7 +272,15 @@ class WorkflowContext:
                 255 bytes; ``parent_close_policy`` is unknown; an argument holds NaN or infinity.
             duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
         """
-        return self._inst.start_child(workflow, args, id, task_queue, parent_close_policy)
+        return self._start_child(workflow, args, id, task_queue, parent_close_policy)
+
+    def _start_child(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,
+                     task_queue: str | None, parent_close_policy: str) -> ChildWorkflowHandle:
+        inst = self._inst
+        if inst._outbound is not None:
+            return inst._outbound.start_child_workflow(StartChildWorkflowInput(
+                workflow, args, {}, id, task_queue, parent_close_policy))
+        return inst.start_child(workflow, args, id, task_queue, parent_close_policy)
 
     async def execute_child_workflow(
         self,
@@ -275,7 +291,7 @@ class WorkflowContext:
         parent_close_policy: str = "terminate",
     ) -> Any:
         """Start a child workflow and wait for its result (``WorkflowFailedError`` if it fails)."""
-        handle = self._inst.start_child(workflow, args, id, task_queue, parent_close_policy)
+        handle = self._start_child(workflow, args, id, task_queue, parent_close_policy)
         return await handle.result()
 
     def upsert_search_attributes(self, attributes: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from duro.stores.base import (
     UpdateCompleted,
     WorkflowTaskCompletion,
     WorkflowTaskReady,
+    headed,
     new_run_id,
     pack,
     run_key_of,
@@ -139,6 +140,8 @@ def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event
         meta["run_timeout"] = req.run_timeout
     if req.parent:
         meta["parent"] = req.parent
+    if req.headers:
+        meta["headers"] = req.headers
     return Event(codec.WORKFLOW_STARTED, 0, now_us, 0, 1, req.workflow_type, pack(orjson.dumps(meta), req.args))
 
 
@@ -169,6 +172,7 @@ def task_of(task_queue: str, run_key: bytes, seq: int, meta: ActivityMeta, args:
         seq=seq, name=meta.name, args=args, attempt=meta.attempt, scheduled_time=meta.scheduled_us / 1e6,
         start_to_close_timeout=meta.start_to_close, schedule_to_close_timeout=meta.schedule_to_close,
         heartbeat_timeout=meta.heartbeat, retry_policy=meta.retry, heartbeat_details=details or None,
+        headers=meta.headers,
     )
 
 
@@ -334,7 +338,8 @@ class Machine:
             fx.effects.append(TimerSet(fire_us / 1e6))
         first = [started]
         if req.start_signal is not None:  # signal-with-start: the first task sees it
-            first.append(Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.start_signal, req.start_signal_args))
+            body, flags = headed(req.start_signal_args, req.headers)
+            first.append(Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.start_signal, body, flags))
         history = self.append(tx, run_key, rec, first, now_us)
         rec.last_input = history[-1].event_id
         tx.put_run(run_key, rec)
@@ -359,11 +364,14 @@ class Machine:
                                       "workflow {wid!r} is already {status}; nothing to cancel")
         self.add_input(tx, fx, run_key, rec, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b""), self.now_us())
 
-    def signal(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
-        """Append a signal to an open run."""
+    def signal(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None, name: str, payload: bytes,
+               headers: dict[str, str] | None = None) -> None:
+        """Append a signal (with its interceptor headers, if any) to an open run."""
         run_key, rec = self._open_run(tx, workflow_id, run_id, "cannot signal workflow {wid!r}: its run {run} is "
                                       "{status}; start a new run or check the id")
-        self.add_input(tx, fx, run_key, rec, Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, payload), self.now_us())
+        body, flags = headed(payload, headers)
+        self.add_input(tx, fx, run_key, rec, Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, body, flags),
+                       self.now_us())
 
     def terminate(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close an open run at once with WorkflowExecutionTerminated."""
@@ -599,7 +607,8 @@ class Machine:
         """
         req = StartRequest(workflow_id=child.workflow_id, workflow_type=child.workflow_type,
                            task_queue=child.task_queue, args=child.args, run_id=child.run_id,
-                           parent={"run": parent_key.hex(), "seq": child.seq, "wid": prec.workflow_id})
+                           parent={"run": parent_key.hex(), "seq": child.seq, "wid": prec.workflow_id},
+                           headers=child.headers)
         try:
             self.create_run(tx, fx, req, now_us)
         except WorkflowAlreadyStartedError as e:
@@ -626,7 +635,8 @@ class Machine:
         if req.kind == "cancel":
             ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
         else:
-            ev = Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.name, req.args)
+            body, flags = headed(req.args, req.headers)
+            ev = Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.name, body, flags)
         self.add_input(tx, fx, key, rec, ev, now_us)
 
     def continue_as_new(self, tx: Tx, fx: Effects, run_key: bytes, rec: RunRecord, ev: Event, now_us: int) -> None:
@@ -725,7 +735,7 @@ class Machine:
             until_us=now_us + us(attempt_lease_s(t.start_to_close_timeout, t.schedule_to_close_timeout,
                                                  t.heartbeat_timeout))
             if local else 0,
-            visible_us=visible_us,
+            visible_us=visible_us, headers=t.headers or None,
         )
         tx.put_atask(t.task_queue, t.run_key, t.seq, meta, t.args, t.heartbeat_details or b"")
         if local:

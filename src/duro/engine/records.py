@@ -130,7 +130,7 @@ class WorkflowTaskLease(msgspec.Struct, omit_defaults=False, rename={
 class ActivityMeta(msgspec.Struct, rename={
     "workflow_id": "wid", "workflow_type": "wtype", "scheduled_us": "sched", "start_to_close": "stc",
     "schedule_to_close": "s2c", "heartbeat": "hb", "owner": "o", "until_us": "u", "visible_us": "vis",
-    "deadline_us": "dl",
+    "deadline_us": "dl", "headers": "hdr",
 }):
     """An activity attempt waiting or running: what to run, its limits, who holds its lease.
 
@@ -154,6 +154,7 @@ class ActivityMeta(msgspec.Struct, rename={
     visible_us: int = 0
     cancel: bool = False
     deadline_us: int = 0
+    headers: dict[str, str] | None = None  # interceptor headers of the activity (None: none)
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -11,11 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 if TYPE_CHECKING:
     from duro._core.codec import Event
     from duro.engine.schedules import ScheduleChange, ScheduleCommand, ScheduleRecord
 
 __all__ = [
+    "FLAG_HEADERS",
     "ActivityOutcome",
     "ActivityTask",
     "ChildStart",
@@ -27,9 +30,11 @@ __all__ = [
     "StartRequest",
     "Store",
     "WorkflowTaskCompletion",
+    "headed",
     "new_run_id",
     "pack",
     "run_key_of",
+    "split_headed",
     "unpack",
 ]
 
@@ -63,6 +68,29 @@ def unpack(data: bytes | memoryview) -> list[bytes]:
         parts.append(bytes(view[i : i + size]))
         i += size
     return parts
+
+
+# Event flag: the payload is pack(headers JSON object, the payload proper). Set on SignalReceived
+# and ActivityTaskScheduled events that carry interceptor headers; events without headers (all
+# those written before headers existed) keep flags 0 and their payload as it was. (Bit 0 of
+# flags already means "a cancel request" on SignalExternalWorkflowExecutionInitiated.)
+FLAG_HEADERS = 0x0100
+
+
+def headed(payload: bytes, headers: dict[str, str] | None) -> tuple[bytes, int]:
+    """(payload, flags) of an event carrying ``headers`` (unchanged and 0 when there are none)."""
+    if not headers:
+        return payload, 0
+    return pack(orjson.dumps(headers), payload), FLAG_HEADERS
+
+
+def split_headed(payload: bytes, flags: int) -> tuple[dict[str, str], bytes]:
+    """(headers, payload proper) of an event's payload (see ``FLAG_HEADERS``)."""
+    if not flags & FLAG_HEADERS:
+        return {}, payload
+    head, body = unpack(payload)
+    headers: dict[str, str] = orjson.loads(head)
+    return headers, body
 
 
 def run_key_of(run_id: str) -> bytes:
@@ -139,6 +167,7 @@ class StartRequest:
     start_signal_args: bytes = b""
     search_attributes: dict[str, Any] | None = None  # checked by duro._visibility
     memo: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None  # interceptor headers: recorded in WorkflowExecutionStarted
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +224,7 @@ class ActivityTask:
     retry_policy: dict[str, Any]
     heartbeat_details: bytes | None = None
     received: float = 0.0  # time.monotonic() when this process's worker got the leased task
+    headers: dict[str, str] | None = None  # interceptor headers, as recorded in ActivityTaskScheduled
 
 
 @dataclass(slots=True)
@@ -222,6 +252,7 @@ class ChildStart:
     task_queue: str
     args: bytes
     parent_close_policy: str
+    headers: dict[str, str] | None = None  # interceptor headers: the child's start headers
 
 
 @dataclass(slots=True)
@@ -233,6 +264,7 @@ class ExternalRequest:
     run_id: str | None
     name: str
     args: bytes
+    headers: dict[str, str] | None = None  # interceptor headers of a signal (recorded with it)
 
 
 @dataclass(slots=True)
@@ -358,7 +390,8 @@ class Store(Protocol):
     async def start_workflow_eager(self, req: StartRequest, now_us: int, first: WorkflowTaskCompletion) -> int:
         """Create a run together with its first workflow task, already run here; the next event id."""
 
-    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
+    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes,
+                              headers: dict[str, str] | None = None) -> None:
         """Append a signal to an open run and make sure it has a workflow task."""
 
     async def cancel_workflow(self, workflow_id: str, run_id: str | None) -> None:

@@ -614,8 +614,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.machine.cancel(self._tx(txn), batch, workflow_id, run_id)
 
     def _op_signal(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
-                   name: str, payload: bytes) -> None:
-        self.machine.signal(self._tx(txn), batch, workflow_id, run_id, name, payload)
+                   name: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        self.machine.signal(self._tx(txn), batch, workflow_id, run_id, name, payload, headers)
 
     def _op_terminate(self, txn: mdb.Transaction, batch: _Batch, workflow_id: str, run_id: str | None,
                       reason: str) -> None:
@@ -849,9 +849,10 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """Create a run and commit its first workflow task in one transaction; the next event id."""
         return await self._submit(self._op_start_eager, req, now_us, first)  # type: ignore[no-any-return]
 
-    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
-        """Append a signal to the open run of ``workflow_id``."""
-        await self._submit(self._op_signal, workflow_id, run_id, name, payload)
+    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes,
+                              headers: dict[str, str] | None = None) -> None:
+        """Append a signal (with its interceptor headers) to the open run of ``workflow_id``."""
+        await self._submit(self._op_signal, workflow_id, run_id, name, payload, headers)
 
     async def cancel_workflow(self, workflow_id: str, run_id: str | None) -> None:
         """Ask the open run to cancel: WorkflowExecutionCancelRequested reaches its code."""

@@ -766,8 +766,8 @@ class PostgresStore(PgSchedules):
         return self.machine.start_eager(tx, fx, req, now_us, first)
 
     def _op_signal(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None, name: str,
-                   payload: bytes) -> None:
-        self.machine.signal(tx, fx, workflow_id, run_id, name, payload)
+                   payload: bytes, headers: dict[str, str] | None) -> None:
+        self.machine.signal(tx, fx, workflow_id, run_id, name, payload, headers)
 
     def _op_cancel(self, tx: PgTx, fx: Effects, workflow_id: str, run_id: str | None) -> None:
         self.machine.cancel(tx, fx, workflow_id, run_id)
@@ -925,9 +925,10 @@ class PostgresStore(PgSchedules):
         """Create a run and commit its first workflow task in one transaction; the next event id."""
         return await self._submit(self._op_start_eager, req, now_us, first)  # type: ignore[no-any-return]
 
-    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes) -> None:
-        """Append a signal to the open run of ``workflow_id``."""
-        await self._submit(self._op_signal, workflow_id, run_id, name, payload)
+    async def signal_workflow(self, workflow_id: str, run_id: str | None, name: str, payload: bytes,
+                              headers: dict[str, str] | None = None) -> None:
+        """Append a signal (with its interceptor headers) to the open run of ``workflow_id``."""
+        await self._submit(self._op_signal, workflow_id, run_id, name, payload, headers)
 
     async def cancel_workflow(self, workflow_id: str, run_id: str | None) -> None:
         """Ask the open run to cancel."""
