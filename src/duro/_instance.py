@@ -8,6 +8,7 @@ the recorded ones. Live and replay run exactly the same code path.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import os
 import random
@@ -59,7 +60,10 @@ from duro.stores.base import (
 )
 from duro.workflow import WorkflowContext, WorkflowDefinition, WorkflowInfo
 
-__all__ = ["ChildWorkflowHandle", "ContinueAsNew", "WorkflowInstance", "WorkflowTaskError"]
+__all__ = ["STACK_TRACE_QUERY", "ChildWorkflowHandle", "ContinueAsNew", "WorkflowInstance", "WorkflowTaskError"]
+
+# A built-in query every workflow answers (unless it defines its own): where it waits now.
+STACK_TRACE_QUERY = "__stack_trace"
 
 PARENT_CLOSE_POLICIES = ("terminate", "request_cancel", "abandon")
 
@@ -701,6 +705,8 @@ class WorkflowInstance:
 
     def _answer_query(self, name: str, args: list[Any]) -> Any:
         handler = self._query_handlers.get(name)
+        if handler is None and name == STACK_TRACE_QUERY:
+            return self.stack_trace()
         if handler is None:
             raise DuroError(f"workflow {self.info.workflow_type!r} has no query handler {name!r}; known: "
                             f"{sorted(self._query_handlers)}")
@@ -716,6 +722,36 @@ class WorkflowInstance:
             result.close()
             raise TypeError(f"{what} handlers must be plain functions (not async): they cannot wait")
         return result
+
+    def stack_trace(self) -> str:
+        """Where the workflow waits now: each unfinished task's await chain, then what is pending.
+
+        The answer of the built-in query ``__stack_trace`` (unless the workflow defines its own).
+        """
+        lines: list[str] = []
+        for task in list(self.loop._tasks):
+            if task.done():
+                continue
+            lines.append(f"{task.get_name()}:")
+            lines.extend(f"    {where}" for where in _await_chain(task.get_coro()))
+        pending: list[str] = []
+        for seq, (_fut, _hint, name, queue) in sorted(self._pending.items()):
+            pending.append(f"activity {name!r} (seq {seq}, task queue {queue!r})")
+        for seq, when in sorted(self.loop.pending_timers().items()):
+            due = datetime.datetime.fromtimestamp(when, tz=datetime.UTC).isoformat()
+            pending.append(f"timer seq {seq}, due {due}")
+        for seq, child in sorted(self._children.items()):
+            if not child._result.done():
+                pending.append(f"child workflow {child.id!r} (seq {seq})")
+        for signal, waiters in sorted(self._signal_waiters.items()):
+            if any(not w.done() for w in waiters):
+                pending.append(f"signal {signal!r}")
+        if any(not fut.done() for _fn, fut in self._conditions):
+            pending.append(f"{sum(not fut.done() for _fn, fut in self._conditions)} wait_condition(s)")
+        if pending:
+            lines.append("waiting for:")
+            lines.extend(f"    {p}" for p in pending)
+        return "\n".join(lines)
 
     def set_update_handler(self, name: str, handler: Callable[..., Any] | None,
                            validator: Callable[..., Any] | None) -> None:
@@ -843,6 +879,25 @@ def _typed(handler: Callable[..., Any], args: list[Any]) -> list[Any]:
     if not hints:
         return args
     return [convert(a, hints[i]) if i < len(hints) and hints[i] is not None else a for i, a in enumerate(args)]
+
+
+def _await_chain(coro: Any) -> list[str]:
+    """Each frame ("file:line in function") a suspended coroutine awaits through, outermost first.
+
+    Frames inside duro show as ``duro/<file>``; asyncio's own are left out.
+    """
+    out: list[str] = []
+    seen = 0
+    while coro is not None and seen < 100:
+        seen += 1
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            fn = frame.f_code.co_filename
+            if "asyncio" not in fn:
+                shown = "duro/" + os.path.relpath(fn, _PKG_DIR) if fn.startswith(_PKG_DIR) else fn
+                out.append(f"{shown}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return out
 
 
 def _signal_value(args: list[Any]) -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import math
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +18,8 @@ from duro._visibility import check_memo, check_search_attributes, parse_page
 from duro._visibility import page_token as page_token_of
 from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter, with_max_payload_size
+from duro.engine.machine import ASYNC_OWNER
+from duro.engine.records import ActivityMeta
 from duro.errors import DuroError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.interceptor import (
@@ -45,6 +49,31 @@ ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
 
 
 @dataclass(frozen=True)
+class PendingActivity:
+    """An activity of a running workflow that has not ended yet (``describe().pending_activities``)."""
+
+    #: its sequence number in the run (the ``ref`` of its history events).
+    activity_id: int
+    activity_type: str
+    task_queue: str
+    #: the attempt now running or waiting (1 for the first).
+    attempt: int
+    #: "scheduled" (waiting for a worker), "started" (a worker runs it), "backing_off" (a retry
+    #: waiting out its backoff), "async" (waiting for a completion from outside), or
+    #: "cancel_requested" (the workflow no longer waits for it).
+    state: str
+    scheduled_time: datetime.datetime
+    #: when the current attempt last heartbeat, or None.
+    last_heartbeat_time: datetime.datetime | None
+    #: the latest heartbeat details (decoded), or None.
+    heartbeat_details: Any
+    #: "Type: message" of the previous attempt's failure, or None (first attempt).
+    last_failure: str | None
+    #: when a backing-off retry becomes due, or None.
+    next_attempt_time: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
 class WorkflowExecution:
     """What ``describe()`` and ``list_workflows()`` report about a run."""
 
@@ -66,6 +95,9 @@ class WorkflowExecution:
     memo: dict[str, Any] = field(default_factory=dict)
     #: The run that followed this one (continue-as-new or a reset), or None.
     next_run_id: str | None = None
+    #: Activities scheduled and not ended yet (``describe()`` of a running run; LMDB: those on the
+    #: run's own task queue). Empty in ``list_workflows``.
+    pending_activities: list[PendingActivity] = field(default_factory=list)
 
     @classmethod
     def _from(cls, info: RunInfo) -> WorkflowExecution:
@@ -554,8 +586,17 @@ class WorkflowHandle:
         await self.client._outbound.signal_workflow(SignalWorkflowInput(self, name, args))
 
     async def describe(self) -> WorkflowExecution:
-        """Status, type, times and history length of the run."""
-        return WorkflowExecution._from(await self._info())
+        """Status, type, times, history length, search attributes and pending activities of the run."""
+        info = await self._info()
+        desc = WorkflowExecution._from(info)
+        if info.status != RUNNING:
+            return desc
+        found = await self.client.store.apending_activities(run_key_of(info.run_id), info.task_queue)
+        if not found:
+            return desc
+        return dataclasses.replace(desc, pending_activities=[
+            _pending_activity(self.client.converter, queue, seq, meta, details)
+            for seq, queue, meta, details in found])
 
     async def fetch_history(self) -> History:
         """The run's recorded events."""
@@ -666,6 +707,36 @@ class WorkflowHandle:
         handle = WorkflowHandle(self.client, self.id, new_run, result_hint=self._result_hint)
         handle._defn = self._defn
         return handle
+
+
+def _when(time_us: int) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(time_us / 1e6, tz=datetime.UTC) if time_us else None
+
+
+def _pending_activity(conv: DataConverter, task_queue: str, seq: int, meta: ActivityMeta,
+                      details: bytes) -> PendingActivity:
+    now_us = int(time.time() * 1e6)
+    if meta.cancel:
+        state = "cancel_requested"
+    elif meta.owner == ASYNC_OWNER:
+        state = "async"
+    elif meta.owner:
+        state = "started"
+    elif meta.visible_us > now_us:
+        state = "backing_off"
+    else:
+        state = "scheduled"
+    decoded: Any = None
+    if details:
+        try:
+            decoded = conv.decode(details)
+        except Exception:  # a converter that cannot read them: show the bytes rather than fail describe()
+            decoded = details
+    return PendingActivity(
+        activity_id=seq, activity_type=meta.name, task_queue=task_queue, attempt=meta.attempt, state=state,
+        scheduled_time=_when(meta.scheduled_us) or datetime.datetime.fromtimestamp(0, tz=datetime.UTC),
+        last_heartbeat_time=_when(meta.heartbeat_us), heartbeat_details=decoded, last_failure=meta.last_failure,
+        next_attempt_time=_when(meta.visible_us) if state == "backing_off" else None)
 
 
 class _ClientRoot(ClientOutboundInterceptor):

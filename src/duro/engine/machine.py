@@ -165,6 +165,18 @@ def retry_delay(meta: ActivityMeta, o: ActivityOutcome, now_us: int) -> float | 
     return float(delay)
 
 
+def failure_text(failure: bytes | None) -> str:
+    """"Type: message" of an attempt's failure payload (its raw text when it is not a failure object)."""
+    try:
+        d = orjson.loads(failure or b"{}")
+    except orjson.JSONDecodeError:
+        return (failure or b"").decode("utf-8", "replace")[:1000]
+    if not isinstance(d, dict):
+        return str(d)[:1000]
+    kind = d.get("type") or d.get("kind") or "error"
+    return f"{kind}: {d.get('message', '')}"[:1000]
+
+
 def task_of(task_queue: str, run_key: bytes, seq: int, meta: ActivityMeta, args: bytes, details: bytes) -> ActivityTask:
     """The ActivityTask a worker runs, from a stored attempt."""
     return ActivityTask(
@@ -735,7 +747,7 @@ class Machine:
             until_us=now_us + us(attempt_lease_s(t.start_to_close_timeout, t.schedule_to_close_timeout,
                                                  t.heartbeat_timeout))
             if local else 0,
-            visible_us=visible_us, headers=t.headers or None,
+            visible_us=visible_us, headers=t.headers or None, last_failure=t.last_failure,
         )
         tx.put_atask(t.task_queue, t.run_key, t.seq, meta, t.args, t.heartbeat_details or b"")
         if local:
@@ -771,6 +783,7 @@ class Machine:
             if delay is not None:
                 task = task_of(o.task_queue, o.run_key, o.seq, meta, args, details)
                 task.attempt = o.attempt + 1
+                task.last_failure = failure_text(o.failure)
                 self.put_atask(tx, fx, task, now_us, visible_us=now_us + us(delay))
                 return "retry"
             ev = Event(codec.ACTIVITY_FAILED, 0, 0, o.seq, o.attempt, meta.name, o.failure or b"{}")
@@ -799,6 +812,7 @@ class Machine:
             meta.until_us = waiting_until(meta, self.now_us())
         elif meta.heartbeat:
             meta.until_us = max(meta.until_us, self.now_us() + us(meta.heartbeat + ATASK_LEASE_SLACK_S))
+        meta.heartbeat_us = self.now_us()
         tx.put_atask(task_queue, run_key, seq, meta, args, details if details is not None else old)
         return meta.cancel
 

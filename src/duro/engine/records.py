@@ -130,7 +130,7 @@ class WorkflowTaskLease(msgspec.Struct, omit_defaults=False, rename={
 class ActivityMeta(msgspec.Struct, rename={
     "workflow_id": "wid", "workflow_type": "wtype", "scheduled_us": "sched", "start_to_close": "stc",
     "schedule_to_close": "s2c", "heartbeat": "hb", "owner": "o", "until_us": "u", "visible_us": "vis",
-    "deadline_us": "dl", "headers": "hdr",
+    "deadline_us": "dl", "headers": "hdr", "heartbeat_us": "hb_at", "last_failure": "lf",
 }):
     """An activity attempt waiting or running: what to run, its limits, who holds its lease.
 
@@ -155,6 +155,8 @@ class ActivityMeta(msgspec.Struct, rename={
     cancel: bool = False
     deadline_us: int = 0
     headers: dict[str, str] | None = None  # interceptor headers of the activity (None: none)
+    heartbeat_us: int = 0  # when the attempt last heartbeat (0: never); shown by describe()
+    last_failure: str | None = None  # "Type: message" of the previous attempt's failure (a retry)
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -15,6 +15,7 @@ import orjson
 
 if TYPE_CHECKING:
     from duro._core.codec import Event
+    from duro.engine.records import ActivityMeta
     from duro.engine.schedules import ScheduleChange, ScheduleCommand, ScheduleRecord
 
 __all__ = [
@@ -225,6 +226,7 @@ class ActivityTask:
     heartbeat_details: bytes | None = None
     received: float = 0.0  # time.monotonic() when this process's worker got the leased task
     headers: dict[str, str] | None = None  # interceptor headers, as recorded in ActivityTaskScheduled
+    last_failure: str | None = None  # "Type: message" of the previous attempt's failure (a retry)
 
 
 @dataclass(slots=True)
@@ -542,6 +544,12 @@ class Store(Protocol):
     async def aholds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """``holds_activity``, awaited."""
 
+    async def apending_activities(self, run_key: bytes, task_queue: str) -> list[tuple[int, str, ActivityMeta, bytes]]:
+        """(seq, task queue, meta, last heartbeat details) of the run's open activity attempts, by seq.
+
+        LMDB finds those on ``task_queue`` (give the run's queue); PostgreSQL those on every queue.
+        """
+
     async def anext_timer_due(self) -> float | None:
         """``next_timer_due``, awaited."""
 
@@ -590,6 +598,7 @@ class _SyncReads(Protocol):
     def count_runs(self, query: ListQuery) -> int: ...
     def has_pending_wtasks(self, task_queue: str) -> bool: ...
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool: ...
+    def pending_activities(self, run_key: bytes, task_queue: str) -> list[tuple[int, str, ActivityMeta, bytes]]: ...
     def next_timer_due(self) -> float | None: ...
     def has_any_tasks(self) -> bool: ...
     def pending_requests(self, task_queue: str) -> list[tuple[str, bytes]]: ...
@@ -626,6 +635,11 @@ class LocalReads:
     async def aholds_activity(self: _SyncReads, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """``holds_activity``, awaited."""
         return self.holds_activity(task_queue, run_key, seq, attempt)
+
+    async def apending_activities(self: _SyncReads, run_key: bytes,
+                                  task_queue: str) -> list[tuple[int, str, ActivityMeta, bytes]]:
+        """``pending_activities``, awaited."""
+        return self.pending_activities(run_key, task_queue)
 
     async def anext_timer_due(self: _SyncReads) -> float | None:
         """``next_timer_due``, awaited."""

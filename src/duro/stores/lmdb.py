@@ -680,6 +680,20 @@ class LmdbStore(LocalReads, LmdbSchedules):
                                seq: int, attempt: int, details: bytes | None) -> bool:
         return self.machine.heartbeat_by_token(self._tx(txn), batch, run_key, task_queue, seq, attempt, details)
 
+    def pending_activities(self, run_key: bytes, task_queue: str) -> list[tuple[int, str, ActivityMeta, bytes]]:
+        """(seq, task queue, meta, last heartbeat details) of each activity attempt of a run on ``task_queue``."""
+        prefix = atask_key(task_queue, run_key, 0)[:-8]
+        out: list[tuple[int, str, ActivityMeta, bytes]] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._atask)
+            if cur.set_range(prefix):
+                for key, raw in cur:
+                    if not key.startswith(prefix):
+                        break
+                    meta_b, _args, details = unpack(raw)
+                    out.append((U64.unpack(key[len(prefix):])[0], task_queue, decode_activity_meta(meta_b), details))
+        return out
+
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """Whether this process still holds the lease of an activity attempt (checked before it starts)."""
         with self.env.begin() as txn:

@@ -47,6 +47,7 @@ from duro._aio import wait_event
 from duro._core import codec
 from duro._core.codec import Event
 from duro.engine.machine import LAPSED_LEASE_FAILURE, Effects, Machine, run_info
+from duro.engine.records import ActivityMeta
 from duro.errors import StoreError, WorkflowNotFoundError
 from duro.stores import lmdb as _lmdb
 from duro.stores.base import (
@@ -134,6 +135,7 @@ WHERE owner = ANY($1::text[])
 LIMIT $2::integer
 FOR UPDATE SKIP LOCKED
 """
+_PENDING_ACTIVITIES = f"SELECT {ATASK_COLS} FROM atasks WHERE run_key = $1::bytea ORDER BY seq"
 _HOLDS_ACTIVITY = """
 SELECT owner, attempt, cancel_requested, lease_until_us, task_queue FROM atasks
 WHERE run_key = $1::bytea AND seq = $2::bigint
@@ -1160,6 +1162,15 @@ class PostgresStore(PgSchedules):
         """``holds_activity``, awaited."""
         row = await self._aread(self.pool.fetchrow, _HOLDS_ACTIVITY, run_key, seq)
         return self._holds(row, task_queue, attempt)
+
+    async def apending_activities(self, run_key: bytes, task_queue: str) -> list[tuple[int, str, ActivityMeta, bytes]]:
+        """(seq, task queue, meta, last heartbeat details) of the run's open activity attempts (every queue)."""
+        rows = await self._aread(self.pool.fetch, _PENDING_ACTIVITIES, run_key)
+        out = []
+        for r in rows:
+            meta, _args, details = atask_from_row(r)
+            out.append((int(r[1]), str(r[2]), meta, details))
+        return out
 
     async def anext_timer_due(self) -> float | None:
         """``next_timer_due``, awaited."""
