@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import enum
@@ -72,6 +73,8 @@ def _default(obj: Any) -> Any:
     dump = getattr(obj, "model_dump", None)
     if dump is not None:  # a pydantic model
         return dump(mode="json")
+    if hasattr(type(obj), "__fields__") and hasattr(obj, "json") and hasattr(type(obj), "parse_obj"):
+        return orjson.loads(obj.json())  # a pydantic v1 model (or pydantic.v1 in pydantic 2)
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)
     if isinstance(obj, bytes):
@@ -336,6 +339,12 @@ def _plan(hint: Any) -> Callable[[Any], Any] | None:
             return lambda v: msgspec.convert(v, hint)
         if hasattr(hint, "model_validate"):
             return hint.model_validate  # type: ignore[no-any-return]
+        if hasattr(hint, "parse_obj") and hasattr(hint, "__fields__"):  # pydantic v1
+            return hint.parse_obj  # type: ignore[no-any-return]
+        if issubclass(hint, enum.Enum):  # IntEnum, StrEnum, Flag...: stored as their value
+            return lambda v: v if isinstance(v, hint) else hint(v)
+        if issubclass(hint, (set, frozenset)):
+            return lambda v: hint(v) if isinstance(v, list) else v
         if issubclass(hint, tuple):
             return lambda v: tuple(v) if isinstance(v, list) else v
         return None
@@ -346,7 +355,13 @@ def _plan(hint: Any) -> Callable[[Any], Any] | None:
         if len(non_none) == 1:
             inner = non_none[0]
             return lambda v: convert(v, inner)
-        return None
+        if all(_plan(a) is None for a in non_none):
+            return None
+        return lambda v: _to_union(v, non_none)
+    if origin in (set, frozenset, typing.AbstractSet, collections.abc.Set, collections.abc.MutableSet):
+        item = args[0] if args else None
+        kind = frozenset if origin is frozenset else set
+        return lambda v: kind(convert(x, item) for x in v) if isinstance(v, list) else v
     if origin in (list, Sequence, typing.Sequence) and args:
         item = args[0]
         if _plan(item) is None:
@@ -363,6 +378,58 @@ def _plan(hint: Any) -> Callable[[Any], Any] | None:
             return None
         return lambda v: {k: convert(x, val) for k, x in v.items()} if isinstance(v, dict) else v
     return None
+
+
+def _to_union(value: Any, options: list[Any]) -> Any:
+    """``value`` as the first member of a Union it fits (checked strictly), else as it is.
+
+    JSON does not say which member a value was, so members are tried in the annotation's order:
+    a dataclass fits a JSON object holding its required fields and no others; a model or Struct
+    fits when it validates; an Enum when the value is one of its values; a plain type when the
+    decoded value already has it.
+    """
+    for option in options:
+        fits, converted = _fit(value, option)
+        if fits:
+            return converted
+    return value
+
+
+def _fit(value: Any, hint: Any) -> tuple[bool, Any]:
+    if hint is Any:
+        return True, value
+    if isinstance(hint, type):
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                return False, None
+            fields = dataclasses.fields(hint)
+            names = {f.name for f in fields}
+            required = {f.name for f in fields if f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING and f.init}
+            if not required <= value.keys() <= names:
+                return False, None
+        elif hint is float:
+            return (isinstance(value, (int, float)) and not isinstance(value, bool)), convert(value, hint)
+        elif hint is int:
+            return (isinstance(value, int) and not isinstance(value, bool)), value
+        elif hint in (str, bool, dict, list):
+            return isinstance(value, hint), value
+        elif issubclass(hint, (set, frozenset, tuple)):
+            if not isinstance(value, list):
+                return False, None
+        try:
+            return True, convert(value, hint)
+        except Exception:  # pydantic/msgspec validation errors, Enum ValueErrors...
+            return False, None
+    origin = get_origin(hint)
+    if origin is not None and isinstance(origin, type):
+        container = list if origin in (tuple, set, frozenset) or issubclass(origin, Sequence) else origin
+        if not isinstance(value, container if container in (list, dict) else (list, dict)):
+            return False, None
+    try:
+        return True, convert(value, hint)
+    except Exception:
+        return False, None
 
 
 def _to_dataclass(value: Any, cls: type) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import enum
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -270,6 +272,73 @@ def test_sets_are_encoded_as_sorted_lists() -> None:
     # docs/api.md ("Data conversion"): the default converter encodes sets (as JSON arrays).
     assert orjson.loads(conv.encode({"s": {3, 1, 2}})) == {"s": [1, 2, 3]}
     assert orjson.loads(conv.encode(frozenset({"b", "a"}))) == ["a", "b"]
+
+
+class Color(enum.IntEnum):
+    RED = 1
+    BLUE = 2
+
+
+class Size(enum.Enum):
+    S = "small"
+    L = "large"
+
+
+@dataclass
+class Cat:
+    name: str
+    lives: int = 9
+
+
+@dataclass
+class Dog:
+    name: str
+    good: bool
+
+
+@dataclass
+class Kennel:
+    color: Color
+    size: Size
+    tags: set[str]
+    frozen: frozenset[int]
+    pet: Cat | Dog
+    other: Optional[Dog | Cat] = None
+    pets: list[Cat | Dog] = dataclasses.field(default_factory=list)
+    sizes: dict[str, Size] = dataclasses.field(default_factory=dict)
+
+
+def test_enums_sets_and_unions_of_dataclasses_come_back_as_annotated() -> None:
+    k = Kennel(Color.BLUE, Size.L, {"a", "b"}, frozenset({2, 1}), Dog("rex", True), Cat("tom"),
+               [Cat("a", 3), Dog("b", False)], {"x": Size.S})
+    back = conv.decode(conv.encode(k), Kennel)
+    assert back == k
+    assert type(back.color) is Color and type(back.tags) is set and type(back.frozen) is frozenset
+    assert [type(p) for p in back.pets] == [Cat, Dog]
+    assert convert(None, Optional[Cat | Dog]) is None
+
+
+def test_a_union_takes_the_first_member_the_value_fits() -> None:
+    assert convert({"name": "x"}, Dog | Cat) == Cat("x")  # Dog needs "good": it does not fit
+    assert convert({"name": "x", "good": True, "extra": 1}, Dog | Cat) == {"name": "x", "good": True, "extra": 1}
+    assert convert(3, int | Color) == 3 and type(convert(3, int | Color)) is int
+    assert convert(2, Size | Color) is Color.BLUE
+    assert convert("large", Color | Size) is Size.L
+    assert convert([1, 2], set[int] | str) == {1, 2}
+    assert convert("s", list[int] | str) == "s"
+
+
+def test_pydantic_v1_models_round_trip() -> None:
+    from pydantic import v1
+
+    class Order(v1.BaseModel):
+        id: int
+        color: Color
+        when: datetime.datetime
+
+    o = Order(id=1, color=Color.RED, when=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC))
+    back = conv.decode(conv.encode(o), Order)
+    assert back == o and isinstance(back, Order)
 
 
 # ------------------------------------------------------------------ failures
