@@ -484,7 +484,7 @@ class WorkflowInstance:
     def schedule_activity(
         self, activity: Callable[..., Any] | str, args: tuple[Any, ...], start_to_close: Any, schedule_to_close: Any,
         heartbeat: Any, retry_policy: RetryPolicy | None, task_queue: str | None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, result_type: Any = None,
     ) -> asyncio.Future[Any]:
         """Create the ActivityTaskScheduled command and the future its result resolves."""
         if isinstance(activity, str):
@@ -492,6 +492,8 @@ class WorkflowInstance:
         else:
             defaults = get_activity_definition(activity)
             name, hint = defaults.name, defaults.return_hint
+        if result_type is not None:
+            hint = result_type
         if self._replay_matches(_ACTIVITY_SCHEDULED, name):
             # Recorded: this call passed the checks below when it first ran, and its arguments
             # and options are in the history. Replay only needs the future to resolve.
@@ -584,7 +586,8 @@ class WorkflowInstance:
     # ------------------------------------------------------------------ child workflows
 
     def start_child(self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None, task_queue: str | None,
-                    parent_close_policy: str, headers: dict[str, str] | None = None) -> ChildWorkflowHandle:
+                    parent_close_policy: str, headers: dict[str, str] | None = None,
+                    result_type: Any = None) -> ChildWorkflowHandle:
         """Record StartChildWorkflowExecutionInitiated; the child starts in the same commit."""
         from duro.workflow import get_workflow_definition
 
@@ -593,6 +596,8 @@ class WorkflowInstance:
         else:
             d = get_workflow_definition(workflow)
             name, hint, sig = d.name, d.return_hint, d.signature
+        if result_type is not None:
+            hint = result_type
         # A start replay finds recorded passed these checks when it first ran (see _replay_matches).
         matched = self._replay_matches(codec.CHILD_STARTED, name)
         if not matched:
@@ -989,11 +994,11 @@ class _OutboundRoot(WorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> asyncio.Future[Any]:
         return self._inst.schedule_activity(
             input.activity, input.args, input.start_to_close_timeout, input.schedule_to_close_timeout,
-            input.heartbeat_timeout, input.retry_policy, input.task_queue, input.headers)
+            input.heartbeat_timeout, input.retry_policy, input.task_queue, input.headers, input.result_type)
 
     def start_child_workflow(self, input: StartChildWorkflowInput) -> ChildWorkflowHandle:
         return self._inst.start_child(input.workflow, input.args, input.id, input.task_queue,
-                                      input.parent_close_policy, input.headers)
+                                      input.parent_close_policy, input.headers, input.result_type)
 
     def signal_external_workflow(self, input: SignalExternalWorkflowInput) -> None:
         self._inst.request_external("signal", input.workflow_id, input.run_id, input.signal, input.args,

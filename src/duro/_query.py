@@ -30,7 +30,7 @@ REMOTE_TIMEOUT_S = 10.0
 
 
 async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
-                    headers: dict[str, str] | None = None) -> Any:
+                    headers: dict[str, str] | None = None, result_type: Any = None) -> Any:
     """Answer query ``name`` (see the module docstring for who answers)."""
     client = handle.client
     store = client.store
@@ -42,11 +42,12 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
         while inst.busy and worker.cached_instance(run_key) is inst:
             await asyncio.sleep(0.0005)
         if worker.cached_instance(run_key) is inst:
-            return conv.decode(conv.encode(inst.query(name, conv.decode_args(payload, ()), headers)))
+            return conv.decode(conv.encode(inst.query(name, conv.decode_args(payload, ()), headers)), result_type)
     defn = _local_definition(handle, info.workflow_type)
     if defn is not None:
         events = await store.aread_history(run_key)
-        return conv.decode(conv.encode(_query_by_replay(handle, defn, run_key, events, name, payload, headers)))
+        answer_b = conv.encode(_query_by_replay(handle, defn, run_key, events, name, payload, headers))
+        return conv.decode(answer_b, result_type)
     head = _head("query", info.run_id, name, headers)
     answer = await store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if answer is None:
@@ -55,7 +56,7 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
             f"answered within {REMOTE_TIMEOUT_S:.0f}s and this process does not have the code of workflow type "
             f"{info.workflow_type!r}. Run a worker for that queue, or query through a handle from "
             "start_workflow(fn, ...) or client.get_handle(id, workflow=fn)")
-    return _unwrap(client.converter, answer)
+    return _unwrap(client.converter, answer, result_type)
 
 
 def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: bytes, events: list[Event],
@@ -85,7 +86,7 @@ def _head(kind: str, run_id: str, name: str, headers: dict[str, str] | None) -> 
 
 
 async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
-                     headers: dict[str, str] | None = None) -> Any:
+                     headers: dict[str, str] | None = None, result_type: Any = None) -> Any:
     """Deliver update ``name`` through a worker of the run's task queue (this process first)."""
     client = handle.client
     info = await handle._info()
@@ -95,20 +96,20 @@ async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
     worker = local_dispatch(client.store).update_worker(info.workflow_type, info.task_queue)
     if worker is not None:
         answer = await worker.execute_update(run_key_of(info.run_id), name, payload, headers)
-        return _unwrap(client.converter, answer)
+        return _unwrap(client.converter, answer, result_type)
     head = _head("update", info.run_id, name, headers)
     reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if reply is None:
         raise DuroError(
             f"no worker of task queue {info.task_queue!r} took update {name!r} within {REMOTE_TIMEOUT_S:.0f}s; "
             "updates are validated by a worker before anything is written, so one must be running")
-    return _unwrap(client.converter, reply)
+    return _unwrap(client.converter, reply, result_type)
 
 
-def _unwrap(conv: Any, answer: bytes) -> Any:
+def _unwrap(conv: Any, answer: bytes, result_type: Any = None) -> Any:
     meta_b, result = unpack(answer)
     if orjson.loads(meta_b)["ok"]:
-        return conv.decode(result)
+        return conv.decode(result, result_type)
     raise decode_failure(result)
 
 

@@ -616,8 +616,11 @@ class WorkflowHandle:
         """
         await self.client._outbound.cancel_workflow(CancelWorkflowInput(self))
 
-    async def query(self, name: str, *args: Any) -> Any:
+    async def query(self, name: str, *args: Any, result_type: Any = None) -> Any:
         """Ask the workflow a question; nothing is written.
+
+        ``result_type`` decodes the answer to that type (a dataclass, an Enum, a model...); by
+        default it comes back as plain JSON values.
 
         Answered by the live instance of a worker in this process when there is one, otherwise by
         replaying the history here (this process must have the workflow's code: a Worker that
@@ -628,11 +631,11 @@ class WorkflowHandle:
                 infinity.
             duro.PayloadTooLargeError: the encoded arguments or answer are over the size limit.
         """
-        return await self.client._outbound.query_workflow(QueryWorkflowInput(self, check_name("query name", name),
-                                                                              args))
+        return await self.client._outbound.query_workflow(QueryWorkflowInput(
+            self, check_name("query name", name), args, result_type=result_type))
 
-    async def execute_update(self, name: str, *args: Any) -> Any:
-        """Send an update and wait for the handler's result.
+    async def execute_update(self, name: str, *args: Any, result_type: Any = None) -> Any:
+        """Send an update and wait for the handler's result (decoded to ``result_type`` when given).
 
         A validator that raises rejects the update without writing history (the error is raised
         here). An accepted update is recorded in the history with its result. Needs a worker of
@@ -643,8 +646,8 @@ class WorkflowHandle:
                 infinity.
             duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
         """
-        return await self.client._outbound.update_workflow(UpdateWorkflowInput(self, check_name("update name", name),
-                                                                                args))
+        return await self.client._outbound.update_workflow(UpdateWorkflowInput(
+            self, check_name("update name", name), args, result_type=result_type))
 
     async def terminate(self, reason: str = "") -> None:
         """Close the run at once; its code does not run again.
@@ -757,12 +760,12 @@ class _ClientRoot(ClientOutboundInterceptor):
     async def query_workflow(self, input: QueryWorkflowInput) -> Any:
         from duro._query import run_query
 
-        return await run_query(input.handle, input.query, input.args, input.headers)
+        return await run_query(input.handle, input.query, input.args, input.headers, input.result_type)
 
     async def update_workflow(self, input: UpdateWorkflowInput) -> Any:
         from duro._query import run_update
 
-        return await run_update(input.handle, input.update, input.args, input.headers)
+        return await run_update(input.handle, input.update, input.args, input.headers, input.result_type)
 
     async def cancel_workflow(self, input: CancelWorkflowInput) -> None:
         h = input.handle

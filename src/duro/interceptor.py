@@ -128,6 +128,8 @@ class QueryWorkflowInput:
     query: str
     args: tuple[Any, ...]
     headers: Headers = field(default_factory=dict)
+    #: the type the answer is decoded to (None: plain JSON values).
+    result_type: Any = None
 
 
 @dataclass(slots=True)
@@ -138,6 +140,8 @@ class UpdateWorkflowInput:
     update: str
     args: tuple[Any, ...]
     headers: Headers = field(default_factory=dict)
+    #: the type the result is decoded to (None: plain JSON values).
+    result_type: Any = None
 
 
 @dataclass(slots=True)
@@ -265,6 +269,8 @@ class StartActivityInput:
     heartbeat_timeout: Any = None
     retry_policy: RetryPolicy | None = None
     task_queue: str | None = None
+    #: the type the result is decoded to (None: the activity's return annotation).
+    result_type: Any = None
 
     @property
     def name(self) -> str:
@@ -286,6 +292,8 @@ class StartChildWorkflowInput:
     id: str | None = None
     task_queue: str | None = None
     parent_close_policy: str = "terminate"
+    #: the type the result is decoded to (None: the child's return annotation).
+    result_type: Any = None
 
     @property
     def name(self) -> str:

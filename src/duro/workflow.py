@@ -159,13 +159,15 @@ class WorkflowContext:
         heartbeat_timeout: float | datetime.timedelta | None = None,
         retry_policy: RetryPolicy | None = None,
         task_queue: str | None = None,
+        result_type: Any = None,
     ) -> asyncio.Future[Any]:
         """Schedule an activity and return an awaitable of its result.
 
         The activity is scheduled when this is called (so ``asyncio.gather`` of several calls
         schedules them in call order). Timeouts are seconds or ``timedelta``; unset options take
-        the activity's decorator defaults. A failure raises ``duro.ActivityError`` whose
-        ``__cause__`` is the activity's error.
+        the activity's decorator defaults. ``result_type`` decodes the result to that type (default:
+        the activity's return annotation; needed when the activity is named by a string). A failure
+        raises ``duro.ActivityError`` whose ``__cause__`` is the activity's error.
 
         Raises:
             TypeError: the arguments do not fit the activity's signature, cannot be encoded, or an
@@ -181,10 +183,10 @@ class WorkflowContext:
         if inst._outbound is not None:
             return inst._outbound.start_activity(StartActivityInput(
                 activity, args, {}, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
-                retry_policy, task_queue))
+                retry_policy, task_queue, result_type))
         return inst.schedule_activity(
             activity, args, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
-            retry_policy, task_queue,
+            retry_policy, task_queue, None, result_type,
         )
 
     # --- signals ----------------------------------------------------------------------------------
@@ -252,6 +254,7 @@ class WorkflowContext:
         id: str | None = None,
         task_queue: str | None = None,
         parent_close_policy: str = "terminate",
+        result_type: Any = None,
     ) -> ChildWorkflowHandle:
         """Start a child workflow; it starts in the same commit as this workflow task.
 
@@ -262,6 +265,8 @@ class WorkflowContext:
             task_queue: its queue (default: this workflow's).
             parent_close_policy: what happens to the child if this workflow closes first:
                 "terminate" (default), "request_cancel" or "abandon".
+            result_type: the type its result is decoded to (default: the child's return
+                annotation; needed when the child is named by a string).
 
         Returns:
             A handle: ``await handle.result()``, ``await handle.signal(...)``, ``await handle.cancel()``.
@@ -272,15 +277,15 @@ class WorkflowContext:
                 255 bytes; ``parent_close_policy`` is unknown; an argument holds NaN or infinity.
             duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
         """
-        return self._start_child(workflow, args, id, task_queue, parent_close_policy)
+        return self._start_child(workflow, args, id, task_queue, parent_close_policy, result_type)
 
     def _start_child(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,
-                     task_queue: str | None, parent_close_policy: str) -> ChildWorkflowHandle:
+                     task_queue: str | None, parent_close_policy: str, result_type: Any) -> ChildWorkflowHandle:
         inst = self._inst
         if inst._outbound is not None:
             return inst._outbound.start_child_workflow(StartChildWorkflowInput(
-                workflow, args, {}, id, task_queue, parent_close_policy))
-        return inst.start_child(workflow, args, id, task_queue, parent_close_policy)
+                workflow, args, {}, id, task_queue, parent_close_policy, result_type))
+        return inst.start_child(workflow, args, id, task_queue, parent_close_policy, None, result_type)
 
     async def execute_child_workflow(
         self,
@@ -289,9 +294,10 @@ class WorkflowContext:
         id: str | None = None,
         task_queue: str | None = None,
         parent_close_policy: str = "terminate",
+        result_type: Any = None,
     ) -> Any:
         """Start a child workflow and wait for its result (``WorkflowFailedError`` if it fails)."""
-        handle = self._start_child(workflow, args, id, task_queue, parent_close_policy)
+        handle = self._start_child(workflow, args, id, task_queue, parent_close_policy, result_type)
         return await handle.result()
 
     def upsert_search_attributes(self, attributes: dict[str, Any]) -> None:

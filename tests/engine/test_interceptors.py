@@ -272,14 +272,14 @@ class BadHeaders(di.Interceptor):
 
 
 async def test_bad_interceptors_and_headers_are_refused_and_store_nothing(store: str) -> None:
-    with pytest.raises(TypeError, match="interceptors\\[0\\] must be a duro.interceptor.Interceptor"):
+    with pytest.raises(TypeError, match=r"interceptors\[0\] must be a duro\.interceptor\.Interceptor"):
         duro.Client.connect(store, interceptors=[object()])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="interceptors must be a list"):
         duro.Client.connect(store, interceptors=Recorder("x"))  # type: ignore[arg-type]
     async with duro.Client.connect(store, interceptors=[BadHeaders(5)]) as client:
         with pytest.raises(TypeError, match="header 'bad' must have a str value, not int"):
             await client.start_workflow("wf", id="bad-1", task_queue="q")
-        with pytest.raises(TypeError, match="interceptors\\[0\\]"):
+        with pytest.raises(TypeError, match=r"interceptors\[0\]"):
             duro.Worker(client, task_queue="q", workflows=[kid], interceptors=["no"])  # type: ignore[list-item]
     async with duro.Client.connect(store, interceptors=[BadHeaders("x" * 70_000)]) as client:
         with pytest.raises(ValueError, match="at most 65536"):

@@ -303,7 +303,7 @@ class Kennel:
     tags: set[str]
     frozen: frozenset[int]
     pet: Cat | Dog
-    other: Optional[Dog | Cat] = None
+    other: Dog | Cat | None = None
     pets: list[Cat | Dog] = dataclasses.field(default_factory=list)
     sizes: dict[str, Size] = dataclasses.field(default_factory=dict)
 
@@ -315,7 +315,7 @@ def test_enums_sets_and_unions_of_dataclasses_come_back_as_annotated() -> None:
     assert back == k
     assert type(back.color) is Color and type(back.tags) is set and type(back.frozen) is frozenset
     assert [type(p) for p in back.pets] == [Cat, Dog]
-    assert convert(None, Optional[Cat | Dog]) is None
+    assert convert(None, Cat | Dog | None) is None
 
 
 def test_a_union_takes_the_first_member_the_value_fits() -> None:
