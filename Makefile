@@ -22,8 +22,12 @@ $(CORE): pyproject.toml setup.py
 	$(VPY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
+# The web UI's browser tests drive Debian's Chromium through Playwright (no browser download): install it
+# where it is missing on Debian/Ubuntu; elsewhere those tests skip and say what to install.
 $(TESTENV): $(CORE)
 	$(VPY) -m pip install -q --no-build-isolation -e ".[test,postgres]"
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null || \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || true
 	touch $@
 
 $(BENCHENV): $(CORE)

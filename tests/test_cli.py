@@ -9,11 +9,15 @@ for real.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import datetime
+import io
 import json
 import os
 import re
 import sys
+import types
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import Any
 import pytest
 
 import duro
-from duro.cli import main
+from duro.cli import EXIT_CODES, ExitCode, build_parser, main
 from tests.engine import features_wfs, wfs
 from tests.engine.wfs import Order
 
@@ -134,14 +138,18 @@ async def test_list(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
     assert [line.split()[0] for line in r.out.splitlines()[1:]] == ["waits"]
     r = await cli("list", "--type", "failing_workflow", "--json")
     assert r.code == 0
-    (doc,) = json.loads(r.out)
+    page = json.loads(r.out)
+    assert page["next_page_token"] is None
+    (doc,) = page["items"]
     assert doc["workflow_id"] == "fails" and doc["status"] == "failed" and doc["task_queue"] == QUEUE
     assert doc["run_id"] == handles["failing"].run_id and doc["close_time"] is not None
     r = await cli("list", "--limit", "2", "--json")
-    assert len(json.loads(r.out)) == 2
+    page = json.loads(r.out)
+    assert len(page["items"]) == 2 and isinstance(page["next_page_token"], str)
     r = await cli("list", "--status", "timed_out")
     assert r.code == 0 and r.out.strip() == "no workflows"
-    assert json.loads((await cli("list", "--status", "timed_out", "--json")).out) == []
+    assert json.loads((await cli("list", "--status", "timed_out", "--json")).out) == {"items": [],
+                                                                                    "next_page_token": None}
 
 
 async def test_describe(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
@@ -317,7 +325,7 @@ async def test_list_filters_pages_and_count(client: duro.Client, cli: Cli) -> No
                                     memo={"note": f"m{i}"})
     r = await cli("list", "--attr", 'customer="alice"', "--json")
     assert r.code == 0, r
-    listed = json.loads(r.out)
+    listed = json.loads(r.out)["items"]
     assert sorted(w["workflow_id"] for w in listed) == ["f1", "f2"]
     assert {w["memo"]["note"] for w in listed} == {"m1", "m2"}
     r = await cli("count", "--attr", 'customer="alice"', "--attr", "n=2")
@@ -365,6 +373,9 @@ async def test_query_answered_by_a_worker_of_another_process(client: duro.Client
     assert json.loads(r.out) == ["a"]
     r = await cli_process("query", "asked", "count_plus", "10")
     assert r.code == 0 and json.loads(r.out) == 11
+    r = await cli_process("query", "asked", "count_plus", "10", "--json")
+    assert r.code == 0 and json.loads(r.out) == {"workflow_id": "asked", "query": "count_plus", "args": [10],
+                                                 "result": 11}
     r = await cli_process("query", "asked", "no_such_query")
     one_error_line(r, 1, "no_such_query")
     await handle.signal("add", "stop")
@@ -407,7 +418,7 @@ def test_store_from_the_environment(store: str, monkeypatch: pytest.MonkeyPatch,
     assert main(["start", "some_type", "--id", "env-1", "--task-queue", "nobody", '{"a": 1}']) == 0
     run_id = capsys.readouterr().out.strip()
     assert main(["list", "--json"]) == 0
-    (doc,) = json.loads(capsys.readouterr().out)
+    (doc,) = json.loads(capsys.readouterr().out)["items"]
     assert (doc["workflow_id"], doc["run_id"], doc["workflow_type"]) == ("env-1", run_id, "some_type")
     # --store wins over the environment, before or after the command.
     monkeypatch.setenv("DURO_STORE", "lmdb:///nonexistent/duro-store")
@@ -474,7 +485,7 @@ async def test_control_characters_are_escaped(client: duro.Client, cli: Cli) -> 
         r = await cli(*argv)
         assert r.code == 0, r
         no_raw_controls(r.out)
-    assert json.loads((await cli("list", "--json")).out)[0]["workflow_id"] == EVIL_ID
+    assert json.loads((await cli("list", "--json")).out)["items"][0]["workflow_id"] == EVIL_ID
     history = duro.History.from_json((await cli("history", EVIL_ID, "--json")).out)
     assert history.workflow_id == EVIL_ID and history[1].name == "sig\x1b[1mnal"
 
@@ -589,3 +600,244 @@ async def test_describe_shows_a_failing_workflow_task(client: duro.Client, worke
     r = await cli("history", "bad-args")
     assert "WorkflowTaskFailed" in r.out
     assert (await cli("terminate", "bad-args")).code == 0
+
+
+# ------------------------------------------------------------------------------------ --json, exit codes, terminals
+
+EXECUTION_KEYS = {"workflow_id", "run_id", "workflow_type", "task_queue", "status", "start_time", "close_time",
+                  "history_length", "task_failures", "search_attributes", "memo"}
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+async def json_of(cli: Cli, *argv: str) -> Any:
+    """The one JSON document a successful command printed."""
+    r = await cli(*argv)
+    assert (r.code, r.err) == (0, ""), r
+    return json.loads(r.out)
+
+
+async def test_json_of_the_read_commands(client: duro.Client, worker: duro.Worker, cli: Cli) -> None:
+    handles = await some_workflows(client)
+    page = await json_of(cli, "list", "--json")
+    assert page["next_page_token"] is None and all(set(w) == EXECUTION_KEYS for w in page["items"])
+    assert {w["workflow_id"]: w["status"] for w in page["items"]} == {
+        "order-A1": "completed", "fails": "failed", "waits": "running"}
+    assert await json_of(cli, "count", "--json") == {"count": 3}
+    assert await json_of(cli, "count", "--status", "failed", "--json") == {"count": 1}
+
+    desc = await json_of(cli, "describe", "order-A1", "--json")
+    assert set(desc) == EXECUTION_KEYS and desc["run_id"] == handles["order"].run_id
+    assert datetime.datetime.fromisoformat(desc["close_time"]) >= datetime.datetime.fromisoformat(desc["start_time"])
+    history = await json_of(cli, "history", "order-A1", "--json")
+    assert (history["format"], history["workflow_id"], history["run_id"]) == ("duro-history", "order-A1",
+                                                                              desc["run_id"])
+    assert [e["event_id"] for e in history["events"]] == list(range(1, desc["history_length"] + 1))
+
+    assert await json_of(cli, "result", "order-A1", "--json") == {
+        "workflow_id": "order-A1", "status": "completed", "error": None,
+        "result": {"order_id": "A1", "tracking": "T-A1", "charged": 5}}
+    r = await cli("result", "fails", "--json")  # the answer on stdout, the error on stderr, exit 1
+    one_error_line(r, ExitCode.FAILED, "'fails'", "boom")
+    doc = json.loads(r.out)
+    assert (doc["workflow_id"], doc["status"], doc["result"]) == ("fails", "failed", None)
+    (app,) = [c for c in doc["error"]["causes"] if c["class"] == "ApplicationError"]
+    assert (app["message"], app["type"], app["details"], app["non_retryable"]) == ("boom", "Boom", {"k": 1}, False)
+    r = await cli("result", "waits", "--json", "--timeout", "0.01")  # no answer yet: only the error
+    one_error_line(r, ExitCode.FAILED, "did not close within")
+    assert r.out == ""
+
+    report = await json_of(cli, "check", "--json")
+    assert (report["ok"], report["runs"], report["problems"]) == (True, 3, [])
+
+    # reset (like start) answers with the run it started
+    first_task = next(e["event_id"] for e in history["events"] if e["type"] == "WorkflowTaskCompleted")
+    new = await json_of(cli, "reset", "order-A1", "--event-id", str(first_task), "--json")
+    assert new["workflow_id"] == "order-A1" and re.fullmatch("[0-9a-f]{32}", new["run_id"])
+    assert new["run_id"] != desc["run_id"] and (await client.get_handle("order-A1").describe()).run_id == new["run_id"]
+
+
+async def test_json_of_the_acting_commands(client: duro.Client, cli: Cli) -> None:
+    started = await json_of(cli, "start", "t", "--id", "j1", "--task-queue", "nobody", "1", "--json")
+    assert started["workflow_id"] == "j1" and started["run_id"] == (await client.get_handle("j1").describe()).run_id
+    await json_of(cli, "start", "t", "--id", "j2", "--task-queue", "nobody", "--json")
+    assert await json_of(cli, "batch", "terminate", "--type", "t", "--json") == {
+        "action": "terminate", "done": 2, "passed_over": []}
+    assert await json_of(cli, "purge", "--before", "2999-01-01", "--json") == {
+        "deleted": 2, "before": "2999-01-01T00:00:00+00:00"}
+    assert await json_of(cli, "count", "--json") == {"count": 0}
+
+
+async def test_exit_codes(client: duro.Client, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    await client.start_workflow("t", id="x", task_queue="nobody")
+    assert (await cli("describe", "x")).code == ExitCode.OK
+    one_error_line(await cli("describe", "y"), ExitCode.FAILED, "not in this store")
+    one_error_line(await cli("describe", "x", "--bogus"), ExitCode.USAGE, "--bogus")
+    one_error_line(await cli("list", "--color", "sometimes"), ExitCode.USAGE, "--color")
+
+    def interrupted(url: str, args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("duro.cli._execute", interrupted)
+    assert (await cli("list")).code == ExitCode.INTERRUPTED
+
+
+def test_the_exit_code_table_is_the_one_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 130] and list(EXIT_CODES) == list(ExitCode)
+    assert main(["--help"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    shown = out[out.index("exit status:"):]
+    for code, text in EXIT_CODES.items():
+        assert re.search(rf"^  {int(code)} +{re.escape(text.split()[0])}", shown, re.M), (code, shown)
+    docs = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    for code in ExitCode:
+        assert re.search(rf"^\| {int(code)} \| `{code.name}` \|", docs, re.M), code
+
+
+def test_the_docs_cover_every_command() -> None:
+    headings = "\n".join(line for line in (REPO / "docs" / "cli.md").read_text(encoding="utf-8").splitlines()
+                         if line.startswith("### "))
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subparsers.choices.items():
+        if name == "schedule":
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            for subname in sub.choices:
+                assert f"`duro schedule {subname}`" in headings, subname
+        else:
+            assert f"`duro {name}`" in headings, name
+
+
+async def test_piped_output_has_no_escape_codes(client: duro.Client, worker: duro.Worker, cli: Cli,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    await some_workflows(client)
+    await client.create_schedule("s", "signal_workflow", 1, task_queue="nobody", every=3600, paused=True)
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "CLICOLOR_FORCE"):  # asked for colours: not into a pipe
+        monkeypatch.setenv(name, "1")
+    for argv in (["list"], ["count"], ["describe", "order-A1"], ["history", "order-A1"], ["result", "order-A1"],
+                 ["check"], ["schedule", "list"], ["schedule", "describe", "s"], ["list", "--json"],
+                 ["describe", "nope"], ["result", "fails"], ["batch", "cancel", "--type", "none"]):
+        r = await cli(*argv)
+        assert "\x1b" not in r.out + r.err, (argv, r)
+    plain = await cli("list")
+    assert plain.out == (await cli("list", "--color", "never")).out
+    drawn = await cli("--color", "always", "list")  # for less -R: rich draws into the pipe
+    assert drawn.code == 0 and ANSI.search(drawn.out) and "order-A1" in drawn.out and "─" in drawn.out
+
+
+class Tty(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_a_terminal_gets_tables_colours_and_progress(client: duro.Client, store: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "200")
+    for i in range(2):
+        await client.start_workflow("t", {"n": i}, id=f"tty-{i}", task_queue="nobody")
+
+    async def on_a_terminal(*argv: str) -> Result:
+        out, err = Tty(), Tty()
+        with pytest.MonkeyPatch.context() as streams:
+            streams.setattr(sys, "stdout", out)
+            streams.setattr(sys, "stderr", err)
+            code = await asyncio.to_thread(main, ["--store", store, *argv])
+        return Result(code, out.getvalue(), err.getvalue())
+
+    r = await on_a_terminal("list")
+    assert r.code == 0 and ANSI.search(r.out) and "─" in r.out, r
+    rows = [line.split() for line in ANSI.sub("", r.out).splitlines()]
+    assert {row[0] for row in rows if row and row[0].startswith("tty-")} == {"tty-0", "tty-1"}
+    assert "\x1b[36mrunning" in r.out  # the status in its colour
+    r = await on_a_terminal("describe", "tty-0")
+    assert r.code == 0 and "\x1b[1m" in r.out and "tty-0" in ANSI.sub("", r.out)
+    r = await on_a_terminal("list", "--json")  # highlighted, and the same document
+    assert ANSI.search(r.out) and json.loads(ANSI.sub("", r.out))["items"][0]["workflow_id"] == "tty-1"
+    r = await on_a_terminal("describe", "nope")
+    assert r.code == 1 and r.err.startswith("\x1b[1;31mduro: error: ") and r.out == ""
+    r = await on_a_terminal("--color", "never", "list")
+    assert r.code == 0 and not ANSI.search(r.out) and r.out.splitlines()[0].split()[:2] == ["workflow", "id"]
+
+    # What the store holds is escaped in rich's cells too (and is not read as rich markup).
+    await client.start_workflow("ty\x1bpe", id=EVIL_ID, task_queue="nobody", memo={"m": "[bold]x[/bold] :smile:"})
+    for argv in (["list"], ["describe", EVIL_ID]):
+        r = await on_a_terminal(*argv)
+        shown = ANSI.sub("", r.out)
+        no_raw_controls(shown)
+        assert EVIL_ID_SHOWN in shown and "ty\\x1bpe" in shown, shown
+    assert "[bold]x[/bold] :smile:" in shown
+
+    r = await on_a_terminal("batch", "terminate", "--type", "t")
+    assert r.code == 0 and "terminate: 2 workflow(s)" in ANSI.sub("", r.out), r
+    assert "batch terminate" in r.err and "2/2" in ANSI.sub("", r.err), r  # the bar, erased at the end
+    r = await on_a_terminal("purge", "--before", "2999-01-01")
+    assert r.code == 0 and "deleted 2 run(s)" in r.out and "purging" in r.err, r
+
+
+# ------------------------------------------------------------------------------------ duro ui
+
+
+def test_ui_without_its_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "duro.ui", None)  # import duro.ui raises ImportError
+    code = main(["ui", "lmdb:///nonexistent/store"])
+    r = Result(code, *capsys.readouterr())
+    one_error_line(r, ExitCode.FAILED, "pip install 'duro[ui]'")
+    assert r.out == ""
+
+
+async def test_ui_arguments(client: duro.Client, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[tuple[str, str, int, str | None]] = []
+    ui = types.ModuleType("duro.ui")
+
+    def serve(url: str, *, host: str, port: int, token: str | None) -> None:
+        calls.append((url, host, port, token))
+
+    ui.serve = serve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "duro.ui", ui)
+    monkeypatch.delenv("DURO_UI_TOKEN", raising=False)
+
+    async def run(*argv: str) -> Result:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, list(argv))
+        return Result(code, *capsys.readouterr())
+
+    assert (await run("ui", store)).code == ExitCode.OK
+    assert (await run("--store", store, "ui", "--host", "0.0.0.0", "--port", "9000", "--token", "s3")).code == 0
+    assert (await run("ui", "--store", store, store)).code == 0  # the same store twice is fine
+    monkeypatch.setenv("DURO_UI_TOKEN", "from-env")
+    assert (await run("ui", store)).code == 0
+    assert calls == [(store, "127.0.0.1", 8233, None), (store, "0.0.0.0", 9000, "s3"),
+                     (store, "127.0.0.1", 8233, None), (store, "127.0.0.1", 8233, "from-env")]
+
+    async def serve_async(url: str, *, host: str, port: int, token: str | None) -> None:
+        calls.append((url, "async", port, token))
+
+    ui.serve = serve_async  # type: ignore[attr-defined]
+    assert (await run("ui", store, "--port", "1")).code == 0 and calls[-1] == (store, "async", 1, "from-env")
+
+    calls.clear()
+    one_error_line(await run("ui", store, "--port", "65536"), ExitCode.USAGE, "--port")
+    one_error_line(await run("ui", store, "--port", "http"), ExitCode.USAGE, "--port")
+    one_error_line(await run("--store", "lmdb:///elsewhere", "ui", store), ExitCode.USAGE, "two stores")
+    missing = tmp_path / "missing"
+    one_error_line(await run("ui", f"lmdb://{missing}"), ExitCode.FAILED, "no duro store at")
+    assert calls == [] and not missing.exists()
+
+    def fails(error: Exception) -> Callable[..., None]:
+        def serve(url: str, **options: Any) -> None:
+            raise error
+
+        return serve
+
+    # duro.ui imports without aiohttp; its serve() raises the ImportError (as duro.ui does).
+    missing_aiohttp = ImportError("the duro web UI needs aiohttp, which is not installed: pip install 'duro[ui]'")
+    ui.serve = fails(missing_aiohttp)  # type: ignore[attr-defined]
+    one_error_line(await run("ui", store), ExitCode.FAILED, "needs aiohttp", "pip install 'duro[ui]'")
+    ui.serve = fails(OSError(98, "Address already in use"))  # type: ignore[attr-defined]
+    one_error_line(await run("ui", store, "--port", "0"), ExitCode.FAILED, "cannot serve the UI on 127.0.0.1:0",
+                   "Address already in use")

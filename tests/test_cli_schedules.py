@@ -76,13 +76,23 @@ async def test_schedule_commands(cli: Cli, client: duro.Client, worker: duro.Wor
     assert await client.get_handle(triggered).result() == "main"
     r = await cli("schedule", "backfill", "fast", "--start", "2026-01-01T00:00:00", "--end", "2026-01-01T00:00:01")
     assert r.code == 0 and r.out.startswith("started 5 run(s): fast-2026-01-01T00:00:00Z, "), r
+    r = await cli("schedule", "trigger", "fast", "--json")
+    assert r.code == 0 and json.loads(r.out)["schedule_id"] == "fast", r
+    assert await client.get_handle(json.loads(r.out)["workflow_id"]).result() == "main"
+    r = await cli("schedule", "backfill", "fast", "--start", "2026-01-02T00:00:00", "--end", "2026-01-02T00:00:00.5",
+                  "--json")
+    assert json.loads(r.out) == {"schedule_id": "fast", "workflow_ids": [
+        "fast-2026-01-02T00:00:00Z", "fast-2026-01-02T00:00:00.200000Z", "fast-2026-01-02T00:00:00.400000Z"]}, r
     r = await cli("schedule", "unpause", "fast")
     assert (r.code, r.out.strip()) == (0, "unpaused schedule 'fast'")
     r = await cli("schedule", "create", "nightly", "sched_probe", "--task-queue", Q, "--cron", "0 3 * * *",
                   "--time-zone", "Europe/Paris", "--paused")
     assert (r.code, r.out.strip()) == (0, "created schedule 'nightly' (paused)")
     r = await cli("schedule", "list", "--json")
-    assert [d["id"] for d in json.loads(r.out)] == ["fast", "nightly"]
+    page = json.loads(r.out)
+    assert [d["id"] for d in page["items"]] == ["fast", "nightly"] and page["next_page_token"] is None
+    assert page["items"][1]["spec"] == {"cron": "0 3 * * *", "every": None, "time_zone": "Europe/Paris",
+                                        "start_at": None, "end_at": None, "jitter": None}
     assert check_store(client.store.url).ok
     for sid in ("fast", "nightly"):
         r = await cli("schedule", "delete", sid)

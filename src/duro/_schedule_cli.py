@@ -9,13 +9,16 @@ r"""``duro schedule ...``: the schedule subcommands of the ``duro`` command (``d
                                        [--time-zone TZ] [--paused] [--note TEXT]
     duro [--store URL] schedule pause ID [--note TEXT]
     duro [--store URL] schedule unpause ID [--note TEXT]
-    duro [--store URL] schedule trigger ID [--overlap P]
-    duro [--store URL] schedule backfill ID --start T --end T [--overlap P]
+    duro [--store URL] schedule trigger ID [--overlap P] [--json]
+    duro [--store URL] schedule backfill ID --start T --end T [--overlap P] [--json]
     duro [--store URL] schedule delete ID
 
-Exit status as for every ``duro`` command: 2 for bad input (a malformed cron expression, an
-interval that is not positive, end before start...), 1 when the operation failed (an unknown
-schedule id, an id that exists already).
+Exit status as for every ``duro`` command (``duro.cli.ExitCode``): 2 for bad input (a malformed cron
+expression, an interval that is not positive, end before start...), 1 when the operation failed (an
+unknown schedule id, an id that exists already). ``--json`` prints one JSON object: ``list`` gives
+``{"items": [...], "next_page_token": null}`` as ``duro list`` does, ``describe`` the schedule
+(``schedule_dict``), ``trigger`` ``{"schedule_id", "workflow_id"}`` (null when the overlap policy
+started nothing), ``backfill`` ``{"schedule_id", "workflow_ids"}``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import argparse
 import datetime
 from typing import TYPE_CHECKING, Any
 
+from duro._cli_output import Output, to_json
 from duro.errors import DuroError
 from duro.schedules import OVERLAP_POLICIES, ScheduleDescription
 
 if TYPE_CHECKING:
+    from duro.cli import ExitCode
     from duro.client import Client
 
 __all__ = ["add_schedule_parser", "run_schedule", "schedule_dict"]
@@ -44,7 +49,7 @@ def add_schedule_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     ssub = p.add_subparsers(dest="schedule_command", metavar="SUBCOMMAND", required=True)
 
     s = ssub.add_parser("list", parents=[common], help="list the schedules")
-    s.add_argument("--json", action="store_true", help="print a JSON array")
+    s.add_argument("--json", action="store_true", help='print {"items": [...], "next_page_token": null}')
 
     s = ssub.add_parser("describe", parents=[common], help="a schedule's spec, next runs and recent runs")
     s.add_argument("schedule_id", metavar="ID", type=name("schedule id"))
@@ -82,6 +87,7 @@ def add_schedule_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                         "is open).")
     s.add_argument("schedule_id", metavar="ID", type=name("schedule id"))
     s.add_argument("--overlap", choices=OVERLAP_POLICIES, help="the policy for this fire (default: the schedule's)")
+    s.add_argument("--json", action="store_true", help='print {"schedule_id", "workflow_id" (or null)}')
 
     s = ssub.add_parser("backfill", parents=[common], help="fire every due time of a past range",
                         description="Fire every due time of the schedule in [--start, --end), as if it had run then "
@@ -90,6 +96,7 @@ def add_schedule_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--start", required=True, type=cli._when, metavar="TIME", help="the first time (inclusive)")
     s.add_argument("--end", required=True, type=cli._when, metavar="TIME", help="the end (exclusive)")
     s.add_argument("--overlap", choices=OVERLAP_POLICIES, help="the policy for these fires (default: the schedule's)")
+    s.add_argument("--json", action="store_true", help='print {"schedule_id", "workflow_ids"}')
 
     s = ssub.add_parser("delete", parents=[common], help="delete a schedule (its runs go on)")
     s.add_argument("schedule_id", metavar="ID", type=name("schedule id"))
@@ -131,10 +138,8 @@ def schedule_dict(d: ScheduleDescription) -> dict[str, Any]:
     }
 
 
-def _describe_lines(d: ScheduleDescription) -> list[str]:
-    from duro import cli
-
-    fields = [("schedule", d.id), ("workflow", f"{d.workflow_type} {cli._json(d.args)}"), ("task queue", d.task_queue),
+def _describe(out: Output, d: ScheduleDescription) -> None:
+    fields = [("schedule", d.id), ("workflow", f"{d.workflow_type} {to_json(d.args)}"), ("task queue", d.task_queue),
               ("spec", _spec_text(d)), ("overlap", d.overlap),
               ("state", "paused" if d.paused else "active"), ("note", d.note or "-"),
               ("next runs", ", ".join(_utc(t) for t in d.next_run_times) or "-"),
@@ -145,14 +150,14 @@ def _describe_lines(d: ScheduleDescription) -> list[str]:
         fields.append(("open", ", ".join(d.running_workflow_ids)))
     if d.buffered:
         fields.append(("buffered", ", ".join(_utc(t) for t in d.buffered)))
-    lines = [f"{key + ':':<12} {value}" for key, value in fields]
+    out.fields(fields, styled=("state",))
     if d.recent_runs:
-        lines.append("recent runs:")
-        lines += [f"  {_utc(a.scheduled_time)}  {a.workflow_id}  ({a.trigger})" for a in d.recent_runs]
-    return lines
+        out.line("recent runs:", "bold")
+        for a in d.recent_runs:
+            out.line(f"  {_utc(a.scheduled_time)}  {a.workflow_id}  ({a.trigger})")
 
 
-async def run_schedule(client: Client, args: argparse.Namespace) -> int:
+async def run_schedule(client: Client, args: argparse.Namespace) -> ExitCode:
     """Run one ``duro schedule`` subcommand; bad values the client refuses are bad input (exit 2)."""
     from duro import cli
 
@@ -164,23 +169,23 @@ async def run_schedule(client: Client, args: argparse.Namespace) -> int:
         raise cli.UsageError(str(e)) from None
 
 
-async def _run(client: Client, args: argparse.Namespace) -> int:
-    from duro import cli
+async def _run(client: Client, args: argparse.Namespace) -> ExitCode:
+    from duro.cli import ExitCode
 
+    out: Output = args.output
     command = args.schedule_command
     if command == "list":
         found = await client.list_schedules()
         if args.json:
-            print(cli._json([schedule_dict(d) for d in found], indent=2))
+            out.json(to_json({"items": [schedule_dict(d) for d in found], "next_page_token": None}, indent=2))
         elif not found:
-            cli._print("no schedules")
+            out.line("no schedules")
         else:
             rows = [[d.id, d.workflow_type, d.task_queue, _spec_text(d), d.overlap, "paused" if d.paused else "active",
                      _utc(d.next_run_times[0] if d.next_run_times else None), str(d.fired_count)] for d in found]
-            for line in cli._table(["schedule", "type", "task queue", "spec", "overlap", "state", "next run",
-                                    "runs"], rows, right=(7,)):
-                cli._print(line)
-        return 0
+            out.table(["schedule", "type", "task queue", "spec", "overlap", "state", "next run", "runs"], rows,
+                      right=(7,), styled=(5,))
+        return ExitCode.OK
     if command == "create":
         handle = await client.create_schedule(
             args.schedule_id, args.workflow_type, *args.values, task_queue=args.task_queue, cron=args.cron,
@@ -188,32 +193,37 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
             time_zone=args.time_zone, paused=args.paused, note=args.note)
         desc = await handle.describe()
         first = desc.next_run_times[0] if desc.next_run_times else None
-        cli._print(f"created schedule {args.schedule_id!r}" + (" (paused)" if desc.paused else
-                                                                f"; next run {_utc(first)}"))
-        return 0
+        out.line(f"created schedule {args.schedule_id!r}" + (" (paused)" if desc.paused else
+                                                              f"; next run {_utc(first)}"))
+        return ExitCode.OK
     handle = client.get_schedule_handle(args.schedule_id)
     if command == "describe":
         desc = await handle.describe()
         if args.json:
-            print(cli._json(schedule_dict(desc), indent=2))
+            out.json(to_json(schedule_dict(desc), indent=2))
         else:
-            for line in _describe_lines(desc):
-                cli._print(line)
+            _describe(out, desc)
     elif command == "pause":
         await handle.pause(args.note)
-        cli._print(f"paused schedule {args.schedule_id!r}")
+        out.line(f"paused schedule {args.schedule_id!r}")
     elif command == "unpause":
         await handle.unpause(args.note)
-        cli._print(f"unpaused schedule {args.schedule_id!r}")
+        out.line(f"unpaused schedule {args.schedule_id!r}")
     elif command == "trigger":
         started = await handle.trigger(overlap=args.overlap)
-        cli._print(f"started workflow {started}" if started else
-                   f"schedule {args.schedule_id!r} started nothing now: a run of it is open and its overlap "
-                   "policy skips or buffers (pass --overlap allow_all to start one anyway)")
+        if args.json:
+            out.json(to_json({"schedule_id": args.schedule_id, "workflow_id": started or None}, indent=2))
+        else:
+            out.line(f"started workflow {started}" if started else
+                     f"schedule {args.schedule_id!r} started nothing now: a run of it is open and its overlap "
+                     "policy skips or buffers (pass --overlap allow_all to start one anyway)")
     elif command == "backfill":
         ids = await handle.backfill(args.start, args.end, overlap=args.overlap)
-        cli._print(f"started {len(ids)} run(s)" + (": " + ", ".join(ids) if ids else ""))
+        if args.json:
+            out.json(to_json({"schedule_id": args.schedule_id, "workflow_ids": list(ids)}, indent=2))
+        else:
+            out.line(f"started {len(ids)} run(s)" + (": " + ", ".join(ids) if ids else ""))
     else:
         await handle.delete()
-        cli._print(f"deleted schedule {args.schedule_id!r}")
-    return 0
+        out.line(f"deleted schedule {args.schedule_id!r}")
+    return ExitCode.OK

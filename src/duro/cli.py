@@ -2,29 +2,37 @@ r"""The ``duro`` command: look at and drive workflows in a store from a shell.
 
 ::
 
-    duro [--store URL] list [--status S] [--type T] [--limit N] [--json]
+    duro [--store URL] list [--status S] [--type T] [--attr NAME=JSON ...] [--after T] [--before T]
+                            [--limit N] [--page TOKEN] [--json]
+    duro [--store URL] count [filters of list] [--json]
     duro [--store URL] describe WORKFLOW_ID [--run RUN_ID] [--json]
     duro [--store URL] history WORKFLOW_ID [--run RUN_ID] [--json]
-    duro [--store URL] result WORKFLOW_ID [--timeout SECONDS]
+    duro [--store URL] result WORKFLOW_ID [--timeout SECONDS] [--json]
+    duro [--store URL] query WORKFLOW_ID NAME [JSON_ARG ...] [--json]
     duro [--store URL] signal WORKFLOW_ID NAME [JSON_ARG ...]
-    duro [--store URL] query WORKFLOW_ID NAME [JSON_ARG ...]
     duro [--store URL] cancel WORKFLOW_ID
     duro [--store URL] terminate WORKFLOW_ID [--reason TEXT]
-    duro [--store URL] reset WORKFLOW_ID --event-id N [--run-id RUN_ID] [--reason TEXT]
-    duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...]
+    duro [--store URL] batch cancel|terminate|signal [filters of list] [--signal NAME] [JSON_ARG ...] [--json]
+    duro [--store URL] delete WORKFLOW_ID [--run RUN_ID]
+    duro [--store URL] purge --before TIME [--json]
+    duro [--store URL] reset WORKFLOW_ID --event-id N [--run-id RUN_ID] [--reason TEXT] [--json]
+    duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...] [--json]
+    duro [--store URL] activity complete|fail|heartbeat TOKEN [JSON_OR_MESSAGE]
     duro [--store URL] check [--json]
+    duro [--store URL] compact DEST
     duro copy SRC_URL DST_URL [--merge] [--force]
+    duro ui [URL] [--host 127.0.0.1] [--port 8233] [--token TOKEN]
     duro [--store URL] schedule list|describe|create|pause|unpause|trigger|backfill|delete ...  (duro._schedule_cli)
 
 The store is ``--store``, else the environment variable ``DURO_STORE``, else
 ``lmdb://./duro-data``. Arguments of workflows, signals and queries are JSON, one per word
-(``'{"by": "alice"}'``, ``42``, ``'"text"'``). Exit status: 0 on success, 1 when the operation
-failed (unknown workflow, failed run, closed run, a store error, problems found by ``check``...),
-2 for bad input (options, JSON, store URL, a value past a limit of the store).
+(``'{"by": "alice"}'``, ``42``, ``'"text"'``). The exit status is one of ``ExitCode`` (``EXIT_CODES``
+says what each means; docs/cli.md has the page). ``--json`` prints one JSON object on stdout.
 
-Everything printed from the store (ids, names, payloads, error messages) has its control
-characters escaped (``\x1b``), so a workflow id cannot drive the terminal; JSON output escapes them
-as JSON does (``\u001b``).
+Output is plain, stable text when stdout is not a terminal and ``rich`` tables and colours on one
+(``--color auto|always|never``; duro._cli_output). Everything printed from the store (ids, names,
+payloads, error messages) has its control characters escaped (``\x1b``), so a workflow id cannot
+drive the terminal; JSON output escapes them as JSON does (``\u001b``).
 """
 
 from __future__ import annotations
@@ -32,50 +40,88 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import enum
+import importlib
+import inspect
 import json
 import os
-import re
 import sys
-import time
+import textwrap
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
+from duro._cli_output import (
+    COLOR_CHOICES,
+    HISTORY_HEADERS,
+    Output,
+    check_lines,
+    clean,
+    copy_lines,
+    execution_dict,
+    failure_dict,
+    failure_text,
+    history_rows,
+    history_title,
+    json_safe,
+    time_text,
+    to_json,
+)
 from duro._core import mdb
 from duro._schedule_cli import add_schedule_parser, run_schedule
 from duro._validate import MAX_DURATION_S, check_name
-from duro.client import Client, WorkflowExecution
+from duro.client import Client
 from duro.errors import (
-    ApplicationError,
+    CancelledError,
     CorruptHistoryError,
     DuroError,
     PayloadTooLargeError,
     StoreCorruptedError,
     StoreLimitError,
     StoreURLError,
+    TerminatedError,
     WorkflowFailedError,
 )
-from duro.history import History, HistoryEvent
-from duro.stores.check import CheckReport, check_store
+from duro.stores.check import check_store
 from duro.stores.copy import CopyReport, copy_store
 from duro.stores.lmdb import open_lmdb_store
 
-__all__ = ["DEFAULT_STORE", "STORE_ENV", "main"]
+__all__ = ["DEFAULT_STORE", "EXIT_CODES", "STORE_ENV", "ExitCode", "clean", "main"]
 
 DEFAULT_STORE = "lmdb://./duro-data"
 STORE_ENV = "DURO_STORE"
+UI_TOKEN_ENV = "DURO_UI_TOKEN"
 STATUSES = ("running", "completed", "failed", "terminated", "canceled", "continued_as_new", "timed_out")
-PAYLOAD_WIDTH = 48
+
+
+class ExitCode(enum.IntEnum):
+    """The exit statuses of the ``duro`` command; ``EXIT_CODES`` describes each."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    INTERRUPTED = 130
+
+
+# The one table of exit statuses: main returns them, `duro --help` and docs/cli.md show them.
+EXIT_CODES: dict[ExitCode, str] = {
+    ExitCode.OK: "success (for check: no problem found)",
+    ExitCode.FAILED: "the operation failed: an unknown workflow or schedule id, a closed run, a run that did not "
+    "complete (result), problems found (check), workflows passed over (batch), a store that is missing, damaged "
+    "or unreachable, a missing optional extra (ui)",
+    ExitCode.USAGE: "bad input: options, JSON arguments, the store URL, a value past a limit of the store",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
 
 
 class UsageError(Exception):
-    """Bad input on the command line (exit status 2)."""
+    """Bad input on the command line (ExitCode.USAGE)."""
 
 
 class OperationError(Exception):
-    """The operation could not be done (exit status 1)."""
+    """The operation could not be done (ExitCode.FAILED)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +157,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 (any free port) to 65535, got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -130,18 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from duro import __version__
 
-    # --store is accepted before the subcommand and after it (a subcommand's value wins).
+    # --store and --color are accepted before the subcommand and after it (a subcommand's value wins).
     store_help = f"the store URL (default: ${STORE_ENV}, else {DEFAULT_STORE})"
+    color_help = ("tables and colours: auto (on a terminal; plain text into a pipe), always, never "
+                  "(default auto)")
     common = _Parser(add_help=False)
     common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=store_help)
+    common.add_argument("--color", choices=COLOR_CHOICES, default=argparse.SUPPRESS, help=color_help)
 
     parser = _Parser(
         prog="duro",
         description="Look at and drive duro workflows in a store.",
-        epilog="Arguments of workflows, signals and queries are JSON, one per word: "
-        "duro signal order-1 approve '{\"by\": \"alice\"}'",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--store", metavar="URL", default=None, help=store_help)
+    parser.add_argument("--color", choices=COLOR_CHOICES, default="auto", help=color_help)
     parser.add_argument("--version", action="version", version=f"duro {__version__}")
     parser.add_argument("--traceback", action="store_true",
                         help="on an unexpected error, print the Python traceback (to report a bug)")
@@ -154,13 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N workflows (default 100)")
     _filter_options(p)
     p.add_argument("--page", metavar="TOKEN", help="the next page (its token is printed after a full page)")
-    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.add_argument("--json", action="store_true", help='print {"items": [...], "next_page_token": TOKEN or null}')
 
     p = sub.add_parser("count", parents=[common], help="count workflows (the latest run of each id) by filters",
                        description="Count the workflow ids whose latest run matches the filters of `list`.")
     p.add_argument("--status", choices=STATUSES, help="only runs with this status")
     p.add_argument("--type", dest="workflow_type", metavar="TYPE", help="only workflows of this registered type")
     _filter_options(p)
+    p.add_argument("--json", action="store_true", help='print {"count": N}')
 
     p = sub.add_parser("describe", parents=[common], help="status, type, times and length of a run",
                        description="Describe a workflow run (the latest run unless --run is given).")
@@ -180,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "complete (failed, cancelled, terminated, timed out), print the error and exit with 1.")
     p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="give up after this many seconds")
+    p.add_argument("--json", action="store_true",
+                   help='print {"workflow_id", "status", "result", "error"} (also when the run did not complete)')
 
     p = sub.add_parser("signal", parents=[common], help="send a signal",
                        description="Send signal NAME to the workflow, with each JSON_ARG as an argument.")
@@ -193,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("name", metavar="NAME", type=_name("name"))
     p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
+    p.add_argument("--json", action="store_true", help='print {"workflow_id", "query", "args", "result"}')
 
     p = sub.add_parser("cancel", parents=[common], help="request cancellation of a workflow",
                        description="Request cancellation: the workflow code sees asyncio.CancelledError.")
@@ -216,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", dest="workflow_type", metavar="TYPE", help="only workflows of this registered type")
     _filter_options(p)
     p.add_argument("--reason", default="", metavar="TEXT", help="for terminate: why")
+    p.add_argument("--json", action="store_true", help='print {"action", "done", "passed_over": [...]}')
 
     p = sub.add_parser("delete", parents=[common], help="delete a closed workflow run and its history",
                        description="Delete a closed run (the latest of the id unless --run is given) with its history. "
@@ -228,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "?retention_days=, does this in the background). Prints how many.")
     p.add_argument("--before", type=_when, required=True, metavar="TIME",
                    help="ISO 8601 (UTC when no offset is given)")
+    p.add_argument("--json", action="store_true", help='print {"deleted": N, "before": TIME}')
 
     p = sub.add_parser("reset", parents=[common], help="rerun a workflow from one of its workflow tasks",
                        description="Start a new run of the workflow from its WorkflowTaskCompleted event N, with the "
@@ -239,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the id of a WorkflowTaskCompleted event of the run")
     p.add_argument("--run-id", metavar="RUN_ID", help="a specific run (default: the latest)")
     p.add_argument("--reason", default="", metavar="TEXT", help="why (recorded in both runs' histories)")
+    p.add_argument("--json", action="store_true", help='print {"workflow_id", "run_id"} (the new run)')
 
     p = sub.add_parser("start", parents=[common], help="start a workflow by its registered name",
                        description="Start a workflow of registered type TYPE with each JSON_ARG as an argument, "
@@ -261,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="signal-with-start: record this signal with the start (or on the open run)")
     p.add_argument("--start-signal-arg", dest="start_signal_args", action="append", default=[], metavar="JSON",
                    help="an argument of the start signal, as JSON (repeat for several)")
+    p.add_argument("--json", action="store_true", help='print {"workflow_id", "run_id"}')
 
     p = sub.add_parser("activity", parents=[common], help="complete, fail or heartbeat an activity from outside",
                        description="Act on the activity attempt a task token names (ActivityInfo.task_token as "
@@ -300,8 +368,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add to a destination that holds workflows already (an id present in both is refused)")
     p.add_argument("--force", action="store_true",
                    help="copy although workers still hold leases in the source (they should be stopped)")
+    p.add_argument("--json", action="store_true", help="print the report as a JSON object")
     add_schedule_parser(sub, common)  # duro schedule ... (duro._schedule_cli)
+
+    p = sub.add_parser("ui", parents=[common], help="serve the web UI of a store (the 'ui' extra)",
+                       description="Serve the web UI of the store URL (else --store, $DURO_STORE...) until "
+                       "interrupted (Ctrl-C), and print its address: workflows, their histories and timelines, "
+                       "actions, schedules. Needs pip install 'duro[ui]'.")
+    p.add_argument("url", nargs="?", metavar="URL", help="the store URL (default: --store, else $DURO_STORE...)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8233,
+                   help="the port to listen on (default 8233; 0: any free port, printed at start)")
+    p.add_argument("--token", default=os.environ.get(UI_TOKEN_ENV) or None, metavar="TOKEN",
+                   help=f"the token actions must carry (default: ${UI_TOKEN_ENV}; on a host other than "
+                   "loopback, one is made when none is given)")
     return parser
+
+
+def _epilog() -> str:
+    """The end of ``duro --help``: how arguments are written, --json, and the table of exit statuses."""
+    codes = "\n".join(textwrap.fill(text, 100, initial_indent=f"  {int(code):<4} ", subsequent_indent=" " * 7)
+                      for code, text in EXIT_CODES.items())
+    return ("Arguments of workflows, signals and queries are JSON, one per word:\n"
+            "  duro signal order-1 approve '{\"by\": \"alice\"}'\n\n"
+            "--json (on list, count, describe, history, result, query, check, schedule list/describe, and on\n"
+            "start, reset, batch, purge, copy, schedule trigger/backfill) prints one JSON object on stdout;\n"
+            "docs/cli.md describes each.\n\n"
+            f"exit status:\n{codes}")
 
 
 def _is_json(text: str) -> bool:
@@ -379,141 +472,6 @@ def _check_store_exists(url: str) -> None:
             f"no duro store at {str(path)!r} (store URL {url!r}); pass --store URL or set {STORE_ENV}")
 
 
-# ---------------------------------------------------------------------------------------- output
-
-
-# Characters that must not reach a terminal raw: C0 controls (ESC starts escape sequences), DEL,
-# C1 controls (U+009B is a one-character CSI), line and paragraph separators, the bidirectional
-# overrides and isolates (they reorder what is shown), and lone surrogates (not encodable).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
-# JSON already escapes C0 controls inside strings; outside them only its whitespace (\t \n \r) occurs.
-_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
-_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _escape_char(m: re.Match[str]) -> str:
-    c = m.group()
-    return _SHORT.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-
-
-def clean(text: str) -> str:
-    r"""``text`` with control characters escaped Python-style (``\x1b``, ``\n``, ``\u202e``), safe to print.
-
-    Args:
-        text: anything read from a store or given by a user: ids, names, payloads, error messages.
-
-    Returns:
-        One line of printable text; text without such characters comes back unchanged.
-    """
-    return _UNSAFE.sub(_escape_char, text)
-
-
-def _json_safe(text: str) -> str:
-    r"""JSON text with the characters ``clean`` escapes, which JSON leaves raw (DEL, C1...), as ``\uXXXX``."""
-    # They can only occur inside JSON strings (the syntax around them is ASCII), where \uXXXX is valid.
-    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _json(value: Any, *, indent: int | None = None) -> str:
-    return _json_safe(json.dumps(value, indent=indent, ensure_ascii=False, default=str))
-
-
-def _print(line: str) -> None:
-    """Print one line of plain (not JSON) output, escaped."""
-    print(clean(line))
-
-
-def _time(t: datetime.datetime | None) -> str:
-    return "-" if t is None else t.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _execution_dict(ex: WorkflowExecution) -> dict[str, Any]:
-    return {
-        "workflow_id": ex.workflow_id, "run_id": ex.run_id, "workflow_type": ex.workflow_type,
-        "task_queue": ex.task_queue, "status": ex.status, "start_time": ex.start_time.isoformat(),
-        "close_time": ex.close_time.isoformat() if ex.close_time else None, "history_length": ex.history_length,
-        "task_failures": ex.task_failures, "search_attributes": ex.search_attributes, "memo": ex.memo,
-    }
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> list[str]:
-    """Rows aligned in columns (the last column is not padded); cells are escaped first."""
-    rows = [[clean(c) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def _payload_summary(event: HistoryEvent, width: int = PAYLOAD_WIDTH) -> str:
-    """The event's payload as short JSON (a start event shows its arguments)."""
-    data = event.data()
-    if isinstance(data, dict) and set(data) == {"meta", "args"}:
-        data = data["args"]
-    if isinstance(data, dict) and "message" in data and "kind" in data and "stack" in data:  # a failure
-        text = clean(f"{data.get('type') or data['kind']}: {data['message']}")
-        return text if len(text) <= width else text[: width - 3] + "..."
-    if isinstance(data, bytes):
-        if not data:
-            return ""
-        try:
-            data = json.loads(data)  # true, false, null and negative numbers come back as bytes
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return f"<{len(data)} bytes>"
-    text = _json_safe(json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str))
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _event_label(event: HistoryEvent) -> str:
-    """The event's name, with the command's sequence number where it has one."""
-    kind = event.event_type
-    if event.ref and kind.startswith(("Activity", "Timer", "StartChild", "ChildWorkflow", "SignalExternal")):
-        return f"{event.name} #{event.ref}".strip()
-    return event.name
-
-
-def history_lines(history: History) -> list[str]:
-    """A readable table of a history: id, milliseconds since the start, type, name / seq, payload.
-
-    Args:
-        history: the events of one run.
-
-    Returns:
-        The lines of the table, a title first.
-    """
-    title = f"workflow {history.workflow_id!r} run {history.run_id}: {len(history)} events"
-    if not len(history):
-        return [title]
-    t0 = history[0].timestamp
-    rows = [
-        [str(e.event_id), f"{(e.timestamp - t0).total_seconds() * 1000:.1f}", e.event_type, _event_label(e),
-         _payload_summary(e)]
-        for e in history
-    ]
-    return [title, *_table(["id", "+ms", "event type", "name / seq", "payload"], rows, right=(0, 1))]
-
-
-def _failure_text(err: BaseException) -> str:
-    """The error of a failed run in one line, with the chain of causes (types, details) its message lacks."""
-    text = str(err)
-    causes = []
-    cause = err.__cause__
-    while cause is not None:
-        desc = type(cause).__name__
-        if isinstance(cause, ApplicationError):
-            if cause.type != "ApplicationError":
-                desc += f" type {cause.type!r}"
-            if cause.details is not None:
-                desc += f" details {_json(cause.details)}"
-        if str(cause) and str(cause) not in text:
-            desc += f": {cause}"
-        causes.append(desc)
-        cause = cause.__cause__
-    return f"{text} (cause: {', caused by '.join(causes)})" if causes else text
-
-
 # ---------------------------------------------------------------------------------------- commands
 
 
@@ -552,166 +510,213 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
             "started_after": args.after, "started_before": args.before}
 
 
-async def _count(client: Client, args: argparse.Namespace) -> int:
-    _print(str(await client.count_workflows(**_filters(args))))
-    return 0
+
+def _json_doc(args: argparse.Namespace, value: Any) -> ExitCode:
+    """Print ``value`` as the command's ``--json`` document."""
+    out: Output = args.output
+    out.json(to_json(value, indent=2))
+    return ExitCode.OK
 
 
-async def _list(client: Client, args: argparse.Namespace) -> int:
+async def _count(client: Client, args: argparse.Namespace) -> ExitCode:
+    n = await client.count_workflows(**_filters(args))
+    if args.json:
+        return _json_doc(args, {"count": n})
+    args.output.line(str(n))
+    return ExitCode.OK
+
+
+async def _list(client: Client, args: argparse.Namespace) -> ExitCode:
+    out: Output = args.output
     runs = await client.list_workflows(**_filters(args), limit=args.limit, page_token=args.page)
     if args.json:
-        print(_json([_execution_dict(r) for r in runs], indent=2))
-        return 0
+        return _json_doc(args, {"items": [execution_dict(r) for r in runs], "next_page_token": runs.next_page_token})
     if not runs:
-        _print("no workflows")
-        return 0
-    rows = [[r.workflow_id, r.workflow_type, r.status, _time(r.start_time), _time(r.close_time),
+        out.line("no workflows")
+        return ExitCode.OK
+    rows = [[r.workflow_id, r.workflow_type, r.status, time_text(r.start_time), time_text(r.close_time),
              str(r.history_length)] for r in runs]
-    for line in _table(["workflow id", "type", "status", "started (UTC)", "closed (UTC)", "events"], rows,
-                       right=(5,)):
-        _print(line)
+    out.table(["workflow id", "type", "status", "started (UTC)", "closed (UTC)", "events"], rows, right=(5,),
+              styled=(2,))
     if runs.next_page_token is not None:
-        _print(f"more: --page {runs.next_page_token}")
-    return 0
+        out.line(f"more: --page {runs.next_page_token}", "dim")
+    return ExitCode.OK
 
 
-async def _describe(client: Client, args: argparse.Namespace) -> int:
+async def _describe(client: Client, args: argparse.Namespace) -> ExitCode:
     ex = await client.get_handle(args.workflow_id, args.run_id).describe()
     if args.json:
-        print(_json(_execution_dict(ex), indent=2))
-        return 0
+        return _json_doc(args, execution_dict(ex))
     fields = [("workflow id", ex.workflow_id), ("run id", ex.run_id), ("type", ex.workflow_type),
-              ("task queue", ex.task_queue), ("status", ex.status), ("started", _time(ex.start_time) + " UTC"),
-              ("closed", _time(ex.close_time) + (" UTC" if ex.close_time else "")),
+              ("task queue", ex.task_queue), ("status", ex.status), ("started", time_text(ex.start_time) + " UTC"),
+              ("closed", time_text(ex.close_time) + (" UTC" if ex.close_time else "")),
               ("events", str(ex.history_length))]
     if ex.task_failures:
         fields.append(("task failed", f"{ex.task_failures} time(s) in a row; see WorkflowTaskFailed in its history"))
     if ex.search_attributes:
-        fields.append(("attributes", _json(ex.search_attributes)))
+        fields.append(("attributes", to_json(ex.search_attributes)))
     if ex.memo:
-        fields.append(("memo", _json(ex.memo)))
-    for key, value in fields:
-        _print(f"{key + ':':<12} {value}")
-    return 0
+        fields.append(("memo", to_json(ex.memo)))
+    args.output.fields(fields, styled=("status",))
+    return ExitCode.OK
 
 
-async def _history(client: Client, args: argparse.Namespace) -> int:
+async def _history(client: Client, args: argparse.Namespace) -> ExitCode:
+    out: Output = args.output
     history = await client.get_handle(args.workflow_id, args.run_id).fetch_history()
     if args.json:
-        print(_json_safe(history.to_json()))
-        return 0
-    for line in history_lines(history):
-        _print(line)
-    return 0
+        out.json(json_safe(history.to_json()))
+        return ExitCode.OK
+    rows = history_rows(history)
+    if not rows:
+        out.line(history_title(history), "bold")
+    else:
+        out.table(HISTORY_HEADERS, rows, right=(0, 1), styled=(2,), title=history_title(history))
+    return ExitCode.OK
 
 
-async def _result(client: Client, args: argparse.Namespace) -> int:
+async def _closed_status(client: Client, workflow_id: str, e: WorkflowFailedError) -> str:
+    """The status of the run ``handle.result()`` found closed without completing."""
+    try:
+        return (await client.get_handle(e.workflow_id or workflow_id, e.run_id or None).describe()).status
+    except DuroError:  # deleted since, say: tell by the cause
+        cause = e.__cause__
+        return ("canceled" if isinstance(cause, CancelledError) else
+                "terminated" if isinstance(cause, TerminatedError) else "failed")
+
+
+async def _result(client: Client, args: argparse.Namespace) -> ExitCode:
     handle = client.get_handle(args.workflow_id)
     try:
         value = await handle.result(timeout=args.timeout)
     except WorkflowFailedError as e:
-        raise OperationError(_failure_text(e)) from None
+        if args.json:  # the answer is that it did not complete: on stdout too, with the one error line
+            status = await _closed_status(client, args.workflow_id, e)
+            _json_doc(args, {"workflow_id": args.workflow_id, "status": status, "result": None,
+                             "error": failure_dict(e)})
+        raise OperationError(failure_text(e)) from None
     except TimeoutError:  # asyncio's timeout (duro.TimeoutError is a DuroError)
         raise OperationError(
             f"workflow {args.workflow_id!r} did not close within {args.timeout:g} seconds") from None
-    print(_json(value, indent=2))
-    return 0
+    if args.json:
+        return _json_doc(args, {"workflow_id": args.workflow_id, "status": "completed", "result": value,
+                                "error": None})
+    return _json_doc(args, value)
 
 
-async def _signal(client: Client, args: argparse.Namespace) -> int:
-    values = args.values
-    await client.get_handle(args.workflow_id).signal(args.name, *values)
-    _print(f"sent signal {args.name!r} to workflow {args.workflow_id!r}")
-    return 0
+async def _signal(client: Client, args: argparse.Namespace) -> ExitCode:
+    await client.get_handle(args.workflow_id).signal(args.name, *args.values)
+    args.output.line(f"sent signal {args.name!r} to workflow {args.workflow_id!r}")
+    return ExitCode.OK
 
 
-async def _query(client: Client, args: argparse.Namespace) -> int:
-    values = args.values
-    answer = await client.get_handle(args.workflow_id).query(args.name, *values)
-    print(_json(answer, indent=2))
-    return 0
+async def _query(client: Client, args: argparse.Namespace) -> ExitCode:
+    answer = await client.get_handle(args.workflow_id).query(args.name, *args.values)
+    if args.json:
+        return _json_doc(args, {"workflow_id": args.workflow_id, "query": args.name, "args": args.values,
+                                "result": answer})
+    return _json_doc(args, answer)
 
 
-async def _cancel(client: Client, args: argparse.Namespace) -> int:
+async def _cancel(client: Client, args: argparse.Namespace) -> ExitCode:
     await client.get_handle(args.workflow_id).cancel()
-    _print(f"requested cancellation of workflow {args.workflow_id!r}")
-    return 0
+    args.output.line(f"requested cancellation of workflow {args.workflow_id!r}")
+    return ExitCode.OK
 
 
-async def _batch(client: Client, args: argparse.Namespace) -> int:
+async def _batch(client: Client, args: argparse.Namespace) -> ExitCode:
     """Apply one action to every match, page by page; a workflow that closed meanwhile is passed over."""
+    out: Output = args.output
     values = list(args.values)
     name = args.signal_name or ""
     if args.action == "signal" and not name:
         raise UsageError("batch signal needs --signal NAME")
     if args.action != "signal" and (values or name):
         raise UsageError(f"{args.action} takes no signal name or arguments (only signal does)")
-    done = skipped = 0
+    done = 0
+    passed_over: list[dict[str, str]] = []
     token: str | None = None
-    while True:
-        page = await client.list_workflows(**_filters(args), limit=500, page_token=token)
-        for ex in page:
-            handle = client.get_handle(ex.workflow_id, ex.run_id)
-            try:
-                if args.action == "cancel":
-                    await handle.cancel()
-                elif args.action == "terminate":
-                    await handle.terminate(args.reason)
-                else:
-                    await handle.signal(name, *values)
-                done += 1
-            except DuroError as e:  # closed since it was listed, say
-                skipped += 1
-                _print(f"{ex.workflow_id}: {e}")
-        token = page.next_page_token
-        if token is None:
-            break
-    _print(f"{args.action}: {done} workflow(s)" + (f", {skipped} passed over" if skipped else ""))
-    return 0 if not skipped else 1
+    total = await client.count_workflows(**_filters(args)) if out.progress_shown else None
+    with out.progress(f"batch {args.action}", total) as progress:
+        while True:
+            page = await client.list_workflows(**_filters(args), limit=500, page_token=token)
+            for ex in page:
+                handle = client.get_handle(ex.workflow_id, ex.run_id)
+                try:
+                    if args.action == "cancel":
+                        await handle.cancel()
+                    elif args.action == "terminate":
+                        await handle.terminate(args.reason)
+                    else:
+                        await handle.signal(name, *values)
+                    done += 1
+                except DuroError as e:  # closed since it was listed, say
+                    passed_over.append({"workflow_id": ex.workflow_id, "run_id": ex.run_id, "error": str(e)})
+                    if not args.json:
+                        out.line(f"{ex.workflow_id}: {e}")
+                progress.advance()
+            token = page.next_page_token
+            if token is None:
+                break
+    if args.json:
+        _json_doc(args, {"action": args.action, "done": done, "passed_over": passed_over})
+    else:
+        out.line(f"{args.action}: {done} workflow(s)" + (f", {len(passed_over)} passed over" if passed_over else ""))
+    return ExitCode.FAILED if passed_over else ExitCode.OK
 
 
-async def _delete(client: Client, args: argparse.Namespace) -> int:
+async def _delete(client: Client, args: argparse.Namespace) -> ExitCode:
     await client.get_handle(args.workflow_id, args.run_id).delete()
-    _print(f"deleted workflow {args.workflow_id!r}" + (f" run {args.run_id}" if args.run_id else ""))
-    return 0
+    args.output.line(f"deleted workflow {args.workflow_id!r}" + (f" run {args.run_id}" if args.run_id else ""))
+    return ExitCode.OK
 
 
-async def _purge(client: Client, args: argparse.Namespace) -> int:
+async def _purge(client: Client, args: argparse.Namespace) -> ExitCode:
+    out: Output = args.output
     total = 0
-    while True:
-        n = await client.purge(args.before, limit=1000)
-        total += n
-        if n < 1000:
-            break
-    _print(f"deleted {total} run(s) closed before {args.before.isoformat()}")
-    return 0
+    with out.progress("purging") as progress:
+        while True:
+            n = await client.purge(args.before, limit=1000)
+            total += n
+            progress.update(completed=total, description=f"purging: {total} run(s) deleted")
+            if n < 1000:
+                break
+    if args.json:
+        return _json_doc(args, {"deleted": total, "before": args.before.isoformat()})
+    out.line(f"deleted {total} run(s) closed before {args.before.isoformat()}")
+    return ExitCode.OK
 
 
-async def _terminate(client: Client, args: argparse.Namespace) -> int:
+async def _terminate(client: Client, args: argparse.Namespace) -> ExitCode:
     await client.get_handle(args.workflow_id).terminate(args.reason)
-    _print(f"terminated workflow {args.workflow_id!r}")
-    return 0
+    args.output.line(f"terminated workflow {args.workflow_id!r}")
+    return ExitCode.OK
 
 
-async def _reset(client: Client, args: argparse.Namespace) -> int:
+def _started(args: argparse.Namespace, run_id: str) -> ExitCode:
+    """What ``start`` and ``reset`` print: the run id, or ``{"workflow_id", "run_id"}``."""
+    if args.json:
+        return _json_doc(args, {"workflow_id": args.workflow_id, "run_id": run_id})
+    args.output.line(run_id)
+    return ExitCode.OK
+
+
+async def _reset(client: Client, args: argparse.Namespace) -> ExitCode:
     handle = await client.get_handle(args.workflow_id, args.run_id).reset(event_id=args.event_id, reason=args.reason)
-    _print(str(handle.run_id))
-    return 0
+    return _started(args, str(handle.run_id))
 
 
-async def _start(client: Client, args: argparse.Namespace) -> int:
-    values = args.values
+async def _start(client: Client, args: argparse.Namespace) -> ExitCode:
     handle = await client.start_workflow(
-        args.workflow_type, *values, id=args.workflow_id, task_queue=args.task_queue,
+        args.workflow_type, *args.values, id=args.workflow_id, task_queue=args.task_queue,
         id_reuse_policy=args.id_reuse_policy, execution_timeout=args.execution_timeout,
         run_timeout=args.run_timeout, id_conflict_policy=args.id_conflict_policy,
         start_signal=args.start_signal, start_signal_args=_json_args(args.start_signal_args),
     )
-    _print(str(handle.run_id))
-    return 0
+    return _started(args, str(handle.run_id))
 
 
-async def _activity(client: Client, args: argparse.Namespace) -> int:
+async def _activity(client: Client, args: argparse.Namespace) -> ExitCode:
     from duro.errors import ApplicationError, TaskTokenError
 
     try:
@@ -728,9 +733,9 @@ async def _activity(client: Client, args: argparse.Namespace) -> int:
     else:
         [value] = _json_args([args.value]) if args.value is not None else [None]
         await (handle.complete(value) if args.action == "complete" else handle.heartbeat(value))
-    _print({"complete": "completed the activity attempt", "fail": "failed the activity attempt (its retry policy "
-            "applies)", "heartbeat": "recorded a heartbeat of the activity attempt"}[args.action])
-    return 0
+    args.output.line({"complete": "completed the activity attempt", "fail": "failed the activity attempt (its retry "
+                      "policy applies)", "heartbeat": "recorded a heartbeat of the activity attempt"}[args.action])
+    return ExitCode.OK
 
 
 _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
@@ -742,40 +747,25 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
 }
 
 
-def check_lines(report: CheckReport) -> list[str]:
-    """What ``duro check`` prints: each problem, then a summary line.
-
-    Args:
-        report: what ``duro.stores.check.check_store`` found.
-
-    Returns:
-        The lines (not yet escaped).
-    """
-    counts = (f"{report.events} events, {report.workflows} workflow ids, {report.tasks} tasks, "
-              f"{report.timers} timers")
-    if report.ok:
-        return [f"store {report.path}: {report.runs} runs, {counts}: no problems found"]
-    damaged = report.runs - report.runs_ok
-    runs = f"{report.runs} runs ({report.runs_ok} fine, {damaged} with problems)" if report.runs else "0 runs"
-    n = len(report.problems)
-    summary = f"{runs}, {counts}" if report.records_checked else "its records were not checked"
-    return [f"problems in the store at {report.path}:", *(f"  {p}" for p in report.problems),
-            f"store {report.path}: {summary}: {n} problem{'s' if n != 1 else ''}"]
+# ---------------------------------------------------------------------------------------- without a Client
 
 
-def _check(url: str, args: argparse.Namespace) -> int:
+def _check(url: str, args: argparse.Namespace) -> ExitCode:
     """``duro check``: runs without a Client, which would refuse a damaged store or write to it."""
+    out: Output = args.output
     _check_store_exists(url)
-    report = check_store(url)
+    with out.status("checking the store"):
+        report = check_store(url)
     if args.json:
-        print(_json(report.to_dict(), indent=2))
+        _json_doc(args, report.to_dict())
     else:
-        for line in check_lines(report):
-            _print(line)
-    return 0 if report.ok else 1
+        lines = check_lines(report)
+        for i, line in enumerate(lines):
+            out.line(line, "green" if report.ok else "bold red" if i in (0, len(lines) - 1) else "red")
+    return ExitCode.OK if report.ok else ExitCode.FAILED
 
 
-def _compact(url: str, args: argparse.Namespace) -> int:
+def _compact(url: str, args: argparse.Namespace) -> ExitCode:
     """``duro compact DEST``: LMDB only (PostgreSQL compacts itself)."""
     if not url.startswith("lmdb://"):
         raise UsageError("compact is for LMDB stores; PostgreSQL reclaims space by itself (autovacuum), "
@@ -784,11 +774,58 @@ def _compact(url: str, args: argparse.Namespace) -> int:
     store = open_lmdb_store(url)
     try:
         before = (Path(store.path) / "data.mdb").stat().st_size
-        size = store.compact(args.destination)
+        with args.output.status(f"writing a compacted copy to {args.destination}"):
+            size = store.compact(args.destination)
     finally:
         asyncio.run(store.close())
-    _print(f"wrote a compacted copy to {args.destination}: {size} bytes (the store's file: {before} bytes)")
-    return 0
+    args.output.line(f"wrote a compacted copy to {args.destination}: {size} bytes (the store's file: {before} bytes)")
+    return ExitCode.OK
+
+
+def _copy(args: argparse.Namespace) -> ExitCode:
+    """``duro copy``: a progress bar on a terminal, then a summary (``--store`` plays no part)."""
+    out: Output = args.output
+    with out.progress("copying") as progress:
+
+        def advanced(r: CopyReport) -> None:
+            progress.update(completed=r.runs, description=f"copying: {r.runs} runs, {r.events} events")
+
+        try:
+            report = copy_store(args.src_url, args.dst_url, merge=args.merge, force=args.force, progress=advanced)
+        except (StoreCorruptedError, CorruptHistoryError) as e:
+            # As it is: _execute's hint would name --store, which copy does not use.
+            raise OperationError(str(e)) from None
+    if args.json:
+        return _json_doc(args, report.to_dict())
+    for line in copy_lines(report):
+        out.line(line)
+    return ExitCode.OK
+
+
+def _ui(url: str, args: argparse.Namespace) -> ExitCode:
+    """``duro ui``: serve the web UI (``duro.ui``, the ``ui`` extra) until interrupted."""
+    if args.url and getattr(args, "store", None) and args.url != args.store:
+        raise UsageError(f"two stores given: URL {args.url!r} and --store {args.store!r}; give one")
+    url = args.url or url
+    try:
+        # duro.ui imports without aiohttp and its serve() says what is missing: both are ImportErrors.
+        serve = importlib.import_module("duro.ui").serve
+        _check_store_exists(url)
+        served = serve(url, host=args.host, port=args.port, token=args.token)
+        if inspect.iscoroutine(served):
+            asyncio.run(served)
+    except ImportError as e:
+        text = str(e)
+        raise OperationError(text if "duro[ui]" in text else
+                             f"duro ui needs the 'ui' extra: pip install 'duro[ui]' ({text})") from None
+    except OSError as e:  # the address is taken or cannot be bound (the store's own errors are DuroErrors)
+        raise OperationError(f"cannot serve the UI on {args.host}:{args.port}: {e}") from None
+    return ExitCode.OK
+
+
+_LOCAL: dict[str, Callable[[str, argparse.Namespace], ExitCode]] = {
+    "check": _check, "compact": _compact, "copy": lambda url, args: _copy(args), "ui": _ui,
+}
 
 
 async def _run(url: str, args: argparse.Namespace) -> int:
@@ -800,11 +837,6 @@ async def _run(url: str, args: argparse.Namespace) -> int:
         return await command(client, args)
 
 
-def _error(message: str) -> None:
-    """Report an error in one line on stderr (escaped: the message may quote ids and payloads)."""
-    print(f"duro: error: {clean(message)}", file=sys.stderr)
-
-
 def _checked_argument(e: BaseException) -> bool:
     """Whether ``e`` was raised by duro's checks of call arguments (``duro._validate``): bad input."""
     tb = e.__traceback__
@@ -813,78 +845,24 @@ def _checked_argument(e: BaseException) -> bool:
     return tb is not None and tb.tb_frame.f_globals.get("__name__") == "duro._validate"
 
 
-def _unexpected(e: BaseException, url: str, show_traceback: bool) -> None:
+def _unexpected(out: Output, e: BaseException, url: str, show_traceback: bool) -> None:
     """A damaged record or a bug: still one line, and the way to see more."""
     if show_traceback:
         traceback.print_exc()
-    _error(f"unexpected {type(e).__name__}: {e} (a damaged store or a bug in duro: duro --store {url} check "
-           "tells which" + ("" if show_traceback else "; --traceback shows where it happened") + ")")
-
-
-def _copy(args: argparse.Namespace) -> int:
-    """``duro copy``: progress at most once a second, then a summary (``--store`` plays no part)."""
-    last = time.monotonic()
-
-    def progress(r: CopyReport) -> None:
-        nonlocal last
-        if time.monotonic() - last >= 1.0:
-            last = time.monotonic()
-            _print(f"copied {r.runs} runs ({r.running} running), {r.events} events so far")
-
-    try:
-        report = copy_store(args.src_url, args.dst_url, merge=args.merge, force=args.force, progress=progress)
-    except (StoreCorruptedError, CorruptHistoryError) as e:
-        # As it is: _execute's hint would name --store, which copy does not use.
-        raise OperationError(str(e)) from None
-    for line in copy_lines(report):
-        _print(line)
-    return 0
-
-
-def copy_lines(report: CopyReport) -> list[str]:
-    """What ``duro copy`` prints once it is done.
-
-    Args:
-        report: what ``duro.stores.copy.copy_store`` copied.
-
-    Returns:
-        The lines (not yet escaped).
-    """
-    r = report
-    lines = [f"copied {r.runs} runs ({r.running} running) of {r.workflows} workflow ids from {r.source} to "
-             f"{r.destination} in {r.seconds:.1f} s:",
-             f"  {r.events} events, {r.workflow_tasks} workflow tasks, {r.activity_attempts} activity attempts, "
-             f"{r.timers} timers"]
-    if r.leases_reset:
-        lines.append(f"  {r.leases_reset} task(s) leased in the source are free in the destination")
-    if r.dropped_attempts:
-        lines.append(f"  {r.dropped_attempts} activity attempt(s) their workflows had cancelled were left behind")
-    if r.skipped_index_entries:
-        lines.append(f"  warning: {r.skipped_index_entries} workflow id(s) of the source name no run and were not "
-                     "copied (a damaged index: duro --store SRC_URL check tells more)")
-    if r.source_changed:
-        lines.append("  warning: the source changed during the copy; what it recorded after the copy began is "
-                     "not in the destination")
-    lines.append("the source is unchanged: start your workers against the destination, and delete the source once "
-                 "you have checked the copy")
-    return lines
+    out.error(f"unexpected {type(e).__name__}: {e} (a damaged store or a bug in duro: duro --store {url} check "
+              "tells which" + ("" if show_traceback else "; --traceback shows where it happened") + ")")
 
 
 def _execute(url: str, args: argparse.Namespace) -> int:
     try:
-        if args.command == "copy":
-            return _copy(args)
-        if args.command == "check":
-            return _check(url, args)
-        if args.command == "compact":
-            return _compact(url, args)
-        return asyncio.run(_run(url, args))
+        local = _LOCAL.get(args.command)
+        return local(url, args) if local is not None else asyncio.run(_run(url, args))
     except (StoreCorruptedError, CorruptHistoryError) as e:
         command = f"duro --store {url} check"
         text = str(e)
-        _error(text.replace("duro check", command) if "duro check" in text else
-               f"{text} (see what is damaged: {command})")
-    return 1
+        args.output.error(text.replace("duro check", command) if "duro check" in text else
+                          f"{text} (see what is damaged: {command})")
+    return ExitCode.FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -897,36 +875,38 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        The exit status: 0 on success, 1 when the operation failed (including any store error and
-        problems found by ``check``), 2 for bad input (options, JSON arguments, the store URL, a
-        value past a limit of the store).
+        The exit status, an ``ExitCode``: 0 on success, 1 when the operation failed (including any
+        store error and problems found by ``check``), 2 for bad input (options, JSON arguments, the
+        store URL, a value past a limit of the store), 130 when interrupted. ``EXIT_CODES`` has them.
     """
     show_traceback = False
     url = DEFAULT_STORE
+    out = Output()
     try:
         args = parse_args(argv)
+        out = args.output = Output(args.color)
         show_traceback = args.traceback
         url = store_url(args.store)
         return _execute(url, args)
     except SystemExit as e:  # --help and --version
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        return e.code if isinstance(e.code, int) else (ExitCode.OK if e.code is None else ExitCode.USAGE)
     except (UsageError, StoreURLError, StoreLimitError, PayloadTooLargeError) as e:
-        _error(str(e))  # the input is at fault: an option, a JSON argument, the URL, an id or payload too big
-        return 2
+        out.error(str(e))  # the input is at fault: an option, a JSON argument, the URL, an id or payload too big
+        return ExitCode.USAGE
     except (OperationError, DuroError, mdb.Error) as e:  # mdb.Error: LMDB's errors are StoreErrors too
-        _error(str(e))
+        out.error(str(e))
     except (TypeError, ValueError) as e:
         if _checked_argument(e):
-            _error(str(e))
-            return 2
-        _unexpected(e, url, show_traceback)
+            out.error(str(e))
+            return ExitCode.USAGE
+        _unexpected(out, e, url, show_traceback)
     except OSError as e:
-        _error(f"cannot open or use the store: {e}")
+        out.error(f"cannot open or use the store: {e}")
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as e:
-        _unexpected(e, url, show_traceback)
-    return 1
+        _unexpected(out, e, url, show_traceback)
+    return ExitCode.FAILED
 
 
 if __name__ == "__main__":
