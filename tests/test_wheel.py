@@ -113,6 +113,8 @@ def test_wheel_holds_the_compiled_core_stubs_licences_and_lmdb(artefacts: Artefa
         assert f"duro/_core/{mod}.pyi" in names
     assert len(sos) == len(CORE_MODULES)
     assert "duro/py.typed" in names
+    # The web UI's assets ship in the wheel: `duro ui` needs no build step at install.
+    assert {"duro/ui/static/index.html", "duro/ui/static/app.css", "duro/ui/static/js/main.js"} <= names
     assert {f"duro-{VERSION}.dist-info/licenses/LICENSE", f"duro-{VERSION}.dist-info/licenses/{LMDB_LICENCE}"} <= names
     assert [n for n in names if re.fullmatch(r"duro\.libs/liblmdb-[0-9a-f]+\.so[.0-9]*", n)], "liblmdb not bundled"
     assert not [n for n in names if n.endswith((".pyx", ".pxd", ".c"))]
@@ -123,7 +125,7 @@ def test_wheel_holds_the_compiled_core_stubs_licences_and_lmdb(artefacts: Artefa
     # The version the wheel reports is its tag's; uvloop is an extra, not a requirement.
     assert f"\nVersion: {VERSION}\n" in meta
     requires = [line.removeprefix("Requires-Dist: ") for line in meta.splitlines() if line.startswith("Requires-Dist")]
-    assert {r.split(">")[0] for r in requires if "extra ==" not in r} == {"cronsim", "msgspec", "orjson"}
+    assert {r.split(">")[0] for r in requires if "extra ==" not in r} == {"cronsim", "msgspec", "orjson", "rich"}
     assert any(r.startswith("uvloop") and 'extra == "uvloop"' in r for r in requires)
 
 
@@ -139,7 +141,9 @@ def test_sdist_holds_everything_a_build_needs(artefacts: Artefacts) -> None:
     package = {str(p.relative_to(REPO)) for p in (REPO / "src").rglob("*") if p.suffix in (".py", ".pyi")}
     missing = package - names
     assert not missing, f"missing from the sdist (run `make wheel` if they are new): {sorted(missing)}"
-    assert not [n for n in names if n.endswith((".c", ".so", ".pyc", ".html"))]
+    # No generated C, builds or Cython annotations (.html); the web UI's page is the one .html shipped.
+    assert not [n for n in names if n.endswith((".c", ".so", ".pyc"))
+                or (n.endswith(".html") and "/src/duro/ui/static/" not in f"/{n}")]
 
 
 def test_the_wheel_runs_the_demo_and_the_cli_without_a_compiler(venv: Venv, tmp_path: Path) -> None:
