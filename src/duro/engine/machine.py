@@ -663,8 +663,10 @@ class Machine:
                            task_queue=rec.task_queue, args=ev.payload, run_id=new_run, parent=rec.parent,
                            first_run_id=old_meta.get("first_run"), run_timeout=old_meta.get("run_timeout"),
                            execution_timeout=old_meta.get("execution_timeout"),
-                           # As in Temporal, the next run keeps the search attributes and the memo.
-                           search_attributes=rec.search_attributes, memo=rec.memo)
+                           # As in Temporal, the next run keeps the search attributes and the memo; it
+                           # keeps the start's interceptor headers too (a trace goes on across runs).
+                           search_attributes=rec.search_attributes, memo=rec.memo,
+                           headers=old_meta.get("headers") or None)
         self.create_run(tx, fx, req, now_us, deadline_us=old_meta.get("deadline_us", 0))
         rec.next_run_id = new_run
         parent = rec.parent
