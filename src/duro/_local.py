@@ -10,6 +10,7 @@ Everything here goes through the workers' public methods.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalDispatch", "local_dispatch"]
 
+log = logging.getLogger("duro.worker")
+
 
 class LocalDispatch:
     """The workers of one store in this process, and the routing of that store's effects to them."""
@@ -39,6 +42,7 @@ class LocalDispatch:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._wf: dict[str, Worker] = {}
         self._act: dict[str, Worker] = {}
+        self._returns: set[asyncio.Task[Any]] = set()  # workflow tasks being given back (see deliver)
 
     # ------------------------------------------------------------------ registration
 
@@ -80,6 +84,8 @@ class LocalDispatch:
                 w = self._wf.get(eff.task_queue)
                 if w is not None:
                     w.offer_workflow_task(eff.run_key, eff.history)
+                else:
+                    self._give_back(eff.task_queue, eff.run_key)
             elif isinstance(eff, ActivityTaskReady):
                 w = self._act.get(eff.task.task_queue)
                 if w is not None:
@@ -90,6 +96,28 @@ class LocalDispatch:
                     w.activity_due(eff.when)
             elif isinstance(eff, TimerSet):
                 self.timer_set(eff.when)
+
+    def _give_back(self, task_queue: str, run_key: bytes) -> None:
+        """Return a workflow task a commit leased to this process after its worker stopped.
+
+        The commit saw a consumer when it ran; the worker detached before the effect arrived. Left
+        alone, the task would wait for its lease to end (30 s) before any worker, here or elsewhere,
+        could take it.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (the store is closing): the lease runs out instead
+            return
+        task = loop.create_task(self._return(task_queue, run_key))
+        self._returns.add(task)
+        task.add_done_callback(self._returns.discard)
+
+    async def _return(self, task_queue: str, run_key: bytes) -> None:
+        try:
+            await self._store.return_workflow_tasks(task_queue, [run_key])
+        except Exception:  # closed meanwhile, say: the lease runs out and another worker takes it then
+            log.warning("could not give back the workflow task of run %s (queue %r); it is taken over when its "
+                        "lease ends", run_key.hex(), task_queue, exc_info=True)
 
     def timer_set(self, when: float) -> None:
         """Tell the workers that run timers that one is due at ``when`` (0: look now)."""
