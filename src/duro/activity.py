@@ -101,6 +101,9 @@ class ActivityDefinition:
     heartbeat_timeout: float | None = None
     retry_policy: RetryPolicy | None = None
     signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
+    #: a method (its first parameter is ``self``): a worker registers it bound to an instance,
+    #: ``activities=[obj.method]``, and calls it on that instance.
+    is_method: bool = False
 
 
 def get_activity_definition(fn: Any) -> ActivityDefinition:
@@ -151,12 +154,20 @@ def activity(
         if not callable(f):
             raise TypeError(f"@duro.activity decorates a function, not {type(f).__name__}")
         params = list(inspect.signature(f).parameters.values())
-        if not params:
-            raise TypeError(f"activity {f.__qualname__} must take an ActivityContext as its first parameter")
+        # A method, decorated in its class body (a plain function then): self comes before the context.
+        is_method = bool(params) and params[0].name == "self"
+        if len(params) < 1 + is_method:
+            what = "after self " if is_method else ""
+            raise TypeError(f"activity {f.__qualname__} must take an ActivityContext as its first parameter {what}")
         activity_name = check_name("activity name", name if name is not None else f.__name__)
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
         arg_hints, ret = parameter_hints(f)
+        sig = signature_of(f)
+        if is_method:  # the hints and the signature callers are checked against start at the context
+            arg_hints = arg_hints[1:]
+            if sig is not None:
+                sig = sig.replace(parameters=list(sig.parameters.values())[1:])
         f.__duro_activity__ = ActivityDefinition(  # type: ignore[attr-defined]
             name=activity_name,
             fn=f,
@@ -167,7 +178,8 @@ def activity(
             schedule_to_close_timeout=to_seconds(schedule_to_close_timeout, "schedule_to_close_timeout"),
             heartbeat_timeout=to_seconds(heartbeat_timeout, "heartbeat_timeout"),
             retry_policy=retry_policy,
-            signature=signature_of(f),
+            signature=sig,
+            is_method=is_method,
         )
         return f
 

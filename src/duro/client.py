@@ -11,6 +11,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from duro import _metrics
 from duro._core import codec
 from duro._local import local_dispatch
 from duro._validate import check_call_args, check_duration, check_name
@@ -326,6 +327,8 @@ class Client(ScheduleClient):
         run_id = req.run_id
         if worker is None or not await worker.eager_start(req):
             run_id = await self.store.start_workflow(req)
+        if _metrics.ENABLED and run_id == req.run_id:  # another id: "use_existing" found a run open
+            _metrics.RECORDER.workflow_started(input.workflow)
         defn = input.definition
         handle = WorkflowHandle(self, input.id, run_id, result_hint=defn.return_hint if defn else None)
         handle._defn = defn

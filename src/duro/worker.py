@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import gc
+import inspect
 import logging
 import time
 from collections import OrderedDict, deque
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from duro import _metrics
 from duro._aio import wait_event
 from duro._async_completion import CompleteAsync
 from duro._core import codec
@@ -125,6 +128,11 @@ class Worker:
         self._activities: dict[str, ActivityDefinition] = {}
         for act in activities:
             a = get_activity_definition(act)
+            if a.is_method:
+                if not inspect.ismethod(act):
+                    raise TypeError(f"activity {a.name!r} is a method: register it bound to an instance, "
+                                    f"activities=[obj.{getattr(act, '__name__', a.name)}], not the class's function")
+                a = dataclasses.replace(a, fn=act)  # called on that instance
             if a.name in self._activities:
                 raise ValueError(f"two activities are registered under the name {a.name!r}")
             self._activities[a.name] = a
@@ -143,6 +151,9 @@ class Worker:
         self._active: set[bytes] = set()
         self._again: set[bytes] = set()
         self._wf_backlog: deque[bytes] = deque()
+        # perf_counter() when each workflow task was offered (filled only while metrics are on):
+        # the start of its schedule-to-start.
+        self._wf_offered: dict[bytes, float] = {}
         self._next_purge = time.monotonic() + _PURGE_INTERVAL_S  # first purge a minute after start
         self._claims: set[asyncio.Future[list[bytes]]] = set()  # workflow task claims in flight
         self._act_running = 0
@@ -191,6 +202,7 @@ class Worker:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_activities, thread_name_prefix=f"duro-act-{self.task_queue}")
         local_dispatch(store).attach(self)
+        _metrics.watch_worker(self)
         self._unsubscribe = store.on_foreign_change(self._on_foreign_change)
         if self._workflows:
             self._spawn(self._wf_poll_loop())
@@ -218,6 +230,7 @@ class Worker:
             gc.set_threshold(*self._saved_gc)
         self._saved_gc = None
         local_dispatch(self.store).detach(self)
+        _metrics.unwatch_worker(self)
         if self._unsubscribe:
             self._unsubscribe()
         held = {*self._active, *self._wf_backlog, *self._again}  # workflow tasks leased to this worker
@@ -324,6 +337,8 @@ class Worker:
         """
         if not self._running:
             return
+        if _metrics.ENABLED:
+            self._wf_offered.setdefault(run_key, time.perf_counter())
         if run_key in self._active:
             self._again.add(run_key)
             return
@@ -369,6 +384,8 @@ class Worker:
         inst = self._cache.pop(run_key, None)
         if inst is not None:
             inst.close()
+            if _metrics.ENABLED and inst.close_status is None:  # not a run that just closed: a stale or failed one
+                _metrics.RECORDER.sticky_cache_evicted(self.task_queue, "invalidated")
 
     async def _load(self, run_key: bytes, events: list[Event] | None) -> tuple[WorkflowInstance | None, list[Event]]:
         """A fresh instance replayed from the full history, and the inputs it still has to process."""
@@ -385,9 +402,14 @@ class Worker:
                 f"workflow type {started.name!r} is not registered on worker {self.identity} (task queue "
                 f"{self.task_queue!r}); registered: {sorted(self._workflows)}")
         inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors)
-        if len(events) > 1:
+        replaying = len(events) > 1  # more than the start: the code ran before (elsewhere, or evicted here)
+        if replaying:
             self.stats["replays"] += 1
+        t0 = time.perf_counter() if replaying and _metrics.ENABLED else 0.0
         pending = inst.replay(events)
+        if t0 and _metrics.ENABLED:
+            _metrics.RECORDER.sticky_cache_miss(self.task_queue)
+            _metrics.RECORDER.replayed(started.name, time.perf_counter() - t0)
         inst.next_event_id = events[-1].event_id + 1
         return inst, pending
 
@@ -454,6 +476,8 @@ class Worker:
             if not foreign and not any(ev.type in _TERMINAL for ev in new):
                 if new:
                     inst.next_event_id = new[-1].event_id + 1
+                if _metrics.ENABLED:
+                    _metrics.RECORDER.sticky_cache_hit(self.task_queue)
                 return inst, [ev for ev in new if not is_command(ev.type) and ev.type not in _NOT_INPUTS]
             self._evict(run_key)  # another worker moved the run on, or it was closed: start over
         inst, pending = await self._load(run_key, history)
@@ -464,6 +488,8 @@ class Worker:
 
     async def _workflow_task_inner(self, run_key: bytes, history: list[Event] | None) -> None:
         store = self.store
+        t0 = time.perf_counter() if _metrics.ENABLED else 0.0
+        offered = self._wf_offered.pop(run_key, None)
         inst, pending = await self._prepare(run_key, history)
         if inst is None:
             await store.release_workflow_task(self.task_queue, run_key, 1 << 62)
@@ -471,12 +497,16 @@ class Worker:
         if not pending:
             await store.release_workflow_task(self.task_queue, run_key, inst.last_event_id)
             return
+        if t0 and offered is not None and _metrics.ENABLED:
+            _metrics.RECORDER.workflow_task_scheduled_to_start(inst.info.workflow_type, t0 - offered)
         inst.busy = True
         try:
             inst.activate(pending)
             await self._commit(inst, pending[-1].event_id, [], None)
         finally:
             inst.busy = False
+        if t0 and _metrics.ENABLED:
+            _metrics.RECORDER.workflow_task_executed(inst.info.workflow_type, time.perf_counter() - t0)
         self._retry_backoff.pop(run_key, None)
 
     async def eager_start(self, req: StartRequest) -> bool:
@@ -494,6 +524,7 @@ class Worker:
         now_us = int(store.clock.now() * 1_000_000)
         started = started_event(req, now_us).with_id(1)
         run_key = run_key_of(req.run_id)
+        t0 = time.perf_counter() if _metrics.ENABLED else 0.0
         try:
             inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors)
             inst.activate([started])
@@ -511,6 +542,8 @@ class Worker:
             inst.close()
             raise
         self.stats["workflow_tasks"] += 1
+        if t0 and _metrics.ENABLED:
+            _metrics.RECORDER.workflow_task_executed(req.workflow_type, time.perf_counter() - t0)
         # The marker is event 2; the same commit may have added inputs after the commands (a child
         # that could not start): those are left for the next task to read.
         inst.committed(first, nxt, marker_id=2)
@@ -594,6 +627,8 @@ class Worker:
                 if not inst.busy and key not in self._active:
                     del cache[key]
                     inst.close()
+                    if _metrics.ENABLED:
+                        _metrics.RECORDER.sticky_cache_evicted(self.task_queue, "cache_full")
                     break
             else:
                 return
@@ -737,6 +772,7 @@ class Worker:
         conv = self.converter
         heartbeat_details = conv.decode(task.heartbeat_details) if task.heartbeat_details else None
         started = self.store.clock.now()
+        t0 = _activity_started(task, started) if _metrics.ENABLED else 0.0
         timeout = task.start_to_close_timeout
         if task.schedule_to_close_timeout:
             left = task.scheduled_time + task.schedule_to_close_timeout - started
@@ -785,8 +821,12 @@ class Worker:
                          task.run_key.hex())
             return
         except Exception as e:
+            if t0 and _metrics.ENABLED:
+                _metrics.RECORDER.activity_executed(task.name, time.perf_counter() - t0)
             await self._report_failure(task, e)
             return
+        if t0 and _metrics.ENABLED:
+            _metrics.RECORDER.activity_executed(task.name, time.perf_counter() - t0)
         try:
             payload = conv.encode(result)
         except (TypeError, ValueError) as e:  # not encodable, NaN/inf or too large: every attempt would fail alike
@@ -802,10 +842,12 @@ class Worker:
         outcome = ActivityOutcome(run_key=task.run_key, task_queue=task.task_queue, seq=task.seq,
                                   attempt=task.attempt, failure=encode_failure(exc), error_type=etype,
                                   non_retryable=non_retryable)
-        await self._record_outcome(outcome)
+        verdict = await self._record_outcome(outcome)
+        if _metrics.ENABLED and verdict in ("retry", "done"):  # not: stale, or its run closed or stopped waiting
+            _metrics.RECORDER.activity_failed(task.name, etype, verdict == "retry")
 
-    async def _record_outcome(self, outcome: ActivityOutcome) -> None:
-        """Commit an attempt's end, retrying while the store cannot take it (a full disk, say).
+    async def _record_outcome(self, outcome: ActivityOutcome) -> str:
+        """Commit an attempt's end, retrying while the store cannot take it (a full disk, say); the store's verdict.
 
         Gives up when the worker stops, or on an error that retrying cannot cure (a damaged run
         record): the attempt's lease then expires and the reaper retries the activity.
@@ -813,8 +855,7 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                await self.store.complete_activity(outcome)
-                return
+                return await self.store.complete_activity(outcome)
             except Exception as e:
                 if not self._running or not isinstance(e, StoreError) or isinstance(e, StoreCorruptedError):
                     raise
@@ -836,10 +877,13 @@ class Worker:
                        task.name, payload)
             self._active.add(task.run_key)
             inst.busy = True
+            t0 = time.perf_counter() if _metrics.ENABLED else 0.0
             try:
                 inst.activate([ev])
                 await self._commit(inst, 0, [ev], (task.seq, task.attempt))
                 self.stats["fused"] += 1
+                if t0 and _metrics.ENABLED:
+                    _metrics.RECORDER.workflow_task_executed(inst.info.workflow_type, time.perf_counter() - t0)
                 return
             except Conflict:  # the run moved on meanwhile: record the result the ordinary way below
                 self.stats["fused_conflicts"] += 1
@@ -859,6 +903,18 @@ class Worker:
         if hb is None:
             hb = ctx._heartbeater = _Heartbeater(self, ctx._task, ctx)
         hb.heartbeat(details)
+
+
+def _activity_started(task: ActivityTask, started: float) -> float:
+    """Record a first attempt's schedule-to-start (metrics on); the perf_counter() its execution is timed from.
+
+    Only a first attempt: a task carries its activity's first schedule time, so a retry's wait
+    would include the earlier attempts and their backoffs. Both times are the store's clock
+    (across machines, a skew could make it negative: counted as 0).
+    """
+    if task.attempt == 1:
+        _metrics.RECORDER.activity_scheduled_to_start(task.name, max(0.0, started - task.scheduled_time))
+    return time.perf_counter()
 
 
 async def _watch(runner: asyncio.Future[Any], ctx: ActivityContext, timeout: float | None,

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from duro import _metrics
 from duro.errors import DuroError, StoreError
 from duro.stores.base import Conflict, Dispatch, Effect, RunClosed, RunInfo, UpdateCompleted
 
@@ -73,6 +74,8 @@ def answer_batch(ops: list[Op], results: list[tuple[bool, Any]], effects: list[E
     rest: list[Effect] = []
     for eff in effects:
         if isinstance(eff, RunClosed):
+            if _metrics.ENABLED:  # every close (any status) is in exactly one durable batch of one process
+                _metrics.RECORDER.workflow_closed(eff.info.workflow_type, eff.info.status)
             # Released with the op futures of the same loop: one wake-up per loop and batch.
             for fut in waiters.pop(eff.run_key, ()):
                 per_loop.setdefault(fut.get_loop(), []).append((resolve, (fut, True, eff.info)))

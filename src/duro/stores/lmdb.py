@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlparse
 
 import orjson
 
+from duro import _metrics
 from duro._aio import wait_event
 from duro._core import mdb
 from duro._core.codec import Event
@@ -429,6 +430,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.time_in_commit += time.perf_counter() - t1
         self.commits += 1
         self.ops_committed += len(ops)
+        if _metrics.ENABLED:
+            _metrics.RECORDER.store_committed("lmdb", len(ops), time.perf_counter() - t0)
         answer_batch(ops, results, batch.effects, self._waiters, self._update_waiters, self.dispatch)
 
     def _run_batch(self, ops: list[Op], batch: _Batch, isolate: bool) -> tuple[list[tuple[bool, Any]], float]:

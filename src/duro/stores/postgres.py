@@ -43,6 +43,7 @@ import asyncpg
 import msgspec
 import orjson
 
+from duro import _metrics
 from duro._aio import wait_event
 from duro._core import codec
 from duro._core.codec import Event
@@ -569,6 +570,8 @@ class PostgresStore(PgSchedules):
         self.ops_committed += len(ops)
         self.round_trips += tx.round_trips
         self.time_in_batches += time.perf_counter() - t0
+        if _metrics.ENABLED:
+            _metrics.RECORDER.store_committed("postgresql", len(ops), time.perf_counter() - t0)
         self._finish(ops, results, fx)
 
     def _run_ops(self, conn: asyncpg.Connection, ops: list[Op],
