@@ -43,3 +43,21 @@ def eventually_sync(check: Callable[[], Any], what: str, timeout: float = 20.0, 
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout, None)
         time.sleep(poll_s)
+
+
+async def task_failure(handle: Any, timeout: float = 20.0) -> str:
+    """The message of the run's first ``WorkflowTaskFailed`` event, once there is one.
+
+    A workflow that raises an exception that is not a failure (not ``duro.ApplicationError`` and
+    the like) fails its workflow task, not the run: the task is retried, the run stays open.
+    """
+
+    async def failed() -> str | None:
+        for ev in await handle.fetch_history():
+            if ev.event_type == "WorkflowTaskFailed":
+                data = ev.data()
+                return str(data.get("message", data)) if isinstance(data, dict) else str(data)
+        return None
+
+    message: str = await eventually(failed, "a workflow task to fail", timeout)
+    return message

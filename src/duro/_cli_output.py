@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from duro.client import WorkflowExecution
+    from duro.client import PendingActivity, WorkflowExecution
     from duro.history import History, HistoryEvent
     from duro.stores.check import CheckReport
     from duro.stores.copy import CopyReport
@@ -99,7 +99,34 @@ def execution_dict(ex: WorkflowExecution) -> dict[str, Any]:
         "task_queue": ex.task_queue, "status": ex.status, "start_time": ex.start_time.isoformat(),
         "close_time": ex.close_time.isoformat() if ex.close_time else None, "history_length": ex.history_length,
         "task_failures": ex.task_failures, "search_attributes": ex.search_attributes, "memo": ex.memo,
+        "pending_activities": [pending_dict(pa) for pa in ex.pending_activities],
     }
+
+
+def pending_dict(pa: PendingActivity) -> dict[str, Any]:
+    """A pending activity as ``describe --json`` prints it."""
+
+    def iso(t: datetime.datetime | None) -> str | None:
+        return t.isoformat() if t else None
+
+    return {
+        "activity_id": pa.activity_id, "activity_type": pa.activity_type, "task_queue": pa.task_queue,
+        "attempt": pa.attempt, "state": pa.state, "scheduled_time": iso(pa.scheduled_time),
+        "last_heartbeat_time": iso(pa.last_heartbeat_time), "heartbeat_details": pa.heartbeat_details,
+        "last_failure": pa.last_failure, "next_attempt_time": iso(pa.next_attempt_time),
+    }
+
+
+def pending_text(pa: PendingActivity) -> str:
+    """One line on a pending activity for ``describe``: what, which attempt, its last failure."""
+    text = f"{pa.activity_type} (seq {pa.activity_id}), attempt {pa.attempt}, {pa.state.replace('_', ' ')}"
+    if pa.next_attempt_time:
+        text += f" until {time_text(pa.next_attempt_time)} UTC"
+    if pa.last_heartbeat_time:
+        text += f"; last heartbeat {time_text(pa.last_heartbeat_time)} UTC"
+    if pa.last_failure:
+        text += f"; last failure: {pa.last_failure}"
+    return text
 
 
 def table_lines(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> list[str]:

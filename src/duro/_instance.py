@@ -33,7 +33,17 @@ from duro.converter import (
     parameter_hints,
 )
 from duro.engine.records import SEARCH_ATTRIBUTES_MARKER
-from duro.errors import ActivityError, DuroError, NonDeterminismError, WorkflowFailedError, WorkflowIOError
+from duro.errors import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    DuroError,
+    NonDeterminismError,
+    TerminatedError,
+    TimeoutError,
+    WorkflowFailedError,
+    WorkflowIOError,
+)
 from duro.interceptor import (
     ExecuteWorkflowInput,
     HandleQueryInput,
@@ -86,6 +96,12 @@ class ContinueAsNew(BaseException):
         self.args_ = args
 
 
+# What fails a run when the workflow raises it (the rest fail the workflow task, which is retried):
+# duro's failures, as Temporal's FailureError subclasses.
+RUN_FAILURES: tuple[type[BaseException], ...] = (ApplicationError, ActivityError, WorkflowFailedError, TimeoutError,
+                                                 CancelledError, TerminatedError)
+
+
 class WorkflowTaskError(Exception):
     """A workflow task could not complete (a bug or nondeterminism); the run stays open and is retried."""
 
@@ -131,16 +147,58 @@ class WorkflowInstance:
 
     # Slots: a worker may hold 100,000 parked instances; a __dict__ each would cost ~1.5 KB more.
     __slots__ = (
-        "__weakref__", "_args_payload", "_children", "_conditions", "_divergence", "_in_query", "_inbound", "_main",
-        "_matcher", "_outbound",
-        "_patches", "_pending", "_query_handlers", "_rng", "_signal_handlers", "_signal_waiters", "_signals",
-        "_update_handlers", "activity_tasks", "busy", "cancel_activities", "cancel_requested", "cancelled_timers",
-        "child_starts", "close_status", "commands", "converter", "ctx", "defn", "epoch", "external", "info",
-        "last_event_id", "last_marker_id", "loop", "next_event_id", "replaying", "run_key", "seq", "timers",
+        "__weakref__",
+        "_args_payload",
+        "_children",
+        "_conditions",
+        "_divergence",
+        "_handler_tasks",
+        "_hlen",
+        "_in_query",
+        "_inbound",
+        "_main",
+        "_matcher",
+        "_outbound",
+        "_patches",
+        "_pending",
+        "_query_handlers",
+        "_rng",
+        "_signal_handlers",
+        "_signal_waiters",
+        "_signals",
+        "_update_handlers",
+        "activity_tasks",
+        "busy",
+        "cancel_activities",
+        "cancel_requested",
+        "cancelled_timers",
+        "child_starts",
+        "close_status",
+        "commands",
+        "converter",
+        "ctx",
+        "defn",
+        "epoch",
+        "external",
+        "failure_types",
+        "info",
+        "last_event_id",
+        "last_marker_id",
+        "loop",
+        "next_event_id",
+        "replaying",
+        "run_key",
+        "seq",
+        "timers",
     )
 
     def __init__(self, defn: WorkflowDefinition, run_key: bytes, started: Event, converter: DataConverter,
-                 interceptors: tuple[Interceptor, ...] = ()) -> None:
+                 interceptors: tuple[Interceptor, ...] = (),
+                 failure_types: tuple[type[BaseException], ...] = ()) -> None:
+        # Events as of the current task, counted the same live and in replay (see activate, _command).
+        self._hlen = 0
+        # Exception types that fail the run (besides RUN_FAILURES): the workflow's and the worker's.
+        self.failure_types = defn.failure_exception_types + failure_types
         meta_b, self._args_payload = unpack(started.payload)
         meta = orjson.loads(meta_b)
         self.defn = defn
@@ -151,6 +209,9 @@ class WorkflowInstance:
             workflow_id=meta["wid"], run_id=run_id, workflow_type=started.name, task_queue=meta["queue"],
             attempt=started.attempt or 1, first_run_id=meta.get("first_run", run_id), parent=meta.get("parent"),
             headers=meta.get("headers") or {},
+            run_timeout=_timedelta(meta.get("run_timeout")),
+            execution_timeout=_timedelta(meta.get("execution_timeout")),
+            _history_length=self._get_history_length,
         )
         self.loop = WorkflowLoop(start_timer=self._start_timer, cancel_timer=self._cancel_timer)
         self.loop.set_time(started.timestamp)
@@ -179,6 +240,8 @@ class WorkflowInstance:
         self._query_handlers: dict[str, Callable[..., Any]] = {}
         self._update_handlers: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
         self._in_query = False
+        # Async signal handlers and update handlers still running (ctx.all_handlers_finished).
+        self._handler_tasks: set[asyncio.Task[Any]] = set()
         self._matcher: CommandMatcher | None = None
         # The first divergence found in replay: kept even if workflow code catches the exception.
         self._divergence: NonDeterminismError | None = None
@@ -199,6 +262,9 @@ class WorkflowInstance:
             self._inbound = inbound
             inbound.init(_OutboundRoot(self))  # the root's init keeps the wrapped chain as _outbound
 
+    def _get_history_length(self) -> int:
+        return self._hlen
+
     @property
     def rng(self) -> random.Random:
         """The run's deterministic random generator (seeded by the run id; made on first use)."""
@@ -213,6 +279,7 @@ class WorkflowInstance:
         loop = self.loop
         t_us = 0
         last = self.last_event_id
+        self._hlen += len(inputs) + 1  # the inputs, and this task's WorkflowTaskCompleted
         for ev in inputs:
             if ev.timestamp_us > t_us:
                 t_us = ev.timestamp_us
@@ -256,7 +323,13 @@ class WorkflowInstance:
         for fn, fut in self._conditions:
             if fut.done():
                 continue
-            if fn():
+            try:
+                met = fn()
+            except Exception as e:  # raised where the code waits, like any error of its own
+                fut.set_exception(e)
+                fired = True
+                continue
+            if met:
                 fut.set_result(None)
                 fired = True
             else:
@@ -291,7 +364,7 @@ class WorkflowInstance:
                 return
             try:
                 payload = self.converter.encode(main.result())
-            except (TypeError, ValueError) as e:  # not encodable, NaN/inf or too large: the run fails
+            except (TypeError, ValueError) as e:  # not encodable, NaN/inf or too large: a bug in the code
                 exc = e
             else:
                 self._command(Event(codec.WORKFLOW_COMPLETED, 0, 0, 0, 0, "", payload), self._fn_location("return"))
@@ -299,6 +372,20 @@ class WorkflowInstance:
                 return
         if isinstance(exc, (NonDeterminismError, WorkflowIOError)):
             raise WorkflowTaskError(str(exc)) from exc
+        assert exc is not None
+        matcher = self._matcher
+        if self.replaying and matcher is not None and matcher.matches_parts(codec.WORKFLOW_FAILED, 0, ""):
+            # Recorded as failed: a history from before duro 0.2, when any exception failed the run,
+            # replays as it was recorded.
+            self.close_status = "failed"
+            return
+        if not isinstance(exc, RUN_FAILURES + self.failure_types):
+            # As in Temporal: an exception that is not a failure fails the workflow task, not the run;
+            # the task is retried (with backoff) until fixed code gets through it.
+            raise WorkflowTaskError(
+                f"workflow {self.info.workflow_type!r} raised {type(exc).__name__}: {exc}. The workflow task "
+                "failed and will be retried; the run stays open. To fail the run, raise duro.ApplicationError, "
+                "or list the type in workflow_failure_exception_types (@duro.workflow or Worker)") from exc
         self._command(Event(codec.WORKFLOW_FAILED, 0, 0, 0, 0, "", encode_failure(exc)), self._fn_location("raise"))
         self.close_status = "failed"
 
@@ -459,7 +546,15 @@ class WorkflowInstance:
     def _call_handler(self, handler: Callable[..., Any], args: list[Any]) -> None:
         result = handler(*_typed(handler, args))
         if asyncio.iscoroutine(result):
-            self.loop.create_task(result)
+            self._track_handler(self.loop.create_task(result))
+
+    def _track_handler(self, task: asyncio.Task[Any]) -> None:
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    def all_handlers_finished(self) -> bool:
+        """Whether no async signal handler or update handler is still running."""
+        return not self._handler_tasks
 
     # ------------------------------------------------------------------ commands (called by ctx)
 
@@ -471,6 +566,7 @@ class WorkflowInstance:
         """
         if self._in_query:
             raise DuroError("query handlers and update validators must not schedule anything or change state")
+        self._hlen += 1
         matcher = self._matcher
         if matcher is not None:
             if matcher.matches(ev):
@@ -640,7 +736,10 @@ class WorkflowInstance:
         at the same point, and otherwise reports the divergence.
         """
         matcher = self._matcher
-        return self.replaying and matcher is not None and matcher.matches_parts(event_type, self.seq + 1, name)
+        if self.replaying and matcher is not None and matcher.matches_parts(event_type, self.seq + 1, name):
+            self._hlen += 1  # a recorded command, counted as _command counts a live one
+            return True
+        return False
 
     def request_external(self, kind: str, workflow_id: str, run_id: str | None, name: str,
                          args: tuple[Any, ...], headers: dict[str, str] | None = None) -> None:
@@ -683,6 +782,8 @@ class WorkflowInstance:
         matcher = self._matcher
         if matcher is not None:
             result = matcher.take_marker(change_id)
+            if result:
+                self._hlen += 1  # its recorded marker, counted as _command counted it live
         elif deprecated:
             result = True
         else:
@@ -809,7 +910,7 @@ class WorkflowInstance:
             else:
                 finish(True, payload)
 
-        self.loop.create_task(run(), name=f"update-{name}")
+        self._track_handler(self.loop.create_task(run(), name=f"update-{name}"))
 
     async def _call_update(self, name: str, args: list[Any]) -> Any:
         entry = self._update_handlers.get(name)
@@ -903,6 +1004,10 @@ def _await_chain(coro: Any) -> list[str]:
                 out.append(f"{shown}:{frame.f_lineno} in {frame.f_code.co_name}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
     return out
+
+
+def _timedelta(seconds: float | None) -> datetime.timedelta | None:
+    return datetime.timedelta(seconds=seconds) if seconds else None
 
 
 def _signal_value(args: list[Any]) -> Any:

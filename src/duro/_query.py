@@ -132,7 +132,8 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
             defn = worker.definition(events[0].name) if events else None
             if defn is None:
                 raise DuroError(f"this worker does not run workflow type {events[0].name if events else '?'!r}")
-            fresh = WorkflowInstance(defn, run_key, events[0], worker.converter, worker.interceptors)
+            fresh = WorkflowInstance(defn, run_key, events[0], worker.converter, worker.interceptors,
+                                     worker.failure_types)
             try:
                 fresh.replay(events)
                 result = fresh.query(head["name"], worker.converter.decode_args(payload, ()), headers)

@@ -66,6 +66,7 @@ from duro._cli_output import (
     history_rows,
     history_title,
     json_safe,
+    pending_text,
     time_text,
     to_json,
 )
@@ -557,6 +558,8 @@ async def _describe(client: Client, args: argparse.Namespace) -> ExitCode:
         fields.append(("attributes", to_json(ex.search_attributes)))
     if ex.memo:
         fields.append(("memo", to_json(ex.memo)))
+    for pa in ex.pending_activities:
+        fields.append(("activity", pending_text(pa)))
     args.output.fields(fields, styled=("status",))
     return ExitCode.OK
 

@@ -45,7 +45,7 @@ from duro.stores.base import (
     StartRequest,
     run_key_of,
 )
-from duro.workflow import WorkflowDefinition, get_workflow_definition
+from duro.workflow import WorkflowDefinition, check_exception_types, get_workflow_definition
 
 if TYPE_CHECKING:
     from duro.client import Client
@@ -86,6 +86,10 @@ class Worker:
             all, which halves how fast 100,000 parked workflows resume. Restored on shutdown.
         interceptors: ``duro.interceptor.Interceptor`` objects around this worker's workflows and
             activities, after the client's own (``Client.connect(url, interceptors=...)``).
+        workflow_failure_exception_types: exception types that fail a run when its workflow raises
+            them, for every workflow of this worker (besides duro's failures, such as
+            ``duro.ApplicationError``; any other exception fails only the workflow task, which is
+            retried). ``[Exception]`` fails the run on any exception.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Worker:
         identity: str | None = None,
         gc_threshold: int | None = 50_000,
         interceptors: Sequence[Interceptor] = (),
+        workflow_failure_exception_types: Sequence[type[BaseException]] = (),
     ) -> None:
         check_name("task_queue", task_queue)
         for name, value in (("max_concurrent_workflow_tasks", max_concurrent_workflow_tasks),
@@ -144,6 +149,8 @@ class Worker:
             for it in reversed(self.interceptors):
                 chain = it.intercept_activity(chain)
             self._act_chain = chain
+        self.failure_types = check_exception_types("workflow_failure_exception_types",
+                                                   workflow_failure_exception_types)
         self.max_wf_tasks = max_concurrent_workflow_tasks
         self.max_activities = max_concurrent_activities
         self.max_cached = max_cached_workflows
@@ -401,7 +408,7 @@ class Worker:
             raise WorkflowTaskError(
                 f"workflow type {started.name!r} is not registered on worker {self.identity} (task queue "
                 f"{self.task_queue!r}); registered: {sorted(self._workflows)}")
-        inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors)
+        inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors, self.failure_types)
         replaying = len(events) > 1  # more than the start: the code ran before (elsewhere, or evicted here)
         if replaying:
             self.stats["replays"] += 1
@@ -526,7 +533,7 @@ class Worker:
         run_key = run_key_of(req.run_id)
         t0 = time.perf_counter() if _metrics.ENABLED else 0.0
         try:
-            inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors)
+            inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors, self.failure_types)
             inst.activate([started])
         except (WorkflowTaskError, NonDeterminismError, TypeError, ValueError):
             return False  # let the ordinary path run (and report) it
@@ -843,8 +850,14 @@ class Worker:
                                   attempt=task.attempt, failure=encode_failure(exc), error_type=etype,
                                   non_retryable=non_retryable)
         verdict = await self._record_outcome(outcome)
-        if _metrics.ENABLED and verdict in ("retry", "done"):  # not: stale, or its run closed or stopped waiting
-            _metrics.RECORDER.activity_failed(task.name, etype, verdict == "retry")
+        if verdict in ("retry", "done"):  # not: stale, or its run closed or stopped waiting
+            # Each failed attempt is logged with its number (describe() shows the last one), so an
+            # activity that keeps failing is seen, not retried in silence.
+            log.warning("activity %r (seq %d) of workflow %r (run %s) failed on attempt %d: %s: %s; %s",
+                        task.name, task.seq, task.workflow_id, task.run_key.hex(), task.attempt, etype, exc,
+                        "retrying" if verdict == "retry" else "no retry left: the workflow gets ActivityError")
+            if _metrics.ENABLED:
+                _metrics.RECORDER.activity_failed(task.name, etype, verdict == "retry")
 
     async def _record_outcome(self, outcome: ActivityOutcome) -> str:
         """Commit an attempt's end, retrying while the store cannot take it (a full disk, say); the store's verdict.

@@ -7,7 +7,7 @@ import datetime
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
@@ -36,6 +36,8 @@ class WorkflowDefinition:
     arg_hints: list[Any]
     return_hint: Any
     signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
+    #: exception types that fail a run when the workflow raises them (besides duro's failures).
+    failure_exception_types: tuple[type[BaseException], ...] = ()
 
 
 def get_workflow_definition(fn: Any) -> WorkflowDefinition:
@@ -51,19 +53,29 @@ def workflow(fn: F) -> F: ...
 
 
 @overload
-def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+def workflow(*, name: str | None = None,
+             failure_exception_types: Sequence[type[BaseException]] = ()) -> Callable[[F], F]: ...
 
 
-def workflow(fn: Any = None, *, name: str | None = None) -> Any:
+def workflow(fn: Any = None, *, name: str | None = None,
+             failure_exception_types: Sequence[type[BaseException]] = ()) -> Any:
     """Mark an ``async def`` function as a workflow. Use bare or as ``@duro.workflow(name="Order")``.
 
     The function takes a ``WorkflowContext`` first, then its arguments. Its code must be
     deterministic: time, randomness and I/O come through the context and activities.
 
+    What the function raises decides how the run ends, as in Temporal: ``duro.ApplicationError``
+    (and duro's other failures: ``ActivityError``, ``WorkflowFailedError`` from a child,
+    ``duro.TimeoutError``, ``CancelledError``, ``TerminatedError``) fails the run; any other
+    exception fails only the workflow task, which is retried until fixed code gets through it.
+    ``failure_exception_types`` lists more types that fail the run (``[Exception]`` for all).
+
     Raises:
-        TypeError: ``fn`` is not an ``async def`` function taking a context.
+        TypeError: ``fn`` is not an ``async def`` function taking a context, or
+            ``failure_exception_types`` holds something that is not an exception class.
         ValueError: ``name`` is empty, holds NUL or is over 255 bytes in UTF-8.
     """
+    failure_types = check_exception_types("failure_exception_types", failure_exception_types)
 
     def wrap(f: F) -> F:
         if not inspect.iscoroutinefunction(f):
@@ -73,7 +85,8 @@ def workflow(fn: Any = None, *, name: str | None = None) -> Any:
         workflow_name = check_name("workflow name", name if name is not None else f.__name__)
         arg_hints, ret = parameter_hints(f)
         f.__duro_workflow__ = WorkflowDefinition(  # type: ignore[attr-defined]
-            name=workflow_name, fn=f, arg_hints=arg_hints, return_hint=ret, signature=signature_of(f)
+            name=workflow_name, fn=f, arg_hints=arg_hints, return_hint=ret, signature=signature_of(f),
+            failure_exception_types=failure_types,
         )
         return f
 
@@ -95,6 +108,42 @@ class WorkflowInfo:
     parent: dict[str, Any] | None = None
     #: the interceptor headers the run was started with (a client's, or the parent's for a child).
     headers: dict[str, str] = field(default_factory=dict)
+    #: the limit of this run (None: none), as given at start.
+    run_timeout: datetime.timedelta | None = None
+    #: the limit of the whole workflow, across continue-as-new (None: none).
+    execution_timeout: datetime.timedelta | None = None
+    _history_length: Callable[[], int] | None = field(default=None, repr=False, compare=False)
+
+    def get_current_history_length(self) -> int:
+        """How many events the run's history holds as of the current workflow task.
+
+        Deterministic: a replay gets the same number at the same point of the code. It counts the
+        recorded inputs, this run's commands and one event per workflow task.
+        """
+        return self._history_length() if self._history_length is not None else 0
+
+    def is_continue_as_new_suggested(self) -> bool:
+        """True once the history holds ``CONTINUE_AS_NEW_SUGGESTED_AT`` (10,000) events or more.
+
+        A long history makes every replay (a restart, an evicted cache) slower; a workflow that
+        loops forever should ``ctx.continue_as_new(...)`` when this turns true (after
+        ``await ctx.wait_condition(ctx.all_handlers_finished)``).
+        """
+        return self.get_current_history_length() >= CONTINUE_AS_NEW_SUGGESTED_AT
+
+
+def check_exception_types(what: str, types: Any) -> tuple[type[BaseException], ...]:
+    """``types`` as a tuple of exception classes; a clear TypeError otherwise."""
+    if isinstance(types, (str, bytes)) or not isinstance(types, Sequence):
+        raise TypeError(f"{what} must be a list of exception classes, not {type(types).__name__}")
+    for i, t in enumerate(types):
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"{what}[{i}] must be an exception class, not {t!r}")
+    return tuple(types)
+
+
+#: The history length from which ``WorkflowInfo.is_continue_as_new_suggested()`` is true.
+CONTINUE_AS_NEW_SUGGESTED_AT = 10_000
 
 
 class ExternalWorkflowHandle:
@@ -338,6 +387,14 @@ class WorkflowContext:
     def set_query_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
         """Answer ``handle.query(name, *args)`` with ``handler(*args)`` (a plain function, no side effects)."""
         self._inst.set_query_handler(check_name("query name", name), handler)
+
+    def all_handlers_finished(self) -> bool:
+        """Whether every async signal handler and update handler started so far has finished.
+
+        Wait for it before returning or continuing as new, so that no handler is cut short:
+        ``await ctx.wait_condition(ctx.all_handlers_finished)``.
+        """
+        return self._inst.all_handlers_finished()
 
     def set_update_handler(self, name: str, handler: Callable[..., Any] | None,
                            validator: Callable[..., Any] | None = None) -> None:

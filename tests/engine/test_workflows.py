@@ -11,6 +11,7 @@ import pytest
 import duro
 from tests.engine import wfs
 from tests.engine.wfs import Order, Receipt
+from tests.waiting import task_failure
 
 
 @pytest.fixture
@@ -213,16 +214,18 @@ async def test_unregistered_workflow_name_stays_pending(client: duro.Client, wor
     assert (await handle.describe()).status == "running"
 
 
-async def test_negative_timeout_in_workflow_fails_it_clearly(client: duro.Client) -> None:
+async def test_negative_timeout_in_workflow_fails_its_task_clearly(client: duro.Client) -> None:
     @duro.workflow(name="negative_timeout")
     async def negative(ctx: duro.WorkflowContext) -> None:
         await ctx.execute_activity(wfs.echo, 1, start_to_close_timeout=-1)
 
     async with duro.Worker(client, task_queue="t", workflows=[negative], activities=[wfs.echo]):
         handle = await client.start_workflow(negative, id="neg", task_queue="t")
-        with pytest.raises(duro.WorkflowFailedError) as info:
-            await handle.result(timeout=5)
-    assert "start_to_close_timeout must be zero or positive" in str(info.value.__cause__)
+        # A ValueError is a bug, not a failure: the task fails (and is retried), the run stays open.
+        assert "start_to_close_timeout must be zero or positive" in await task_failure(handle)
+        assert (await handle.describe()).status == "running"
+        await handle.terminate("fixed elsewhere")
+    assert (await handle.describe()).status == "terminated"
 
 
 def test_worker_and_policy_arguments_are_checked() -> None:

@@ -925,8 +925,8 @@ def test_a_failed_attempt_is_retried_after_its_backoff(consumer: bool) -> None:
     visible = env.now + 2 * S
     assert env.atask(key, 1) == (ActivityMeta(
         workflow_id="w", workflow_type="Wf", name="act", attempt=2, scheduled_us=scheduled, start_to_close=10.0,
-        schedule_to_close=None, heartbeat=5.0, retry=policy, visible_us=visible,
-    ), b'["a"]', b'{"step":1}')  # heartbeat details survive into the next attempt
+        schedule_to_close=None, heartbeat=5.0, retry=policy, visible_us=visible, last_failure="ValueError: boom",
+    ), b'["a"]', b'{"step":1}')  # heartbeat details survive into the next attempt, with the failure
     assert env.effects == ([ActivityTaskDue(Q, visible / 1e6)] if consumer else [])
     # Attempt 2 is claimed when due, fails again (backoff 4 s); attempt 3 is the last one.
     env.clock.advance(2)
