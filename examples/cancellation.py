@@ -1,9 +1,11 @@
 """Cancellation: a workflow waits on a long durable timer and an activity, is cancelled, cleans up.
 
 ``handle.cancel()`` raises ``asyncio.CancelledError`` inside the workflow at the ``await`` where
-it is waiting. Everything it was waiting on is cancelled with it: the durable timer is dropped and
-the running activity learns about it at its next heartbeat (``ctx.is_cancelled``). The workflow
-may catch the error and still run activities (here: a cleanup) before it ends as cancelled.
+it is waiting (an ``await`` on an activity raises the cancelled activity's ``duro.ActivityError``
+instead, as in Temporal). Everything it was waiting on is cancelled with it: the durable timer is
+dropped, and the running activity gets ``asyncio.CancelledError`` once its next heartbeat has
+learned of it. The workflow may catch the error and still run activities (here: a cleanup)
+before it ends as cancelled.
 
     .venv/bin/python examples/cancellation.py [DATA_DIR | STORE_URL]    # default: ./duro-data/cancellation-<timestamp>
 """
@@ -29,16 +31,23 @@ async def create_workspace(ctx: duro.ActivityContext, report: str) -> str:
 
 @duro.activity
 async def export_rows(ctx: duro.ActivityContext, report: str) -> int:
-    """A long export. It heartbeats; a heartbeat is also how it learns it is no longer wanted."""
+    """A long export. It heartbeats; a heartbeat's reply is also how the worker learns it is no longer wanted.
+
+    The worker then cancels it as asyncio cancels a task: ``asyncio.CancelledError`` is raised at
+    the ``await`` where it waits (a sync ``def`` activity sees ``ctx.is_cancelled``, and its next
+    ``ctx.heartbeat()`` raises ``duro.CancelledError``).
+    """
     EXPORT_RUNNING.set()
     rows = 0
-    while not ctx.is_cancelled:
-        rows += 1000
-        ctx.heartbeat(rows)
-        await asyncio.sleep(0.02)
-    print(f"  [activity] export {report}: a heartbeat says it was cancelled; stopping after {rows} rows")
-    EXPORT_STOPPED.set()
-    return rows  # nobody waits for this result any more: the workflow cancelled the activity
+    try:
+        while True:
+            rows += 1000
+            ctx.heartbeat(rows)
+            await asyncio.sleep(0.02)
+    except asyncio.CancelledError:
+        print(f"  [activity] export {report}: a heartbeat says it was cancelled; stopping after {rows} rows")
+        EXPORT_STOPPED.set()
+        raise  # the attempt ends as cancelled
 
 
 @duro.activity
@@ -55,7 +64,10 @@ async def export_report(ctx: duro.WorkflowContext, report: str) -> str:
         rows = await asyncio.wait_for(
             ctx.execute_activity(export_rows, report, heartbeat_timeout=2), timeout=DEADLINE)
         return f"exported {rows} rows"
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, duro.ActivityError):
+        # The cancellation arrives as asyncio.CancelledError from wait_for here (Python 3.11), or
+        # as the cancelled activity's duro.ActivityError (caused by duro.CancelledError) when the
+        # await is on the activity itself, as in Temporal. (A failed export lands here too.)
         if not ctx.is_replaying:
             print("  [workflow] cancelled: cleaning up before it ends")
         await ctx.execute_activity(delete_workspace, workspace, start_to_close_timeout=10)

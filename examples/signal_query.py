@@ -7,7 +7,8 @@
   history to answer (it needs the workflow's code for that).
 * updates (``handle.execute_update``) apply a coupon and return the new total. A validator runs
   first: it rejects a bad coupon before anything is written. An accepted update is recorded.
-  ``execute_update`` needs a worker for the workflow in the same process.
+  ``execute_update`` needs a worker for the workflow (in this process or another); with
+  ``id=...`` a retried update is applied once.
 * a final "checkout" signal ends the workflow, which charges the customer and returns a receipt.
 
     .venv/bin/python examples/signal_query.py [DATA_DIR | STORE_URL]    # default: ./duro-data/signal-query-<timestamp>

@@ -605,7 +605,8 @@ async def test_describe_shows_a_failing_workflow_task(client: duro.Client, worke
 # ------------------------------------------------------------------------------------ --json, exit codes, terminals
 
 EXECUTION_KEYS = {"workflow_id", "run_id", "workflow_type", "task_queue", "status", "start_time", "close_time",
-                  "history_length", "task_failures", "search_attributes", "memo", "pending_activities"}
+                  "history_length", "task_failures", "search_attributes", "memo", "pending_activities", "build_id",
+                  "versioning_behavior"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

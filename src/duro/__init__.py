@@ -5,8 +5,9 @@ from importlib import metadata as _metadata
 from duro import testing as testing
 from duro._async_completion import AsyncActivityHandle, CompleteAsync
 from duro.activity import ActivityContext, ActivityInfo, RetryPolicy, activity
-from duro.client import Client, WorkflowExecution, WorkflowHandle
+from duro.client import Client, WorkflowExecution, WorkflowHandle, WorkflowUpdateHandle, WorkflowUpdateStage
 from duro.converter import DataConverter, JsonConverter
+from duro.engine.records import VersioningBehavior
 from duro.errors import (
     ActivityError,
     ApplicationError,
@@ -78,6 +79,7 @@ __all__ = [
     "TaskTokenError",
     "TerminatedError",
     "TimeoutError",
+    "VersioningBehavior",
     "Worker",
     "WorkflowAlreadyStartedError",
     "WorkflowContext",
@@ -87,6 +89,8 @@ __all__ = [
     "WorkflowIOError",
     "WorkflowInfo",
     "WorkflowNotFoundError",
+    "WorkflowUpdateHandle",
+    "WorkflowUpdateStage",
     "activity",
     "testing",
     "workflow",

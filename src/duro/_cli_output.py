@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 
     from duro.client import PendingActivity, WorkflowExecution
     from duro.history import History, HistoryEvent
+    from duro.stores.base import QueueVersioning
     from duro.stores.check import CheckReport
     from duro.stores.copy import CopyReport
 
 __all__ = ["COLOR_CHOICES", "HISTORY_HEADERS", "Output", "Tracker", "check_lines", "clean", "copy_lines",
            "execution_dict", "failure_dict", "failure_text", "history_lines", "history_rows", "history_title",
-           "json_safe", "table_lines", "time_text", "to_json"]
+           "json_safe", "table_lines", "time_text", "to_json", "versioning_dict", "versioning_lines"]
 
 Color = Literal["auto", "always", "never"]
 COLOR_CHOICES: tuple[Color, ...] = ("auto", "always", "never")
@@ -100,7 +101,36 @@ def execution_dict(ex: WorkflowExecution) -> dict[str, Any]:
         "close_time": ex.close_time.isoformat() if ex.close_time else None, "history_length": ex.history_length,
         "task_failures": ex.task_failures, "search_attributes": ex.search_attributes, "memo": ex.memo,
         "pending_activities": [pending_dict(pa) for pa in ex.pending_activities],
+        "build_id": ex.build_id, "versioning_behavior": ex.versioning_behavior,
     }
+
+
+def versioning_dict(info: QueueVersioning, *, running: bool = True) -> dict[str, Any]:
+    """What ``duro build ... --json`` prints about a task queue (``running`` only for show)."""
+    out: dict[str, Any] = {
+        "task_queue": info.task_queue, "current_build_id": info.current_build_id,
+        "set_time": datetime.datetime.fromtimestamp(info.set_time, tz=datetime.UTC).isoformat()
+        if info.set_time is not None else None,
+    }
+    if running:
+        out["running"] = [{"build_id": b, "versioning_behavior": v, "count": n} for b, v, n in info.running]
+    return out
+
+
+def versioning_lines(info: QueueVersioning, *, running: bool = True) -> list[str]:
+    """What ``duro build ...`` prints about a task queue, line by line."""
+    if info.current_build_id is None:
+        lines = [f"task queue {info.task_queue}: no current build (any worker takes new runs)"]
+    else:
+        when = datetime.datetime.fromtimestamp(info.set_time or 0, tz=datetime.UTC)
+        lines = [f"task queue {info.task_queue}: current build {info.current_build_id} (since {time_text(when)} UTC)"]
+    if running:
+        if not info.running:
+            lines.append("no running runs")
+        for build, behavior, n in info.running:
+            what = f"build {build} ({behavior})" if build is not None else "no build (unversioned, or not run yet)"
+            lines.append(f"{n} running on {what}")
+    return lines
 
 
 def pending_dict(pa: PendingActivity) -> dict[str, Any]:
@@ -232,6 +262,8 @@ def copy_lines(report: CopyReport) -> list[str]:
              f"{r.destination} in {r.seconds:.1f} s:",
              f"  {r.events} events, {r.workflow_tasks} workflow tasks, {r.activity_attempts} activity attempts, "
              f"{r.timers} timers"]
+    if r.current_builds:
+        lines.append(f"  {r.current_builds} task queue(s)' current build (worker versioning) set in the destination")
     if r.leases_reset:
         lines.append(f"  {r.leases_reset} task(s) leased in the source are free in the destination")
     if r.dropped_attempts:

@@ -58,6 +58,8 @@ from duro.interceptor import (
     check_headers,
 )
 from duro.stores.base import (
+    CANCEL_TYPES,
+    FLAG_CANCEL_TYPE,
     FLAG_HEADERS,
     ActivityTask,
     ChildStart,
@@ -100,6 +102,98 @@ class ContinueAsNew(BaseException):
 # duro's failures, as Temporal's FailureError subclasses.
 RUN_FAILURES: tuple[type[BaseException], ...] = (ApplicationError, ActivityError, WorkflowFailedError, TimeoutError,
                                                  CancelledError, TerminatedError)
+
+
+def is_cancellation(exc: BaseException | None) -> bool:
+    """Whether ``exc`` means "cancelled" (Temporal's ``is_cancelled_exception``).
+
+    ``asyncio.CancelledError``, ``duro.CancelledError``, or an ``ActivityError`` (or a child's
+    ``WorkflowFailedError``) whose cause is ``duro.CancelledError``. A run whose cancellation was
+    asked for and whose code raises one of these closes as canceled.
+    """
+    if isinstance(exc, (asyncio.CancelledError, CancelledError)):
+        return True
+    return isinstance(exc, (ActivityError, WorkflowFailedError)) and isinstance(exc.__cause__, CancelledError)
+
+
+# Cancellation types of activities as recorded in ActivityTaskScheduled's flags (FLAG_CANCEL_TYPE).
+CANCELLATION_TYPES = tuple(CANCEL_TYPES)
+_TRY_CANCEL = CANCEL_TYPES["try_cancel"]
+_WAIT_CANCELLATION = CANCEL_TYPES["wait_cancellation_completed"]
+_ABANDON = CANCEL_TYPES["abandon"]
+_LEGACY_CANCEL = 0  # recorded before cancellation types existed: the future itself is cancelled
+
+
+class _ActivityFuture(asyncio.Future[Any]):
+    """The awaitable of ``ctx.execute_activity``: cancelling it asks the activity to cancel.
+
+    As in Temporal, the ``await`` does not see ``asyncio.CancelledError``: per the activity's
+    cancellation type it raises ``duro.ActivityError`` (its cause a ``duro.CancelledError``) at once
+    ("try_cancel", "abandon"), or gets the activity's own end ("wait_cancellation_completed"). The
+    request is recorded when the activation ends (``_cancel_dropped_activities``, in seq order). An
+    activity recorded before cancellation types existed (type 0) is cancelled as it was then.
+    """
+
+    __slots__ = ("_ctype", "_inst", "_name", "_seq", "cancel_asked")
+
+    def __init__(self, inst: WorkflowInstance, seq: int, name: str, ctype: int | None) -> None:
+        super().__init__(loop=inst.loop)
+        self._inst = inst
+        self._seq = seq
+        self._name = name
+        self._ctype = ctype  # None: recorded; read from the history when first needed
+        self.cancel_asked = False
+
+    @property
+    def cancellation_type(self) -> int:
+        """The activity's cancellation type (the ``CANCEL_TYPES`` value; 0: recorded before they existed)."""
+        if self._ctype is None:
+            self._ctype = self._inst.recorded_cancellation_type(self._seq)
+        return self._ctype
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.done():
+            return False
+        ctype = self.cancellation_type
+        if ctype == _LEGACY_CANCEL:
+            self._inst._cancel_asked.append(self._seq)
+            return super().cancel(msg)
+        if not self.cancel_asked:
+            self.cancel_asked = True
+            self._inst._cancel_asked.append(self._seq)
+            if ctype != _WAIT_CANCELLATION:
+                err = ActivityError(f"activity {self._name!r} was cancelled", activity_type=self._name,
+                                    activity_id=self._seq)
+                err.__cause__ = CancelledError(msg if isinstance(msg, str) and msg else "activity cancelled")
+                self.set_exception(err)
+                # Often nobody reads it (asyncio.wait_for raises its own CancelledError): not an error.
+                self._log_traceback = False
+        return True  # the task awaiting it is not cancelled: it gets what this future gets
+
+
+class LocalCall:
+    """A local activity the workflow waits for: what to run, and the future its outcome resolves."""
+
+    __slots__ = ("activity", "args", "future", "hint", "name", "options", "seq")
+
+    def __init__(self, seq: int, name: str, activity: Callable[..., Any] | str, args: tuple[Any, ...],
+                 options: dict[str, Any], future: asyncio.Future[Any], hint: Any) -> None:
+        self.seq = seq
+        self.name = name
+        self.activity = activity
+        self.args = args
+        self.options = options
+        self.future = future
+        self.hint = hint
+
+    @property
+    def marker_name(self) -> str:
+        """The name of the MarkerRecorded event its outcome is recorded as."""
+        return f"{LOCAL_ACTIVITY_MARKER}:{self.seq}:{self.name}"
+
+
+# The MarkerRecorded events of local activities' outcomes are named "<this>:<seq>:<activity name>".
+LOCAL_ACTIVITY_MARKER = "duro:local_activity"
 
 
 class WorkflowTaskError(Exception):
@@ -149,24 +243,32 @@ class WorkflowInstance:
     __slots__ = (
         "__weakref__",
         "_args_payload",
+        "_cancel_asked",
         "_children",
         "_conditions",
         "_divergence",
+        "_dynamic_query",
+        "_dynamic_signal",
+        "_dynamic_update",
         "_handler_tasks",
         "_hlen",
         "_in_query",
         "_inbound",
+        "_local_pending",
         "_main",
         "_matcher",
         "_outbound",
         "_patches",
         "_pending",
         "_query_handlers",
+        "_replay_events",
         "_rng",
+        "_signal_arrivals",
         "_signal_handlers",
         "_signal_waiters",
         "_signals",
         "_update_handlers",
+        "accepted_updates",
         "activity_tasks",
         "busy",
         "cancel_activities",
@@ -224,11 +326,22 @@ class WorkflowInstance:
         self.activity_tasks: list[ActivityTask] = []
         self.timers: list[tuple[int, float]] = []
         self.close_status: str | None = None
-        self._pending: dict[int, tuple[asyncio.Future[Any], Any, str, str]] = {}
-        self.cancel_activities: list[tuple[str, int]] = []
-        self._signals: dict[str, list[list[Any]]] = {}
+        self._pending: dict[int, tuple[_ActivityFuture, Any, str, str]] = {}
+        # (task queue, seq, wait for its end) of the activities whose cancellation was recorded.
+        self.cancel_activities: list[tuple[str, int, bool]] = []
+        # Seqs of activities whose futures were cancelled in this activation (see _ActivityFuture).
+        self._cancel_asked: list[int] = []
+        # The history being replayed (replay only): where recorded cancellation types are read.
+        self._replay_events: list[Event] | None = None
+        # Signals no handler or waiter took yet, by name: (arrival number, args), oldest first.
+        self._signals: dict[str, list[tuple[int, list[Any]]]] = {}
+        self._signal_arrivals = 0
         self._signal_waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._signal_handlers: dict[str, Callable[..., Any]] = {}
+        # Catch-all handlers (ctx.set_dynamic_*_handler): called with the name first.
+        self._dynamic_signal: Callable[..., Any] | None = None
+        self._dynamic_query: Callable[..., Any] | None = None
+        self._dynamic_update: tuple[Callable[..., Any], Callable[..., Any] | None] | None = None
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._main: asyncio.Task[Any] | None = None
         self._children: dict[int, ChildWorkflowHandle] = {}
@@ -239,9 +352,14 @@ class WorkflowInstance:
         self._patches: dict[str, bool] = {}
         self._query_handlers: dict[str, Callable[..., Any]] = {}
         self._update_handlers: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
+        # The ids of the updates accepted on this run so far (what a repeated update id is checked
+        # against), each with its WorkflowExecutionUpdateAccepted event id (0: not known yet).
+        self.accepted_updates: dict[str, int] = {}
         self._in_query = False
         # Async signal handlers and update handlers still running (ctx.all_handlers_finished).
         self._handler_tasks: set[asyncio.Task[Any]] = set()
+        # Local activities the code waits for, by seq: run by the worker before the task commits.
+        self._local_pending: dict[int, LocalCall] = {}
         self._matcher: CommandMatcher | None = None
         # The first divergence found in replay: kept even if workflow code catches the exception.
         self._divergence: NonDeterminismError | None = None
@@ -295,8 +413,11 @@ class WorkflowInstance:
         loop = self.loop
         while True:
             loop.run_until_quiescent()
-            if not self._conditions or not self._check_conditions():
-                break
+            if self._conditions and self._check_conditions():
+                continue
+            if self.replaying and self._local_pending and self._replay_local_activities():
+                continue
+            break
         if loop.unhandled_errors:
             ctx = loop.unhandled_errors[0]
             loop.unhandled_errors.clear()
@@ -305,17 +426,11 @@ class WorkflowInstance:
                                     f"{ctx.get('message', '')} {exc!r}") from exc
         if self._divergence is not None:
             raise self._divergence
-        if self._pending and self._any_cancelled():
+        if self._cancel_asked:
             self._cancel_dropped_activities()
         main = self._main
         if main is not None and main.done() and self.close_status is None:
             self._finish(main)
-
-    def _any_cancelled(self) -> bool:
-        for entry in self._pending.values():
-            if entry[0].cancelled():
-                return True
-        return False
 
     def _check_conditions(self) -> bool:
         fired = False
@@ -348,7 +463,21 @@ class WorkflowInstance:
                           self._fn_location("continue_as_new"))
             self.close_status = "continued_as_new"
             return
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError) and not self.cancel_requested:
+            matcher = self._matcher
+            if self.replaying and matcher is not None and matcher.matches_parts(codec.WORKFLOW_CANCELED, 0, ""):
+                # Recorded as canceled: before duro 0.2 any asyncio.CancelledError closed the run so.
+                self.close_status = "canceled"
+                return
+            # A cancellation nobody asked the run for (the code cancelled something of its own and
+            # did not catch it): a failure, as in Temporal.
+            detail = f": {exc}" if str(exc) else ""
+            exc = CancelledError(f"workflow {self.info.workflow_type!r} raised asyncio.CancelledError, but its "
+                                 f"cancellation was not requested{detail}")
+        elif self.cancel_requested and is_cancellation(exc):
+            # As Temporal: once the run's cancellation was asked for, a cancellation error out of the
+            # code (asyncio's, duro's, or an ActivityError or child failure caused by one) closes it
+            # as canceled.
             failure = orjson.dumps({"kind": "cancelled", "type": "CancelledError",
                                     "message": "the workflow was cancelled"})
             self._command(Event(codec.WORKFLOW_CANCELED, 0, 0, 0, 0, "", failure), self._fn_location("cancel"))
@@ -404,7 +533,7 @@ class WorkflowInstance:
         self.commands, self.activity_tasks, self.timers = [], [], []
         return out
 
-    def take_extras(self) -> tuple[list[ChildStart], list[ExternalRequest], list[int], list[tuple[str, int]]]:
+    def take_extras(self) -> tuple[list[ChildStart], list[ExternalRequest], list[int], list[tuple[str, int, bool]]]:
         """Return and clear child starts, signals/cancels to other runs, cancelled timers and activities."""
         if not (self.child_starts or self.external or self.cancelled_timers or self.cancel_activities):
             return _NO_EXTRAS
@@ -460,12 +589,19 @@ class WorkflowInstance:
         activations = split_activations(events)
         matcher = self._matcher = CommandMatcher(self.info.workflow_type)
         self.replaying = True
+        self._replay_events = events
         try:
             with self.loop.held():
                 last = drive(self, activations, matcher)  # the per-task loop, compiled
+            # The activities still pending keep their recorded cancellation types past replay.
+            unknown = {seq for seq, entry in self._pending.items() if entry[0]._ctype is None}
+            if unknown:
+                for seq, ctype in self._recorded_cancellation_types(unknown).items():
+                    self._pending[seq][0]._ctype = ctype
         finally:
             self.replaying = False
             self._matcher = None
+            self._replay_events = None
         self.epoch += len(activations) - 1
         if last:
             self.last_event_id = last
@@ -481,7 +617,9 @@ class WorkflowInstance:
             entry = self._pending.pop(ev.ref, None)
             if entry is not None and not entry[0].done():
                 entry[0].set_result(self.converter.decode(ev.payload, entry[1]))
-        elif t == codec.ACTIVITY_FAILED:
+        elif t == codec.ACTIVITY_FAILED or t == codec.ACTIVITY_CANCELED:
+            # ActivityTaskCanceled: a "wait_cancellation_completed" activity acknowledged its
+            # cancellation (its failure is a duro.CancelledError), as ActivityError's cause.
             entry = self._pending.pop(ev.ref, None)
             if entry is not None and not entry[0].done():
                 d = orjson.loads(ev.payload)
@@ -489,7 +627,8 @@ class WorkflowInstance:
                 if isinstance(cause, ActivityError):  # already wrapped (e.g. by the reaper)
                     entry[0].set_exception(cause)
                 else:
-                    err = ActivityError(f"activity {entry[2]!r} failed after attempt {ev.attempt}: {cause}",
+                    what = "was cancelled" if t == codec.ACTIVITY_CANCELED else f"failed after attempt {ev.attempt}"
+                    err = ActivityError(f"activity {entry[2]!r} {what}: {cause}",
                                         activity_type=entry[2], activity_id=ev.ref, attempt=ev.attempt)
                     err.__cause__ = cause
                     entry[0].set_exception(err)
@@ -509,7 +648,12 @@ class WorkflowInstance:
             self.cancel_requested = True
             main = self._main
             if main is not None and not main.done():
+                waiter = getattr(main, "_fut_waiter", None)
                 main.cancel()
+                if isinstance(waiter, _ActivityFuture) and waiter.cancel_asked:
+                    # The await on the activity gets the activity's outcome (ActivityError), not a
+                    # cancellation: the task is not left "cancelling" (as Temporal's uncancel).
+                    main.uncancel()
         elif t == codec.CHILD_COMPLETED or t == codec.CHILD_FAILED:
             child = self._children.get(ev.ref)
             if child is not None:
@@ -517,6 +661,7 @@ class WorkflowInstance:
         elif t == codec.UPDATE_ACCEPTED:
             meta_b, args_b = unpack(ev.payload)
             umeta = orjson.loads(meta_b)
+            self.accepted_updates[umeta["id"]] = ev.event_id
             self.loop.call_soon(self._run_update, umeta["id"], ev.name, args_b, umeta.get("headers") or {})
         elif t == codec.WORKFLOW_STARTED:
             args = self.converter.decode_args(self._args_payload, self.defn.arg_hints)
@@ -531,6 +676,11 @@ class WorkflowInstance:
                                       event_id=ev.event_id)
 
     def _deliver_signal(self, name: str, args: list[Any]) -> None:
+        """Give a signal to its handler, else to a ``wait_signal`` waiter, else to the dynamic handler.
+
+        What none of them takes is buffered (in arrival order) for the next ``wait_signal`` or
+        handler. The order is fixed: replay delivers every recorded signal the same way.
+        """
         handler = self._signal_handlers.get(name)
         if handler is not None:
             self._call_handler(handler, args)
@@ -541,10 +691,19 @@ class WorkflowInstance:
             if not fut.done():
                 fut.set_result(_signal_value(args))
                 return
-        self._signals.setdefault(name, []).append(args)
+        dynamic = self._dynamic_signal
+        if dynamic is not None:
+            self._call_handler(dynamic, args, name)
+            return
+        self._signal_arrivals += 1
+        self._signals.setdefault(name, []).append((self._signal_arrivals, args))
 
-    def _call_handler(self, handler: Callable[..., Any], args: list[Any]) -> None:
-        result = handler(*_typed(handler, args))
+    def _call_handler(self, handler: Callable[..., Any], args: list[Any], name: str | None = None) -> None:
+        """Call a signal handler (a dynamic one gets the signal's ``name`` first)."""
+        if name is not None:
+            result = handler(*_typed(handler, [name, *args]))
+        else:
+            result = handler(*_typed(handler, args))
         if asyncio.iscoroutine(result):
             self._track_handler(self.loop.create_task(result))
 
@@ -580,9 +739,13 @@ class WorkflowInstance:
     def schedule_activity(
         self, activity: Callable[..., Any] | str, args: tuple[Any, ...], start_to_close: Any, schedule_to_close: Any,
         heartbeat: Any, retry_policy: RetryPolicy | None, task_queue: str | None,
-        headers: dict[str, str] | None = None, result_type: Any = None,
+        headers: dict[str, str] | None = None, result_type: Any = None, cancellation_type: str = "try_cancel",
     ) -> asyncio.Future[Any]:
-        """Create the ActivityTaskScheduled command and the future its result resolves."""
+        """Create the ActivityTaskScheduled command and the future its result resolves.
+
+        The cancellation type is recorded in the command's flags (``FLAG_CANCEL_TYPE``); replay
+        takes the recorded one, so what cancelling the future does never depends on the code.
+        """
         if isinstance(activity, str):
             name, hint, defaults = activity, None, None
         else:
@@ -594,7 +757,7 @@ class WorkflowInstance:
             # Recorded: this call passed the checks below when it first ran, and its arguments
             # and options are in the history. Replay only needs the future to resolve.
             self.seq += 1
-            fut: asyncio.Future[Any] = self.loop.create_future()
+            fut = _ActivityFuture(self, self.seq, name, None)
             self._pending[self.seq] = (fut, hint, name, task_queue or self.info.task_queue)
             return fut
         # Live, or a call that replay did not find recorded (maybe because it raised when it first
@@ -610,9 +773,12 @@ class WorkflowInstance:
         hb = to_seconds(heartbeat, "heartbeat_timeout")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
+        ctype = CANCEL_TYPES.get(cancellation_type) if isinstance(cancellation_type, str) else None
+        if ctype is None:
+            raise ValueError(f"cancellation_type must be one of {CANCELLATION_TYPES}, got {cancellation_type!r}")
         self.seq += 1
         seq = self.seq
-        fut = self.loop.create_future()
+        fut = _ActivityFuture(self, seq, name, ctype)
         self._pending[seq] = (fut, hint, name, queue)
         if self.replaying:
             self._encode_command_args(seq, args)  # raises if it raised live
@@ -627,9 +793,9 @@ class WorkflowInstance:
         if headers:
             headers = check_headers(headers)
             recorded, flags = headed(payload, headers)
-            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, recorded, flags))
+            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, recorded, flags | ctype))
         else:
-            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload))
+            self._command(Event(codec.ACTIVITY_SCHEDULED, 0, 0, seq, 0, name, payload, ctype))
         self.activity_tasks.append(ActivityTask(
             run_key=self.run_key, workflow_id=self.info.workflow_id, workflow_type=self.info.workflow_type,
             task_queue=queue, seq=seq, name=name, args=payload, attempt=1,
@@ -638,6 +804,90 @@ class WorkflowInstance:
             headers=headers or None,
         ))
         return fut
+
+    # ------------------------------------------------------------------ local activities
+    # A local activity runs in the worker that runs the workflow task, before the task commits; its
+    # outcome is recorded as a MarkerRecorded command ("duro:local_activity:<seq>:<name>", payload
+    # pack({"ok"}, result or failure)) in that task. Whenever the code is quiescent with local
+    # activities pending, all of them are resolved at once in seq order: live, after the worker ran
+    # them; in replay, from their markers, which the live run recorded at that same point.
+
+    def schedule_local_activity(self, activity: Callable[..., Any] | str, args: tuple[Any, ...],
+                                options: dict[str, Any], result_type: Any) -> asyncio.Future[Any]:
+        """The future of a local activity's result (run by the worker before this task commits)."""
+        if self._in_query:
+            raise DuroError("query handlers and update validators must not schedule anything or change state")
+        if isinstance(activity, str):
+            name, hint = check_name("activity name", activity), None
+        else:
+            defn = get_activity_definition(activity)
+            check_call_args("activity", defn.name, defn.signature, args)
+            name, hint = defn.name, defn.return_hint
+        if result_type is not None:
+            hint = result_type
+        self.seq += 1
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._local_pending[self.seq] = LocalCall(self.seq, name, activity, args, options, fut, hint)
+        return fut
+
+    @property
+    def has_local_activities(self) -> bool:
+        """Whether the code waits for local activities (the worker runs them before committing)."""
+        return bool(self._local_pending)
+
+    def take_local_activities(self) -> list[LocalCall]:
+        """The local activities the worker must run now (none once the run is closing), in seq order."""
+        for seq in [s for s, c in self._local_pending.items() if c.future.done()]:
+            del self._local_pending[seq]  # cancelled by the code: neither run nor recorded
+        if self.close_status is not None or self._main is None or self._main.done():
+            return []
+        return [self._local_pending[s] for s in sorted(self._local_pending)]
+
+    def resolve_local_activities(self, outcomes: list[tuple[LocalCall, bool, bytes]]) -> None:
+        """Record the outcomes of local activities (as run by the worker), resolve them, run the code on."""
+        for call, ok, payload in outcomes:
+            del self._local_pending[call.seq]
+            meta = b'{"ok":true}' if ok else b'{"ok":false}'
+            self._command(Event(codec.MARKER, 0, 0, call.seq, 0, call.marker_name, pack(meta, payload)),
+                          f"local activity {call.name!r}")
+            self._resolve_local(call, ok, payload)
+        self._run()
+
+    def _replay_local_activities(self) -> bool:
+        """In replay: resolve the pending local activities from their recorded markers (False: none to do)."""
+        for seq in [s for s, c in self._local_pending.items() if c.future.done()]:
+            del self._local_pending[seq]
+        main = self._main
+        if not self._local_pending or main is None or main.done() or self._matcher is None:
+            return False
+        for seq in sorted(self._local_pending):
+            call = self._local_pending.pop(seq)
+            recorded = self._matcher.take_marker_payload(call.marker_name)
+            if recorded is None:
+                err = self._matcher.mismatch(Event(codec.MARKER, 0, 0, seq, 0, call.marker_name, b""),
+                                             f"local activity {call.name!r}")
+                if self._divergence is None:
+                    self._divergence = err
+                return False
+            self._hlen += 1
+            meta_b, payload = unpack(recorded)
+            self._resolve_local(call, bool(orjson.loads(meta_b)["ok"]), payload)
+        return True
+
+    def _resolve_local(self, call: LocalCall, ok: bool, payload: bytes) -> None:
+        if call.future.done():
+            return
+        if ok:
+            call.future.set_result(self.converter.decode(payload, call.hint))
+            return
+        cause = decode_failure(payload)
+        if isinstance(cause, ActivityError):
+            call.future.set_exception(cause)
+            return
+        err = ActivityError(f"local activity {call.name!r} failed: {cause}", activity_type=call.name,
+                            activity_id=call.seq, attempt=0)
+        err.__cause__ = cause
+        call.future.set_exception(err)
 
     def _encode_command_args(self, seq: int, args: tuple[Any, ...]) -> bytes:
         """Encode an activity's arguments; if they cannot be sent, forget command ``seq`` and raise."""
@@ -669,15 +919,43 @@ class WorkflowInstance:
     def _cancel_dropped_activities(self) -> None:
         """Cancel the activities whose futures the code cancelled (gather cancelled, cancel requested...).
 
-        Checked once per activation rather than with a done-callback per future: cheaper on the hot
-        path, and just as deterministic (the scan follows the order the activities were scheduled).
+        Done once per activation, in the order the activities were scheduled (as duro always
+        recorded it): ActivityTaskCancelRequested for each, except "abandon" (nothing is asked of
+        the activity). A "wait_cancellation_completed" activity stays pending: its recorded end
+        resolves the future.
         """
-        dropped = [seq for seq, entry in self._pending.items() if entry[0].cancelled()]
-        for seq in dropped:
-            entry = self._pending.pop(seq)
+        asked, self._cancel_asked = self._cancel_asked, []
+        for seq in sorted(set(asked)):
+            entry = self._pending.get(seq)
+            if entry is None:
+                continue
+            ctype = entry[0].cancellation_type
+            wait = ctype == _WAIT_CANCELLATION
+            if not wait:
+                del self._pending[seq]
+            if ctype == _ABANDON:
+                continue
             self._command(Event(codec.ACTIVITY_CANCEL_REQUESTED, 0, 0, seq, 0, "", b""), "activity cancelled")
             if not self.replaying:
-                self.cancel_activities.append((entry[3], seq))
+                self.cancel_activities.append((entry[3], seq, wait))
+
+    def recorded_cancellation_type(self, seq: int) -> int:
+        """The cancellation type recorded for activity ``seq`` (replay only; 0 when recorded before types)."""
+        return self._recorded_cancellation_types({seq}).get(seq, _TRY_CANCEL)
+
+    def _recorded_cancellation_types(self, seqs: set[int]) -> dict[int, int]:
+        """The recorded cancellation types of activities ``seqs``, from the history being replayed.
+
+        Read only when needed (an activity cancelled in replay, or pending when replay ends), newest
+        event first: the activities asked about are usually recent.
+        """
+        found: dict[int, int] = {}
+        for ev in reversed(self._replay_events or ()):
+            if ev.type == _ACTIVITY_SCHEDULED and ev.ref in seqs:
+                found[ev.ref] = ev.flags & FLAG_CANCEL_TYPE
+                if len(found) == len(seqs):
+                    break
+        return found
 
     # ------------------------------------------------------------------ child workflows
 
@@ -803,6 +1081,16 @@ class WorkflowInstance:
         else:
             self._query_handlers[name] = handler
 
+    def set_dynamic_query_handler(self, handler: Callable[..., Any] | None) -> None:
+        """Install (or remove) the catch-all query handler: ``handler(name, *args)``."""
+        if handler is not None and not callable(handler):
+            raise TypeError("a dynamic query handler must be callable")
+        self._dynamic_query = handler
+
+    def query_handler(self, name: str | None) -> Callable[..., Any] | None:
+        """The handler of query ``name`` (None: the dynamic one), or None."""
+        return self._dynamic_query if name is None else self._query_handlers.get(name)
+
     def query(self, name: str, args: list[Any], headers: dict[str, str] | None = None) -> Any:
         """Answer a query from the current state; the handler may not change anything durable."""
         if self._inbound is not None:
@@ -814,6 +1102,9 @@ class WorkflowInstance:
         if handler is None and name == STACK_TRACE_QUERY:
             return self.stack_trace()
         if handler is None:
+            dynamic = self._dynamic_query
+            if dynamic is not None:
+                return self._guarded(dynamic, _typed(dynamic, [name, *args]), "query")
             raise DuroError(f"workflow {self.info.workflow_type!r} has no query handler {name!r}; known: "
                             f"{sorted(self._query_handlers)}")
         return self._guarded(handler, _typed(handler, args), "query")
@@ -869,23 +1160,44 @@ class WorkflowInstance:
             raise TypeError("an update handler and its validator must be callable")
         self._update_handlers[name] = (handler, validator)
 
-    def validate_update(self, name: str, args: list[Any], headers: dict[str, str] | None = None) -> None:
+    def set_dynamic_update_handler(self, handler: Callable[..., Any] | None,
+                                   validator: Callable[..., Any] | None) -> None:
+        """Install (or remove) the catch-all update handler and validator, both called with the name first."""
+        if handler is None:
+            self._dynamic_update = None
+            return
+        if not callable(handler) or (validator is not None and not callable(validator)):
+            raise TypeError("a dynamic update handler and its validator must be callable")
+        self._dynamic_update = (handler, validator)
+
+    def update_handler(self, name: str | None) -> Callable[..., Any] | None:
+        """The handler of update ``name`` (None: the dynamic one), or None."""
+        entry = self._dynamic_update if name is None else self._update_handlers.get(name)
+        return None if entry is None else entry[0]
+
+    def validate_update(self, name: str, args: list[Any], headers: dict[str, str] | None = None,
+                        update_id: str = "") -> None:
         """Raise if update ``name`` would be rejected (no handler, or its validator raised)."""
         if self._inbound is not None:
-            self._inbound.handle_update_validator(HandleUpdateInput("", name, args, headers or {}))
+            self._inbound.handle_update_validator(HandleUpdateInput(update_id, name, args, headers or {}))
         else:
             self._validate_update(name, args)
 
     def _validate_update(self, name: str, args: list[Any]) -> None:
         entry = self._update_handlers.get(name)
-        if entry is None:
+        if entry is not None:
+            if entry[1] is not None:
+                self._guarded(entry[1], _typed(entry[1], args), "update validator")
+            return
+        dynamic = self._dynamic_update
+        if dynamic is None:
             raise DuroError(f"workflow {self.info.workflow_type!r} has no update handler {name!r}; known: "
                             f"{sorted(self._update_handlers)}")
-        if entry[1] is not None:
-            self._guarded(entry[1], _typed(entry[1], args), "update validator")
+        if dynamic[1] is not None:
+            self._guarded(dynamic[1], _typed(dynamic[1], [name, *args]), "update validator")
 
     def _run_update(self, update_id: str, name: str, args_b: bytes, headers: dict[str, str]) -> None:
-        entry = self._update_handlers.get(name)
+        entry = self._update_handlers.get(name) or self._dynamic_update
 
         def finish(ok: bool, payload: bytes) -> None:
             meta = orjson.dumps({"ok": ok})
@@ -914,9 +1226,13 @@ class WorkflowInstance:
 
     async def _call_update(self, name: str, args: list[Any]) -> Any:
         entry = self._update_handlers.get(name)
-        if entry is None:  # removed since it was accepted
+        if entry is not None:
+            result = entry[0](*_typed(entry[0], args))
+        elif self._dynamic_update is not None:
+            dynamic = self._dynamic_update[0]
+            result = dynamic(*_typed(dynamic, [name, *args]))
+        else:  # removed since it was accepted
             raise DuroError(f"no update handler {name!r}")
-        result = entry[0](*_typed(entry[0], args))
         if asyncio.iscoroutine(result):
             result = await result
         return result
@@ -925,7 +1241,7 @@ class WorkflowInstance:
         """Next buffered signal ``name``, or wait for one."""
         buffered = self._signals.get(name)
         if buffered:
-            return _signal_value(buffered.pop(0))
+            return _signal_value(buffered.pop(0)[1])
         fut: asyncio.Future[Any] = self.loop.create_future()
         self._signal_waiters.setdefault(name, []).append(fut)
         return await fut
@@ -940,7 +1256,27 @@ class WorkflowInstance:
         self._signal_handlers[name] = handler
         buffered = self._signals.pop(name, None)
         while buffered:
-            self._call_handler(handler, buffered.pop(0))
+            self._call_handler(handler, buffered.pop(0)[1])
+
+    def set_dynamic_signal_handler(self, handler: Callable[..., Any] | None) -> None:
+        """Install (or remove) the catch-all signal handler; every buffered signal goes to it, oldest first.
+
+        Buffered signals are those no handler or waiter took, so none has a handler of its own.
+        """
+        if handler is None:
+            self._dynamic_signal = None
+            return
+        if not callable(handler):
+            raise TypeError("a dynamic signal handler must be callable")
+        self._dynamic_signal = handler
+        buffered = sorted((no, name, args) for name, entries in self._signals.items() for no, args in entries)
+        self._signals.clear()
+        for _no, name, args in buffered:
+            self._deliver_signal(name, args)  # to this handler, unless a call changed the handlers
+
+    def signal_handler(self, name: str | None) -> Callable[..., Any] | None:
+        """The handler of signal ``name`` (None: the dynamic one), or None."""
+        return self._dynamic_signal if name is None else self._signal_handlers.get(name)
 
     def add_condition(self, fn: Callable[[], bool]) -> asyncio.Future[None]:
         """A future resolved the first time ``fn()`` is true after a step of the workflow."""
@@ -1099,7 +1435,8 @@ class _OutboundRoot(WorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> asyncio.Future[Any]:
         return self._inst.schedule_activity(
             input.activity, input.args, input.start_to_close_timeout, input.schedule_to_close_timeout,
-            input.heartbeat_timeout, input.retry_policy, input.task_queue, input.headers, input.result_type)
+            input.heartbeat_timeout, input.retry_policy, input.task_queue, input.headers, input.result_type,
+            input.cancellation_type)
 
     def start_child_workflow(self, input: StartChildWorkflowInput) -> ChildWorkflowHandle:
         return self._inst.start_child(input.workflow, input.args, input.id, input.task_queue,

@@ -40,7 +40,7 @@ class LocalDispatch:
         self._store = store
         self.workers: list[Worker] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._wf: dict[str, Worker] = {}
+        self._wf: dict[str, list[Worker]] = {}  # per queue, in the order attached
         self._act: dict[str, Worker] = {}
         self._returns: set[asyncio.Task[Any]] = set()  # workflow tasks being given back (see deliver)
 
@@ -63,15 +63,36 @@ class LocalDispatch:
             self._store.set_dispatch(None)
 
     def _index(self) -> None:
-        # The last worker attached for a queue takes its tasks, as before one registry per kind.
-        self._wf = {w.task_queue: w for w in self.workers if w.runs_workflows}
+        # The last worker attached for a queue takes its tasks, as before one registry per kind;
+        # workflow workers are all kept, since a task may need a worker of one build (versioning).
+        wf: dict[str, list[Worker]] = {}
+        for w in self.workers:
+            if w.runs_workflows:
+                wf.setdefault(w.task_queue, []).append(w)
+        self._wf = wf
         self._act = {w.task_queue: w for w in self.workers if w.runs_activities}
 
     # ------------------------------------------------------------------ the store's side (Dispatch)
 
-    def takes_workflow_tasks(self, task_queue: str) -> bool:
-        """Whether a worker here runs workflow tasks of ``task_queue``."""
-        return task_queue in self._wf
+    def takes_workflow_tasks(self, task_queue: str, build_id: str | None = None) -> bool:
+        """Whether a worker here runs workflow tasks of ``task_queue`` (of build ``build_id``; None: any)."""
+        if build_id is None:
+            return task_queue in self._wf
+        return any(w.build_id == build_id for w in self._wf.get(task_queue, ()))
+
+    def _workflow_worker(self, task_queue: str, build_id: str | None, run_key: bytes) -> Worker | None:
+        """The worker here to hand a workflow task to: of ``build_id`` (None: any), the one holding the run first."""
+        found = self._wf.get(task_queue)
+        if not found:
+            return None
+        if len(found) == 1:
+            w = found[0]
+            return w if build_id is None or w.build_id == build_id else None
+        fit = [w for w in found if build_id is None or w.build_id == build_id]
+        for w in fit:
+            if w.cached_instance(run_key) is not None:
+                return w
+        return fit[-1] if fit else None
 
     def takes_activity_tasks(self, task_queue: str) -> bool:
         """Whether a worker here runs activities of ``task_queue``."""
@@ -81,7 +102,7 @@ class LocalDispatch:
         """Route one commit's effects (on ``loop``, after the commit is durable)."""
         for eff in effects:
             if isinstance(eff, WorkflowTaskReady):
-                w = self._wf.get(eff.task_queue)
+                w = self._workflow_worker(eff.task_queue, eff.build_id, eff.run_key)
                 if w is not None:
                     w.offer_workflow_task(eff.run_key, eff.history)
                 else:
@@ -119,6 +140,17 @@ class LocalDispatch:
             log.warning("could not give back the workflow task of run %s (queue %r); it is taken over when its "
                         "lease ends", run_key.hex(), task_queue, exc_info=True)
 
+    def activities_due(self, when: float) -> None:
+        """Tell the workers that run activities that attempts become due at ``when`` (0: look now)."""
+        for w in self.workers:
+            if w.runs_activities:
+                w.activity_due(when)
+
+    def poll_workflow_tasks(self, task_queue: str) -> None:
+        """Have the workers here of ``task_queue`` look for workflow tasks now (its current build changed)."""
+        for w in self._wf.get(task_queue, ()):
+            w.poll_workflow_tasks()
+
     def timer_set(self, when: float) -> None:
         """Tell the workers that run timers that one is due at ``when`` (0: look now)."""
         for w in self.workers:
@@ -136,10 +168,14 @@ class LocalDispatch:
                 return w
         return None
 
-    def update_worker(self, workflow_type: str, task_queue: str) -> Worker | None:
-        """A worker here that runs ``workflow_type`` on ``task_queue`` (updates go through it)."""
+    def update_worker(self, workflow_type: str, task_queue: str, build_id: str | None = None) -> Worker | None:
+        """A worker here that runs ``workflow_type`` on ``task_queue`` (updates go through it).
+
+        ``build_id``: the build the run is pinned to (worker versioning); only a worker of it will do.
+        """
         for w in self.workers:
-            if w.task_queue == task_queue and w.definition(workflow_type) is not None:
+            if (w.task_queue == task_queue and w.definition(workflow_type) is not None
+                    and (build_id is None or w.build_id == build_id)):
                 return w
         return None
 

@@ -3,7 +3,8 @@
 Order for a query: a live instance held by a worker of this process; else a replay of the history
 here, when this process has the workflow's code; else a request through the store to the workers
 of the run's task queue in other processes. Updates go to a worker of this process, or through
-the store to one in another process.
+the store to one in another process, which answers once the update is accepted; the caller then
+waits for its outcome (``duro._updates``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import orjson
 
 from duro._instance import WorkflowInstance
 from duro._local import local_dispatch
+from duro._updates import recorded_outcome, wait_outcome
 from duro.converter import decode_failure, encode_failure
 from duro.errors import DuroError
 from duro.interceptor import check_headers
-from duro.stores.base import RUNNING, pack, run_key_of, unpack
+from duro.stores.base import RUNNING, WrongBuild, new_run_id, pack, run_key_of, unpack
 
 if TYPE_CHECKING:
     from duro._core.codec import Event
@@ -77,33 +79,46 @@ def _local_definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDef
     return local_dispatch(handle.client.store).definition(workflow_type)
 
 
-def _head(kind: str, run_id: str, name: str, headers: dict[str, str] | None) -> bytes:
+def _head(kind: str, run_id: str, name: str, headers: dict[str, str] | None, update_id: str | None = None) -> bytes:
     """The head of a request to another process's worker (headers travel with it)."""
     head: dict[str, Any] = {"kind": kind, "run": run_id, "name": name}
     if headers:
         head["headers"] = check_headers(headers)
+    if update_id is not None:
+        head["id"] = update_id
     return orjson.dumps(head)
 
 
-async def run_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
-                     headers: dict[str, str] | None = None, result_type: Any = None) -> Any:
-    """Deliver update ``name`` through a worker of the run's task queue (this process first)."""
+async def start_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...], update_id: str,
+                       headers: dict[str, str] | None = None) -> tuple[str, int, bytes | None]:
+    """Have update ``name`` accepted by a worker of the run's task queue (this process first).
+
+    An update with the same id accepted on the run before is not applied again. Returns the run id,
+    the event id to look for the outcome from, and the outcome when it is known already (a run
+    closed after completing an update with this id).
+    """
     client = handle.client
     info = await handle._info()
     if info.status != RUNNING:
+        # A retry of an update that the run completed before it closed: its outcome stands.
+        outcome = await recorded_outcome(client.store, info.run_id, update_id)
+        if outcome is not None:
+            return info.run_id, 1, outcome
         raise DuroError(f"workflow {handle.id!r} is {info.status}; updates need a running workflow")
     payload = client.converter.encode_args(args)
-    worker = local_dispatch(client.store).update_worker(info.workflow_type, info.task_queue)
+    pinned = info.build_id if info.versioning_behavior == "pinned" else None  # worker versioning
+    worker = local_dispatch(client.store).update_worker(info.workflow_type, info.task_queue, pinned)
     if worker is not None:
-        answer = await worker.execute_update(run_key_of(info.run_id), name, payload, headers)
-        return _unwrap(client.converter, answer, result_type)
-    head = _head("update", info.run_id, name, headers)
+        first = await worker.accept_update(run_key_of(info.run_id), name, payload, headers, update_id)
+        return info.run_id, first, None
+    head = _head("update_accept", info.run_id, name, headers, update_id)
     reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if reply is None:
         raise DuroError(
             f"no worker of task queue {info.task_queue!r} took update {name!r} within {REMOTE_TIMEOUT_S:.0f}s; "
             "updates are validated by a worker before anything is written, so one must be running")
-    return _unwrap(client.converter, reply, result_type)
+    first = _unwrap(client.converter, reply)
+    return info.run_id, int(first), None
 
 
 def _unwrap(conv: Any, answer: bytes, result_type: Any = None) -> Any:
@@ -120,8 +135,14 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
     try:
         run_key = run_key_of(head["run"])
         headers = head.get("headers")
-        if head["kind"] == "update":
-            return await worker.execute_update(run_key, head["name"], payload, headers)
+        kind = head["kind"]
+        if kind == "update_accept":  # answered once accepted; the caller waits for the outcome itself
+            first = await worker.accept_update(run_key, head["name"], payload, headers, head["id"])
+            return pack(b'{"ok":true}', worker.converter.encode(first))
+        if kind == "update":  # from a client before update ids: answered with the outcome
+            update_id = new_run_id()
+            first = await worker.accept_update(run_key, head["name"], payload, headers, update_id)
+            return await wait_outcome(worker.store, "?", head["run"], update_id, from_event_id=first)
         inst = worker.cached_instance(run_key)
         if inst is not None:
             while inst.busy:
@@ -140,5 +161,7 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
             finally:
                 fresh.close()
         return pack(b'{"ok":true}', worker.converter.encode(result))
+    except WrongBuild:
+        raise  # worker versioning: the run is another build's; the worker leaves the request to one of it
     except Exception as e:  # the error goes back to the asking process
         return pack(b'{"ok":false}', encode_failure(e))

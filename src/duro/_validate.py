@@ -19,9 +19,11 @@ __all__ = [
     "MAX_ATTEMPTS",
     "MAX_DURATION_S",
     "MAX_NAME_BYTES",
+    "VERSIONING_BEHAVIORS",
     "check_call_args",
     "check_duration",
     "check_name",
+    "check_versioning_behavior",
     "signature_of",
 ]
 
@@ -138,6 +140,27 @@ def check_duration(what: str, value: object, *, allow_zero: bool = True, allow_n
     raise ValueError(f"{what} must be {low}, finite and at most {MAX_DURATION_S:.0f} seconds (100 years), as a "
                      f"number or a datetime.timedelta; got {_show(value)}"
                      + (" (None means no limit)" if allow_none else ""))
+
+
+VERSIONING_BEHAVIORS = ("pinned", "auto_upgrade")
+"""The versioning behaviours a workflow or a worker may declare (``duro.VersioningBehavior``'s values)."""
+
+
+def check_versioning_behavior(what: str, value: object, *, allow_none: bool = False) -> str | None:
+    """Check a versioning behaviour: ``"pinned"`` or ``"auto_upgrade"`` (or a ``VersioningBehavior``).
+
+    Returns:
+        The behaviour as a plain str (None when ``allow_none`` and None was given).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str) and value in VERSIONING_BEHAVIORS:
+        return str(value)
+    raise ValueError(f"{what} must be one of {', '.join(map(repr, VERSIONING_BEHAVIORS))}"
+                     f"{' or None' if allow_none else ''}, got {_show(value)}")
 
 
 def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 
 from duro._validate import MAX_ATTEMPTS, check_duration, check_name, signature_of
 from duro.converter import parameter_hints
+from duro.errors import CancelledError
 
 __all__ = ["ActivityContext", "ActivityDefinition", "ActivityInfo", "RetryPolicy", "activity", "to_seconds"]
 
@@ -219,9 +220,17 @@ class ActivityInfo:
 
 
 class ActivityContext:
-    """What an activity gets as its first argument: ``info``, ``heartbeat()``, ``is_cancelled``, ``logger``."""
+    """What an activity gets as its first argument: ``info``, ``heartbeat()``, ``is_cancelled``, ``logger``.
 
-    __slots__ = ("_cancelled", "_heartbeat", "_heartbeater", "_logger", "_task", "info", "last_heartbeat")
+    Cancellation (the workflow no longer wants the attempt) is learned by the worker from the
+    reply to a heartbeat. It then reaches the activity as in Temporal: an ``async def`` activity
+    gets ``asyncio.CancelledError`` at the ``await`` where it waits; a sync one (a thread or a
+    process cannot be interrupted) sees ``is_cancelled`` true and its next ``heartbeat()`` raises
+    ``duro.CancelledError``.
+    """
+
+    __slots__ = ("_cancelled", "_heartbeat", "_heartbeater", "_logger", "_on_cancel", "_sync", "_task", "info",
+                 "last_heartbeat")
 
     def __init__(self, info: ActivityInfo, heartbeat: Callable[[ActivityContext, Any], None],
                  task: Any = None) -> None:
@@ -230,6 +239,10 @@ class ActivityContext:
         self._task = task
         self._heartbeater: Any = None  # made by the worker on the first heartbeat
         self._cancelled = False
+        # Set by the worker: what delivers a cancellation (cancel an async activity's task, tell a
+        # process-pool activity's process); and whether the activity is sync (heartbeat() raises).
+        self._on_cancel: Callable[[], object] | None = None
+        self._sync = False
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.last_heartbeat: float = 0.0
 
@@ -251,8 +264,17 @@ class ActivityContext:
         """Report progress; ``details`` survive into the next attempt as ``info.heartbeat_details``.
 
         Callable from async and sync (thread pool) activities alike; the write is batched by the
-        worker and does not block the activity.
+        worker and does not block the activity. Its reply tells the worker whether the attempt is
+        still wanted.
+
+        Raises:
+            duro.CancelledError: in a sync (``def``) activity, once the worker has learned that the
+                attempt is cancelled (from the reply to an earlier heartbeat): every call from then
+                on. Letting it propagate ends the attempt as cancelled. An ``async def`` activity
+                gets ``asyncio.CancelledError`` at its current ``await`` instead.
         """
+        if self._cancelled and self._sync:
+            raise CancelledError(f"activity {self.info.activity_type!r} (attempt {self.info.attempt}) was cancelled")
         self._heartbeat(self, details)
 
     @property
@@ -261,4 +283,9 @@ class ActivityContext:
         return self._cancelled
 
     def _cancel(self) -> None:
+        """The worker learned that the attempt is cancelled: set the flag and deliver it (once)."""
+        if self._cancelled:
+            return
         self._cancelled = True
+        if self._on_cancel is not None:
+            self._on_cancel()

@@ -23,6 +23,7 @@ r"""The ``duro`` command: look at and drive workflows in a store from a shell.
     duro copy SRC_URL DST_URL [--merge] [--force]
     duro ui [URL] [--host 127.0.0.1] [--port 8233] [--token TOKEN]
     duro [--store URL] schedule list|describe|create|pause|unpause|trigger|backfill|delete ...  (duro._schedule_cli)
+    duro [--store URL] build set-current QUEUE BUILD [--json] | unset-current QUEUE [--json] | show QUEUE [--json]
 
 The store is ``--store``, else the environment variable ``DURO_STORE``, else
 ``lmdb://./duro-data``. Arguments of workflows, signals and queries are JSON, one per word
@@ -69,6 +70,8 @@ from duro._cli_output import (
     pending_text,
     time_text,
     to_json,
+    versioning_dict,
+    versioning_lines,
 )
 from duro._core import mdb
 from duro._schedule_cli import add_schedule_parser, run_schedule
@@ -372,6 +375,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as a JSON object")
     add_schedule_parser(sub, common)  # duro schedule ... (duro._schedule_cli)
 
+    p = sub.add_parser("build", parents=[common], help="worker versioning: a task queue's current build",
+                       description="Worker versioning (docs/deployment.md): new runs, auto_upgrade runs and "
+                       "unversioned runs of a task queue go to the workers of its current build (to any worker "
+                       "while it has none); pinned runs stay on the build that started them.")
+    bsub = p.add_subparsers(dest="build_command", metavar="ACTION", required=True)
+    b = bsub.add_parser("set-current", parents=[common], help="make BUILD the current build of QUEUE")
+    b.add_argument("task_queue", metavar="QUEUE", type=_name("task queue"))
+    b.add_argument("build_id", metavar="BUILD", type=_name("build id"))
+    b.add_argument("--json", action="store_true", help="print the queue as show --json does")
+    b = bsub.add_parser("unset-current", parents=[common],
+                        help="remove QUEUE's current build (any worker takes new runs again)")
+    b.add_argument("task_queue", metavar="QUEUE", type=_name("task queue"))
+    b.add_argument("--json", action="store_true", help="print the queue as show --json does")
+    b = bsub.add_parser("show", parents=[common],
+                        help="QUEUE's current build and its running runs by build (reads every run record)")
+    b.add_argument("task_queue", metavar="QUEUE", type=_name("task queue"))
+    b.add_argument("--json", action="store_true",
+                   help='print {"task_queue", "current_build_id", "set_time", "running": [{"build_id", '
+                   '"versioning_behavior", "count"}]}')
+
     p = sub.add_parser("ui", parents=[common], help="serve the web UI of a store (the 'ui' extra)",
                        description="Serve the web UI of the store URL (else --store, $DURO_STORE...) until "
                        "interrupted (Ctrl-C), and print its address: workflows, their histories and timelines, "
@@ -392,8 +415,8 @@ def _epilog() -> str:
                       for code, text in EXIT_CODES.items())
     return ("Arguments of workflows, signals and queries are JSON, one per word:\n"
             "  duro signal order-1 approve '{\"by\": \"alice\"}'\n\n"
-            "--json (on list, count, describe, history, result, query, check, schedule list/describe, and on\n"
-            "start, reset, batch, purge, copy, schedule trigger/backfill) prints one JSON object on stdout;\n"
+            "--json (on list, count, describe, history, result, query, check, schedule list/describe, build, and\n"
+            "on start, reset, batch, purge, copy, schedule trigger/backfill) prints one JSON object on stdout;\n"
             "docs/cli.md describes each.\n\n"
             f"exit status:\n{codes}")
 
@@ -558,6 +581,8 @@ async def _describe(client: Client, args: argparse.Namespace) -> ExitCode:
         fields.append(("attributes", to_json(ex.search_attributes)))
     if ex.memo:
         fields.append(("memo", to_json(ex.memo)))
+    if ex.build_id is not None:
+        fields.append(("build", f"{ex.build_id} ({ex.versioning_behavior})"))
     for pa in ex.pending_activities:
         fields.append(("activity", pending_text(pa)))
     args.output.fields(fields, styled=("status",))
@@ -741,12 +766,27 @@ async def _activity(client: Client, args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+async def _build(client: Client, args: argparse.Namespace) -> ExitCode:
+    """``duro build set-current|unset-current|show QUEUE``: a task queue's current build (worker versioning)."""
+    queue = args.task_queue
+    if args.build_command == "set-current":
+        await client.set_current_build_id(queue, args.build_id)
+    elif args.build_command == "unset-current":
+        await client.set_current_build_id(queue, None)
+    info = await client.store.aqueue_versioning(queue, running=args.build_command == "show")
+    if args.json:
+        return _json_doc(args, versioning_dict(info, running=args.build_command == "show"))
+    for line in versioning_lines(info, running=args.build_command == "show"):
+        args.output.line(line)
+    return ExitCode.OK
+
+
 _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
     "list": _list, "count": _count, "batch": _batch, "delete": _delete, "purge": _purge,
     "describe": _describe, "history": _history, "result": _result, "signal": _signal,
     "query": _query, "cancel": _cancel, "terminate": _terminate, "reset": _reset, "start": _start,
     "activity": _activity,
-    "schedule": run_schedule,
+    "schedule": run_schedule, "build": _build,
 }
 
 

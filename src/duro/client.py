@@ -11,9 +11,12 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from duro import _metrics
 from duro._core import codec
 from duro._local import local_dispatch
+from duro._updates import WorkflowUpdateStage, check_stage, wait_outcome
 from duro._validate import check_call_args, check_duration, check_name
 from duro._visibility import check_memo, check_search_attributes, parse_page
 from duro._visibility import page_token as page_token_of
@@ -37,13 +40,13 @@ from duro.interceptor import (
 )
 from duro.schedules import ScheduleClient
 from duro.stores import open_store
-from duro.stores.base import RUNNING, ListQuery, RunInfo, StartRequest, Store, new_run_id, run_key_of
+from duro.stores.base import RUNNING, ListQuery, RunInfo, StartRequest, Store, new_run_id, run_key_of, unpack
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
 if TYPE_CHECKING:
     from duro._async_completion import AsyncActivityHandle
 
-__all__ = ["Client", "WorkflowExecution", "WorkflowHandle"]
+__all__ = ["Client", "WorkflowExecution", "WorkflowHandle", "WorkflowUpdateHandle", "WorkflowUpdateStage"]
 
 ID_REUSE_POLICIES = ("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate")
 ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
@@ -99,6 +102,11 @@ class WorkflowExecution:
     #: Activities scheduled and not ended yet (``describe()`` of a running run; LMDB: those on the
     #: run's own task queue). Empty in ``list_workflows``.
     pending_activities: list[PendingActivity] = field(default_factory=list)
+    #: Worker versioning: the build of the worker that ran the run's latest workflow task (None: an
+    #: unversioned worker, or none ran yet), and the behaviour it declared ("pinned": the run's
+    #: workflow tasks go only to that build; "auto_upgrade": to the task queue's current build).
+    build_id: str | None = None
+    versioning_behavior: str | None = None
 
     @classmethod
     def _from(cls, info: RunInfo) -> WorkflowExecution:
@@ -109,7 +117,7 @@ class WorkflowExecution:
             close_time=datetime.datetime.fromtimestamp(info.close_time, tz=datetime.UTC) if info.close_time else None,
             history_length=info.history_length, task_failures=info.task_failures,
             search_attributes=dict(info.search_attributes or {}), memo=dict(info.memo or {}),
-            next_run_id=info.next_run_id,
+            next_run_id=info.next_run_id, build_id=info.build_id, versioning_behavior=info.versioning_behavior,
         )
 
 
@@ -180,6 +188,7 @@ class Client(ScheduleClient):
         for it in reversed(self.interceptors):
             outbound = it.intercept_client(outbound)
         self._outbound = outbound
+        self._awaiting_results = 0  # handle.result() calls in progress (see duro.testing's time skipping)
         self._closed = False
 
     @staticmethod
@@ -236,6 +245,7 @@ class Client(ScheduleClient):
         start_signal_args: Sequence[Any] = (),
         search_attributes: dict[str, Any] | None = None,
         memo: dict[str, Any] | None = None,
+        request_eager_start: bool = False,
     ) -> WorkflowHandle:
         """Start a workflow run and return its handle once the start is durable.
 
@@ -261,6 +271,9 @@ class Client(ScheduleClient):
                 timezone-aware datetime values); the workflow changes them with
                 ``ctx.upsert_search_attributes``.
             memo: a JSON object shown by ``describe()`` (not filtered on).
+            request_eager_start: accepted for code written for Temporal. duro always starts eagerly
+                when it can: with a worker of the queue in this process, a plain start runs the
+                run's first workflow task here, in the start's own commit.
 
         Returns:
             A handle on the run started, or on the open run that was used.
@@ -282,6 +295,8 @@ class Client(ScheduleClient):
         name = check_name("workflow name", defn.name if defn is not None else workflow)
         check_name("workflow id", id)
         check_name("task_queue", task_queue)
+        if not isinstance(request_eager_start, bool):
+            raise TypeError(f"request_eager_start must be a bool, not {type(request_eager_start).__name__}")
         if id_reuse_policy not in ID_REUSE_POLICIES:
             raise ValueError(f"id_reuse_policy must be one of {ID_REUSE_POLICIES}, got {id_reuse_policy!r}")
         if id_conflict_policy is None:
@@ -336,23 +351,49 @@ class Client(ScheduleClient):
 
     async def execute_update_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
                                         task_queue: str, update: str, update_args: Sequence[Any] = (),
-                                        id_conflict_policy: str = "use_existing", **options: Any) -> Any:
+                                        id_conflict_policy: str = "use_existing", update_id: str | None = None,
+                                        update_result_type: Any = None, **options: Any) -> Any:
         """Start the workflow unless a run with ``id`` is open, then run update ``update`` on it; its result.
 
         The start is ``start_workflow`` with ``id_conflict_policy`` (default "use_existing", so the call
         may be repeated safely: a second call updates the run the first started) and ``options``;
-        the update is ``handle.execute_update(update, *update_args)``, with its rules (a validator
-        that raises rejects it, an accepted update is recorded with its result).
+        the update is ``handle.execute_update(update, *update_args, id=update_id)``, with its rules
+        (a validator that raises rejects it, an accepted update is recorded with its result, an
+        ``update_id`` accepted on the run before is not applied again).
 
         Raises:
             What ``start_workflow`` and ``WorkflowHandle.execute_update`` raise.
         """
+        uh = await self.start_update_with_start(
+            workflow, *args, id=id, task_queue=task_queue, update=update, update_args=update_args,
+            id_conflict_policy=id_conflict_policy, update_id=update_id, update_result_type=update_result_type,
+            wait_for_stage=WorkflowUpdateStage.COMPLETED, **options)
+        return await uh.result()
+
+    async def start_update_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
+                                      task_queue: str, update: str, update_args: Sequence[Any] = (),
+                                      id_conflict_policy: str = "use_existing", update_id: str | None = None,
+                                      wait_for_stage: WorkflowUpdateStage | str = WorkflowUpdateStage.ACCEPTED,
+                                      update_result_type: Any = None, **options: Any) -> WorkflowUpdateHandle:
+        """Update-with-start that returns the update's handle once it is accepted (or completed).
+
+        As ``execute_update_with_start``, with the update sent by ``handle.start_update(update,
+        *update_args, wait_for_stage=wait_for_stage, id=update_id, result_type=update_result_type)``.
+        ``client.get_handle(id)`` reaches the workflow.
+
+        Raises:
+            What ``start_workflow`` and ``WorkflowHandle.start_update`` raise.
+        """
         if isinstance(update_args, (str, bytes)) or not isinstance(update_args, Sequence):
             raise TypeError(f"update_args must be a list or tuple, got {type(update_args).__name__}")
         check_name("update name", update)
+        check_stage(wait_for_stage)
+        if update_id is not None:
+            check_name("update id", update_id)
         handle = await self.start_workflow(workflow, *args, id=id, task_queue=task_queue,
                                            id_conflict_policy=id_conflict_policy, **options)
-        return await handle.execute_update(update, *update_args)
+        return await handle.start_update(update, *update_args, wait_for_stage=wait_for_stage, id=update_id,
+                                         result_type=update_result_type)
 
     def _eager_worker(self, workflow_type: str, task_queue: str) -> Any:
         """A worker of this process that can run the first task of the workflow right away."""
@@ -455,6 +496,25 @@ class Client(ScheduleClient):
         query = _list_query(status, workflow_type, search_attributes, started_after, started_before)
         return await self.store.acount_runs(query)
 
+    async def set_current_build_id(self, task_queue: str, build_id: str | None) -> None:
+        """Make ``build_id`` the current build of ``task_queue`` (worker versioning; docs/deployment.md).
+
+        New runs, ``auto_upgrade`` runs and unversioned runs of the queue then go only to workers of
+        that build; runs pinned to another build stay on it. None removes the setting: any worker of
+        the queue (versioned or not) takes those runs again. Takes effect at once in every process;
+        a workflow task that a worker of another build is running when it changes is handed back
+        when it completes, and runs again on the current build.
+        """
+        check_name("task_queue", task_queue)
+        check_name("build_id", build_id, allow_none=True)
+        await self.store.set_current_build_id(task_queue, build_id)
+        local_dispatch(self.store).poll_workflow_tasks(task_queue)
+
+    async def get_current_build_id(self, task_queue: str) -> str | None:
+        """The current build of ``task_queue`` (None: none is set)."""
+        check_name("task_queue", task_queue)
+        return (await self.store.aqueue_versioning(task_queue, running=False)).current_build_id
+
 
 _STATUSES = (RUNNING, "completed", "failed", "terminated", "canceled", "continued_as_new", "timed_out")
 
@@ -540,6 +600,14 @@ class WorkflowHandle:
         elif isinstance(timeout, datetime.timedelta) and timeout < datetime.timedelta(0):
             timeout = 0.0
         seconds = check_duration("result timeout", timeout, allow_none=True)
+        # A test environment with time skipping skips only while someone waits for a result.
+        self.client._awaiting_results += 1
+        try:
+            return await self._result(seconds)
+        finally:
+            self.client._awaiting_results -= 1
+
+    async def _result(self, seconds: float | None) -> Any:
         store = self.client.store
         run_id = self.run_id or (await self._info()).run_id
         loop = asyncio.get_running_loop()
@@ -637,20 +705,69 @@ class WorkflowHandle:
         return await self.client._outbound.query_workflow(QueryWorkflowInput(
             self, check_name("query name", name), args, result_type=result_type))
 
-    async def execute_update(self, name: str, *args: Any, result_type: Any = None) -> Any:
+    async def execute_update(self, name: str, *args: Any, id: str | None = None, result_type: Any = None) -> Any:
         """Send an update and wait for the handler's result (decoded to ``result_type`` when given).
 
-        A validator that raises rejects the update without writing history (the error is raised
-        here). An accepted update is recorded in the history with its result. Needs a worker of
-        the workflow's task queue in this process.
+        ``start_update(name, *args, wait_for_stage=COMPLETED, id=id)``, then its result. A validator
+        that raises rejects the update without writing history (the error is raised here). An
+        accepted update is recorded in the history with its result. With ``id``, a repeated call
+        (a retry, from any process) does not apply the update again: it returns the first one's
+        result.
 
         Raises:
-            ValueError: ``name`` is empty, holds NUL or is over 255 bytes; an argument holds NaN or
-                infinity.
+            ValueError: ``name`` or ``id`` is empty, holds NUL or is over 255 bytes; an argument
+                holds NaN or infinity.
             duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
+            duro.ApplicationError: (or another error) the validator rejected the update or the
+                handler raised.
+            duro.DuroError: the run is closed, or closed before the update completed.
         """
+        handle = await self.start_update(name, *args, wait_for_stage=WorkflowUpdateStage.COMPLETED, id=id,
+                                         result_type=result_type)
+        return await handle.result()
+
+    async def start_update(self, name: str, *args: Any,
+                           wait_for_stage: WorkflowUpdateStage | str = WorkflowUpdateStage.ACCEPTED,
+                           id: str | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
+        """Send an update; its handle once a worker accepted it (validated and recorded it).
+
+        Args:
+            name: the update's name (its handler's, or the dynamic handler's).
+            *args: the handler's arguments.
+            wait_for_stage: ``WorkflowUpdateStage.ACCEPTED`` (return once it is recorded) or
+                ``COMPLETED`` (also wait for its result). ``ADMITTED`` raises ``ValueError``: duro
+                validates and records an update in one step.
+            id: the update's id (unique within the run); one is made up when None. An update whose
+                id was accepted on the run before is not applied again: the handle is the first
+                one's (the validator does not run again). This holds for a run that closed after
+                completing it, too.
+            result_type: the type ``handle.result()`` decodes to.
+
+        Raises:
+            ValueError: ``name`` or ``id`` is empty, holds NUL or is over 255 bytes; an argument
+                holds NaN or infinity; an unsupported ``wait_for_stage``.
+            duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
+            duro.ApplicationError: (or another error) the validator rejected the update; nothing
+                is written.
+            duro.DuroError: the run is closed; no worker of its task queue took the update.
+        """
+        check_name("update name", name)
+        stage = check_stage(wait_for_stage)
+        update_id = new_run_id() if id is None else check_name("update id", id)
         return await self.client._outbound.update_workflow(UpdateWorkflowInput(
-            self, check_name("update name", name), args, result_type=result_type))
+            self, name, args, result_type=result_type, id=update_id, wait_for_stage=stage))
+
+    def get_update_handle(self, update_id: str, *, result_type: Any = None) -> WorkflowUpdateHandle:
+        """A handle on update ``update_id`` of this handle's run (the latest run without ``run_id``).
+
+        Its ``result()`` reads the outcome from the history, or waits for it; it raises
+        ``DuroError`` if no update with that id was accepted on the run.
+
+        Raises:
+            ValueError: ``update_id`` is empty, holds NUL or is over 255 bytes.
+        """
+        return WorkflowUpdateHandle(self.client, check_name("update id", update_id), self.id, self.run_id,
+                                    result_type=result_type, known_accepted=False)
 
     async def terminate(self, reason: str = "") -> None:
         """Close the run at once; its code does not run again.
@@ -715,6 +832,66 @@ class WorkflowHandle:
         return handle
 
 
+class WorkflowUpdateHandle:
+    """An update sent to a workflow (``handle.start_update``, ``get_update_handle``): its ids and its result.
+
+    Attributes:
+        id: the update's id.
+        workflow_id: the workflow's id.
+        run_id: the run the update was accepted on (None for a handle from ``get_update_handle``
+            on a handle without a run id: the latest run, looked up by ``result()``).
+    """
+
+    def __init__(self, client: Client, update_id: str, workflow_id: str, run_id: str | None, *,
+                 result_type: Any = None, from_event_id: int = 1, outcome: bytes | None = None,
+                 known_accepted: bool = True) -> None:
+        self.client = client
+        self.id = update_id
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self._result_type = result_type
+        self._from = from_event_id
+        self._outcome = outcome
+        self._known_accepted = known_accepted
+
+    def __repr__(self) -> str:
+        return f"WorkflowUpdateHandle(id={self.id!r}, workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
+
+    @property
+    def workflow_run_id(self) -> str | None:
+        """``run_id`` under Temporal's name."""
+        return self.run_id
+
+    async def _wait(self, seconds: float | None) -> bytes:
+        if self._outcome is None:
+            run_id = self.run_id
+            if run_id is None:
+                run_id = (await self.client.store.afind_run(self.workflow_id, None)).run_id
+            self._outcome = await wait_outcome(self.client.store, self.workflow_id, run_id, self.id,
+                                               from_event_id=self._from, timeout=seconds,
+                                               known_accepted=self._known_accepted)
+        return self._outcome
+
+    async def result(self, timeout: float | datetime.timedelta | None = None) -> Any:
+        """Wait for the update's handler to finish; its result, decoded to ``result_type`` when given.
+
+        Args:
+            timeout: how long to wait, in seconds or a timedelta; None waits without limit.
+
+        Raises:
+            duro.ApplicationError: (or another error) the handler raised.
+            duro.DuroError: the run closed before the update completed, or no update with this id
+                was accepted on the run.
+            asyncio.TimeoutError: ``timeout`` seconds passed first.
+            ValueError: ``timeout`` is NaN, infinite, negative or over 100 years.
+        """
+        outcome = await self._wait(check_duration("update result timeout", timeout, allow_none=True))
+        meta_b, payload = unpack(outcome)
+        if orjson.loads(meta_b)["ok"]:
+            return self.client.converter.decode(payload, self._result_type)
+        raise decode_failure(payload)
+
+
 def _when(time_us: int) -> datetime.datetime | None:
     return datetime.datetime.fromtimestamp(time_us / 1e6, tz=datetime.UTC) if time_us else None
 
@@ -765,10 +942,18 @@ class _ClientRoot(ClientOutboundInterceptor):
 
         return await run_query(input.handle, input.query, input.args, input.headers, input.result_type)
 
-    async def update_workflow(self, input: UpdateWorkflowInput) -> Any:
-        from duro._query import run_update
+    async def update_workflow(self, input: UpdateWorkflowInput) -> WorkflowUpdateHandle:
+        from duro._query import start_update
 
-        return await run_update(input.handle, input.update, input.args, input.headers, input.result_type)
+        h = input.handle
+        update_id = input.id or new_run_id()
+        run_id, first, outcome = await start_update(h, check_name("update name", input.update), input.args,
+                                                    check_name("update id", update_id), input.headers)
+        handle = WorkflowUpdateHandle(self._client, update_id, h.id, run_id, result_type=input.result_type,
+                                      from_event_id=first, outcome=outcome)
+        if check_stage(input.wait_for_stage) is WorkflowUpdateStage.COMPLETED:
+            await handle._wait(None)
+        return handle
 
     async def cancel_workflow(self, input: CancelWorkflowInput) -> None:
         h = input.handle

@@ -27,12 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from duro._updates import WorkflowUpdateStage
 from duro._validate import check_name
 
 if TYPE_CHECKING:
     from duro._instance import ChildWorkflowHandle
     from duro.activity import ActivityContext, RetryPolicy
-    from duro.client import WorkflowHandle
+    from duro.client import WorkflowHandle, WorkflowUpdateHandle
     from duro.workflow import WorkflowContext
 
 __all__ = [
@@ -134,7 +135,7 @@ class QueryWorkflowInput:
 
 @dataclass(slots=True)
 class UpdateWorkflowInput:
-    """An update sent from a handle; its headers are recorded with it."""
+    """An update sent from a handle (``start_update``, ``execute_update``); its headers are recorded with it."""
 
     handle: WorkflowHandle
     update: str
@@ -142,6 +143,11 @@ class UpdateWorkflowInput:
     headers: Headers = field(default_factory=dict)
     #: the type the result is decoded to (None: plain JSON values).
     result_type: Any = None
+    #: the update's id: the caller's, or one made up for it (an id accepted on the run before is
+    #: not applied again).
+    id: str = ""
+    #: how far the update must get before ``update_workflow`` returns its handle.
+    wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.COMPLETED
 
 
 @dataclass(slots=True)
@@ -177,8 +183,11 @@ class ClientOutboundInterceptor:
         """Ask a query; its answer."""
         return await self.next.query_workflow(input)
 
-    async def update_workflow(self, input: UpdateWorkflowInput) -> Any:
-        """Run an update; the handler's result."""
+    async def update_workflow(self, input: UpdateWorkflowInput) -> WorkflowUpdateHandle:
+        """Send an update; its handle once it reached ``input.wait_for_stage`` (accepted or completed).
+
+        ``execute_update`` asks for the completed stage, then returns ``await handle.result()``.
+        """
         return await self.next.update_workflow(input)
 
     async def cancel_workflow(self, input: CancelWorkflowInput) -> None:
@@ -201,7 +210,8 @@ class ExecuteActivityInput:
     args: Sequence[Any]
     headers: Headers
     ctx: ActivityContext
-    #: whether ``fn`` is ``async def`` (a sync one runs on the worker's thread pool).
+    #: whether ``fn`` is ``async def`` (a sync one runs on the worker's activity executor: its
+    #: thread pool, or a process pool, where ``fn`` and ``args`` must be picklable).
     is_async: bool
 
 
@@ -271,6 +281,8 @@ class StartActivityInput:
     task_queue: str | None = None
     #: the type the result is decoded to (None: the activity's return annotation).
     result_type: Any = None
+    #: what cancelling the awaitable does: "try_cancel", "wait_cancellation_completed" or "abandon".
+    cancellation_type: str = "try_cancel"
 
     @property
     def name(self) -> str:

@@ -9,7 +9,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from duro._instance import WorkflowInstance
@@ -48,9 +48,14 @@ class WorkflowEnvironment:
     for example to test against PostgreSQL as deployed; the environment leaves that store's data
     in place, so give each test a schema (or directory) of its own.
 
-    With ``time_skipping=True``, whenever nothing but timers is pending (no workflow task, no
-    activity, nothing being committed), the clock jumps to the next timer (or the next fire of a
-    schedule): a workflow that sleeps for a day finishes at once. Activities still run in real time. This works on both
+    With ``time_skipping=True``, as in Temporal's test server, time is skipped while the test waits
+    for a workflow's result (``handle.result()``, ``execute_workflow``): whenever nothing is due
+    then (no workflow task or activity waiting to run or running, nothing being committed), the
+    clock jumps to the next thing that waits for time — a timer, a schedule's fire, an activity
+    retry's backoff, a workflow task's retry — so a workflow that sleeps for a day finishes at once.
+    While the test does anything else, time runs as usual (``auto_time_skipping_disabled()`` turns
+    the skipping off even then), and ``env.sleep(seconds)`` moves the clock on explicitly, firing
+    every timer inside the window in order. Activities still run in real time. This works on both
     stores, because each reads the time from the environment's clock and writes it as data (the
     PostgreSQL store passes it to the server as parameters, never uses the server's ``now()``). The
     clock is this process's, though: every worker of the store must run in this process. A worker
@@ -81,6 +86,7 @@ class WorkflowEnvironment:
         self._previous_clock: Clock | None = None
         self.clock = SkippingClock()
         self.skipped = 0.0
+        self._auto_disabled = 0
 
     @property
     def client(self) -> Client:
@@ -143,54 +149,101 @@ class WorkflowEnvironment:
             self._dir = None
 
     async def sleep(self, seconds: float | datetime.timedelta) -> None:
-        """Move the environment's clock forward by ``seconds`` (timers due by then fire).
+        """Move the environment's clock forward by ``seconds``, firing what falls due on the way.
+
+        Each timer (and schedule fire, and retry backoff) inside the window fires at its own time,
+        in order, and the workflows run after each before the clock moves on: three 30-day timers
+        in a row all fire within ``env.sleep(timedelta(days=90))``. Works without
+        ``time_skipping`` too. Activities still run in real time: the clock moves on when they are
+        done, or after a few seconds of real time if they are not.
 
         Raises:
             ValueError: ``seconds`` is NaN, infinite, negative (the clock cannot move backwards)
                 or over 100 years.
         """
-        self._advance(self.clock.now() + check_duration("WorkflowEnvironment.sleep seconds", seconds))
-        await asyncio.sleep(0.01)
+        target = self.clock.now() + check_duration("WorkflowEnvironment.sleep seconds", seconds)
+        while True:
+            await self._settle()
+            due = await self._next_due()
+            if due is None or due > target:
+                break
+            self._advance(due)
+        self._advance(target)
+        await self._settle()
+
+    @contextlib.contextmanager
+    def auto_time_skipping_disabled(self) -> Iterator[None]:
+        """Within the block, time is not skipped while the test waits for a result (``env.sleep`` still moves it)."""
+        self._auto_disabled += 1
+        try:
+            yield
+        finally:
+            self._auto_disabled -= 1
 
     def _advance(self, to: float) -> None:
         gap = to - self.clock.now()
         if gap > 0:
             self.clock.offset += gap
             self.skipped += gap
-        local_dispatch(self.client.store).timer_set(0.0)  # the workers' timer loops fire what is due now
+        dispatch = local_dispatch(self.client.store)
+        dispatch.timer_set(0.0)  # the workers' timer loops fire what is due now
+        dispatch.activities_due(0.0)  # their activity pollers take retries whose backoff ended
         wake_schedule_loops(self.client.store)  # and their schedule loops
 
     async def _skip_loop(self) -> None:
-        store = self.client.store
-        idle_checks = 0
+        quiet_checks = 0
         while True:
             await asyncio.sleep(0.002)
+            if self._auto_disabled or not self.client._awaiting_results:
+                quiet_checks = 0  # skip only while the test waits for a result (as Temporal does)
+                continue
             try:
-                if not await self._idle():
-                    idle_checks = 0
+                if not await self._quiet():
+                    quiet_checks = 0
                     continue
-                idle_checks += 1
-                # Idle twice in a row (a few ms apart): not a gap between a commit and its follow-up.
-                if idle_checks < 2:
+                quiet_checks += 1
+                # Quiet twice in a row (a few ms apart): not a gap between a commit and its follow-up.
+                if quiet_checks < 2:
                     continue
-                due = await store.anext_timer_due()
-                fire = await store.anext_schedule_due()  # schedules fire at their times as timers do
-                if fire is not None and (due is None or fire < due):
-                    due = fire
+                due = await self._next_due()
             except StoreError as e:  # a read that failed (PostgreSQL away for long): look again next round
                 log.debug("time skipping could not read the store: %s", e)
-                idle_checks = 0
+                quiet_checks = 0
                 continue
             if due is not None and due > self.clock.now():
                 self._advance(due)
-                idle_checks = 0
+                quiet_checks = 0
 
-    async def _idle(self) -> bool:
+    async def _settle(self, limit_s: float = 5.0) -> None:
+        """Wait (in real time, at most ``limit_s``) until nothing is due or running."""
+        quiet_checks = 0
+        deadline = time.monotonic() + limit_s
+        while quiet_checks < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+            try:
+                quiet_checks = quiet_checks + 1 if await self._quiet() else 0
+            except StoreError as e:
+                log.debug("time skipping could not read the store: %s", e)
+                quiet_checks = 0
+
+    async def _quiet(self) -> bool:
+        """Whether nothing is due now or running: the only way forward is for time to pass."""
         store = self.client.store
-        # The in-memory questions first: has_any_tasks is a round trip on PostgreSQL.
+        # The in-memory questions first: the store's are round trips on PostgreSQL.
         if not store.is_idle() or not local_dispatch(store).idle():
             return False
-        return not await store.ahas_any_tasks()
+        now = self.clock.now()
+        for due in (await store.anext_task_due(), await store.anext_timer_due(), await store.anext_schedule_due()):
+            if due is not None and due <= now:
+                return False
+        return True
+
+    async def _next_due(self) -> float | None:
+        """The earliest time something waits for: a timer, a schedule's fire, a retry's backoff."""
+        store = self.client.store
+        dues = [d for d in (await store.anext_timer_due(), await store.anext_schedule_due(),
+                            await store.anext_task_due()) if d is not None]
+        return min(dues) if dues else None
 
 
 class Replayer:

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import dataclasses
+import functools
 import gc
 import inspect
 import logging
@@ -24,13 +25,16 @@ from duro._core.codec import Event
 from duro._core.replay import is_command
 from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._local import local_dispatch
+from duro._local_activity import run_local_activities
 from duro._loop import install_io_guard
+from duro._process_pool import ProcessBridge, check_picklable, run_in_process
 from duro._schedule_loop import schedule_loop
-from duro._validate import check_name
+from duro._validate import check_name, check_versioning_behavior
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
 from duro.errors import (
     ApplicationError,
+    CancelledError,
     DuroError,
     NonDeterminismError,
     StoreCorruptedError,
@@ -43,6 +47,8 @@ from duro.stores.base import (
     ActivityTask,
     Conflict,
     StartRequest,
+    WorkflowTaskCompletion,
+    WrongBuild,
     run_key_of,
 )
 from duro.workflow import WorkflowDefinition, check_exception_types, get_workflow_definition
@@ -78,6 +84,12 @@ class Worker:
         max_concurrent_workflow_tasks: workflow tasks in flight at once.
         max_concurrent_activities: activity attempts running at once (also the thread pool size
             for sync activities).
+        activity_executor: where sync (``def``) activities run (Temporal's name). None (the
+            default): a thread pool of the worker's own. A ``concurrent.futures.ProcessPoolExecutor``
+            (or any executor that is not a ``ThreadPoolExecutor``) runs them in other processes:
+            their function and arguments must be picklable, and their context is a picklable one
+            whose heartbeats go through a ``multiprocessing`` manager the worker starts. The
+            worker does not shut a given executor down. Async activities always run on the loop.
         max_cached_workflows: live workflow instances kept in memory (LRU); a miss replays history.
         identity: a name for this worker in logs.
         gc_threshold: while the worker runs, raise the interpreter's generation-0 GC threshold to
@@ -90,6 +102,13 @@ class Worker:
             them, for every workflow of this worker (besides duro's failures, such as
             ``duro.ApplicationError``; any other exception fails only the workflow task, which is
             retried). ``[Exception]`` fails the run on any exception.
+        build_id: the build of this worker's code, for worker versioning (see docs/deployment.md);
+            None (the default): an unversioned worker. A run whose first workflow task a worker of
+            build B ran is pinned to B (its workflow tasks go only to workers of B) unless its
+            workflow is ``versioning_behavior="auto_upgrade"``; other runs go to the task queue's
+            current build (``client.set_current_build_id``), to any worker while it has none.
+        default_versioning_behavior: the behaviour of this worker's workflows that declare none
+            (``@duro.workflow(versioning_behavior=...)``): "pinned" (the default) or "auto_upgrade".
     """
 
     def __init__(
@@ -101,13 +120,19 @@ class Worker:
         activities: Sequence[Callable[..., Any]] = (),
         max_concurrent_workflow_tasks: int = 200,
         max_concurrent_activities: int = 200,
+        activity_executor: concurrent.futures.Executor | None = None,
         max_cached_workflows: int = 10_000,
         identity: str | None = None,
         gc_threshold: int | None = 50_000,
         interceptors: Sequence[Interceptor] = (),
         workflow_failure_exception_types: Sequence[type[BaseException]] = (),
+        build_id: str | None = None,
+        default_versioning_behavior: str = "pinned",
     ) -> None:
         check_name("task_queue", task_queue)
+        #: the build of this worker's code (worker versioning; None: unversioned).
+        self.build_id = check_name("build_id", build_id, allow_none=True)
+        default_behavior = check_versioning_behavior("default_versioning_behavior", default_versioning_behavior)
         for name, value in (("max_concurrent_workflow_tasks", max_concurrent_workflow_tasks),
                             ("max_concurrent_activities", max_concurrent_activities),
                             ("max_cached_workflows", max_cached_workflows)):
@@ -115,6 +140,9 @@ class Worker:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not workflows and not activities:
             raise ValueError("a Worker needs at least one workflow or activity to run")
+        if activity_executor is not None and not isinstance(activity_executor, concurrent.futures.Executor):
+            raise TypeError("activity_executor must be a concurrent.futures.Executor (a ThreadPoolExecutor or a "
+                            f"ProcessPoolExecutor), not {type(activity_executor).__name__}")
         self.client = client
         self.store = client.store
         self.converter = client.converter
@@ -151,6 +179,8 @@ class Worker:
             self._act_chain = chain
         self.failure_types = check_exception_types("workflow_failure_exception_types",
                                                    workflow_failure_exception_types)
+        # Worker versioning: what each workflow type's completions declare (only with a build id).
+        self._behaviors = {name: d.versioning_behavior or default_behavior for name, d in self._workflows.items()}
         self.max_wf_tasks = max_concurrent_workflow_tasks
         self.max_activities = max_concurrent_activities
         self.max_cached = max_cached_workflows
@@ -166,7 +196,12 @@ class Worker:
         self._act_running = 0
         self._act_backlog: deque[ActivityTask] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Where sync activities run: the given executor, else a thread pool made at start.
+        self._given_executor = activity_executor
+        self._executor: concurrent.futures.Executor | None = None
+        # Heartbeats and cancellation of sync activities in other processes (an executor that is
+        # not a thread pool); made at start when this worker has sync activities.
+        self._bridge: ProcessBridge | None = None
         self._wake_wf = asyncio.Event()
         self._wake_act = asyncio.Event()
         self._wake_timer = asyncio.Event()
@@ -175,7 +210,9 @@ class Worker:
         self._unsubscribe: Callable[[], None] | None = None
         self._running = False
         self._serving_requests = False
+        self._requests_changed = False  # another process committed while the requests were being read
         self._requests_in_progress: set[str] = set()
+        self._refused_requests: set[str] = set()  # updates of runs of another build (worker versioning)
         self._stopped = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on, once started
         self._act_live: dict[tuple[bytes, int], ActivityTask] = {}
@@ -196,6 +233,10 @@ class Worker:
         """Register with the store and start polling."""
         if self._running:
             raise RuntimeError("this worker is already running")
+        given = self._given_executor
+        if (self._bridge is None and given is not None and not isinstance(given, concurrent.futures.ThreadPoolExecutor)
+                and any(not a.is_async for a in self._activities.values())):
+            self._bridge = await asyncio.to_thread(ProcessBridge)  # starts a manager process: ~0.1 s
         self._running = True
         self.loop = asyncio.get_running_loop()
         install_io_guard()
@@ -206,7 +247,7 @@ class Worker:
                 gc.set_threshold(self._gc_threshold, *current[1:])
         store = self.store
         if self._activities:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
+            self._executor = given or concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_activities, thread_name_prefix=f"duro-act-{self.task_queue}")
         local_dispatch(store).attach(self)
         _metrics.watch_worker(self)
@@ -252,8 +293,11 @@ class Worker:
         for inst in self._cache.values():
             inst.close()
         self._cache.clear()
-        if self._executor is not None:
+        if self._executor is not None and self._executor is not self._given_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._bridge is not None:
+            bridge, self._bridge = self._bridge, None
+            await asyncio.to_thread(bridge.close)
 
     async def _release_held(self, held: set[bytes]) -> None:
         """Give back the workflow tasks this worker held but did not finish, so others take them now.
@@ -307,18 +351,27 @@ class Worker:
         self._wake_wf.set()
         self._wake_act.set()
         self._wake_timer.set()
-        if self._workflows and not self._serving_requests:
-            self._serving_requests = True
-            self._spawn(self._serve_requests())
+        if self._workflows:
+            if self._serving_requests:
+                self._requests_changed = True  # the read under way may predate this commit: read again after it
+            else:
+                self._serving_requests = True
+                self._spawn(self._serve_requests())
 
     async def _serve_requests(self) -> None:
         """Answer queries and updates that clients in other processes left for this queue."""
         try:
-            for request_id, raw in await self.store.apending_requests(self.task_queue):
-                if request_id in self._requests_in_progress:
-                    continue
-                self._requests_in_progress.add(request_id)
-                self._spawn(self._serve_request(request_id, raw))
+            again = True
+            while again:
+                self._requests_changed = False
+                pending = await self.store.apending_requests(self.task_queue)
+                self._refused_requests.intersection_update(request_id for request_id, _raw in pending)
+                for request_id, raw in pending:
+                    if request_id in self._requests_in_progress or request_id in self._refused_requests:
+                        continue
+                    self._requests_in_progress.add(request_id)
+                    self._spawn(self._serve_request(request_id, raw))
+                again = self._requests_changed
         except Exception:  # the askers time out with a clear message; the next change looks again
             log.exception("reading the pending queries and updates of %r failed", self.task_queue)
         finally:
@@ -330,6 +383,9 @@ class Worker:
         try:
             answer = await answer_request(self, raw)
             await self.store.answer(self.task_queue, request_id, answer)
+        except WrongBuild as e:  # an update of a run of another build: left for a worker of that build
+            self._refused_requests.add(request_id)
+            log.debug("request %s left for a worker of another build: %s", request_id, e)
         except Exception:  # the asker times out with a clear message; keep serving others
             log.exception("answering request %s failed", request_id)
         finally:
@@ -373,12 +429,13 @@ class Worker:
             # Cleared before looking, so a wake-up that arrives while we look is not lost.
             self._wake_wf.clear()
             try:
-                if await store.ahas_pending_wtasks(self.task_queue):
+                if await store.ahas_pending_wtasks(self.task_queue, self.build_id):
                     free = self.max_wf_tasks - len(self._active)
                     if free > 0:
                         # Shielded: a shutdown that cancels this loop must still learn what the claim
                         # leased, to hand it back (see shutdown).
-                        claim = asyncio.ensure_future(store.claim_workflow_tasks(self.task_queue, free))
+                        claim = asyncio.ensure_future(store.claim_workflow_tasks(self.task_queue, free,
+                                                                                 self.build_id))
                         self._claims.add(claim)
                         claim.add_done_callback(self._claims.discard)
                         for run_key in await asyncio.shield(claim):
@@ -425,6 +482,16 @@ class Worker:
             await self._workflow_task_inner(run_key, history)
         except asyncio.CancelledError:
             raise
+        except WrongBuild as e:
+            # Worker versioning: the run is not this build's to run now (the queue's current build
+            # changed while the task ran): hand the task back, for a worker of the right build.
+            self._evict(run_key)
+            self._again.discard(run_key)
+            log.info("workflow task of run %s handed back: %s", run_key.hex(), e)
+            try:
+                await self.store.return_workflow_tasks(self.task_queue, [run_key])
+            except Exception:  # the lease runs out and a worker of the right build takes it then
+                log.warning("could not hand back the workflow task of run %s", run_key.hex(), exc_info=True)
         except Conflict:
             # The run moved on while the task ran (new inputs, another worker): run it again on
             # fresh state; a closed run's task is then released.
@@ -535,18 +602,23 @@ class Worker:
         try:
             inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors, self.failure_types)
             inst.activate([started])
+            if inst.has_local_activities:
+                inst.close()
+                return False  # local activities run in the ordinary first task
         except (WorkflowTaskError, NonDeterminismError, TypeError, ValueError):
             return False  # let the ordinary path run (and report) it
         inst.next_event_id = 2  # the history will hold WorkflowExecutionStarted
-        first = inst.completion(processed_through=1)
+        first = self._versioned(inst.completion(processed_through=1), req.workflow_type)
         self._active.add(run_key)
         inst.busy = True
         try:
             nxt = await store.start_workflow_eager(req, now_us, first)
-        except BaseException:
+        except BaseException as e:
             inst.busy = False
             self._wf_done(run_key)
             inst.close()
+            if isinstance(e, WrongBuild):  # the queue's current build is another: start it the ordinary way
+                return False
             raise
         self.stats["workflow_tasks"] += 1
         if t0 and _metrics.ENABLED:
@@ -565,22 +637,25 @@ class Worker:
         self._wf_done(run_key)
         return True
 
-    async def execute_update(self, run_key: bytes, name: str, args: bytes,
-                             headers: dict[str, str] | None = None) -> bytes:
-        """Validate and run an update on a run of this worker's queue; the handler's result.
+    async def accept_update(self, run_key: bytes, name: str, args: bytes, headers: dict[str, str] | None,
+                            update_id: str) -> int:
+        """Validate and record update ``update_id`` on a run of this worker's queue, unless it was already.
 
-        Raises the validator's error (nothing is written then), or ``WorkflowFailedError``-free
-        ``ApplicationError`` from a failing handler.
+        The instance is brought up to date with the history first; an update with the same id
+        accepted on the run before (by any worker) is not validated or recorded again. The commit
+        that records it is conditional on the history the instance saw (``Conflict`` otherwise:
+        then it looks again), so two calls with one id, in any processes, record it once.
+
+        Returns the event id of its WorkflowExecutionUpdateAccepted (1 when not known): its outcome
+        is recorded after it. Raises the validator's error (nothing is written then).
         """
-        from duro.stores.base import new_run_id, pack
+        from duro.stores.base import pack
 
         store = self.store
         for _ in range(20):
             while run_key in self._active:
                 await asyncio.sleep(0.0005)
             self._active.add(run_key)
-            update_id = new_run_id()
-            fut = store.wait_update(update_id)
             try:
                 inst, pending = await self._prepare(run_key, None)
                 if inst is None:
@@ -588,35 +663,48 @@ class Worker:
                 inst.busy = True
                 try:
                     if pending:  # bring the instance up to date with the history first
-                        inst.activate(pending)
-                        await self._commit(inst, pending[-1].event_id, [], None)
+                        try:
+                            inst.activate(pending)
+                            await self._commit(inst, pending[-1].event_id, [], None)
+                        except BaseException:
+                            self._evict(run_key)  # it saw inputs that no commit processed
+                            raise
                         if inst.close_status is not None:
                             raise DuroError("the workflow closed before the update could be delivered")
+                    known = inst.accepted_updates.get(update_id)
+                    if known is not None:
+                        return known or 1
                     decoded = self.converter.decode_args(args, ())
-                    inst.validate_update(name, decoded, headers)  # raises: rejected, nothing written
+                    inst.validate_update(name, decoded, headers, update_id)  # raises: rejected, nothing written
                     umeta: dict[str, Any] = {"id": update_id}
                     if headers:
                         umeta["headers"] = headers
                     ev = Event(codec.UPDATE_ACCEPTED, 0, int(store.clock.now() * 1e6), 0, 0, name,
                                pack(orjson.dumps(umeta), args))
-                    inst.activate([ev])
-                    await self._commit(inst, 0, [ev], None)
+                    first = inst.next_event_id  # the id the commit gives the event (or it conflicts)
+                    try:
+                        inst.activate([ev])
+                        await self._commit(inst, 0, [ev], None)
+                    except BaseException:
+                        self._evict(run_key)  # it saw an update that is not recorded
+                        raise
+                    inst.accepted_updates[update_id] = first
+                    return first
                 finally:
                     inst.busy = False
+            except WrongBuild:
+                raise  # the run is another build's (worker versioning): a worker of that build must take it
             except Conflict:
-                store.drop_update_waiter(update_id)
                 continue  # the run moved on meanwhile: try again on fresh state
-            except BaseException:
-                store.drop_update_waiter(update_id)
-                raise
             finally:
                 self._wf_done(run_key)
-            return await fut
         raise DuroError("the update could not be delivered: the run kept changing; try again")
 
     async def _commit(self, inst: WorkflowInstance, processed: int, inputs: list[Event],
                       completed_activity: tuple[int, int] | None) -> None:
-        c = inst.completion(processed, inputs, completed_activity)
+        if inst.has_local_activities:  # run in this task, their outcomes committed with it
+            await run_local_activities(self, inst)
+        c = self._versioned(inst.completion(processed, inputs, completed_activity), inst.info.workflow_type)
         try:
             nxt = await self.store.complete_workflow_task(c)
         except Conflict:
@@ -626,6 +714,17 @@ class Worker:
         inst.committed(c, nxt)
         if inst.close_status is not None:
             self._evict(inst.run_key)
+
+    def _versioned(self, c: WorkflowTaskCompletion, workflow_type: str) -> WorkflowTaskCompletion:
+        """The completion with this worker's build and the workflow's behaviour (worker versioning)."""
+        if self.build_id is not None:
+            c.build_id = self.build_id
+            c.versioning_behavior = self._behaviors.get(workflow_type)
+        return c
+
+    def poll_workflow_tasks(self) -> None:
+        """Look for workflow tasks now (the task queue's current build changed, say)."""
+        self._wake_wf.set()
 
     def _trim_cache(self) -> None:
         cache = self._cache
@@ -792,24 +891,37 @@ class Worker:
             headers=dict(task.headers) if task.headers else {},
         )
         ctx = ActivityContext(info, self._heartbeat, task)
+        ctx._sync = not defn.is_async
+        # A cancellation the worker learns of (a heartbeat's reply) is delivered as in Temporal: an
+        # async activity's task is cancelled (asyncio.CancelledError at its current await); a sync
+        # one sees is_cancelled, and heartbeat() raises duro.CancelledError (see _run_sync).
         try:
             args = conv.decode_args(task.args, defn.arg_hints)
             if self._act_chain is not None:
                 chained: asyncio.Future[Any] = asyncio.ensure_future(self._act_chain.execute_activity(
                     ExecuteActivityInput(defn.fn, args, dict(task.headers or {}), ctx, defn.is_async)))
+                if defn.is_async:
+                    ctx._on_cancel = chained.cancel
                 if timeout is None and not task.heartbeat_timeout:
                     result = await chained
                 else:
                     result = await _watch(chained, ctx, timeout, task.heartbeat_timeout)
             elif defn.is_async and timeout is None and not task.heartbeat_timeout:
-                result = await defn.fn(ctx, *args)  # no deadline to watch: no extra task
+                # No deadline to watch: no extra task; a cancellation cancels this one while the
+                # activity's code runs in it.
+                this = asyncio.current_task()
+                assert this is not None
+                ctx._on_cancel = this.cancel
+                try:
+                    result = await defn.fn(ctx, *args)
+                finally:
+                    ctx._on_cancel = None
             else:
                 if defn.is_async:
                     runner: asyncio.Future[Any] = asyncio.ensure_future(defn.fn(ctx, *args))
+                    ctx._on_cancel = runner.cancel
                 else:
-                    loop = asyncio.get_running_loop()
-                    call = contextvars.copy_context().run
-                    runner = loop.run_in_executor(self._executor, call, defn.fn, ctx, *args)
+                    runner = self._run_sync(defn.fn, ctx, args)
                 if timeout is None and not task.heartbeat_timeout:
                     result = await runner
                 else:
@@ -817,6 +929,9 @@ class Worker:
         except asyncio.CancelledError:
             if not self._running:
                 raise
+            if ctx.is_cancelled:  # the activity let the cancellation through: it acknowledged it
+                await self._report_cancelled(task)
+                return
             await self._report_failure(task, ApplicationError("activity was cancelled", type="CancelledError"))
             return
         except CompleteAsync:
@@ -830,6 +945,9 @@ class Worker:
         except Exception as e:
             if t0 and _metrics.ENABLED:
                 _metrics.RECORDER.activity_executed(task.name, time.perf_counter() - t0)
+            if ctx.is_cancelled and isinstance(e, CancelledError):  # a sync activity's heartbeat() raised it
+                await self._report_cancelled(task)
+                return
             await self._report_failure(task, e)
             return
         if t0 and _metrics.ENABLED:
@@ -858,6 +976,20 @@ class Worker:
                         "retrying" if verdict == "retry" else "no retry left: the workflow gets ActivityError")
             if _metrics.ENABLED:
                 _metrics.RECORDER.activity_failed(task.name, etype, verdict == "retry")
+
+    async def _report_cancelled(self, task: ActivityTask) -> None:
+        """The attempt ended by letting its cancellation through (it acknowledged it).
+
+        The store drops it ("try_cancel"), or records ActivityTaskCanceled for a workflow that
+        waits for the end ("wait_cancellation_completed").
+        """
+        outcome = ActivityOutcome(run_key=task.run_key, task_queue=task.task_queue, seq=task.seq,
+                                  attempt=task.attempt, error_type="CancelledError", non_retryable=True,
+                                  failure=encode_failure(CancelledError(f"activity {task.name!r} was cancelled")))
+        verdict = await self._record_outcome(outcome)
+        log.info("activity %r (seq %d attempt %d) of workflow %r (run %s) was cancelled (%s)", task.name, task.seq,
+                 task.attempt, task.workflow_id, task.run_key.hex(),
+                 "recorded: the workflow waits for it" if verdict == "done" else verdict)
 
     async def _record_outcome(self, outcome: ActivityOutcome) -> str:
         """Commit an attempt's end, retrying while the store cannot take it (a full disk, say); the store's verdict.
@@ -910,6 +1042,34 @@ class Worker:
         await self._record_outcome(ActivityOutcome(
             run_key=task.run_key, task_queue=task.task_queue, seq=task.seq, attempt=task.attempt, result=payload))
 
+
+    def _run_sync(self, fn: Callable[..., Any], ctx: ActivityContext, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Start a sync activity on the activity executor; the future of its result.
+
+        On threads it gets ``ctx`` itself (in a copy of the current contextvars). In another
+        process (an executor that is not a thread pool) it gets a picklable
+        ``ProcessActivityContext`` whose heartbeats and cancellation go through the worker's
+        ``ProcessBridge``; a function or argument that cannot be pickled raises a non-retryable
+        ``ApplicationError`` here, naming it.
+        """
+        loop = asyncio.get_running_loop()
+        bridge = self._bridge
+        if bridge is None:
+            call = contextvars.copy_context().run
+            return loop.run_in_executor(self._executor, call, fn, ctx, *args)
+        check_picklable(ctx.info.activity_type, fn, tuple(args))
+        remote = bridge.context(ctx.info, functools.partial(self._heartbeat, ctx))
+        ctx._on_cancel = lambda: self._spawn(asyncio.to_thread(bridge.cancel, remote))
+        fut = loop.run_in_executor(self._executor, run_in_process, fn, remote, tuple(args))
+
+        def release(_: asyncio.Future[Any]) -> None:
+            if ctx.is_cancelled:  # its entry in the manager's dict goes too: a round trip, off the loop
+                self._spawn(asyncio.to_thread(bridge.release, remote, True))
+            else:
+                bridge.release(remote, False)
+
+        fut.add_done_callback(release)
+        return fut
 
     def _heartbeat(self, ctx: ActivityContext, details: Any) -> None:
         hb = ctx._heartbeater
@@ -998,7 +1158,7 @@ class _Heartbeater:
 
 
 class _ActivityRoot(ActivityInboundInterceptor):
-    """The innermost link of a worker's activity chain: runs the function (a sync one on the thread pool)."""
+    """The innermost link of a worker's activity chain: runs the function (a sync one on the activity executor)."""
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -1006,6 +1166,4 @@ class _ActivityRoot(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         if input.is_async:
             return await input.fn(input.ctx, *input.args)
-        call = contextvars.copy_context().run
-        return await asyncio.get_running_loop().run_in_executor(self._worker._executor, call, input.fn, input.ctx,
-                                                                *input.args)
+        return await self._worker._run_sync(input.fn, input.ctx, input.args)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
-from duro._validate import check_call_args, check_duration, check_name, signature_of
+from duro._validate import check_call_args, check_duration, check_name, check_versioning_behavior, signature_of
 from duro._visibility import check_search_attributes
 from duro.activity import RetryPolicy
 from duro.converter import parameter_hints
@@ -38,6 +38,8 @@ class WorkflowDefinition:
     signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
     #: exception types that fail a run when the workflow raises them (besides duro's failures).
     failure_exception_types: tuple[type[BaseException], ...] = ()
+    #: "pinned" or "auto_upgrade" on a versioned worker (None: the worker's default).
+    versioning_behavior: str | None = None
 
 
 def get_workflow_definition(fn: Any) -> WorkflowDefinition:
@@ -54,11 +56,13 @@ def workflow(fn: F) -> F: ...
 
 @overload
 def workflow(*, name: str | None = None,
-             failure_exception_types: Sequence[type[BaseException]] = ()) -> Callable[[F], F]: ...
+             failure_exception_types: Sequence[type[BaseException]] = (),
+             versioning_behavior: str | None = None) -> Callable[[F], F]: ...
 
 
 def workflow(fn: Any = None, *, name: str | None = None,
-             failure_exception_types: Sequence[type[BaseException]] = ()) -> Any:
+             failure_exception_types: Sequence[type[BaseException]] = (),
+             versioning_behavior: str | None = None) -> Any:
     """Mark an ``async def`` function as a workflow. Use bare or as ``@duro.workflow(name="Order")``.
 
     The function takes a ``WorkflowContext`` first, then its arguments. Its code must be
@@ -70,12 +74,20 @@ def workflow(fn: Any = None, *, name: str | None = None,
     exception fails only the workflow task, which is retried until fixed code gets through it.
     ``failure_exception_types`` lists more types that fail the run (``[Exception]`` for all).
 
+    ``versioning_behavior`` matters on workers with a ``build_id`` (worker versioning, see
+    docs/deployment.md): ``"pinned"`` keeps each run on the build that ran its first workflow task,
+    ``"auto_upgrade"`` moves it to the task queue's current build at its next workflow task (its code
+    must then replay older histories: ``ctx.patched``). None takes the worker's
+    ``default_versioning_behavior`` (``"pinned"`` unless set).
+
     Raises:
         TypeError: ``fn`` is not an ``async def`` function taking a context, or
             ``failure_exception_types`` holds something that is not an exception class.
-        ValueError: ``name`` is empty, holds NUL or is over 255 bytes in UTF-8.
+        ValueError: ``name`` is empty, holds NUL or is over 255 bytes in UTF-8, or
+            ``versioning_behavior`` is not "pinned", "auto_upgrade" or None.
     """
     failure_types = check_exception_types("failure_exception_types", failure_exception_types)
+    behavior = check_versioning_behavior("versioning_behavior", versioning_behavior, allow_none=True)
 
     def wrap(f: F) -> F:
         if not inspect.iscoroutinefunction(f):
@@ -86,7 +98,7 @@ def workflow(fn: Any = None, *, name: str | None = None,
         arg_hints, ret = parameter_hints(f)
         f.__duro_workflow__ = WorkflowDefinition(  # type: ignore[attr-defined]
             name=workflow_name, fn=f, arg_hints=arg_hints, return_hint=ret, signature=signature_of(f),
-            failure_exception_types=failure_types,
+            failure_exception_types=failure_types, versioning_behavior=behavior,
         )
         return f
 
@@ -209,6 +221,7 @@ class WorkflowContext:
         retry_policy: RetryPolicy | None = None,
         task_queue: str | None = None,
         result_type: Any = None,
+        cancellation_type: str = "try_cancel",
     ) -> asyncio.Future[Any]:
         """Schedule an activity and return an awaitable of its result.
 
@@ -218,12 +231,21 @@ class WorkflowContext:
         the activity's return annotation; needed when the activity is named by a string). A failure
         raises ``duro.ActivityError`` whose ``__cause__`` is the activity's error.
 
+        Cancelling the awaitable (the workflow is cancelled, a timeout or ``task.cancel()`` reaches
+        the ``await``) raises ``duro.ActivityError`` whose ``__cause__`` is a ``duro.CancelledError``,
+        as in Temporal. ``cancellation_type`` says when, and what the activity is told:
+        ``"try_cancel"`` (the default): at once, and the activity is asked to cancel;
+        ``"wait_cancellation_completed"``: the activity is asked to cancel, and the ``await`` waits
+        for its end (its result if it still completes, its failure, or the ActivityError of an
+        acknowledged cancellation); ``"abandon"``: at once, and the activity is not told (it runs to
+        its end; its result is dropped).
+
         Raises:
             TypeError: the arguments do not fit the activity's signature, cannot be encoded, or an
                 option has the wrong type.
             ValueError: a timeout is NaN, infinite, negative or over 100 years; the activity name or
                 ``task_queue`` is empty, holds NUL or is over 255 bytes; an argument holds NaN or
-                infinity.
+                infinity; ``cancellation_type`` is none of the three.
             duro.PayloadTooLargeError: the encoded arguments are over the converter's size limit.
 
         These are raised here, in the workflow, before anything is recorded.
@@ -232,11 +254,45 @@ class WorkflowContext:
         if inst._outbound is not None:
             return inst._outbound.start_activity(StartActivityInput(
                 activity, args, {}, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
-                retry_policy, task_queue, result_type))
+                retry_policy, task_queue, result_type, cancellation_type))
         return inst.schedule_activity(
             activity, args, start_to_close_timeout, schedule_to_close_timeout, heartbeat_timeout,
-            retry_policy, task_queue, None, result_type,
+            retry_policy, task_queue, None, result_type, cancellation_type,
         )
+
+    def execute_local_activity(
+        self,
+        activity: Callable[..., Any] | str,
+        *args: Any,
+        start_to_close_timeout: float | datetime.timedelta | None = None,
+        schedule_to_close_timeout: float | datetime.timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        result_type: Any = None,
+    ) -> asyncio.Future[Any]:
+        """Run an activity in this worker, inside the current workflow task; an awaitable of its result.
+
+        A local activity is not queued in the store: the worker that runs this workflow task runs it
+        (registered on the worker or not), then records its outcome as a ``MarkerRecorded`` event in
+        the task's commit, so a replay takes the recorded result without running it again. It runs
+        at least once: if the worker dies before the task commits, the next worker runs it again.
+        Failed attempts are retried in the worker per ``retry_policy`` (default: up to 3 attempts,
+        1 s backoff doubling) within ``schedule_to_close_timeout`` (default 60 s); then the
+        workflow gets ``duro.ActivityError``. Use it for short work (well under the workflow task's
+        30 s lease); anything long, or that needs heartbeats, belongs in ``execute_activity``.
+
+        Raises:
+            TypeError: the arguments do not fit the activity's signature.
+            ValueError: a timeout is NaN, infinite, negative or over 100 years.
+        """
+        from duro.activity import to_seconds
+
+        options: dict[str, Any] = {
+            "start_to_close": to_seconds(start_to_close_timeout, "start_to_close_timeout"),
+            "schedule_to_close": to_seconds(schedule_to_close_timeout, "schedule_to_close_timeout")}
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a duro.RetryPolicy, not {type(retry_policy).__name__}")
+        options["retry_policy"] = retry_policy
+        return self._inst.schedule_local_activity(activity, args, options, result_type)
 
     # --- signals ----------------------------------------------------------------------------------
 
@@ -251,6 +307,23 @@ class WorkflowContext:
     def set_signal_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
         """Call ``handler(*args)`` (sync or async) for every signal ``name``; buffered ones first."""
         self._inst.set_signal_handler(check_name("signal name", name), handler)
+
+    def set_dynamic_signal_handler(self, handler: Callable[..., Any] | None) -> None:
+        """Call ``handler(name, *args)`` (sync or async) for every signal that nothing else takes.
+
+        A signal goes to its own handler (``set_signal_handler``) if it has one, else to a
+        ``wait_signal(name)`` waiting for it, else to this handler, else it is buffered. Signals
+        buffered so far are delivered to it at once, oldest first. ``None`` removes it.
+        """
+        self._inst.set_dynamic_signal_handler(handler)
+
+    def get_signal_handler(self, name: str) -> Callable[..., Any] | None:
+        """The handler set for signal ``name``, or None (the dynamic handler is not returned)."""
+        return self._inst.signal_handler(check_name("signal name", name))
+
+    def get_dynamic_signal_handler(self) -> Callable[..., Any] | None:
+        """The dynamic signal handler, or None."""
+        return self._inst.signal_handler(None)
 
     # --- time, randomness, conditions ------------------------------------------------------------
 
@@ -388,6 +461,18 @@ class WorkflowContext:
         """Answer ``handle.query(name, *args)`` with ``handler(*args)`` (a plain function, no side effects)."""
         self._inst.set_query_handler(check_name("query name", name), handler)
 
+    def set_dynamic_query_handler(self, handler: Callable[..., Any] | None) -> None:
+        """Answer queries that have no handler of their own with ``handler(name, *args)``; None removes it."""
+        self._inst.set_dynamic_query_handler(handler)
+
+    def get_query_handler(self, name: str) -> Callable[..., Any] | None:
+        """The handler set for query ``name``, or None (the dynamic handler is not returned)."""
+        return self._inst.query_handler(check_name("query name", name))
+
+    def get_dynamic_query_handler(self) -> Callable[..., Any] | None:
+        """The dynamic query handler, or None."""
+        return self._inst.query_handler(None)
+
     def all_handlers_finished(self) -> bool:
         """Whether every async signal handler and update handler started so far has finished.
 
@@ -405,6 +490,22 @@ class WorkflowContext:
         its return value goes back to the caller.
         """
         self._inst.set_update_handler(check_name("update name", name), handler, validator)
+
+    def set_dynamic_update_handler(self, handler: Callable[..., Any] | None,
+                                   validator: Callable[..., Any] | None = None) -> None:
+        """Handle updates that have no handler of their own: ``validator(name, *args)``, then ``handler(name, *args)``.
+
+        The rules are those of ``set_update_handler``. ``None`` removes it.
+        """
+        self._inst.set_dynamic_update_handler(handler, validator)
+
+    def get_update_handler(self, name: str) -> Callable[..., Any] | None:
+        """The handler set for update ``name``, or None (the dynamic handler is not returned)."""
+        return self._inst.update_handler(check_name("update name", name))
+
+    def get_dynamic_update_handler(self) -> Callable[..., Any] | None:
+        """The dynamic update handler, or None."""
+        return self._inst.update_handler(None)
 
     def patched(self, change_id: str) -> bool:
         """Whether this run takes the code path added by change ``change_id``.

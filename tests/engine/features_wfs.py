@@ -19,12 +19,13 @@ async def note(ctx: duro.ActivityContext, text: str) -> str:
 
 @duro.activity
 async def long_heartbeating(ctx: duro.ActivityContext, seconds: float) -> str:
-    for _ in range(int(seconds / 0.02)):
-        ctx.heartbeat()
-        if ctx.is_cancelled:
-            EVENTS.append("activity saw cancel")
-            return "cancelled"
-        await asyncio.sleep(0.02)
+    try:
+        for _ in range(int(seconds / 0.02)):
+            ctx.heartbeat()
+            await asyncio.sleep(0.02)
+    except asyncio.CancelledError:  # delivered at its await once a heartbeat learned of it
+        EVENTS.append("activity saw cancel" if ctx.is_cancelled else "cancelled without is_cancelled")
+        raise
     return "finished"
 
 
@@ -33,7 +34,8 @@ async def cancellable(ctx: duro.WorkflowContext) -> str:
     try:
         await ctx.execute_activity(long_heartbeating, 30.0, heartbeat_timeout=5)
         return "not cancelled"
-    except asyncio.CancelledError:
+    except duro.ActivityError as e:  # the cancelled activity's await raises this, as in Temporal
+        assert isinstance(e.__cause__, duro.CancelledError)
         await ctx.execute_activity(note, "cleanup ran")
         raise
 

@@ -66,7 +66,8 @@ async def two_approvals(ctx: duro.WorkflowContext, key: str) -> list[str]:
 async def impatient(ctx: duro.WorkflowContext, key: str) -> str:
     try:
         return str(await asyncio.wait_for(ctx.execute_activity(wait_outside, key, start_to_close_timeout=60), 0.3))
-    except TimeoutError:
+    except duro.ActivityError as e:  # wait_for cancelled it: as in Temporal, the cancelled activity's error
+        assert isinstance(e.__cause__, duro.CancelledError)
         await ctx.wait_signal("finish")
         return "gave up"
 

@@ -162,3 +162,26 @@ async def test_history_length_is_the_same_live_and_in_replay_and_timeouts_are_in
     assert 0 < lengths[-1] <= len(hist)
     assert seen[5] is False
     assert seen[6] == [3600.0, 7200.0]
+
+
+# The worked example of docs/migrating-from-temporal.md (Temporal's "hello update" sample, ported).
+@duro.workflow(name="GreetingWorkflow")
+async def greeting_workflow(ctx: duro.WorkflowContext) -> str:
+    state = {"is_complete": False}
+
+    async def update_workflow_status() -> str:
+        state["is_complete"] = True
+        return "Workflow status updated"
+
+    ctx.set_update_handler("update_workflow_status", update_workflow_status)
+    await ctx.wait_condition(lambda: state["is_complete"])
+    await ctx.wait_condition(ctx.all_handlers_finished)  # let the update's handler return first
+    return "Hello, World!"
+
+
+async def test_the_migration_pages_worked_example(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="update-workflow-task-queue", workflows=[greeting_workflow]):
+        handle = await client.start_workflow(greeting_workflow, id="update-workflow-id",
+                                             task_queue="update-workflow-task-queue")
+        assert await handle.execute_update("update_workflow_status") == "Workflow status updated"
+        assert await handle.result() == "Hello, World!"

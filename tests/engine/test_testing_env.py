@@ -130,3 +130,69 @@ async def test_bad_store_arguments() -> None:
     with pytest.raises(duro.DuroError, match="unsupported store URL"):
         async with WorkflowEnvironment(store="redis://localhost"):
             pass
+
+
+@duro.workflow
+async def sleeps_an_hour(ctx: duro.WorkflowContext) -> float:
+    t0 = ctx.now()
+    await ctx.sleep(3600)
+    return (ctx.now() - t0).total_seconds()
+
+
+async def test_time_is_skipped_only_while_the_test_waits_for_a_result(env_store: str | None) -> None:
+    async with WorkflowEnvironment(store=env_store, time_skipping=True) as env:
+        async with duro.Worker(env.client, task_queue="ts", workflows=[sleeps_an_hour]):
+            handle = await env.client.start_workflow(sleeps_an_hour, id="ts-1", task_queue="ts")
+            await eventually(lambda: _has_event(handle, "TimerStarted"), "the timer to start")
+            await env._settle()  # quiet now: it would have skipped here if it skipped when idle
+            assert env.skipped == 0 and (await handle.describe()).status == "running"
+            with env.auto_time_skipping_disabled(), pytest.raises(TimeoutError):
+                await handle.result(timeout=0.2)  # waiting, but skipping is off in this block
+            assert env.skipped == 0
+            assert await handle.result() >= 3600  # waiting for the result: skipped
+            assert env.skipped >= 3600 - 5
+
+
+@duro.activity
+async def fails_once(actx: duro.ActivityContext) -> int:
+    if actx.info.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return actx.info.attempt
+
+
+@duro.workflow
+async def retries_after_an_hour(ctx: duro.WorkflowContext) -> int:
+    return int(await ctx.execute_activity(fails_once, start_to_close_timeout=30,
+                                          retry_policy=duro.RetryPolicy(initial_interval=3600)))
+
+
+async def test_an_activity_retry_backoff_is_skipped(env_store: str | None) -> None:
+    async with WorkflowEnvironment(store=env_store, time_skipping=True) as env:
+        async with duro.Worker(env.client, task_queue="ts", workflows=[retries_after_an_hour], activities=[fails_once]):
+            assert await env.client.execute_workflow(retries_after_an_hour, id="ts-2", task_queue="ts") == 2
+        assert env.skipped >= 3600 - 5
+
+
+@duro.workflow
+async def three_months(ctx: duro.WorkflowContext) -> list[float]:
+    t0 = ctx.now()
+    marks = []
+    for _ in range(3):
+        await ctx.sleep(30 * 86400)
+        marks.append((ctx.now() - t0).total_seconds() / 86400)
+    return marks
+
+
+async def test_env_sleep_fires_every_timer_in_its_window_in_order(env_store: str | None) -> None:
+    async with WorkflowEnvironment(store=env_store) as env:  # no automatic skipping: env.sleep alone
+        async with duro.Worker(env.client, task_queue="ts", workflows=[three_months]):
+            handle = await env.client.start_workflow(three_months, id="ts-3", task_queue="ts")
+            await eventually(lambda: _has_event(handle, "TimerStarted"), "the first timer to start")
+            await env.sleep(90 * 86400 + 60)
+            assert (await handle.describe()).status == "completed"
+            marks = await handle.result()
+    assert [round(m) for m in marks] == [30, 60, 90]
+
+
+async def _has_event(handle: duro.WorkflowHandle, event_type: str) -> bool:
+    return any(e.event_type == event_type for e in await handle.fetch_history())

@@ -61,7 +61,17 @@ async def wait_for_cancel(ctx: duro.ActivityContext, limit_s: float) -> str:
     raise duro.ApplicationError("no cancel arrived", type="NoCancel", non_retryable=True)
 
 
-ACTIVITIES: list[Callable[..., Any]] = [greet, add, flaky_once, refuse, undo, wait_for_cancel]
+@duro.activity
+async def until_cancelled(ctx: duro.ActivityContext, limit_s: float) -> str:
+    """Heartbeats until the cancellation reaches its await (asyncio.CancelledError), and lets it through."""
+    STARTED.add("until_cancelled")
+    for _ in range(int(limit_s / 0.01)):
+        ctx.heartbeat()
+        await asyncio.sleep(0.01)
+    raise duro.ApplicationError("no cancel arrived", type="NoCancel", non_retryable=True)
+
+
+ACTIVITIES: list[Callable[..., Any]] = [greet, add, flaky_once, refuse, undo, wait_for_cancel, until_cancelled]
 
 # --- workflows (their current code: what the histories are replayed against) ----------------------
 
@@ -133,6 +143,19 @@ async def cancelled(ctx: duro.WorkflowContext) -> str:
         await ctx.execute_activity(wait_for_cancel, 30.0, heartbeat_timeout=5)
         return "not cancelled"
     except asyncio.CancelledError:
+        await ctx.execute_activity(undo, "cleanup")
+        raise
+
+
+@duro.workflow
+async def activity_cancelled(ctx: duro.WorkflowContext, cancellation_type: str) -> str:
+    """Cancelled while its activity runs (recorded with its cancellation type): the await raises
+    ``duro.ActivityError`` caused by ``duro.CancelledError``; it cleans up and re-raises (canceled)."""
+    try:
+        await ctx.execute_activity(until_cancelled, 30.0, heartbeat_timeout=5, cancellation_type=cancellation_type)
+        return "not cancelled"
+    except duro.ActivityError as e:
+        assert isinstance(e.__cause__, duro.CancelledError)
         await ctx.execute_activity(undo, "cleanup")
         raise
 
@@ -213,7 +236,7 @@ async def signal_handler(ctx: duro.WorkflowContext) -> str:
 WORKFLOWS: list[Callable[..., Any]] = [
     sequential, parallel, signal, timer, retry, failure, saga, nondeterministic_order,
     cancelled, child_double, child_waiting, children, continue_as_new, patched, update, timer_canceled,
-    signal_handler,
+    signal_handler, activity_cancelled,
 ]
 
 # --- what the generator records ---------------------------------------------------------------------
@@ -252,6 +275,16 @@ async def cancel_while_the_activity_runs(client: duro.Client, handle: duro.Workf
 
     async def running() -> bool:
         return "wait_for_cancel" in STARTED
+
+    await _eventually("the activity runs", running)
+    await handle.cancel()
+
+
+async def cancel_once_until_cancelled_runs(client: duro.Client, handle: duro.WorkflowHandle) -> None:
+    STARTED.discard("until_cancelled")
+
+    async def running() -> bool:
+        return "until_cancelled" in STARTED
 
     await _eventually("the activity runs", running)
     await handle.cancel()
@@ -346,4 +379,11 @@ CASES = [
                                                   "WorkflowExecutionUpdateCompleted")),
     Case("timer_canceled", timer_canceled, expect=("TimerStarted", "TimerCanceled")),
     Case("signal_handler", signal_handler, drive=signals_and_a_query, expect=("WorkflowExecutionSignaled",)),
+    # Activity cancellation types (flags of ActivityTaskScheduled), recorded since duro 0.2.
+    Case("activity_try_cancel", activity_cancelled, ("try_cancel",), drive=cancel_once_until_cancelled_runs,
+         fails=True, closing="WorkflowExecutionCanceled",
+         expect=("WorkflowExecutionCancelRequested", "ActivityTaskCancelRequested")),
+    Case("activity_wait_cancellation", activity_cancelled, ("wait_cancellation_completed",),
+         drive=cancel_once_until_cancelled_runs, fails=True, closing="WorkflowExecutionCanceled",
+         expect=("WorkflowExecutionCancelRequested", "ActivityTaskCancelRequested", "ActivityTaskCanceled")),
 ]

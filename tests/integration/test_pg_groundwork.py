@@ -360,7 +360,7 @@ async def test_concurrent_migrations_apply_once_and_record_the_version(pg_settin
         tables = {r[0] for r in await conns[0].fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", pg_settings.schema)}
         assert tables == {"duro_meta", "runs", "workflows", "history", "wtasks", "atasks", "timers", "requests",
-                          "responses", "op_ids", "schedules"}
+                          "responses", "op_ids", "schedules", "queue_builds"}
         assert await migrate(conns[1], pg_settings.schema) == 0
     finally:
         for c in conns:

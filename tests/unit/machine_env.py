@@ -71,7 +71,7 @@ class Consumer:
         self.workflows = workflows
         self.activities = activities
 
-    def takes_workflow_tasks(self, task_queue: str) -> bool:
+    def takes_workflow_tasks(self, task_queue: str, build_id: str | None = None) -> bool:
         return self.workflows
 
     def takes_activity_tasks(self, task_queue: str) -> bool:

@@ -66,6 +66,7 @@ class MemState:
     atasks: dict[tuple[str, bytes, int], bytes] = field(default_factory=dict)
     timers: set[tuple[int, bytes, int]] = field(default_factory=set)
     schedules: dict[str, bytes] = field(default_factory=dict)
+    builds: dict[str, str] = field(default_factory=dict)  # each queue's current build (worker versioning)
 
     def copy(self) -> MemState:
         """A copy that shares nothing mutable with this one (bytes and Events are immutable)."""
@@ -73,7 +74,7 @@ class MemState:
             runs=dict(self.runs), index=dict(self.index),
             history={k: list(v) for k, v in self.history.items()},
             wtasks=dict(self.wtasks), atasks=dict(self.atasks), timers=set(self.timers),
-            schedules=dict(self.schedules),
+            schedules=dict(self.schedules), builds=dict(self.builds),
         )
 
 
@@ -139,6 +140,17 @@ class MemTx:
     def delete_wtask(self, task_queue: str, run_key: bytes) -> None:
         if self.state.wtasks.pop((task_queue, run_key), None) is not None:
             self.writes += 1
+
+    # -- worker versioning
+    def current_build(self, task_queue: str) -> str | None:
+        return self.state.builds.get(task_queue)
+
+    def set_current_build(self, task_queue: str, build_id: str | None, now_us: int) -> None:
+        self.writes += 1
+        if build_id is None:
+            self.state.builds.pop(task_queue, None)
+        else:
+            self.state.builds[task_queue] = build_id
 
     # -- activity tasks
     def atask(self, task_queue: str, run_key: bytes, seq: int) -> tuple[ActivityMeta, bytes, bytes] | None:

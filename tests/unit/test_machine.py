@@ -60,6 +60,7 @@ from duro.stores.base import (
     WorkflowTaskReady,
     pack,
     run_key_of,
+    update_key,
 )
 from tests.unit.machine_env import CANCELED, FAILURE, OWNER, RESULT, Env, Q, S, closed_effect, cmd, started_meta
 from tests.unit.memtx import START_US, FakeClock, MemState, MemStore, MemTx
@@ -605,7 +606,9 @@ def test_completed_updates_become_effects() -> None:
     key = env.start()
     env.complete(key, [cmd(codec.UPDATE_ACCEPTED, 0, "u1"), cmd(codec.UPDATE_COMPLETED, 0, "u1", b'"ok"'),
                        cmd(codec.UPDATE_COMPLETED, 0, "u2", b'{"failure":1}')])
-    assert env.effects == [UpdateCompleted("u1", b'"ok"'), UpdateCompleted("u2", b'{"failure":1}')]
+    # Keyed by run and id: update ids are the callers' and unique only within a run.
+    assert env.effects == [UpdateCompleted(update_key(key, "u1"), b'"ok"'),
+                           UpdateCompleted(update_key(key, "u2"), b'{"failure":1}')]
 
 
 def test_inputs_that_arrived_while_the_task_ran_keep_a_task() -> None:

@@ -187,6 +187,19 @@ cdef class CommandMatcher:
                 return True
         return False
 
+    def take_marker_payload(self, str name):
+        """If the next recorded command is MarkerRecorded ``name``, consume it and return its payload.
+
+        How a local activity's recorded result comes back in replay (None: not recorded there).
+        """
+        cdef Event r
+        if self._i < len(self._recorded):
+            r = <Event>self._recorded[self._i]
+            if r.type == codec.MARKER and r.name == name:
+                self._i += 1
+                return r.payload
+        return None
+
     def mismatch(self, Event produced, object location):
         """The NonDeterminismError for ``produced`` not matching (call after ``matches`` said no)."""
         cdef list rest = self._recorded[self._i:]

@@ -41,7 +41,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 import duro
 from duro._async_completion import CompleteAsync
-from duro._instance import ContinueAsNew
+from duro._instance import ContinueAsNew, is_cancellation
 from duro.errors import NonDeterminismError, WorkflowIOError
 from duro.interceptor import (
     ActivityInboundInterceptor,
@@ -65,7 +65,7 @@ from duro.interceptor import (
 
 if TYPE_CHECKING:
     from duro._instance import ChildWorkflowHandle
-    from duro.client import WorkflowHandle
+    from duro.client import WorkflowHandle, WorkflowUpdateHandle
     from duro.workflow import WorkflowContext, WorkflowInfo
 
 __all__ = [
@@ -289,8 +289,11 @@ class _ClientOutbound(ClientOutboundInterceptor):
         with self._span(f"QueryWorkflow:{input.query}", _handle_attrs(input.handle), input.headers):
             return await self.next.query_workflow(input)
 
-    async def update_workflow(self, input: UpdateWorkflowInput) -> Any:
-        with self._span(f"UpdateWorkflow:{input.update}", _handle_attrs(input.handle), input.headers):
+    async def update_workflow(self, input: UpdateWorkflowInput) -> WorkflowUpdateHandle:
+        attrs = _handle_attrs(input.handle)
+        if input.id:
+            attrs[UPDATE_ID] = input.id
+        with self._span(f"UpdateWorkflow:{input.update}", attrs, input.headers):
             return await self.next.update_workflow(input)
 
 
@@ -406,13 +409,19 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
         except ContinueAsNew:
             self._complete("continued_as_new")
             raise
-        except asyncio.CancelledError:
-            self._complete("canceled")  # asked for (handle.cancel()): an end, not an error
+        except asyncio.CancelledError as e:
+            if self.ctx._inst.cancel_requested:
+                self._complete("canceled")  # asked for (handle.cancel()): an end, not an error
+            else:
+                self._complete("failed", e)  # a cancellation nobody asked the run for fails it
             raise
         except (NonDeterminismError, WorkflowIOError):
             raise  # not an end of the run: its workflow task fails and is tried again
         except Exception as e:
-            self._complete("failed", e)
+            if self.ctx._inst.cancel_requested and is_cancellation(e):  # a cancelled activity's ActivityError
+                self._complete("canceled")
+            else:
+                self._complete("failed", e)
             raise
         # (GeneratorExit, when the worker drops the instance, passes through: nothing ended.)
         self._complete("completed")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from msgspec import UNSET
 
 from duro._core import codec
 from duro._core.codec import Event
@@ -20,6 +21,7 @@ from duro.engine.records import (
     ActivityMeta,
     RunRecord,
     RunStatus,
+    VersioningBehavior,
     WorkflowIndex,
     WorkflowTaskLease,
 )
@@ -42,11 +44,13 @@ from duro.stores.base import (
     UpdateCompleted,
     WorkflowTaskCompletion,
     WorkflowTaskReady,
+    WrongBuild,
     headed,
     new_run_id,
     pack,
     run_key_of,
     unpack,
+    update_key,
 )
 
 if TYPE_CHECKING:
@@ -87,8 +91,8 @@ def us(t: float) -> int:
 class Local(Protocol):
     """Whether this process has a consumer for a queue (then a new task is leased to it at once)."""
 
-    def takes_workflow_tasks(self, task_queue: str) -> bool:
-        """Whether a worker of this process runs workflow tasks of ``task_queue``."""
+    def takes_workflow_tasks(self, task_queue: str, build_id: str | None = None) -> bool:
+        """Whether a worker of this process runs workflow tasks of ``task_queue`` (of build ``build_id``; None: any)."""
 
     def takes_activity_tasks(self, task_queue: str) -> bool:
         """Whether a worker of this process runs activities of ``task_queue``."""
@@ -118,7 +122,8 @@ def run_info(run_key: bytes, rec: RunRecord) -> RunInfo:
         task_queue=rec.task_queue, status=str(rec.status), start_time=rec.start_us / 1e6,
         close_time=rec.close_us / 1e6 if rec.close_us else None, history_length=rec.next_event_id - 1,
         parent=rec.parent, next_run_id=rec.next_run_id, task_failures=rec.task_failures,
-        search_attributes=rec.search_attributes, memo=rec.memo,
+        search_attributes=rec.search_attributes, memo=rec.memo, build_id=rec.build_id,
+        versioning_behavior=rec.versioning_behavior,
     )
 
 
@@ -265,20 +270,56 @@ class Machine:
 
     def enqueue_wtask(self, tx: Tx, fx: Effects, run_key: bytes, rec: RunRecord, now_us: int,
                       history: list[Event] | None = None) -> None:
-        """Make sure the run has a pending workflow task; lease it to this process when it has a consumer."""
+        """Make sure the run has a pending workflow task; lease it to this process when it has a consumer.
+
+        Worker versioning: the task carries the run's pinned build, and a consumer here takes it only
+        if it is of that build or, for a run not pinned, of the queue's current build (any consumer
+        when the queue has none).
+        """
         q = rec.task_queue
+        pin = rec.pinned_build
         existing = tx.wtask(q, run_key)
-        local = self.local is not None and self.local.takes_workflow_tasks(q)
-        if existing is not None:
-            if local and existing.owner == self.owner:
-                fx.effects.append(WorkflowTaskReady(q, run_key))
-            return
-        if local:
-            tx.put_wtask(q, run_key, WorkflowTaskLease(self.owner, now_us + us(WTASK_LEASE_S)))
-            # A brand-new run's whole history is what this transaction wrote: hand it over, saving a read.
-            fx.effects.append(WorkflowTaskReady(q, run_key, history))
+        local = self.local
+        target: str | None = None  # the build of the consumer here that may take it (None: any)
+        if local is not None and local.takes_workflow_tasks(q):
+            target = pin or tx.current_build(q)
+            mine = target is None or local.takes_workflow_tasks(q, target)
         else:
-            tx.put_wtask(q, run_key, WorkflowTaskLease())
+            mine = False
+        if existing is not None:
+            if existing.build != pin:  # the task that just completed pinned the run (or unpinned it)
+                existing.pinned = pin or UNSET
+                tx.put_wtask(q, run_key, existing)
+            if mine and existing.owner == self.owner:
+                fx.effects.append(WorkflowTaskReady(q, run_key, None, target))
+            return
+        if mine:
+            tx.put_wtask(q, run_key, WorkflowTaskLease(self.owner, now_us + us(WTASK_LEASE_S), 0, pin or UNSET))
+            # A brand-new run's whole history is what this transaction wrote: hand it over, saving a read.
+            fx.effects.append(WorkflowTaskReady(q, run_key, history, target))
+        else:
+            tx.put_wtask(q, run_key, WorkflowTaskLease(pinned=pin or UNSET))
+
+    @staticmethod
+    def check_build(tx: Tx, task_queue: str, pin: str, build_id: str | None) -> None:
+        """Refuse, with WrongBuild, a workflow task run by a worker of a build that may not run it now.
+
+        A run pinned to a build (``pin``) is run by workers of that build only; another is run by
+        workers of the queue's current build, or by any worker while the queue has none.
+        """
+        if pin:
+            if build_id != pin:
+                raise WrongBuild(f"the run is pinned to build {pin!r}; this worker is of "
+                                 f"{'build ' + repr(build_id) if build_id else 'no build (unversioned)'}")
+            return
+        current = tx.current_build(task_queue)
+        if current is not None and build_id != current:
+            raise WrongBuild(f"the current build of task queue {task_queue!r} is {current!r}; this worker is of "
+                             f"{'build ' + repr(build_id) if build_id else 'no build (unversioned)'}")
+
+    def set_current_build(self, tx: Tx, fx: Effects, task_queue: str, build_id: str | None) -> None:
+        """Make ``build_id`` the queue's current build (None: the queue has none; any worker takes new runs)."""
+        tx.set_current_build(task_queue, build_id, self.now_us())
 
     def add_input(self, tx: Tx, fx: Effects, run_key: bytes, rec: RunRecord, ev: Event, now_us: int) -> None:
         """Append one input event to an open run and make sure it has a workflow task."""
@@ -315,8 +356,10 @@ class Machine:
         """Create a run together with its first workflow task, already run by a worker of this process.
 
         Saves a commit and a hop on the start path (Temporal calls it eager start). ``first`` was
-        computed from ``started_event(req, now_us)``, the same event this records.
+        computed from ``started_event(req, now_us)``, the same event this records. Raises
+        WrongBuild, before writing, when the worker's build may not take a new run of the queue.
         """
+        self.check_build(tx, req.task_queue, req.build_id or "", first.build_id)
         self.create_run(tx, fx, req, now_us, eager=True)
         return self.complete_wtask(tx, fx, first)
 
@@ -340,6 +383,8 @@ class Machine:
         rec = RunRecord(workflow_id=req.workflow_id, workflow_type=req.workflow_type, task_queue=req.task_queue,
                         status=RUNNING, start_us=now_us, parent=req.parent or None,
                         search_attributes=req.search_attributes or None, memo=req.memo or None)
+        if req.build_id:  # pinned from the start: a child or continue-as-new run of a pinned run
+            rec.build_id, rec.versioning_behavior = req.build_id, VersioningBehavior.PINNED
         started = started_event(req, now_us, deadline_us)
         deadline_us = orjson.loads(unpack(started.payload)[0]).get("deadline_us", 0)
         rec.deadline_us = deadline_us
@@ -492,9 +537,12 @@ class Machine:
             found = tx.atask(c.task_queue, c.run_key, seq)
             if found is None or found[0].attempt != attempt:
                 raise Conflict("the activity attempt is no longer current")
-        # The task went through: a failure streak ends.
+        self.check_build(tx, rec.task_queue, rec.pinned_build, c.build_id)
+        # The task went through: a failure streak ends; the run is on the worker's build now.
         rec.task_failures = 0
         rec.last_failure = None
+        rec.build_id = c.build_id
+        rec.versioning_behavior = c.versioning_behavior if c.build_id is not None else None
         now_us = self.now_us()
         processed = c.processed_through
         if c.inputs:
@@ -520,15 +568,18 @@ class Machine:
             fire = timers.pop(str(seq), None) if timers else None
             if fire is not None:
                 tx.delete_timer(fire, c.run_key, seq)
-        for act_queue, seq in c.cancel_activities:
-            self.request_activity_cancel(tx, act_queue, c.run_key, seq)
+        for cancel in c.cancel_activities:
+            ended = self.request_activity_cancel(tx, cancel[0], c.run_key, cancel[1], wait=cancel[2:] == (True,))
+            if ended is not None and c.close_status is None:  # the workflow waits for this: it ends now
+                (canceled,) = self.append(tx, c.run_key, rec, [ended], now_us)
+                rec.last_input = canceled.event_id
         for child in c.children:
             self.start_child(tx, fx, c.run_key, rec, child, now_us, closing=c.close_status is not None)
         for req in c.external:
             self.deliver_external(tx, fx, req, now_us)
         for ev in c.commands:
             if ev.type == codec.UPDATE_COMPLETED:
-                fx.effects.append(UpdateCompleted(ev.name, ev.payload))
+                fx.effects.append(UpdateCompleted(update_key(c.run_key, ev.name), ev.payload))
             elif ev.type == codec.MARKER and ev.name == SEARCH_ATTRIBUTES_MARKER:
                 self.upsert_search_attributes(tx, c.run_key, rec, ev.payload)
         if c.close_status == "continued_as_new":
@@ -598,17 +649,29 @@ class Machine:
             n += 1
         return n
 
-    def request_activity_cancel(self, tx: Tx, task_queue: str, run_key: bytes, seq: int) -> None:
-        """Mark an activity attempt cancelled: its next heartbeat says so, and it is not retried."""
+    def request_activity_cancel(self, tx: Tx, task_queue: str, run_key: bytes, seq: int,
+                                wait: bool = False) -> Event | None:
+        """Mark an activity attempt cancelled: its next heartbeat says so, and it is not retried.
+
+        ``wait``: the workflow waits for the attempt's end ("wait_cancellation_completed"), which
+        ``complete_activity`` then records. An attempt that runs nowhere is dropped at once; with
+        ``wait`` the ActivityTaskCanceled event that ends it is returned, for the caller to append.
+        """
         found = tx.atask(task_queue, run_key, seq)
         if found is None:
-            return
+            return None
         meta, args, details = found
         if not meta.owner:  # not running anywhere: drop it
             tx.delete_atask(task_queue, run_key, seq)
-            return
+            if not wait:
+                return None
+            failure = orjson.dumps({"kind": "cancelled", "type": "CancelledError",
+                                    "message": f"activity {meta.name!r} was cancelled before it started"})
+            return Event(codec.ACTIVITY_CANCELED, 0, 0, seq, meta.attempt, meta.name, failure)
         meta.cancel = True
+        meta.cancel_wait = wait
         tx.put_atask(task_queue, run_key, seq, meta, args, details)
+        return None
 
     def start_child(self, tx: Tx, fx: Effects, parent_key: bytes, prec: RunRecord, child: ChildStart,
                     now_us: int, closing: bool = False) -> None:
@@ -620,7 +683,9 @@ class Machine:
         req = StartRequest(workflow_id=child.workflow_id, workflow_type=child.workflow_type,
                            task_queue=child.task_queue, args=child.args, run_id=child.run_id,
                            parent={"run": parent_key.hex(), "seq": child.seq, "wid": prec.workflow_id},
-                           headers=child.headers)
+                           headers=child.headers,
+                           # A pinned parent's child on its queue starts on the parent's build, as in Temporal.
+                           build_id=(prec.pinned_build or None) if child.task_queue == prec.task_queue else None)
         try:
             self.create_run(tx, fx, req, now_us)
         except WorkflowAlreadyStartedError as e:
@@ -666,7 +731,9 @@ class Machine:
                            # As in Temporal, the next run keeps the search attributes and the memo; it
                            # keeps the start's interceptor headers too (a trace goes on across runs).
                            search_attributes=rec.search_attributes, memo=rec.memo,
-                           headers=old_meta.get("headers") or None)
+                           headers=old_meta.get("headers") or None,
+                           # A pinned run continues on its build, as in Temporal.
+                           build_id=rec.pinned_build or None)
         self.create_run(tx, fx, req, now_us, deadline_us=old_meta.get("deadline_us", 0))
         rec.next_run_id = new_run
         parent = rec.parent
@@ -727,13 +794,13 @@ class Machine:
                                                  failure)], now_us)
             rec.last_failure = digest
         delay: float = min(WTASK_RETRY_INITIAL_S * 2.0 ** min(attempt - 1, 16), WTASK_RETRY_MAX_S)
-        tx.put_wtask(task_queue, run_key, WorkflowTaskLease("", 0, now_us + us(delay)))
+        tx.put_wtask(task_queue, run_key, WorkflowTaskLease("", 0, now_us + us(delay), rec.pinned_build or UNSET))
         tx.put_run(run_key, rec)
         return delay
 
-    def lease_wtask(self, tx: Tx, task_queue: str, run_key: bytes, now_us: int) -> None:
-        """Lease a claimed workflow task to this process."""
-        tx.put_wtask(task_queue, run_key, WorkflowTaskLease(self.owner, now_us + us(WTASK_LEASE_S)))
+    def lease_wtask(self, tx: Tx, task_queue: str, run_key: bytes, now_us: int, build: str = "") -> None:
+        """Lease a claimed workflow task to this process (``build``: the task's, kept)."""
+        tx.put_wtask(task_queue, run_key, WorkflowTaskLease(self.owner, now_us + us(WTASK_LEASE_S), 0, build or UNSET))
 
     # ------------------------------------------------------------------ activities
 
@@ -769,7 +836,7 @@ class Machine:
         if rec.status != RUNNING:
             tx.delete_atask(o.task_queue, o.run_key, o.seq)
             return "closed"
-        if meta.cancel:  # the workflow stopped waiting for it: nothing to record, no retry
+        if meta.cancel and not meta.cancel_wait:  # the workflow stopped waiting for it: nothing to record, no retry
             tx.delete_atask(o.task_queue, o.run_key, o.seq)
             return "canceled"
         now_us = self.now_us()
@@ -780,6 +847,11 @@ class Machine:
                                 failure=async_lapse_failure(meta), error_type="TimeoutError")
         if o.result is not None:
             ev = Event(codec.ACTIVITY_COMPLETED, 0, 0, o.seq, o.attempt, meta.name, o.result)
+        elif meta.cancel:
+            # "wait_cancellation_completed": the workflow waits for this end; it is recorded, never
+            # retried: the acknowledged cancellation (a "cancelled" failure), or a failure.
+            etype = codec.ACTIVITY_CANCELED if _is_cancelled_failure(o.failure) else codec.ACTIVITY_FAILED
+            ev = Event(etype, 0, 0, o.seq, o.attempt, meta.name, o.failure or b"{}")
         else:
             delay = retry_delay(meta, o, now_us)
             if delay is not None:
@@ -898,6 +970,17 @@ class Machine:
             self.close_run(tx, fx, run_key, rec, RunStatus.TIMED_OUT, now_us, ev)
             return
         self.add_input(tx, fx, run_key, rec, Event(codec.TIMER_FIRED, 0, 0, seq, 0, "", b""), now_us)
+
+
+def _is_cancelled_failure(failure: bytes | None) -> bool:
+    """Whether a failure payload says the attempt acknowledged its cancellation (kind "cancelled")."""
+    if not failure:
+        return False
+    try:
+        d = orjson.loads(failure)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(d, dict) and d.get("kind") == "cancelled"
 
 
 LAPSED_LEASE_FAILURE = orjson.dumps({"kind": "timeout", "timeout_type": "start_to_close", "type": "TimeoutError",

@@ -10,6 +10,7 @@ import enum
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 __all__ = [
     "SEARCH_ATTRIBUTES_MARKER",
@@ -18,6 +19,7 @@ __all__ = [
     "ParentClosePolicy",
     "RunRecord",
     "RunStatus",
+    "VersioningBehavior",
     "WorkflowIndex",
     "WorkflowTaskLease",
     "decode_activity_meta",
@@ -45,6 +47,16 @@ class RunStatus(enum.StrEnum):
     TIMED_OUT = "timed_out"
 
 
+class VersioningBehavior(enum.StrEnum):
+    """How a run of a versioned worker moves between builds (Temporal's names)."""
+
+    PINNED = "pinned"  # every workflow task on the build that ran its first one
+    AUTO_UPGRADE = "auto_upgrade"  # each workflow task on the queue's current build
+
+
+_PINNED: str = VersioningBehavior.PINNED.value
+
+
 class IdReusePolicy(enum.StrEnum):
     """Whether the id of a closed run may start a new run."""
 
@@ -64,7 +76,8 @@ class ParentClosePolicy(enum.StrEnum):
 class RunRecord(msgspec.Struct, omit_defaults=True, rename={
     "workflow_id": "wid", "workflow_type": "type", "task_queue": "queue", "start_us": "start",
     "close_us": "close", "next_event_id": "next", "deadline_us": "deadline", "next_run_id": "next_run",
-    "task_failures": "wtf", "last_failure": "wtf_msg", "search_attributes": "sa",
+    "task_failures": "wtf", "last_failure": "wtf_msg", "search_attributes": "sa", "build_id": "build",
+    "versioning_behavior": "vb",
 }):
     """One run: its identity, where its history stands, and what is pending on it.
 
@@ -74,7 +87,10 @@ class RunRecord(msgspec.Struct, omit_defaults=True, rename={
     pending timer's seq (as text) to its due time in µs (seq 0: the execution/run timeout);
     ``children`` maps each open child's seq to [its run id, its parent-close policy];
     ``search_attributes`` (set at start, changed by the workflow) and ``memo`` (set at start) are
-    what visibility shows and filters on.
+    what visibility shows and filters on. ``build_id`` is the build of the worker that completed the
+    run's latest workflow task (None: an unversioned worker, or none yet) and ``versioning_behavior``
+    what that worker declared for it (``VersioningBehavior``; None when unversioned): a ``pinned``
+    run's workflow tasks go only to workers of ``build_id`` (see ``pinned_build``).
     """
 
     workflow_id: str
@@ -95,6 +111,16 @@ class RunRecord(msgspec.Struct, omit_defaults=True, rename={
     last_failure: str | None = None
     search_attributes: dict[str, Any] | None = None
     memo: dict[str, Any] | None = None
+    build_id: str | None = None
+    versioning_behavior: str | None = None
+
+    @property
+    def pinned_build(self) -> str:
+        """The build whose workers alone may run this run's workflow tasks ("": not pinned)."""
+        build = self.build_id  # None for every run of an unversioned worker: one attribute read
+        if build is not None and self.versioning_behavior == _PINNED:
+            return build
+        return ""
 
 
 class WorkflowIndex(msgspec.Struct, omit_defaults=True, rename={
@@ -116,21 +142,31 @@ class WorkflowIndex(msgspec.Struct, omit_defaults=True, rename={
 
 
 class WorkflowTaskLease(msgspec.Struct, omit_defaults=False, rename={
-    "owner": "o", "until_us": "u", "visible_us": "v"}):
+    "owner": "o", "until_us": "u", "visible_us": "v", "pinned": "b"}):
     """A run's pending workflow task: who holds it (``""``: nobody) until when, and when it is due.
 
-    ``visible_us`` is set while a failed task waits for its retry (0: due now).
+    ``visible_us`` is set while a failed task waits for its retry (0: due now). ``pinned`` is the
+    build id whose workers alone may take it (the run's ``pinned_build``); UNSET (not encoded, so an
+    unversioned lease is written as duro 0.1 wrote it): any worker the queue's current build allows.
+    Write it as ``pin or UNSET``; read it as ``build``.
     """
 
     owner: str = ""
     until_us: int = 0
     visible_us: int = 0
+    pinned: str | UnsetType = UNSET
+
+    @property
+    def build(self) -> str:
+        """The build the task is pinned to ("": none)."""
+        return self.pinned if isinstance(self.pinned, str) else ""
 
 
 class ActivityMeta(msgspec.Struct, rename={
     "workflow_id": "wid", "workflow_type": "wtype", "scheduled_us": "sched", "start_to_close": "stc",
     "schedule_to_close": "s2c", "heartbeat": "hb", "owner": "o", "until_us": "u", "visible_us": "vis",
     "deadline_us": "dl", "headers": "hdr", "heartbeat_us": "hb_at", "last_failure": "lf",
+    "cancel_wait": "cwait",
 }):
     """An activity attempt waiting or running: what to run, its limits, who holds its lease.
 
@@ -157,6 +193,9 @@ class ActivityMeta(msgspec.Struct, rename={
     headers: dict[str, str] | None = None  # interceptor headers of the activity (None: none)
     heartbeat_us: int = 0  # when the attempt last heartbeat (0: never); shown by describe()
     last_failure: str | None = None  # "Type: message" of the previous attempt's failure (a retry)
+    # With ``cancel``: the workflow waits for this attempt's end ("wait_cancellation_completed"),
+    # so that end is recorded (never retried); without, a cancelled attempt's end is dropped.
+    cancel_wait: bool = False
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -33,7 +33,7 @@ from duro._core.codec import Event
 from duro._core.replay import is_command
 from duro.engine.records import RunRecord, RunStatus, WorkflowIndex
 from duro.errors import DuroError
-from duro.stores.base import ActivityTask, TimerSet, run_key_of, unpack
+from duro.stores.base import CANCEL_TYPES, FLAG_CANCEL_TYPE, ActivityTask, TimerSet, run_key_of, unpack
 
 if TYPE_CHECKING:
     from duro.engine.machine import Effects, Machine
@@ -75,6 +75,9 @@ class ResetPlan:
     started: dict[str, Any]
     timers: dict[int, int] = field(default_factory=dict)
     activities: dict[int, Event] = field(default_factory=dict)
+    #: activities of ``activities`` whose cancellation the code asked for, waiting for their end
+    #: ("wait_cancellation_completed"): the reset ends them as cancelled.
+    cancel_waited: set[int] = field(default_factory=set)
     children: dict[int, tuple[Event, dict[str, Any] | None]] = field(default_factory=dict)
 
 
@@ -116,6 +119,7 @@ def plan_reset(history: list[Event], event_id: int, workflow_id: str, run_id: st
     kept = history[:event_id - 1]
     epoch = 0
     activities: dict[int, Event] = {}
+    cancel_waited: set[int] = set()
     timer_starts: dict[int, Event] = {}
     children: dict[int, Event] = {}
     for ev in kept:
@@ -124,9 +128,13 @@ def plan_reset(history: list[Event], event_id: int, workflow_id: str, run_id: st
             epoch += 1
         elif t == codec.ACTIVITY_SCHEDULED:
             activities[ev.ref] = ev
+        elif t == codec.ACTIVITY_CANCEL_REQUESTED and ev.ref in activities and (
+                activities[ev.ref].flags & FLAG_CANCEL_TYPE) == CANCEL_TYPES["wait_cancellation_completed"]:
+            cancel_waited.add(ev.ref)  # the code still waits for its end
         elif t in (codec.ACTIVITY_COMPLETED, codec.ACTIVITY_FAILED, codec.ACTIVITY_CANCEL_REQUESTED,
                    codec.ACTIVITY_CANCELED):
             activities.pop(ev.ref, None)  # answered, or the code stopped waiting for it
+            cancel_waited.discard(ev.ref)
         elif t == codec.TIMER_STARTED:
             timer_starts[ev.ref] = ev
         elif t in (codec.TIMER_FIRED, codec.TIMER_CANCELED):
@@ -140,8 +148,9 @@ def plan_reset(history: list[Event], event_id: int, workflow_id: str, run_id: st
         t = ev.type
         if t in _REAPPLIED:
             carried.append(ev)
-        elif t in (codec.ACTIVITY_COMPLETED, codec.ACTIVITY_FAILED) and ev.ref in activities:
+        elif t in (codec.ACTIVITY_COMPLETED, codec.ACTIVITY_FAILED, codec.ACTIVITY_CANCELED) and ev.ref in activities:
             del activities[ev.ref]
+            cancel_waited.discard(ev.ref)
             carried.append(ev)
         elif t == codec.TIMER_FIRED and ev.ref in timer_starts:
             del timer_starts[ev.ref]
@@ -166,7 +175,7 @@ def plan_reset(history: list[Event], event_id: int, workflow_id: str, run_id: st
         ok = isinstance(meta, dict) and isinstance(meta.get("run"), str)
         child_plans[seq] = (ev, meta if ok else None)
     return ResetPlan(event_id=event_id, kept=kept, carried=carried, epoch=epoch, started=started, timers=timers,
-                     activities=activities, children=child_plans)
+                     activities=activities, children=child_plans, cancel_waited=cancel_waited)
 
 
 def reset_run(m: Machine, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None, event_id: int, reason: str,
@@ -197,6 +206,13 @@ def reset_run(m: Machine, tx: Tx, fx: Effects, workflow_id: str, run_id: str | N
     # Pending activities: the attempt moves to the new run (a running one starts again as the next attempt).
     for seq, scheduled in plan.activities.items():
         found = tx.atask(rec.task_queue, old_key, seq)
+        if seq in plan.cancel_waited:  # its cancellation was asked for and is waited for: it ends cancelled
+            if found is not None:
+                tx.delete_atask(rec.task_queue, old_key, seq)
+            failure = orjson.dumps({"kind": "cancelled", "type": "CancelledError",
+                                    "message": f"activity {scheduled.name!r} was cancelled (the run was reset)"})
+            inputs.append(Event(codec.ACTIVITY_CANCELED, 0, 0, seq, 0, scheduled.name, failure))
+            continue
         if found is None:
             inputs.append(_lost_activity(seq, scheduled.name, old_id))
             continue

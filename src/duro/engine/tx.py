@@ -55,6 +55,13 @@ class Tx(Protocol):
     def delete_wtask(self, task_queue: str, run_key: bytes) -> None:
         """Drop the run's pending workflow task (if any)."""
 
+    # -- worker versioning: a task queue's current build
+    def current_build(self, task_queue: str) -> str | None:
+        """The queue's current build id (None: none set). Read on hot paths: stores keep it cheap."""
+
+    def set_current_build(self, task_queue: str, build_id: str | None, now_us: int) -> None:
+        """Make ``build_id`` the queue's current build (None: remove the setting)."""
+
     # -- activity tasks
     def atask(self, task_queue: str, run_key: bytes, seq: int) -> tuple[ActivityMeta, bytes, bytes] | None:
         """An activity attempt: its meta, its arguments and its last heartbeat details; or None."""

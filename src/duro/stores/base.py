@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from duro.engine.schedules import ScheduleChange, ScheduleCommand, ScheduleRecord
 
 __all__ = [
+    "CANCEL_TYPES",
+    "FLAG_CANCEL_TYPE",
     "FLAG_HEADERS",
     "ActivityOutcome",
     "ActivityTask",
@@ -27,16 +29,19 @@ __all__ = [
     "ExternalRequest",
     "ListQuery",
     "LocalReads",
+    "QueueVersioning",
     "RunInfo",
     "StartRequest",
     "Store",
     "WorkflowTaskCompletion",
+    "WrongBuild",
     "headed",
     "new_run_id",
     "pack",
     "run_key_of",
     "split_headed",
     "unpack",
+    "update_key",
 ]
 
 RUNNING = "running"
@@ -76,6 +81,12 @@ def unpack(data: bytes | memoryview) -> list[bytes]:
 # those written before headers existed) keep flags 0 and their payload as it was. (Bit 0 of
 # flags already means "a cancel request" on SignalExternalWorkflowExecutionInitiated.)
 FLAG_HEADERS = 0x0100
+
+# ActivityTaskScheduled flags, bits 0-1: the activity's cancellation type (``execute_activity(...,
+# cancellation_type=)``), which replay must know. 0: recorded before cancellation types existed;
+# replay gives such an activity the old behaviour (its future is cancelled: asyncio.CancelledError).
+FLAG_CANCEL_TYPE = 0x0003
+CANCEL_TYPES = {"try_cancel": 1, "wait_cancellation_completed": 2, "abandon": 3}
 
 
 def headed(payload: bytes, headers: dict[str, str] | None) -> tuple[bytes, int]:
@@ -169,6 +180,8 @@ class StartRequest:
     search_attributes: dict[str, Any] | None = None  # checked by duro._visibility
     memo: dict[str, Any] | None = None
     headers: dict[str, str] | None = None  # interceptor headers: recorded in WorkflowExecutionStarted
+    # A child or continue-as-new run of a pinned run on its queue: pinned to this build from the start.
+    build_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +197,24 @@ class ListQuery:
     search_attributes: dict[str, Any] | None = None
     started_after_us: int | None = None
     started_before_us: int | None = None
+
+
+@dataclass(slots=True)
+class QueueVersioning:
+    """What ``duro build show`` reports about a task queue.
+
+    Attributes:
+        task_queue: the queue.
+        current_build_id: its current build (None: none is set, any worker takes new runs).
+        set_time: when that was set (seconds since the epoch, the store's clock; None: never).
+        running: running runs of the queue as ``(build id, behaviour, count)``: the build that ran
+            their latest workflow task (None: unversioned, or none ran yet) and its behaviour.
+    """
+
+    task_queue: str
+    current_build_id: str | None = None
+    set_time: float | None = None
+    running: list[tuple[str | None, str | None, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -204,6 +235,8 @@ class RunInfo:
     task_failures: int = 0  # consecutive failed attempts of the run's current workflow task
     search_attributes: dict[str, Any] | None = None
     memo: dict[str, Any] | None = None
+    build_id: str | None = None  # the build of the worker that ran its latest workflow task (None: unversioned)
+    versioning_behavior: str | None = None  # "pinned" or "auto_upgrade" (None: unversioned)
 
 
 @dataclass(slots=True)
@@ -294,11 +327,25 @@ class WorkflowTaskCompletion:
     children: list[ChildStart] = field(default_factory=list)
     external: list[ExternalRequest] = field(default_factory=list)
     cancel_timers: list[int] = field(default_factory=list)
-    cancel_activities: list[tuple[str, int]] = field(default_factory=list)
+    # (task queue, seq, wait): wait is True for "wait_cancellation_completed" (the end is recorded,
+    # the workflow waits for it); a (task queue, seq) pair is taken as wait False.
+    cancel_activities: list[tuple[str, int, bool]] = field(default_factory=list)
+    # Worker versioning: the build of the worker that ran the task (None: an unversioned worker)
+    # and the behaviour it declares for the workflow ("pinned" or "auto_upgrade").
+    build_id: str | None = None
+    versioning_behavior: str | None = None
 
 
 class Conflict(Exception):
     """A conditional commit found that the run moved on; nothing was written."""
+
+
+class WrongBuild(Conflict):
+    """A workflow task completion from a worker whose build may not run the run now; nothing was written.
+
+    The run is pinned to another build, or it is not pinned and the task queue's current build is
+    another one (it changed while the task ran). The worker gives the task back instead of retrying it.
+    """
 
 
 @dataclass(slots=True)
@@ -306,11 +353,13 @@ class WorkflowTaskReady:
     """Effect: a workflow task of ``run_key`` is leased to this process.
 
     ``history`` is the whole history when the commit wrote all of it (a new run's), else None.
+    ``build_id`` is the build whose worker must run it (None: any worker of the queue here).
     """
 
     task_queue: str
     run_key: bytes
     history: list[Event] | None = None
+    build_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -345,10 +394,19 @@ class RunClosed:
 
 @dataclass(slots=True)
 class UpdateCompleted:
-    """Effect: update ``update_id`` completed with ``payload`` (its result or failure)."""
+    """Effect: an update completed with ``payload`` (its result or failure).
+
+    ``update_id`` is ``update_key(run_key, id)``: update ids are chosen by callers and unique only
+    within a run, so waiters are keyed by run and id.
+    """
 
     update_id: str
     payload: bytes
+
+
+def update_key(run_key: bytes, update_id: str) -> str:
+    """The key of update ``update_id`` of a run for update waiters (``wait_update``): "<run id>/<update id>"."""
+    return f"{run_key.hex()}/{update_id}"
 
 
 Effect = WorkflowTaskReady | ActivityTaskReady | ActivityTaskDue | TimerSet | RunClosed | UpdateCompleted
@@ -364,8 +422,8 @@ class Dispatch(Protocol):
 
     loop: asyncio.AbstractEventLoop | None
 
-    def takes_workflow_tasks(self, task_queue: str) -> bool:
-        """Whether a worker of this process runs workflow tasks of ``task_queue``."""
+    def takes_workflow_tasks(self, task_queue: str, build_id: str | None = None) -> bool:
+        """Whether a worker of this process runs workflow tasks of ``task_queue`` (of build ``build_id``; None: any)."""
 
     def takes_activity_tasks(self, task_queue: str) -> bool:
         """Whether a worker of this process runs activities of ``task_queue``."""
@@ -432,11 +490,23 @@ class Store(Protocol):
                                  failure: bytes) -> float | None:
         """Record a workflow task that raised; the backoff before it is due again (None: moved on)."""
 
-    async def claim_workflow_tasks(self, task_queue: str, limit: int) -> list[bytes]:
-        """Lease up to ``limit`` due workflow tasks of the queue to this process; their run keys."""
+    async def claim_workflow_tasks(self, task_queue: str, limit: int, build_id: str | None = None) -> list[bytes]:
+        """Lease up to ``limit`` due workflow tasks of the queue that a worker of build ``build_id`` may take.
 
-    def has_pending_wtasks(self, task_queue: str) -> bool:
-        """Whether the queue holds due workflow tasks that nobody in this process has."""
+        ``build_id`` None: an unversioned worker. A task of a run pinned to a build goes only to a
+        worker of that build; any other goes to a worker of the queue's current build, or to any
+        worker when the queue has none (``set_current_build_id``). Returns their run keys.
+        """
+
+    def has_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool:
+        """Whether the queue holds due workflow tasks, for a worker of ``build_id``, that nobody here has."""
+
+    # -- worker versioning
+    async def set_current_build_id(self, task_queue: str, build_id: str | None) -> None:
+        """Make ``build_id`` the queue's current build (None: the queue has none)."""
+
+    async def aqueue_versioning(self, task_queue: str, running: bool = True) -> QueueVersioning:
+        """The queue's current build, and (``running``) its running runs by build: a scan of the run records."""
 
     # -- activities
     async def complete_activity(self, outcome: ActivityOutcome) -> str:
@@ -538,7 +608,7 @@ class Store(Protocol):
     async def acount_runs(self, query: ListQuery) -> int:
         """``count_runs``, awaited."""
 
-    async def ahas_pending_wtasks(self, task_queue: str) -> bool:
+    async def ahas_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool:
         """``has_pending_wtasks``, awaited."""
 
     async def aholds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
@@ -555,6 +625,13 @@ class Store(Protocol):
 
     async def ahas_any_tasks(self) -> bool:
         """``has_any_tasks``, awaited."""
+
+    async def anext_task_due(self) -> float | None:
+        """When a workflow or activity task can next be taken, by the store's clock (seconds).
+
+        The current time when one is due or running; the end of the earliest wait (a retry's backoff)
+        when all wait; None when there is no task. For time skipping in tests.
+        """
 
     async def apending_requests(self, task_queue: str) -> list[tuple[str, bytes]]:
         """``pending_requests``, awaited."""
@@ -596,11 +673,12 @@ class _SyncReads(Protocol):
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo: ...
     def list_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]: ...
     def count_runs(self, query: ListQuery) -> int: ...
-    def has_pending_wtasks(self, task_queue: str) -> bool: ...
+    def has_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool: ...
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool: ...
     def pending_activities(self, run_key: bytes, task_queue: str) -> list[tuple[int, str, ActivityMeta, bytes]]: ...
     def next_timer_due(self) -> float | None: ...
     def has_any_tasks(self) -> bool: ...
+    def next_task_due(self) -> float | None: ...
     def pending_requests(self, task_queue: str) -> list[tuple[str, bytes]]: ...
 
 
@@ -628,9 +706,9 @@ class LocalReads:
         """``count_runs``, awaited."""
         return self.count_runs(query)
 
-    async def ahas_pending_wtasks(self: _SyncReads, task_queue: str) -> bool:
+    async def ahas_pending_wtasks(self: _SyncReads, task_queue: str, build_id: str | None = None) -> bool:
         """``has_pending_wtasks``, awaited."""
-        return self.has_pending_wtasks(task_queue)
+        return self.has_pending_wtasks(task_queue, build_id)
 
     async def aholds_activity(self: _SyncReads, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """``holds_activity``, awaited."""
@@ -648,6 +726,10 @@ class LocalReads:
     async def ahas_any_tasks(self: _SyncReads) -> bool:
         """``has_any_tasks``, awaited."""
         return self.has_any_tasks()
+
+    async def anext_task_due(self: _SyncReads) -> float | None:
+        """``next_task_due``, awaited."""
+        return self.next_task_due()
 
     async def apending_requests(self: _SyncReads, task_queue: str) -> list[tuple[str, bytes]]:
         """``pending_requests``, awaited."""

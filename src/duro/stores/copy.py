@@ -2,7 +2,8 @@
 
 What moves: every run record, the workflow-id index (the latest run of each id), every history
 (byte for byte), pending workflow tasks, pending activity attempts (arguments, heartbeat details,
-attempt numbers) and timers. Leases are reset on the way: a task a worker of the source held is
+attempt numbers), timers, and the task queues' current builds (worker versioning: a pinned run stays
+pinned to its build). Leases are reset on the way: a task a worker of the source held is
 free in the destination, so the destination's workers take it. Query and update requests are
 transient and stay behind. The source is only read, from one snapshot; see docs/copy.md.
 
@@ -48,6 +49,8 @@ class CopyReport:
         workflow_tasks: pending workflow tasks copied.
         activity_attempts: pending activity attempts copied.
         timers: timers copied.
+        current_builds: task queues' current builds (worker versioning) set in the destination
+            (those of queues that had none there).
         skipped_index_entries: workflow-id index entries of the source that name no run of their
             workflow (a damaged index; ``duro check`` on the source tells more): not copied.
         leases_reset: tasks that were leased in the source and are free in the destination.
@@ -69,6 +72,7 @@ class CopyReport:
     workflow_tasks: int = 0
     activity_attempts: int = 0
     timers: int = 0
+    current_builds: int = 0
     skipped_index_entries: int = 0
     leases_reset: int = 0
     dropped_attempts: int = 0
@@ -226,6 +230,8 @@ async def _copy(src_url: str, dst_url: str, *, merge: bool, force: bool, progres
                 raise CopyError(f"the destination {sink.description} holds workflows already; copy into an "
                                 "empty store, or pass --merge (merge=True) to add to it")
             await _copy_runs(source, sink, report, progress)
+            # After the runs: a pinned run's task names its build, and nothing runs meanwhile.
+            report.current_builds = await sink.set_current_builds(await source.current_builds())
             # Each index entry is copied with the run it names: any left over names no run.
             report.skipped_index_entries = await source.workflow_id_count() - report.workflows
             changed = await source.finish()
@@ -269,8 +275,9 @@ def _reset_leases(b: RunBundle, report: CopyReport) -> None:
     if b.wtask is not None:
         queue, lease = b.wtask
         if lease.owner:
-            # visible_us stays: 0 (due at once), or the end of a failed task's retry backoff.
-            b.wtask = (queue, WorkflowTaskLease("", 0, lease.visible_us))
+            # visible_us stays: 0 (due at once), or the end of a failed task's retry backoff; the
+            # build stays too (a pinned run goes on with workers of its build).
+            b.wtask = (queue, WorkflowTaskLease("", 0, lease.visible_us, lease.pinned))
             report.leases_reset += 1
     kept = []
     for a in b.attempts:

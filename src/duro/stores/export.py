@@ -20,6 +20,7 @@ from duro.errors import CorruptHistoryError, DuroError
 
 if TYPE_CHECKING:
     from duro.engine.tx import Tx
+    from duro.stores.base import Store
 
 __all__ = [
     "ActivityAttempt",
@@ -29,6 +30,7 @@ __all__ = [
     "Sink",
     "Source",
     "events_of",
+    "set_missing_builds",
     "write_bundles",
 ]
 
@@ -98,6 +100,9 @@ class Source(Protocol):
     async def schedule_count(self) -> int:
         """How many schedules the source holds (a copy does not carry them yet)."""
 
+    async def current_builds(self) -> dict[str, str]:
+        """Each task queue's current build (worker versioning)."""
+
     def runs(self) -> AsyncIterator[RunBundle]:
         """Every run with its rows, in run-key order, a page at a time."""
 
@@ -128,6 +133,9 @@ class Sink(Protocol):
 
     async def write(self, bundles: list[RunBundle]) -> None:
         """Write the runs in one durable transaction (all of them or none); CopyError on a conflict."""
+
+    async def set_current_builds(self, builds: dict[str, str]) -> int:
+        """Give each queue of ``builds`` that has no current build here that one; how many it set."""
 
     async def close(self) -> None:
         """Release the store."""
@@ -161,6 +169,19 @@ def events_of(run_key: bytes, record: RunRecord, envelopes: list[bytes]) -> list
         raise CopyError(f"the source is damaged: {where} has {len(events)} events but its record says "
                         f"{record.next_event_id - 1}")
     return events
+
+
+async def set_missing_builds(store: Store, builds: dict[str, str]) -> int:
+    """Give each queue of ``builds`` that has no current build in ``store`` that one; how many it set.
+
+    A destination's own setting wins (``--merge`` into a store whose queues are versioned already).
+    """
+    n = 0
+    for queue, build in sorted(builds.items()):
+        if (await store.aqueue_versioning(queue, running=False)).current_build_id is None:
+            await store.set_current_build_id(queue, build)
+            n += 1
+    return n
 
 
 def write_bundles(tx: Tx, bundles: list[RunBundle]) -> None:

@@ -60,6 +60,7 @@ from duro.stores.base import (
     Dispatch,
     ListQuery,
     LocalReads,
+    QueueVersioning,
     RunInfo,
     StartRequest,
     WorkflowTaskCompletion,
@@ -285,13 +286,14 @@ def open_lmdb_store(url: str) -> LmdbStore:
 class Dbs:
     """The named databases the state machine's records live in (see lmdb_tx)."""
 
-    __slots__ = ("atask", "runs", "sched", "timer", "vis", "wf", "wtask")
+    __slots__ = ("atask", "builds", "runs", "sched", "timer", "vis", "wf", "wtask")
 
     def __init__(self, runs: mdb.Database, wf: mdb.Database, wtask: mdb.Database, atask: mdb.Database,
-                 timer: mdb.Database, vis: mdb.Database, sched: mdb.Database) -> None:
+                 timer: mdb.Database, vis: mdb.Database, sched: mdb.Database, builds: mdb.Database) -> None:
         self.runs, self.wf, self.wtask, self.atask, self.timer = runs, wf, wtask, atask, timer
         self.vis = vis
         self.sched = sched  # schedules and their due index (see lmdb_schedules)
+        self.builds = builds  # each task queue's current build (worker versioning; see lmdb_tx)
 
 
 class LmdbStore(LocalReads, LmdbSchedules):
@@ -327,6 +329,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self._resp = self.env.open_db(b"resp")
         self._vis = self.env.open_db(b"vis")  # see lmdb_visibility
         self._sched = self.env.open_db(b"sched")  # see lmdb_schedules
+        self._builds = self.env.open_db(b"builds")  # see lmdb_tx
         self.env.reader_check()
         self.log = HistoryLog(self.env, self._history_db)
         self._refs = 0
@@ -340,7 +343,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._own_txns: set[int] = set()
         self._wcache = RunCache()
-        self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer, self._vis, self._sched)
+        self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer, self._vis, self._sched,
+                       self._builds)
         self._index_visibility()
         self.machine = Machine(OWNER, lambda: _us(self.clock.now()))
         self._last_own_txn = -1
@@ -707,13 +711,16 @@ class LmdbStore(LocalReads, LmdbSchedules):
         return (meta.owner == OWNER and meta.attempt == attempt and not meta.cancel
                 and meta.until_us > _us(self.clock.now()))
 
-    def _op_claim_wtasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[bytes]:
+    def _op_claim_wtasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, limit: int,
+                         build_id: str | None = None) -> list[bytes]:
         now_us = _us(self.clock.now())
         prefix = task_queue.encode() + b"\x00"
-        claimed: list[bytes] = []
+        claimed: list[tuple[bytes, str]] = []
         cur = txn.cursor(db=self._wtask)
         if not cur.set_range(prefix):
-            return claimed
+            return []
+        tx = self._tx(txn)
+        current: str | bool | None = False  # the queue's current build, looked up when first needed
         for k, raw in cur:
             key = bytes(k)
             if not key.startswith(prefix) or len(claimed) >= limit:
@@ -723,11 +730,18 @@ class LmdbStore(LocalReads, LmdbSchedules):
                 continue  # a failed task waiting for its retry
             if lease.owner and lease.until_us > now_us and owner_alive(lease.owner):
                 continue  # leased (ours too: a local hand-off is in flight) until it expires
-            claimed.append(key[len(prefix) :])
-        tx = self._tx(txn)
-        for run_key in claimed:
-            self.machine.lease_wtask(tx, task_queue, run_key, now_us)
-        return claimed
+            if lease.build:  # the run is pinned: only workers of its build take it
+                if lease.build != build_id:
+                    continue
+            else:  # workers of the queue's current build take it (any worker while it has none)
+                if current is False:
+                    current = tx.current_build(task_queue)
+                if current is not None and current != build_id:
+                    continue
+            claimed.append((key[len(prefix) :], lease.build))
+        for run_key, build in claimed:
+            self.machine.lease_wtask(tx, task_queue, run_key, now_us, build)
+        return [run_key for run_key, _build in claimed]
 
     def _op_claim_atasks(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, limit: int) -> list[ActivityTask]:
         now_us = _us(self.clock.now())
@@ -774,7 +788,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
         for key, raw in list(txn.cursor(db=self._wtask)):
             lease = decode_lease(raw)
             if lease.owner and gone(lease.owner, lease.until_us):
-                txn.put(key, free, db=self._wtask)
+                txn.put(key, encode(WorkflowTaskLease(pinned=lease.pinned)) if lease.build else free, db=self._wtask)
                 reaped += 1
         expired: list[ActivityOutcome] = []
         for k, raw in list(txn.cursor(db=self._atask)):
@@ -977,9 +991,41 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """Extend this process's leases of running activity attempts to ``seconds`` from now."""
         return await self._submit(self._op_renew_leases, task_queue, items, seconds)  # type: ignore[no-any-return]
 
-    async def claim_workflow_tasks(self, task_queue: str, limit: int) -> list[bytes]:
-        """Lease up to ``limit`` pending workflow tasks of the queue to this process."""
-        return await self._submit(self._op_claim_wtasks, task_queue, limit)  # type: ignore[no-any-return]
+    async def claim_workflow_tasks(self, task_queue: str, limit: int, build_id: str | None = None) -> list[bytes]:
+        """Lease up to ``limit`` pending workflow tasks of the queue, that a worker of ``build_id`` may take."""
+        return await self._submit(self._op_claim_wtasks, task_queue, limit, build_id)  # type: ignore[no-any-return]
+
+    async def set_current_build_id(self, task_queue: str, build_id: str | None) -> None:
+        """Make ``build_id`` the queue's current build (None: none)."""
+        await self._submit(self._op_set_current_build, task_queue, build_id)
+
+    def _op_set_current_build(self, txn: mdb.Transaction, batch: _Batch, task_queue: str,
+                              build_id: str | None) -> None:
+        self.machine.set_current_build(self._tx(txn), batch, task_queue, build_id)
+
+    async def aqueue_versioning(self, task_queue: str, running: bool = True) -> QueueVersioning:
+        """The queue's current build, and (``running``) its running runs by build: reads every run record."""
+        if not running:
+            return self._queue_versioning(task_queue, False)
+        return await asyncio.get_running_loop().run_in_executor(None, self._queue_versioning, task_queue, True)
+
+    def _queue_versioning(self, task_queue: str, running: bool) -> QueueVersioning:
+        out = QueueVersioning(task_queue)
+        counts: dict[tuple[str | None, str | None], int] = {}
+        with self.env.begin() as txn:
+            raw = txn.get(task_queue.encode(), db=self._builds)
+            if raw is not None:
+                setting = orjson.loads(raw)
+                out.current_build_id, out.set_time = setting["build"], setting["at"] / 1e6
+            if not running:
+                return out
+            for _key, value in txn.cursor(db=self._runs).iternext():
+                rec = decode_run(value)
+                if rec.status == RUNNING and rec.task_queue == task_queue:
+                    kind = (rec.build_id, rec.versioning_behavior)
+                    counts[kind] = counts.get(kind, 0) + 1
+        out.running = sorted(((b, v, n) for (b, v), n in counts.items()), key=lambda r: (r[0] or "", r[1] or ""))
+        return out
 
     async def claim_activity_tasks(self, task_queue: str, limit: int) -> list[ActivityTask]:
         """Lease up to ``limit`` visible activity tasks of the queue to this process."""
@@ -994,21 +1040,37 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """Fire due timers; return the due time of the next one."""
         return await self._submit(self._op_fire_timers)  # type: ignore[no-any-return]
 
-    def has_pending_wtasks(self, task_queue: str) -> bool:
-        """Whether the queue holds workflow tasks, due now, that nobody in this process has."""
+    def has_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool:
+        """Whether the queue holds workflow tasks, due now, that nobody in this process has.
+
+        Only tasks a worker of ``build_id`` may take count (see ``claim_workflow_tasks``).
+        """
         prefix = task_queue.encode() + b"\x00"
         now_us = _us(self.clock.now())
         with self.env.begin(db=self._wtask) as txn:
             cur = txn.cursor()
             if not cur.set_range(prefix):
                 return False
+            current: str | bool | None = False  # the queue's current build, read when first needed
             for key, raw in cur:
                 if not key.startswith(prefix):
                     return False
                 lease = decode_lease(raw)
                 if lease.owner != OWNER and lease.visible_us <= now_us:
-                    return True
+                    if lease.build:  # pinned: only its build takes it
+                        if lease.build == build_id:
+                            return True
+                        continue
+                    if current is False:
+                        current = self._current_build(txn, task_queue)
+                    if current is None or current == build_id:
+                        return True
         return False
+
+    def _current_build(self, txn: mdb.Transaction, task_queue: str) -> str | None:
+        """The queue's current build as a read transaction sees it."""
+        raw = txn.get(task_queue.encode(), db=self._builds)
+        return None if raw is None else str(orjson.loads(raw)["build"])
 
     # ------------------------------------------------------------------ requests to other processes
     # Queries and updates for a run whose worker lives in another process travel through the
@@ -1080,6 +1142,25 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """Whether any workflow or activity task is pending or running (any queue)."""
         with self.env.begin() as txn:
             return bool(txn.cursor(db=self._wtask).first() or txn.cursor(db=self._atask).first())
+
+    def next_task_due(self) -> float | None:
+        """When a workflow or activity task can next be taken (see ``Store.anext_task_due``); a full scan."""
+        now_us = _us(self.clock.now())
+        earliest: int | None = None
+        with self.env.begin() as txn:
+            for _key, raw in txn.cursor(db=self._wtask):
+                lease = decode_lease(raw)
+                due = now_us if lease.owner else lease.visible_us
+                earliest = due if earliest is None else min(earliest, due)
+                if earliest <= now_us:
+                    return now_us / 1e6
+            for _key, raw in txn.cursor(db=self._atask):
+                meta = decode_activity_meta(unpack(raw)[0])
+                due = now_us if meta.owner else meta.visible_us
+                earliest = due if earliest is None else min(earliest, due)
+                if earliest <= now_us:
+                    return now_us / 1e6
+        return None if earliest is None else earliest / 1e6
 
     def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]:
         """All events of a run from ``from_event_id`` on (decoded from the memory map)."""

@@ -14,9 +14,17 @@ from duro.engine.machine import Effects
 from duro.engine.records import RunRecord, decode_activity_meta, decode_index, decode_lease, decode_run
 from duro.errors import CorruptHistoryError
 from duro.stores.base import unpack
-from duro.stores.export import ActivityAttempt, CopyError, LiveLeases, RunBundle, events_of, write_bundles
+from duro.stores.export import (
+    ActivityAttempt,
+    CopyError,
+    LiveLeases,
+    RunBundle,
+    events_of,
+    set_missing_builds,
+    write_bundles,
+)
 from duro.stores.lmdb import LmdbStore, owner_alive
-from duro.stores.lmdb_tx import U64, timer_key, wtask_key
+from duro.stores.lmdb_tx import U64, read_builds, timer_key, wtask_key
 
 __all__ = ["LmdbSink", "LmdbSource"]
 
@@ -95,6 +103,10 @@ class LmdbSource:
                 n += 1
                 found = cur.next()
         return n
+
+    async def current_builds(self) -> dict[str, str]:
+        """Each task queue's current build (the ``builds`` database)."""
+        return read_builds(self.txn, self._dbs.builds)
 
     async def runs(self) -> AsyncIterator[RunBundle]:
         """Every run with its rows, in run-key order (one run decoded at a time)."""
@@ -204,6 +216,10 @@ class LmdbSink:
         # refusal leaves the transaction as it was (an op that fails after writing makes the store
         # redo the batch with each op isolated, which would also drop this op's writes).
         write_bundles(self.store.tx(txn), bundles)
+
+    async def set_current_builds(self, builds: dict[str, str]) -> int:
+        """Give each queue of ``builds`` that has no current build here that one; how many it set."""
+        return await set_missing_builds(self.store, builds)
 
     async def close(self) -> None:
         """Release this reference to the store."""

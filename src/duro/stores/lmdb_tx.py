@@ -8,6 +8,8 @@ Named databases and keys (integers big-endian in keys so cursors walk them in or
 - ``wtask``    queue + 0x00 + run_key                   -> WorkflowTaskLease
 - ``atask``    queue + 0x00 + run_key + seq(u64)        -> pack(ActivityMeta, args, heartbeat details)
 - ``timer``    fire_at µs(u64) + run_key + seq(u64)     -> b""
+- ``builds``   task queue (utf-8)                       -> JSON {"build": current build id, "at": µs set}
+                                                            (worker versioning; no key: none set)
 - ``sched``    schedules and their due index              (``duro.stores.lmdb_schedules``)
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import struct
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from duro._core import mdb
 from duro._core.codec import Event
@@ -38,7 +42,7 @@ from duro.stores.lmdb_schedules import LmdbScheduleOps
 if TYPE_CHECKING:
     from duro._core.log import HistoryLog
 
-__all__ = ["U64", "LmdbTx", "RunCache", "atask_key", "timer_key", "wtask_key"]
+__all__ = ["U64", "LmdbTx", "RunCache", "atask_key", "read_builds", "timer_key", "wtask_key"]
 
 U64 = struct.Struct(">Q")
 _PACK_U64 = U64.pack
@@ -61,6 +65,11 @@ def timer_key(fire_us: int, run_key: bytes, seq: int) -> bytes:
     return _PACK_U64(fire_us) + run_key + _PACK_U64(seq)
 
 
+def read_builds(txn: mdb.Transaction, db: mdb.Database) -> dict[str, str]:
+    """Every queue's current build from the ``builds`` database (empty unless versioning is used)."""
+    return {bytes(k).decode(): orjson.loads(v)["build"] for k, v in txn.cursor(db=db).iternext()}
+
+
 class RunCache:
     """The writer thread's view of run records.
 
@@ -69,16 +78,20 @@ class RunCache:
     processes, so a write txn whose id is not our previous id + 1 means someone else wrote: the
     store clears it then, and after any failed operation). It saves a get and a JSON parse per
     operation on the hot path, and gives a transition the same object for the same run.
+    ``builds`` is the ``builds`` database as of the same moment (None: read it again), so the
+    current-build checks of claims and completions cost no read while nobody else writes.
     """
 
-    __slots__ = ("records",)
+    __slots__ = ("builds", "records")
 
     def __init__(self) -> None:
         self.records: dict[bytes, RunRecord] = {}
+        self.builds: dict[str, str] | None = None
 
     def clear(self) -> None:
         """Forget every record (read them from the transaction again)."""
         self.records.clear()
+        self.builds = None
 
 
 class LmdbTx(LmdbScheduleOps):
@@ -166,6 +179,23 @@ class LmdbTx(LmdbScheduleOps):
     def delete_wtask(self, task_queue: str, run_key: bytes) -> None:
         """Drop the run's workflow task."""
         self.txn.delete(wtask_key(task_queue, run_key), db=self.dbs.wtask)
+
+    # -- worker versioning
+    def current_build(self, task_queue: str) -> str | None:
+        """The queue's current build (the ``builds`` database, cached like run records)."""
+        builds = self.cache.builds
+        if builds is None:
+            builds = self.cache.builds = read_builds(self.txn, self.dbs.builds)
+        return builds.get(task_queue)
+
+    def set_current_build(self, task_queue: str, build_id: str | None, now_us: int) -> None:
+        """Set (or, None, remove) the queue's current build."""
+        key = task_queue.encode()
+        if build_id is None:
+            self.txn.delete(key, db=self.dbs.builds)
+        else:
+            self.txn.put(key, orjson.dumps({"build": build_id, "at": now_us}), db=self.dbs.builds)
+        self.cache.builds = None  # read again (in this transaction) when next needed
 
     # -- activity tasks
     def atask(self, task_queue: str, run_key: bytes, seq: int) -> tuple[ActivityMeta, bytes, bytes] | None:

@@ -43,7 +43,7 @@ from duro.stores.postgres_tx import ATASK_COLS, atask_from_row, run_from_row
 __all__ = ["TABLES", "check_postgres", "check_postgres_store", "display_url"]
 
 TABLES = ("runs", "workflows", "history", "wtasks", "atasks", "timers", "requests", "responses", "op_ids",
-          "schedules")
+          "schedules", "queue_builds")
 """The tables of ``pg_schema.MIGRATIONS`` (besides ``duro_meta``)."""
 
 STATUSES = (RUNNING, *CLOSED_STATUSES)

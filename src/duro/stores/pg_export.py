@@ -16,7 +16,15 @@ from typing import Any
 import asyncpg
 
 from duro.engine.machine import Effects
-from duro.stores.export import ActivityAttempt, CopyError, LiveLeases, RunBundle, events_of, write_bundles
+from duro.stores.export import (
+    ActivityAttempt,
+    CopyError,
+    LiveLeases,
+    RunBundle,
+    events_of,
+    set_missing_builds,
+    write_bundles,
+)
 from duro.stores.lmdb import owner_alive
 from duro.stores.pg_conn import PgSettings, connect_one
 from duro.stores.pg_schema import SCHEMA_VERSION, schema_version
@@ -43,7 +51,7 @@ FROM runs WHERE run_key > $1::bytea ORDER BY run_key LIMIT $2::integer
 """
 _INDEX_OF = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes FROM workflows "
              "WHERE workflow_id = ANY($1::text[])")
-_WTASKS_OF = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
+_WTASKS_OF = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us, build FROM wtasks "
               "WHERE run_key = ANY($1::bytea[])")
 _ATASKS_OF = f"SELECT {ATASK_COLS} FROM atasks WHERE run_key = ANY($1::bytea[]) ORDER BY run_key, seq"
 _TIMERS_OF = "SELECT run_key, seq, fire_us FROM timers WHERE run_key = ANY($1::bytea[]) ORDER BY run_key, seq"
@@ -126,6 +134,10 @@ class PgSource:
     async def schedule_count(self) -> int:
         """How many rows the ``schedules`` table holds."""
         return int(await self._conn.fetchval("SELECT count(*) FROM schedules"))
+
+    async def current_builds(self) -> dict[str, str]:
+        """Each task queue's current build (the ``queue_builds`` table)."""
+        return {r[0]: r[1] for r in await self._conn.fetch("SELECT task_queue, build_id FROM queue_builds")}
 
     async def runs(self) -> AsyncIterator[RunBundle]:
         """Every run with its rows, in run-key order: a page of run records, then their rows by table."""
@@ -226,6 +238,10 @@ class PgSink:
     async def write(self, bundles: list[RunBundle]) -> None:
         """Write the runs in one transaction (committed before this returns)."""
         await self.store.apply(_op_write, bundles)
+
+    async def set_current_builds(self, builds: dict[str, str]) -> int:
+        """Give each queue of ``builds`` that has no current build here that one; how many it set."""
+        return await set_missing_builds(self.store, builds)
 
     async def close(self) -> None:
         """Release this reference to the store."""

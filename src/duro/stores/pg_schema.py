@@ -209,7 +209,21 @@ _MIGRATION_3 = """
 CREATE INDEX runs_by_close ON runs (close_us) WHERE close_us IS NOT NULL;
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3]
+# Migration 4: worker versioning. wtasks.build is the build id whose workers alone may take the task
+# (the run is pinned to it: its record says so, and the store writes the two in one transaction);
+# NULL: the workers of the queue's current build take it, any worker while the queue has none.
+# queue_builds holds each task queue's current build (no row: none); claims read it in the same
+# statement, and a batch with its read-ahead. Adding a column without a default rewrites nothing.
+_MIGRATION_4 = """
+ALTER TABLE wtasks ADD COLUMN build text;
+CREATE TABLE queue_builds (
+    task_queue  text    PRIMARY KEY,
+    build_id    text    NOT NULL,
+    set_us      bigint  NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3, _MIGRATION_4]
 """The schema's migrations, in order: ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
 
 Each runs in the transaction that records its version, with ``search_path`` set to the schema alone

@@ -58,6 +58,7 @@ from duro.stores.base import (
     Clock,
     Dispatch,
     ListQuery,
+    QueueVersioning,
     RunClosed,
     RunInfo,
     StartRequest,
@@ -80,7 +81,6 @@ from duro.stores.pg_notify import KINDS, Listener, channel, notify_statement
 from duro.stores.pg_schedules import PgSchedules
 from duro.stores.pg_schema import migrate
 from duro.stores.pg_sql import (
-    HAS_DUE_WTASKS,
     NEXT_TIMER_US,
     RECORD_OP_ID,
     RELEASE_EXPIRED_WTASK_LEASES,
@@ -98,12 +98,40 @@ _READ_RETRY_S = 30.0  # how long a read waits for a server that went away (a res
 _SWEEP_LIMIT = 1000
 _START_TIMEOUT_S = 60.0
 
+# Worker versioning: a task of a pinned run (build set) goes to workers of its build; another to
+# workers of the queue's current build (queue_builds), to any worker while the queue has none. An
+# unversioned worker's claim (the first) is today's with two cheap conditions.
 _CLAIM_WTASKS = """
-SELECT run_key FROM wtasks
-WHERE task_queue = $1::text AND visible_at_us <= $2::bigint
+SELECT run_key, build FROM wtasks
+WHERE task_queue = $1::text AND visible_at_us <= $2::bigint AND build IS NULL
+  AND NOT EXISTS (SELECT 1 FROM queue_builds WHERE task_queue = $1::text)
 ORDER BY visible_at_us
 LIMIT $3::integer
 FOR UPDATE SKIP LOCKED
+"""
+_CLAIM_WTASKS_OF_BUILD = """
+SELECT run_key, build FROM wtasks
+WHERE task_queue = $1::text AND visible_at_us <= $2::bigint
+  AND (build = $4::text OR (build IS NULL AND coalesce(
+      (SELECT build_id FROM queue_builds WHERE task_queue = $1::text), $4::text) = $4::text))
+ORDER BY visible_at_us
+LIMIT $3::integer
+FOR UPDATE SKIP LOCKED
+"""
+_HAS_DUE_WTASKS = """
+SELECT EXISTS (SELECT 1 FROM wtasks WHERE task_queue = $1::text AND visible_at_us <= $2::bigint AND build IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM queue_builds WHERE task_queue = $1::text)
+"""
+_HAS_DUE_WTASKS_OF_BUILD = """
+SELECT EXISTS (SELECT 1 FROM wtasks WHERE task_queue = $1::text AND visible_at_us <= $2::bigint
+  AND (build = $3::text OR (build IS NULL AND coalesce(
+      (SELECT build_id FROM queue_builds WHERE task_queue = $1::text), $3::text) = $3::text)))
+"""
+_QUEUE_BUILD = "SELECT build_id, set_us FROM queue_builds WHERE task_queue = $1::text"
+_RUNNING_BY_BUILD = """
+SELECT record->>'build', record->>'vb', count(*) FROM runs
+WHERE task_queue = $1::text AND status = 'running'
+GROUP BY 1, 2 ORDER BY 1 NULLS FIRST, 2 NULLS FIRST
 """
 _CLAIM_ATASKS = f"""
 SELECT {ATASK_COLS} FROM atasks
@@ -207,6 +235,9 @@ WHERE r.run_key = ANY($1::bytea[])
 _PURGE_CANDIDATES = ("SELECT run_key FROM runs WHERE close_us < $1::bigint AND status <> 'running' "
                      "ORDER BY close_us LIMIT $2::integer")
 _HAS_ANY_TASKS = "SELECT EXISTS (SELECT 1 FROM wtasks) OR EXISTS (SELECT 1 FROM atasks)"
+# A leased task counts as due now (0): it is running.
+_NEXT_TASK_DUE = ("SELECT min(CASE WHEN owner IS NULL THEN visible_at_us ELSE 0 END) FROM "
+                  "(SELECT owner, visible_at_us FROM wtasks UNION ALL SELECT owner, visible_at_us FROM atasks) AS t")
 _PUT_REQUEST = ("INSERT INTO requests (request_id, task_queue, head, args, created_us) "
                 "VALUES ($1::text, $2::text, $3::bytea, $4::bytea, $5::bigint)")
 _PENDING_REQUESTS = ("SELECT request_id, head, args FROM requests WHERE task_queue = $1::text "
@@ -826,13 +857,21 @@ class PostgresStore(PgSchedules):
                          seconds: float) -> int:
         return self.machine.renew_leases(tx, fx, task_queue, items, seconds)
 
-    def _op_claim_wtasks(self, tx: PgTx, fx: Effects, task_queue: str, limit: int) -> list[bytes]:
+    def _op_claim_wtasks(self, tx: PgTx, fx: Effects, task_queue: str, limit: int,
+                         build_id: str | None = None) -> list[bytes]:
         now_us = self.machine.now_us()
         tx.flush()  # the selection must see what earlier ops of the batch wrote
-        keys = [bytes(r[0]) for r in tx.fetch(_CLAIM_WTASKS, task_queue, now_us, limit)]
-        for run_key in keys:
-            self.machine.lease_wtask(tx, task_queue, run_key, now_us)
+        if build_id is None:
+            rows = tx.fetch(_CLAIM_WTASKS, task_queue, now_us, limit)
+        else:
+            rows = tx.fetch(_CLAIM_WTASKS_OF_BUILD, task_queue, now_us, limit, build_id)
+        keys = [bytes(r[0]) for r in rows]
+        for run_key, row in zip(keys, rows, strict=True):
+            self.machine.lease_wtask(tx, task_queue, run_key, now_us, row[1] or "")
         return keys
+
+    def _op_set_current_build(self, tx: PgTx, fx: Effects, task_queue: str, build_id: str | None) -> None:
+        self.machine.set_current_build(tx, fx, task_queue, build_id)
 
     def _op_claim_atasks(self, tx: PgTx, fx: Effects, task_queue: str, limit: int) -> list[ActivityTask]:
         now_us = self.machine.now_us()
@@ -892,7 +931,8 @@ class PostgresStore(PgSchedules):
         """Fire every due timer (deleted by the statement that selects them); when the next one is due."""
         now_us = self.machine.now_us()
         tx.flush()
-        due = tx.fetch(TAKE_DUE_TIMERS, now_us, _SWEEP_LIMIT)
+        # Firing a timer hands a workflow task to a worker here: its build check reads the current builds.
+        due = tx.fetch_with_builds(TAKE_DUE_TIMERS, now_us, _SWEEP_LIMIT)
 
         def fire(t: PgTx, f: Effects, row: Any) -> None:
             self.machine.fire_timer(t, f, row[2], bytes(row[0]), row[1], now_us)
@@ -981,9 +1021,25 @@ class PostgresStore(PgSchedules):
         """Record a workflow task that raised; the backoff before it is due again (None: moved on)."""
         return await self._submit(self._op_fail_wtask, task_queue, run_key, epoch, error_type, failure)  # type: ignore[no-any-return]
 
-    async def claim_workflow_tasks(self, task_queue: str, limit: int) -> list[bytes]:
-        """Lease up to ``limit`` due workflow tasks of the queue to this process."""
-        return await self._submit(self._op_claim_wtasks, task_queue, limit)  # type: ignore[no-any-return]
+    async def set_current_build_id(self, task_queue: str, build_id: str | None) -> None:
+        """Make ``build_id`` the queue's current build (None: none); the queue's workers everywhere are woken."""
+        await self._submit(self._op_set_current_build, task_queue, build_id)
+
+    async def aqueue_versioning(self, task_queue: str, running: bool = True) -> QueueVersioning:
+        """The queue's current build, and (``running``) its running runs by build."""
+        out = QueueVersioning(task_queue)
+        row = await self._aread(self.pool.fetchrow, _QUEUE_BUILD, task_queue)
+        if row is not None:
+            out.current_build_id, out.set_time = row[0], row[1] / 1e6
+        if not running:
+            return out
+        rows = await self._aread(self.pool.fetch, _RUNNING_BY_BUILD, task_queue)
+        out.running = [(r[0], r[1], int(r[2])) for r in rows]
+        return out
+
+    async def claim_workflow_tasks(self, task_queue: str, limit: int, build_id: str | None = None) -> list[bytes]:
+        """Lease up to ``limit`` due workflow tasks of the queue, that a worker of ``build_id`` may take."""
+        return await self._submit(self._op_claim_wtasks, task_queue, limit, build_id)  # type: ignore[no-any-return]
 
     async def complete_activity(self, outcome: ActivityOutcome) -> str:
         """Record an attempt's end: "done", "retry", "stale", "closed" or "canceled"."""
@@ -1073,9 +1129,12 @@ class PostgresStore(PgSchedules):
     def _read_tx(self) -> PgTx:
         return PgTx(self.pool, self._call, self.machine.now_us, self.settings.lease_s, lock=False)
 
-    def has_pending_wtasks(self, task_queue: str) -> bool:
-        """Whether the queue holds workflow tasks, due now, that nobody holds."""
-        return bool(self._read(self.pool.fetchval, HAS_DUE_WTASKS, task_queue, self.machine.now_us()))
+    def has_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool:
+        """Whether the queue holds workflow tasks, due now, that nobody holds and a worker of ``build_id`` may take."""
+        if build_id is None:
+            return bool(self._read(self.pool.fetchval, _HAS_DUE_WTASKS, task_queue, self.machine.now_us()))
+        return bool(self._read(self.pool.fetchval, _HAS_DUE_WTASKS_OF_BUILD, task_queue, self.machine.now_us(),
+                               build_id))
 
     def holds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """Whether this process still holds the lease of an activity attempt."""
@@ -1157,9 +1216,12 @@ class PostgresStore(PgSchedules):
         """``count_runs``, awaited."""
         sql, args = count_runs_query(query)
         return int(await self._aread(self.pool.fetchval, sql, *args))
-    async def ahas_pending_wtasks(self, task_queue: str) -> bool:
+    async def ahas_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool:
         """``has_pending_wtasks``, awaited."""
-        return bool(await self._aread(self.pool.fetchval, HAS_DUE_WTASKS, task_queue, self.machine.now_us()))
+        if build_id is None:
+            return bool(await self._aread(self.pool.fetchval, _HAS_DUE_WTASKS, task_queue, self.machine.now_us()))
+        return bool(await self._aread(self.pool.fetchval, _HAS_DUE_WTASKS_OF_BUILD, task_queue,
+                                      self.machine.now_us(), build_id))
 
     async def aholds_activity(self, task_queue: str, run_key: bytes, seq: int, attempt: int) -> bool:
         """``holds_activity``, awaited."""
@@ -1179,6 +1241,14 @@ class PostgresStore(PgSchedules):
         """``next_timer_due``, awaited."""
         due = await self._aread(self.pool.fetchval, NEXT_TIMER_US)
         return None if due is None else float(due) / 1e6
+
+    async def anext_task_due(self) -> float | None:
+        """When a workflow or activity task can next be taken (see ``Store.anext_task_due``)."""
+        due = await self._aread(self.pool.fetchval, _NEXT_TASK_DUE)
+        if due is None:
+            return None
+        now = self.clock.now()
+        return max(now, float(due) / 1e6)
 
     async def ahas_any_tasks(self) -> bool:
         """``has_any_tasks``, awaited."""

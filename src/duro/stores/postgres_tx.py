@@ -15,7 +15,8 @@ Row mapping (tables in ``pg_schema``):
   own short keys). ``close_us`` 0 is NULL.
 - ``WorkflowIndex`` -> ``workflows`` (``run_id`` as the 16-byte ``run_key``).
 - ``WorkflowTaskLease`` -> ``wtasks``: owner "" is NULL; a leased row has
-  ``visible_at_us = lease_until_us`` (a claim sees it again when the lease ends).
+  ``visible_at_us = lease_until_us`` (a claim sees it again when the lease ends); build "" is NULL.
+- A task queue's current build (worker versioning) -> ``queue_builds``.
 - ``ActivityMeta`` -> ``atasks``: attempt, owner, lease, visibility and the cancel flag as columns,
   the rest in ``meta`` (jsonb); empty heartbeat details are NULL.
 - history rows hold ``Event.encode()`` envelopes, read back with ``codec.decode_event``.
@@ -31,6 +32,7 @@ from typing import Any, Final
 
 import msgspec
 import orjson
+from msgspec import UNSET
 
 from duro._core import codec
 from duro._core.codec import Event
@@ -52,14 +54,21 @@ _SELECT_RUN = f"SELECT {_RUN_COLS} FROM runs WHERE run_key = $1::bytea"
 _SELECT_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes "
                  "FROM workflows "
                  "WHERE workflow_id = $1::text")
-_SELECT_WTASK = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
+_SELECT_WTASK = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us, build FROM wtasks "
                  "WHERE run_key = $1::bytea")
 ATASK_COLS: Final = ("run_key, seq, task_queue, attempt, meta, args, heartbeat, owner, lease_until_us, lease_us, "
                      "visible_at_us, cancel_requested")
 _SELECT_ATASK = f"SELECT {ATASK_COLS} FROM atasks WHERE run_key = $1::bytea AND seq = $2::bigint"
 _PREFETCH_RUNS = f"SELECT {_RUN_COLS} FROM runs WHERE run_key = ANY($1::bytea[]) ORDER BY run_key"
-_PREFETCH_WTASKS = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us FROM wtasks "
+_PREFETCH_WTASKS = ("SELECT run_key, task_queue, owner, lease_until_us, visible_at_us, build FROM wtasks "
                     "WHERE run_key = ANY($1::bytea[]) ORDER BY run_key")
+# Every queue's current build (worker versioning): a tiny table, empty unless build ids are used;
+# read with a batch's read-ahead, so checking it costs no round trip.
+_SELECT_BUILDS = "SELECT task_queue, build_id FROM queue_builds"
+_BUILDS_COLUMN = "(SELECT array_agg(ARRAY[task_queue, build_id]) FROM queue_builds)"
+_SET_BUILD = ("INSERT INTO queue_builds (task_queue, build_id, set_us) VALUES ($1::text, $2::text, $3::bigint) "
+              "ON CONFLICT (task_queue) DO UPDATE SET build_id = excluded.build_id, set_us = excluded.set_us")
+_UNSET_BUILD = "DELETE FROM queue_builds WHERE task_queue = $1::text"
 _PREFETCH_INDEX = ("SELECT workflow_id, run_key, status, workflow_type, start_us, close_us, search_attributes "
                    "FROM workflows "
                    "WHERE workflow_id = ANY($1::text[]) ORDER BY workflow_id")
@@ -110,10 +119,10 @@ _DELETE_RUNS = tuple(f"DELETE FROM {table} WHERE run_key = ANY($1::bytea[])"
                      for table in ("history", "wtasks", "atasks", "timers", "runs"))
 _DELETE_INDEX = "DELETE FROM workflows WHERE workflow_id = ANY($1::text[])"
 _UPSERT_WTASKS = """
-INSERT INTO wtasks (run_key, task_queue, owner, lease_until_us, visible_at_us)
-SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+INSERT INTO wtasks (run_key, task_queue, owner, lease_until_us, visible_at_us, build)
+SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
 ON CONFLICT (run_key) DO UPDATE SET task_queue = excluded.task_queue, owner = excluded.owner,
-    lease_until_us = excluded.lease_until_us, visible_at_us = excluded.visible_at_us
+    lease_until_us = excluded.lease_until_us, visible_at_us = excluded.visible_at_us, build = excluded.build
 """
 _DELETE_ATASKS = """
 DELETE FROM atasks AS a USING unnest($1::bytea[], $2::bigint[]) AS d(run_key, seq)
@@ -178,9 +187,9 @@ def index_from_row(row: Any) -> WorkflowIndex:
 
 
 def wtask_from_row(row: Any) -> WorkflowTaskLease:
-    """The lease of a ``wtasks`` row."""
+    """The lease of a ``wtasks`` row (run_key, task_queue, owner, lease_until_us, visible_at_us, build)."""
     owner = row[2] or ""
-    return WorkflowTaskLease(owner, row[3] if owner else 0, 0 if owner else row[4])
+    return WorkflowTaskLease(owner, row[3] if owner else 0, 0 if owner else row[4], row[5] or UNSET)
 
 
 def atask_from_row(row: Any) -> tuple[ActivityMeta, bytes, bytes]:
@@ -254,6 +263,8 @@ class PgTx(PgScheduleOps):
         # Op writes never go here (they go to the layers), so a dropped layer leaves these valid; a flush
         # copies what it wrote here, since from then on the database holds it.
         self.read_rows: dict[str, dict[Any, Any]] = {"runs": {}, "wtasks": {}, "atasks": {}, "index": {}}
+        # Every queue's current build as this transaction read it (None: not read yet; see current_build).
+        self.builds: dict[str, str] | None = None
 
     # -- the layer stack
     def push(self) -> None:
@@ -314,7 +325,13 @@ class PgTx(PgScheduleOps):
             cte("a", _PREFETCH_ATASKS, [p[0] for p in pairs], [p[1] for p in pairs])
         if not ctes:
             return
+        # The queues' current builds ride along (completions and local leases check them).
+        load_builds = self.builds is None
+        if load_builds:
+            cols.append(_BUILDS_COLUMN)
         row = self._fetchrow(f"WITH {', '.join(ctes)} SELECT {', '.join(cols)}", *args)
+        if load_builds:
+            self.builds = {q: b for q, b in row[-1] or ()}
         results = iter(row)
         if keys:
             for table in ("runs", "wtasks"):
@@ -354,6 +371,18 @@ class PgTx(PgScheduleOps):
     def fetch(self, sql: str, *args: Any) -> list[Any]:
         """Run a query in this transaction (claims and sweeps select with it; ``flush`` first)."""
         return self._fetch(sql, *args)
+
+    def fetch_with_builds(self, sql: str, *args: Any) -> list[Any]:
+        """``fetch``, reading the queues' current builds in the same round trip if this transaction has not yet.
+
+        For a batch without read-ahead (a timer sweep) whose transitions may check them.
+        """
+        if self.builds is not None:
+            return self._fetch(sql, *args)
+        row = self._fetchrow(f"WITH x AS ({sql.strip()}) SELECT (SELECT array_agg(x) FROM x), {_BUILDS_COLUMN}",
+                             *args)
+        self.builds = {q: b for q, b in row[1] or ()}
+        return list(row[0] or ())
 
     def fetchval(self, sql: str, *args: Any) -> Any:
         """A single value from a query in this transaction."""
@@ -440,15 +469,31 @@ class PgTx(PgScheduleOps):
         """Create or replace the run's workflow task; a lease lasts the store's ``lease_s`` (the URL's option)."""
         if lease.owner:
             until = self.now_us() + self.lease_us
-            row: tuple[Any, ...] = (run_key, task_queue, lease.owner, until, until)
+            row: tuple[Any, ...] = (run_key, task_queue, lease.owner, until, until, lease.build or None)
         else:
-            row = (run_key, task_queue, None, 0, lease.visible_us)
+            row = (run_key, task_queue, None, 0, lease.visible_us, lease.build or None)
             self.notes.add(("wtask", task_queue))
         self.layers[-1].wtasks[run_key] = row
 
     def delete_wtask(self, task_queue: str, run_key: bytes) -> None:
         """Drop the run's workflow task."""
         self.layers[-1].wtasks[run_key] = _DEL
+
+    # -- worker versioning
+    def current_build(self, task_queue: str) -> str | None:
+        """The queue's current build, as read once per transaction (with the read-ahead, else on first use)."""
+        if self.builds is None:
+            self.builds = {r[0]: r[1] for r in self._fetch(_SELECT_BUILDS)}
+        return self.builds.get(task_queue)
+
+    def set_current_build(self, task_queue: str, build_id: str | None, now_us: int) -> None:
+        """Set (or, None, remove) the queue's current build; written at once, and workers of the queue woken."""
+        if build_id is None:
+            self._execute(_UNSET_BUILD, task_queue)
+        else:
+            self._execute(_SET_BUILD, task_queue, build_id, now_us)
+        self.builds = None  # read again (in this transaction) when next needed
+        self.notes.add(("wtask", task_queue))
 
     # -- activity tasks
     def atask(self, task_queue: str, run_key: bytes, seq: int) -> tuple[ActivityMeta, bytes, bytes] | None:
@@ -544,7 +589,7 @@ class PgTx(PgScheduleOps):
                     ids.append(ev.event_id)
                     envs.append(ev.encode())
             stmts.append((_INSERT_HISTORY, [keys, ids, envs]))
-        _split(stmts, base.wtasks, _DELETE_WTASKS, _UPSERT_WTASKS, 5, single_key=True)
+        _split(stmts, base.wtasks, _DELETE_WTASKS, _UPSERT_WTASKS, 6, single_key=True)
         _split(stmts, base.atasks, _DELETE_ATASKS, _UPSERT_ATASKS, 12)
         stmts.extend(schedule_statements(base.schedules))
         if base.timers:
