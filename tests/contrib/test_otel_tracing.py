@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,9 +28,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 import duro
 from duro import interceptor as di
 from duro.contrib.opentelemetry import TracingInterceptor
+from tests.processes import ready_process
 from tests.waiting import eventually
-
-REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------- workflows
 
@@ -524,19 +521,8 @@ async def worker_main(url: str, task_queue: str, out: str) -> None:
 def traced_worker(store: str, tmp_path: Path) -> Iterator[Path]:
     """A worker of queue "remote" in another process, with its own tracer; the path its spans go to."""
     out = tmp_path / "worker-spans.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.contrib.test_otel_tracing", store, "remote", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.strip() == b"ready", first + proc.stdout.read()
+    with ready_process("-m", "tests.contrib.test_otel_tracing", store, "remote", str(out)):
         yield out
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 async def test_the_trace_context_crosses_to_a_worker_in_another_process(

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,9 @@ from duro.stores.base import run_key_of
 from duro.stores.check import check_store
 from duro.stores.copy import copy_store
 from tests.engine import versioning_wfs as vwfs
+from tests.processes import ready_process
 from tests.waiting import eventually
 
-REPO = Path(__file__).resolve().parents[2]
 Q = "versioned"
 RESULT_TIMEOUT_S = 30.0
 
@@ -177,19 +175,8 @@ async def test_a_task_finished_after_the_build_changed_runs_again_on_the_current
 @pytest.fixture
 def v1_process(store: str) -> Iterator[subprocess.Popen[bytes]]:
     """A worker of build v1 in another process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/integration/versioned_worker.py"), store, Q, "v1"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.strip() == b"ready", first + proc.stdout.read()
+    with ready_process("tests/integration/versioned_worker.py", store, Q, "v1") as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 async def test_a_pinned_run_stays_with_its_build_in_another_process(

@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import duro
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.processes import ready_process
 
 
 @pytest.fixture
 def remote_worker(store: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/integration/feature_worker.py"), store, "remote"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.strip() == b"ready", first + proc.stdout.read()
+    with ready_process("tests/integration/feature_worker.py", store, "remote") as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 async def test_query_and_update_through_a_worker_in_another_process(
