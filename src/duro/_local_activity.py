@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from duro.activity import ActivityContext, ActivityInfo, RetryPolicy, get_activity_definition
 from duro.converter import encode_failure
+from duro.engine.machine import backoff_delay
 from duro.errors import ApplicationError
 from duro.errors import TimeoutError as DuroTimeoutError
 
@@ -91,13 +92,10 @@ async def _run(worker: Worker, inst: WorkflowInstance, call: LocalCall) -> tuple
                                                 f"({timeout:.3g}s)", timeout_type=kind)
         except Exception as e:  # the attempt failed: retried per the policy below
             error = e
-        retryable = not (isinstance(error, ApplicationError) and error.non_retryable)
         etype = error.type if isinstance(error, ApplicationError) else type(error).__name__
-        if etype in policy.non_retryable_error_types:
-            retryable = False
-        delay = _backoff(policy, attempt)
-        if (not retryable or (policy.maximum_attempts and attempt >= policy.maximum_attempts)
-                or loop.time() - started + delay >= schedule_to_close):
+        delay = backoff_delay(policy.to_dict(), attempt, etype,
+                              isinstance(error, ApplicationError) and error.non_retryable)
+        if delay is None or loop.time() - started + delay >= schedule_to_close:
             log.warning("local activity %r of workflow %r failed on attempt %d: %s: %s; no retry left",
                         call.name, inst.info.workflow_id, attempt, etype, error)
             return False, encode_failure(error)
@@ -116,13 +114,6 @@ def _resolve(worker: Worker, call: LocalCall) -> tuple[Any, bool, list[Any]]:
     defn = get_activity_definition(call.activity)
     # A bound method is called as it was given (its instance); a plain function as itself.
     return call.activity, defn.is_async, defn.arg_hints
-
-
-def _backoff(policy: RetryPolicy, attempt: int) -> float:
-    d = policy.to_dict()
-    delay = float(d["initial_interval"]) * float(d["backoff_coefficient"]) ** (attempt - 1)
-    cap = d["maximum_interval"] if d["maximum_interval"] is not None else float(d["initial_interval"]) * 100
-    return float(min(delay, cap))
 
 
 def _no_heartbeat(ctx: ActivityContext, details: Any) -> None:

@@ -15,6 +15,7 @@ through a ``multiprocessing`` manager the worker starts (as Temporal's ``SharedS
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -136,10 +137,8 @@ class ProcessBridge:
         """The attempt ended: forget it (its cancellation entry too: a round trip, so call off the loop)."""
         self._routes.pop(ctx._key, None)
         if cancelled:
-            try:
+            with contextlib.suppress(Exception):  # the manager stopped: its dict is gone with it
                 self.cancels.pop(ctx._key, None)
-            except Exception:  # the manager stopped: its dict is gone with it
-                pass
 
     def _drain(self) -> None:
         while True:
@@ -160,9 +159,7 @@ class ProcessBridge:
 
     def close(self) -> None:
         """Stop the heartbeat thread and the manager process."""
-        try:
+        with contextlib.suppress(Exception):  # the manager died: the thread ends on its own
             self.queue.put(None)
-        except Exception:  # the manager died: the thread ends on its own
-            pass
         self._thread.join(timeout=5)
         self._manager.shutdown()

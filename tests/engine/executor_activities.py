@@ -36,7 +36,7 @@ def until_cancelled(ctx: duro.ActivityContext, on_cancel: str) -> str:
             if on_cancel == "return":
                 return f"stopped in process {os.getpid()}, is_cancelled={ctx.is_cancelled}"
             raise
-        time.sleep(0.01)
+        time.sleep(0.01)  # a unit of the activity's work between heartbeats (tests wait on conditions)
     return "never cancelled"
 
 

@@ -22,7 +22,7 @@ async def long_heartbeating(ctx: duro.ActivityContext, seconds: float) -> str:
     try:
         for _ in range(int(seconds / 0.02)):
             ctx.heartbeat()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # a unit of the activity's work between heartbeats (tests wait on conditions)
     except asyncio.CancelledError:  # delivered at its await once a heartbeat learned of it
         EVENTS.append("activity saw cancel" if ctx.is_cancelled else "cancelled without is_cancelled")
         raise

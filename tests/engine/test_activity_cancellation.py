@@ -31,7 +31,7 @@ async def heartbeating(ctx: duro.ActivityContext, key: str, on_cancel: str) -> s
     try:
         for _ in range(_BOUND):
             ctx.heartbeat()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a unit of the activity's work between heartbeats (tests wait on conditions)
     except asyncio.CancelledError:
         SAW[key] = f"asyncio.CancelledError is_cancelled={ctx.is_cancelled}"
         if on_cancel == "return":
@@ -53,7 +53,7 @@ def sync_heartbeating(ctx: duro.ActivityContext, key: str, on_cancel: str) -> st
             if on_cancel == "return":
                 return "returned after cancel"
             raise
-        time.sleep(0.01)
+        time.sleep(0.01)  # a unit of the activity's work between heartbeats (tests wait on conditions)
     SAW[key] = "never cancelled"
     return "finished"
 
@@ -65,7 +65,7 @@ async def gated(ctx: duro.ActivityContext, key: str) -> str:
     gate = GATE.setdefault(key, asyncio.Event())
     while not gate.is_set():
         ctx.heartbeat()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a unit of the activity's work between heartbeats (tests wait on conditions)
     SAW[key] = f"finished is_cancelled={ctx.is_cancelled}"
     return "gated result"
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import duro
 from duro.workflow import get_workflow_definition
+from tests.waiting import eventually
 
 # --- activities ------------------------------------------------------------------------------------
 
@@ -57,7 +58,7 @@ async def wait_for_cancel(ctx: duro.ActivityContext, limit_s: float) -> str:
         ctx.heartbeat()
         if ctx.is_cancelled:
             return "saw the cancel"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a unit of the activity's work between heartbeats (tests wait on conditions)
     raise duro.ApplicationError("no cancel arrived", type="NoCancel", non_retryable=True)
 
 
@@ -67,7 +68,7 @@ async def until_cancelled(ctx: duro.ActivityContext, limit_s: float) -> str:
     STARTED.add("until_cancelled")
     for _ in range(int(limit_s / 0.01)):
         ctx.heartbeat()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a unit of the activity's work between heartbeats (tests wait on conditions)
     raise duro.ApplicationError("no cancel arrived", type="NoCancel", non_retryable=True)
 
 
@@ -263,11 +264,7 @@ Pick = Callable[[duro.Client, duro.WorkflowHandle], duro.WorkflowHandle]
 
 
 async def _eventually(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"golden driver: timed out waiting until {what}")
+    await eventually(check, f"golden driver: {what}", timeout_s)
 
 
 async def cancel_while_the_activity_runs(client: duro.Client, handle: duro.WorkflowHandle) -> None:

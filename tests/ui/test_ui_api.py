@@ -458,3 +458,23 @@ async def test_serve_prints_its_address_and_stops_on_ctrl_c(client: duro.Client,
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
     assert len(await client.get_handle("served").fetch_history()) == 2
+
+
+async def test_a_store_without_an_operation_gets_501_and_a_bug_is_not_taken_for_one(
+        client: duro.Client, http: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    await client.start_workflow("nobody_runs_this", id="ns", task_queue="nobody")
+
+    def unsupported(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("no schedules here")
+
+    monkeypatch.setattr(duro.Client, "list_schedules", unsupported)
+    assert (await get_json(http, "/api/schedules"))["available"] is False
+    monkeypatch.setattr(duro.WorkflowHandle, "cancel", unsupported)
+    assert "does not support" in (await post_json(http, "/api/workflows/ns/cancel", {}, expect=501))["error"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("a bug, not a missing feature")
+
+    monkeypatch.setattr(duro.WorkflowHandle, "cancel", broken)
+    resp = await http.post("/api/workflows/ns/cancel", json={})
+    assert resp.status == 500

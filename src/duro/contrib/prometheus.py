@@ -14,6 +14,7 @@ table).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterable
@@ -201,7 +202,7 @@ class _QuietHandler(WSGIRequestHandler):
     """No access log on stderr for every scrape."""
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass
+        """Log nothing: a scrape every few seconds would fill stderr."""
 
 
 class PrometheusHandle:
@@ -242,10 +243,8 @@ class PrometheusHandle:
             self._enabled = False
         _metrics.uninstall(self._recorder)
         for c in self._recorder.collectors:
-            try:
+            with contextlib.suppress(KeyError):  # the user unregistered it already
                 self.registry.unregister(c)
-            except KeyError:  # the user unregistered it already
-                pass
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()

@@ -150,20 +150,30 @@ def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event
     return Event(codec.WORKFLOW_STARTED, 0, now_us, 0, 1, req.workflow_type, pack(orjson.dumps(meta), req.args))
 
 
-def retry_delay(meta: ActivityMeta, o: ActivityOutcome, now_us: int) -> float | None:
-    """Seconds until an activity's next attempt, or None when the failure is final."""
-    policy = meta.retry or {}
-    if o.non_retryable or o.error_type in (policy.get("non_retryable_error_types") or ()):
+def backoff_delay(policy: dict[str, Any], attempt: int, error_type: str, non_retryable: bool) -> float | None:
+    """Seconds before the attempt after ``attempt`` under ``policy``, or None when that failure is final.
+
+    ``policy`` is ``RetryPolicy.to_dict()``; final means non-retryable, or the last attempt. Both
+    queued and local activities retry by it.
+    """
+    if non_retryable or error_type in (policy.get("non_retryable_error_types") or ()):
         return None
     max_attempts = policy.get("maximum_attempts", 0) or 0
-    if max_attempts and o.attempt >= max_attempts:
+    if max_attempts and attempt >= max_attempts:
         return None
     initial = policy.get("initial_interval", 1.0)
     max_interval = policy.get("maximum_interval") or initial * 100
     try:
-        delay = min(initial * policy.get("backoff_coefficient", 2.0) ** (o.attempt - 1), max_interval)
+        return float(min(initial * policy.get("backoff_coefficient", 2.0) ** (attempt - 1), max_interval))
     except OverflowError:  # unlimited attempts: the power outgrew a float long after the cap was reached
-        delay = max_interval
+        return float(max_interval)
+
+
+def retry_delay(meta: ActivityMeta, o: ActivityOutcome, now_us: int) -> float | None:
+    """Seconds until an activity's next attempt, or None when the failure is final."""
+    delay = backoff_delay(meta.retry or {}, o.attempt, o.error_type, o.non_retryable)
+    if delay is None:
+        return None
     s2c = meta.schedule_to_close
     if s2c and now_us + us(delay) >= meta.scheduled_us + us(s2c):
         return None

@@ -132,8 +132,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _refuse(413, str(e))
     except (ValueError, TypeError) as e:  # a bad argument, as the client API says it
         return _refuse(400, str(e))
-    except (NotImplementedError, AttributeError) as e:
-        # A store without the operation (reset, schedules); logged whole, in case it is a bug instead.
+    except NotImplementedError as e:
+        # A store without the operation (reset, schedules). An AttributeError is a bug, not this: it
+        # goes on to the server's 500 and its log.
         log.warning("not supported by this store: %s %s", request.method, request.path, exc_info=True)
         return _refuse(501, f"this store does not support that: {e}")
     except StoreError as e:

@@ -262,13 +262,18 @@ def parse_attribute(text: str) -> tuple[str, Any]:
         try:
             value = int(raw)
         except ValueError:
-            try:
-                number = float(raw)
-            except ValueError:
-                pass
-            else:
-                value = number if math.isfinite(number) else raw
+            number = _float_or_none(raw)
+            if number is not None and math.isfinite(number):
+                value = number
     return key, value
+
+
+def _float_or_none(raw: str) -> float | None:
+    """``raw`` as a float, or None when it is not a number (it is then kept as text)."""
+    try:
+        return float(raw)
+    except ValueError:
+        return None
 
 
 def schedule_doc(d: ScheduleDescription) -> dict[str, Any]:
