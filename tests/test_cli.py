@@ -14,31 +14,24 @@ import asyncio
 import datetime
 import io
 import json
-import os
 import re
 import sys
 import types
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import duro
+from duro._cli_output import history_rows
 from duro.cli import EXIT_CODES, ExitCode, build_parser, main
 from tests.engine import features_wfs, wfs
 from tests.engine.wfs import Order
+from tests.processes import Result, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 QUEUE = "cli"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
 
 
 Cli = Callable[..., Coroutine[Any, Any, Result]]
@@ -70,19 +63,7 @@ def cli_process(store: str) -> Cli:
     """Run ``python -m duro.cli --store STORE ARGS...`` as another process (the test's loop keeps running)."""
 
     async def run(*argv: str, timeout: float = 30) -> Result:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-        env.pop("DURO_STORE", None)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "duro.cli", "--store", store, *argv, cwd=REPO, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert proc.returncode is not None
-        return Result(proc.returncode, out.decode(), err.decode())
+        return await run_command([sys.executable, "-m", "duro.cli", "--store", store, *argv], timeout=timeout)
 
     return run
 
@@ -842,3 +823,11 @@ async def test_ui_arguments(client: duro.Client, store: str, tmp_path: Path, mon
     ui.serve = fails(OSError(98, "Address already in use"))  # type: ignore[attr-defined]
     one_error_line(await run("ui", store, "--port", "0"), ExitCode.FAILED, "cannot serve the UI on 127.0.0.1:0",
                    "Address already in use")
+
+
+def test_history_table_shows_cancel_requests_and_cancelled_children_with_their_sequence_numbers() -> None:
+    history = duro.History.from_json((REPO / "tests" / "golden" / "cancel_requests.json").read_bytes())
+    rows = {row[0]: row[2:4] for row in history_rows(history)}
+    assert rows["6"] == ["SignalExternalWorkflowExecutionInitiated", "go #4"]
+    assert rows["7"] == ["RequestCancelExternalWorkflowExecutionInitiated", "#5"]
+    assert rows["9"] == ["ChildWorkflowExecutionCanceled", "#2"]

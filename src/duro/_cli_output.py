@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from duro.errors import ApplicationError
+from duro.errors import ApplicationError, NonDeterminismError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,10 +31,12 @@ if TYPE_CHECKING:
     from duro.stores.base import QueueVersioning
     from duro.stores.check import CheckReport
     from duro.stores.copy import CopyReport
+    from duro.testing import WorkflowReplayResult, WorkflowReplayResults
 
 __all__ = ["COLOR_CHOICES", "HISTORY_HEADERS", "Output", "Tracker", "check_lines", "clean", "copy_lines",
            "execution_dict", "failure_dict", "failure_text", "history_lines", "history_rows", "history_title",
-           "json_safe", "table_lines", "time_text", "to_json", "versioning_dict", "versioning_lines"]
+           "json_safe", "replay_dict", "replay_lines", "state_cells", "state_dict", "table_lines", "time_text",
+           "to_json", "versioning_dict", "versioning_lines"]
 
 Color = Literal["auto", "always", "never"]
 COLOR_CHOICES: tuple[Color, ...] = ("auto", "always", "never")
@@ -192,7 +194,8 @@ def _payload_summary(event: HistoryEvent, width: int = PAYLOAD_WIDTH) -> str:
 def _event_label(event: HistoryEvent) -> str:
     """The event's name, with the command's sequence number where it has one."""
     kind = event.event_type
-    if event.ref and kind.startswith(("Activity", "Timer", "StartChild", "ChildWorkflow", "SignalExternal")):
+    if event.ref and kind.startswith(("Activity", "Timer", "StartChild", "ChildWorkflow", "SignalExternal",
+                                      "RequestCancelExternal")):
         return f"{event.name} #{event.ref}".strip()
     return event.name
 
@@ -225,6 +228,46 @@ def history_lines(history: History) -> list[str]:
     """
     rows = history_rows(history)
     return [history_title(history), *(table_lines(HISTORY_HEADERS, rows, right=(0, 1)) if rows else [])]
+
+
+def _state_error(err: BaseException) -> dict[str, str]:
+    kind = err.type if isinstance(err, ApplicationError) else type(err).__name__
+    return {"type": kind, "message": str(err)}
+
+
+def state_cells(history: History, states: dict[int, Any]) -> list[str]:
+    """The ``history --state`` column: at each event of ``states`` the answer as compact JSON, or its error.
+
+    Args:
+        history: the events of one run.
+        states: event id -> the query's answer as of that event (decoded), or the exception it was.
+    """
+    cells = []
+    for e in history:
+        if e.event_id not in states:
+            cells.append("")
+            continue
+        value = states[e.event_id]
+        if isinstance(value, BaseException):
+            err = _state_error(value)
+            cells.append(f"error: {err['type']}: {err['message']}")
+        else:
+            cells.append(json_safe(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)))
+    return cells
+
+
+def state_dict(query: str, args: list[Any], states: dict[int, Any]) -> dict[str, Any]:
+    """The ``"state"`` key ``history --state --json`` adds next to the history's own keys.
+
+    ``{"query", "args", "answers": [{"event_id", "result", "error"}]}``, one answer per event of
+    ``states`` in order; ``error`` is ``{"type", "message"}`` (then ``result`` is null) or null.
+    """
+    answers = []
+    for event_id, value in sorted(states.items()):
+        failed = isinstance(value, BaseException)
+        answers.append({"event_id": event_id, "result": None if failed else value,
+                        "error": _state_error(value) if failed else None})
+    return {"query": query, "args": args, "answers": answers}
 
 
 def check_lines(report: CheckReport) -> list[str]:
@@ -277,6 +320,65 @@ def copy_lines(report: CopyReport) -> list[str]:
     lines.append("the source is unchanged: start your workers against the destination, and delete the source once "
                  "you have checked the copy")
     return lines
+
+
+def _replay_run(r: WorkflowReplayResult) -> str:
+    return f"workflow {r.workflow_id} (run {r.run_id}, type {r.workflow_type}, {r.status})"
+
+
+def _replay_counts(results: WorkflowReplayResults) -> tuple[int, int]:
+    """How many runs diverged, and how many failed otherwise (the code raised)."""
+    diverged = sum(1 for r in results if r.diverged)
+    return diverged, sum(1 for r in results if not r.ok) - diverged
+
+
+def replay_lines(results: WorkflowReplayResults) -> list[tuple[str, str | None]]:
+    """What ``duro replay`` prints: each run that did not replay, then a summary; each line with its style.
+
+    Args:
+        results: what ``Replayer.replay_store`` found.
+
+    Returns:
+        ``(text, rich style or None)`` pairs (the text not yet escaped).
+    """
+    lines: list[tuple[str, str | None]] = []
+    for r in results.failures:
+        err = r.replay_failure
+        if isinstance(err, NonDeterminismError):
+            at = f" at event {err.event_id}" if err.event_id else ""
+            lines.append((f"{_replay_run(r)}: diverged{at}", "bold red"))
+            if err.recorded and err.requested:
+                lines += [(f"  recorded:  {err.recorded}", None), (f"  requested: {err.requested}", None)]
+            else:
+                lines.append((f"  {err}", None))
+        else:
+            lines.append((f"{_replay_run(r)}: replay failed, the code raised {type(err).__name__}: {err}", "bold red"))
+    diverged, failed = _replay_counts(results)
+    summary = (f"replayed {len(results)} run(s): {len(results) - diverged - failed} ok, {diverged} diverged, "
+               f"{failed} failed; {results.skipped} skipped (workflow type not in --module)")
+    if results.left_out:
+        summary += f"; {results.left_out} older run(s) left out by --limit"
+    lines.append((summary, "green" if results.ok else "bold red"))
+    return lines
+
+
+def replay_dict(results: WorkflowReplayResults) -> dict[str, Any]:
+    """What ``duro replay --json`` prints: the counts, and every run replayed with its error (null: replayed)."""
+    runs = []
+    for r in results:
+        err = r.replay_failure
+        error: dict[str, Any] | None = None
+        if err is not None:
+            nd = err if isinstance(err, NonDeterminismError) else None
+            error = {"class": type(err).__name__, "message": str(err),
+                     "event_id": nd.event_id if nd is not None else None,
+                     "recorded": nd.recorded if nd is not None else None,
+                     "requested": nd.requested if nd is not None else None}
+        runs.append({"workflow_id": r.workflow_id, "run_id": r.run_id, "workflow_type": r.workflow_type,
+                     "status": r.status, "ok": r.ok, "diverged": r.diverged, "error": error})
+    diverged, failed = _replay_counts(results)
+    return {"ok": results.ok, "replayed": len(results), "diverged": diverged, "failed": failed,
+            "skipped": results.skipped, "left_out": results.left_out, "runs": runs}
 
 
 def _causes(err: BaseException) -> list[tuple[BaseException, str]]:

@@ -296,7 +296,7 @@ class WorkflowInstance:
 
     def __init__(self, defn: WorkflowDefinition, run_key: bytes, started: Event, converter: DataConverter,
                  interceptors: tuple[Interceptor, ...] = (),
-                 failure_types: tuple[type[BaseException], ...] = ()) -> None:
+                 failure_types: tuple[type[BaseException], ...] = (), determinism: str = "raise") -> None:
         # Events as of the current task, counted the same live and in replay (see activate, _command).
         self._hlen = 0
         # Exception types that fail the run (besides RUN_FAILURES): the workflow's and the worker's.
@@ -317,6 +317,10 @@ class WorkflowInstance:
         )
         self.loop = WorkflowLoop(start_timer=self._start_timer, cancel_timer=self._cancel_timer)
         self.loop.set_time(started.timestamp)
+        self.loop.workflow_type = started.name
+        mode = defn.determinism or determinism  # the workflow's own setting, else the worker's
+        if mode != "raise":
+            self.loop.determinism = mode
         self._rng: random.Random | None = None
         self.ctx = WorkflowContext(self, self.info)
         self.replaying = False
@@ -426,6 +430,8 @@ class WorkflowInstance:
                                     f"{ctx.get('message', '')} {exc!r}") from exc
         if self._divergence is not None:
             raise self._divergence
+        if loop.nondeterministic_call is not None:  # the determinism guard refused a call
+            raise loop.nondeterministic_call
         if self._cancel_asked:
             self._cancel_dropped_activities()
         main = self._main
@@ -654,7 +660,9 @@ class WorkflowInstance:
                     # The await on the activity gets the activity's outcome (ActivityError), not a
                     # cancellation: the task is not left "cancelling" (as Temporal's uncancel).
                     main.uncancel()
-        elif t == codec.CHILD_COMPLETED or t == codec.CHILD_FAILED:
+        elif t == codec.CHILD_COMPLETED or t == codec.CHILD_FAILED or t == codec.CHILD_CANCELED:
+            # ChildWorkflowExecutionCanceled carries the child's cancellation failure, as the
+            # ChildWorkflowExecutionFailed named "canceled" of older histories does: the same error.
             child = self._children.get(ev.ref)
             if child is not None:
                 child._resolve(t == codec.CHILD_COMPLETED, ev.payload)
@@ -1022,19 +1030,26 @@ class WorkflowInstance:
     def request_external(self, kind: str, workflow_id: str, run_id: str | None, name: str,
                          args: tuple[Any, ...], headers: dict[str, str] | None = None) -> None:
         """Record a signal (or a cancel request) to another run; delivered in the same commit."""
-        matched = self._replay_matches(codec.EXTERNAL_SIGNAL, name)
+        # A cancel request recorded before RequestCancelExternalWorkflowExecutionInitiated existed
+        # (a SignalExternalWorkflowExecutionInitiated with flags bit 0) matches too: the matcher knows.
+        etype = codec.EXTERNAL_CANCEL if kind == "cancel" else codec.EXTERNAL_SIGNAL
+        matched = self._replay_matches(etype, name)
         if not matched:  # checked and encoded as live does (see _replay_matches)
             check_name("workflow id", workflow_id)
             if kind == "signal":
                 check_name("signal name", name)
-        payload = b"" if matched else self.converter.encode_args(args)
+        if matched:
+            payload = b""
+        elif kind == "cancel":  # a cancel has no arguments: its record names its target, as Temporal's does
+            payload = orjson.dumps({"id": workflow_id, "run": run_id} if run_id else {"id": workflow_id})
+        else:
+            payload = self.converter.encode_args(args)
         self.seq += 1
-        flags = 1 if kind == "cancel" else 0
         if headers and not matched:
             headers = check_headers(headers)
         if not matched:
             recorded, hflag = headed(payload, headers)
-            self._command(Event(codec.EXTERNAL_SIGNAL, 0, 0, self.seq, 0, name, recorded, flags | hflag))
+            self._command(Event(etype, 0, 0, self.seq, 0, name, recorded, hflag))
         if not self.replaying:
             self.external.append(ExternalRequest(kind=kind, workflow_id=workflow_id, run_id=run_id, name=name,
                                                  args=payload, headers=headers or None))

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iter
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, TypeVarTuple, cast
 
-from duro.errors import WorkflowIOError
+from duro.errors import NonDeterminismError, WorkflowIOError
 
 if TYPE_CHECKING:
     from asyncio.events import _TaskFactory
@@ -124,6 +124,16 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             generator that failed to close. The engine reads (and clears) it after each
             ``run_until_quiescent`` and fails the workflow task if it is not empty.
     """
+
+    #: The determinism guard's mode for the code on this loop ("raise", "warn" or "off"; see
+    #: ``duro._determinism``), the workflow type it names, and its first refusal in "raise" mode
+    #: (kept so that the task fails even when the code catches the error). Class defaults: a
+    #: worker may hold 100,000 parked loops, and most never set them.
+    determinism = "raise"
+    workflow_type = ""
+    nondeterministic_call: NonDeterminismError | None = None
+    #: Depth of ``unguarded()`` blocks (``ctx.unsafe()``) the code is inside: both guards are off.
+    unsafe_depth = 0
 
     def __init__(self, *, start_timer: Callable[[float], int], cancel_timer: Callable[[int], None]) -> None:
         self._start_timer = start_timer
@@ -253,6 +263,19 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         finally:
             self._held = False
             self._deactivate(saved)
+
+    @contextlib.contextmanager
+    def unguarded(self) -> Iterator[None]:
+        """Lift the I/O and determinism guards for the code inside the block (``ctx.unsafe()``).
+
+        Counted on this loop, not the thread: if the block awaits, other code of the same
+        workflow runs unguarded until it resumes and leaves, but no other workflow does.
+        """
+        self.unsafe_depth += 1
+        try:
+            yield
+        finally:
+            self.unsafe_depth -= 1
 
     def _run_ready(self) -> None:
         # FIFO: callbacks scheduled while a batch runs go to a fresh list, run in the next pass.
@@ -686,6 +709,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
 _armed_threads: dict[int, int] = {}  # thread ident -> depth of nested WorkflowLoop runs
 _get_ident = threading.get_ident
+_running_loop = asyncio.events._get_running_loop
 _install_lock = threading.Lock()
 _installed = False
 
@@ -737,8 +761,16 @@ _METADATA_DIR_SUFFIXES = (".dist-info", ".egg-info")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
-def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
+def _guarded_here() -> bool:
+    """Whether this thread runs workflow code now, outside any ``ctx.unsafe()`` block."""
     if not _armed_threads or _get_ident() not in _armed_threads:
+        return False
+    loop = _running_loop()
+    return loop is None or not getattr(loop, "unsafe_depth", 0)
+
+
+def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
+    if not _armed_threads or not _guarded_here():
         return
     if event == "open":
         if not _open_allowed(args):
@@ -825,7 +857,7 @@ def _guard_thread_start() -> None:
     original = _thread.start_new_thread
 
     def start_new_thread(function: Callable[..., object], args: tuple[Any, ...], kwargs: Any = None) -> int:
-        if _armed_threads and _get_ident() in _armed_threads:
+        if _armed_threads and _guarded_here():
             raise _refusal("_thread.start_new_thread", (function, args))
         if kwargs is None:
             return original(function, args)

@@ -5,6 +5,14 @@ here, when this process has the workflow's code; else a request through the stor
 of the run's task queue in other processes. Updates go to a worker of this process, or through
 the store to one in another process, which answers once the update is accepted; the caller then
 waits for its outcome (``duro._updates``).
+
+A time-travel query (``at_event``, ``query_states``; see ``duro._time_travel`` for what "right
+after event N" means) never asks a live instance: it replays the history here when this process
+has the code, else it goes to another process's worker as a request of kind ``query_at``. That
+request names its query under ``"query"``, not ``"name"``: a worker of a duro without time travel
+answers any kind it does not know as a query of the present, and fails on the missing ``"name"``
+instead, so it can only return an error (recognised and explained here), never the present state
+passed off as the past.
 """
 
 from __future__ import annotations
@@ -16,13 +24,17 @@ import orjson
 
 from duro._instance import WorkflowInstance
 from duro._local import local_dispatch
+from duro._time_travel import replay_answers
 from duro._updates import recorded_outcome, wait_outcome
+from duro._validate import check_event_id
 from duro.converter import decode_failure, encode_failure
-from duro.errors import DuroError
+from duro.errors import ApplicationError, DuroError
 from duro.interceptor import check_headers
 from duro.stores.base import RUNNING, WrongBuild, new_run_id, pack, run_key_of, unpack
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from duro._core.codec import Event
     from duro.client import WorkflowHandle
     from duro.worker import Worker
@@ -32,8 +44,14 @@ REMOTE_TIMEOUT_S = 10.0
 
 
 async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
-                    headers: dict[str, str] | None = None, result_type: Any = None) -> Any:
-    """Answer query ``name`` (see the module docstring for who answers)."""
+                    headers: dict[str, str] | None = None, result_type: Any = None,
+                    at_event: int | None = None) -> Any:
+    """Answer query ``name`` (see the module docstring for who answers); ``at_event``: as of that event."""
+    if at_event is not None:
+        [then] = await query_states(handle, name, args, [at_event], headers)
+        if isinstance(then, BaseException):
+            raise then
+        return handle.client.converter.decode(then, result_type)
     client = handle.client
     store = client.store
     conv = client.converter
@@ -72,6 +90,78 @@ def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: 
         inst.close()
 
 
+async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...], points: Sequence[int],
+                       headers: dict[str, str] | None = None) -> list[bytes | BaseException]:
+    """Answer query ``name`` as the handle's run stood right after each event id of ``points``.
+
+    One replay of the history answers every point (``duro._time_travel``): here when this process
+    has the workflow's code, else in a worker of the run's task queue in another process (one
+    request for all the points).
+
+    Returns:
+        For each point, in order: the encoded answer, or the exception that is that point's answer
+        (the handler raised, had not been set by then, or the code had not run yet).
+
+    Raises:
+        TypeError: a point is not an int.
+        ValueError: a point is not an event id of the run (1 to its last event).
+        duro.DuroError: nobody could replay the run; NonDeterminismError: the code does not
+            replay its history.
+    """
+    client = handle.client
+    conv = client.converter
+    info = await handle._info()
+    # A history only grows: ids up to the length read now are there for whoever replays it.
+    at = [check_event_id("at_event", p, info.history_length) for p in points]
+    if not at:
+        return []
+    payload = conv.encode_args(args)
+    run_key = run_key_of(info.run_id)
+    defn = _local_definition(handle, info.workflow_type)
+    if defn is not None:
+        events = await client.store.aread_history(run_key)
+        inst = WorkflowInstance(defn, run_key, events[0], conv, client.interceptors)
+        return _states_by_replay(inst, events, at, name, payload, headers)
+    head = _head("query_at", info.run_id, name, headers, at=at)
+    reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
+    if reply is None:
+        raise DuroError(
+            f"cannot answer query {name!r} at event {at[0] if len(at) == 1 else at} for workflow {handle.id!r}: "
+            f"no worker of task queue {info.task_queue!r} answered within {REMOTE_TIMEOUT_S:.0f}s and this process "
+            f"does not have the code of workflow type {info.workflow_type!r}. Run a worker for that queue, or "
+            "query through a handle from start_workflow(fn, ...) or client.get_handle(id, workflow=fn)")
+    parts = unpack(reply)
+    if not orjson.loads(parts[0])["ok"]:
+        err = decode_failure(parts[1])
+        if isinstance(err, ApplicationError) and err.type == "KeyError" and err.message == "'name'":
+            raise DuroError(
+                f"the worker of task queue {info.task_queue!r} that took query {name!r} at an event runs a "
+                "version of duro without time-travel queries (at_event); upgrade the workers of that queue") from err
+        raise err
+    oks = orjson.loads(parts[1])
+    return [p if ok else decode_failure(p) for ok, p in zip(oks, parts[2:], strict=True)]
+
+
+def _states_by_replay(inst: WorkflowInstance, events: list[Event], points: list[int], name: str, payload: bytes,
+                      headers: dict[str, str] | None) -> list[bytes | BaseException]:
+    """Query ``inst`` (a fresh instance, closed here) at each point of one replay; encoded answers or errors."""
+    conv = inst.converter
+    try:
+        found = replay_answers(inst, events, points, lambda: inst.query(name, conv.decode_args(payload, ()), headers))
+    finally:
+        inst.close()
+    out: list[bytes | BaseException] = []
+    for answer in found:
+        if isinstance(answer, BaseException):
+            out.append(answer)
+            continue
+        try:
+            out.append(conv.encode(answer))
+        except Exception as e:  # not encodable, or too large: that point's answer is the error
+            out.append(e)
+    return out
+
+
 def _local_definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDefinition | None:
     defn = handle._defn
     if defn is not None and defn.name == workflow_type:
@@ -79,9 +169,19 @@ def _local_definition(handle: WorkflowHandle, workflow_type: str) -> WorkflowDef
     return local_dispatch(handle.client.store).definition(workflow_type)
 
 
-def _head(kind: str, run_id: str, name: str, headers: dict[str, str] | None, update_id: str | None = None) -> bytes:
-    """The head of a request to another process's worker (headers travel with it)."""
-    head: dict[str, Any] = {"kind": kind, "run": run_id, "name": name}
+def _head(kind: str, run_id: str, name: str, headers: dict[str, str] | None, update_id: str | None = None,
+          at: list[int] | None = None) -> bytes:
+    """The head of a request to another process's worker (headers travel with it).
+
+    A ``query_at`` request (``at``: the event ids) carries the query under ``"query"``, never
+    ``"name"``: see the module docstring.
+    """
+    head: dict[str, Any] = {"kind": kind, "run": run_id}
+    if at is None:
+        head["name"] = name
+    else:
+        head["query"] = name
+        head["at"] = at
     if headers:
         head["headers"] = check_headers(headers)
     if update_id is not None:
@@ -143,6 +243,11 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
             update_id = new_run_id()
             first = await worker.accept_update(run_key, head["name"], payload, headers, update_id)
             return await wait_outcome(worker.store, "?", head["run"], update_id, from_event_id=first)
+        if kind == "query_at":  # a time-travel query: by replay, never from the live instance
+            return await _answer_at(worker, run_key, head["query"], head["at"], payload, headers)
+        if kind != "query":  # from a newer duro: answering it as a query of the present could be wrong
+            raise DuroError(f"this worker does not know requests of kind {kind!r}; upgrade it to the "
+                            "version of duro that sent it")
         inst = worker.cached_instance(run_key)
         if inst is not None:
             while inst.busy:
@@ -153,8 +258,7 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
             defn = worker.definition(events[0].name) if events else None
             if defn is None:
                 raise DuroError(f"this worker does not run workflow type {events[0].name if events else '?'!r}")
-            fresh = WorkflowInstance(defn, run_key, events[0], worker.converter, worker.interceptors,
-                                     worker.failure_types)
+            fresh = _fresh_instance(worker, defn, run_key, events)
             try:
                 fresh.replay(events)
                 result = fresh.query(head["name"], worker.converter.decode_args(payload, ()), headers)
@@ -165,3 +269,27 @@ async def answer_request(worker: Worker, raw: bytes) -> bytes:
         raise  # worker versioning: the run is another build's; the worker leaves the request to one of it
     except Exception as e:  # the error goes back to the asking process
         return pack(b'{"ok":false}', encode_failure(e))
+
+
+async def _answer_at(worker: Worker, run_key: bytes, name: str, at: Any, payload: bytes,
+                     headers: dict[str, str] | None) -> bytes:
+    """Answer a ``query_at`` request: pack({"ok"}, [ok per point], answer or failure per point)."""
+    events = await worker.store.aread_history(run_key)
+    defn = worker.definition(events[0].name) if events else None
+    if defn is None:
+        raise DuroError(f"this worker does not run workflow type {events[0].name if events else '?'!r}")
+    last = events[-1].event_id
+    if not isinstance(at, list):
+        raise DuroError(f"a query_at request needs a list of event ids, not {type(at).__name__}")
+    points = [check_event_id("at_event", p, last) for p in at]
+    answers = _states_by_replay(_fresh_instance(worker, defn, run_key, events), events, points, name, payload,
+                                headers)
+    oks = [not isinstance(a, BaseException) for a in answers]
+    parts = [a if isinstance(a, bytes) else encode_failure(a) for a in answers]
+    return pack(b'{"ok":true}', orjson.dumps(oks), *parts)
+
+
+def _fresh_instance(worker: Worker, defn: WorkflowDefinition, run_key: bytes, events: list[Event]) -> WorkflowInstance:
+    """A new instance of a run for a worker to replay (to answer a request), set up as the worker's own are."""
+    return WorkflowInstance(defn, run_key, events[0], worker.converter, worker.interceptors, worker.failure_types,
+                            worker.determinism)

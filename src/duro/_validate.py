@@ -22,6 +22,7 @@ __all__ = [
     "VERSIONING_BEHAVIORS",
     "check_call_args",
     "check_duration",
+    "check_event_id",
     "check_name",
     "check_versioning_behavior",
     "signature_of",
@@ -140,6 +141,26 @@ def check_duration(what: str, value: object, *, allow_zero: bool = True, allow_n
     raise ValueError(f"{what} must be {low}, finite and at most {MAX_DURATION_S:.0f} seconds (100 years), as a "
                      f"number or a datetime.timedelta; got {_show(value)}"
                      + (" (None means no limit)" if allow_none else ""))
+
+
+def check_event_id(what: str, value: object, last: int | None = None) -> int:
+    """Check an event id of a run: an int from 1 to ``last`` (the run's last event id, when known).
+
+    Returns:
+        The id as a plain int.
+
+    Raises:
+        TypeError: not an int (a bool is not one here).
+        ValueError: less than 1, or past ``last``; the message names the valid range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int (an event id of the run), not {type(value).__name__} ({_show(value)})")
+    if last is None:
+        if value < 1:
+            raise ValueError(f"{what} must be an event id of the run, 1 or more; got {value}")
+    elif not 1 <= value <= last:
+        raise ValueError(f"{what} must be an event id of the run, from 1 to {last} (its last event); got {value}")
+    return int(value)
 
 
 VERSIONING_BEHAVIORS = ("pinned", "auto_upgrade")

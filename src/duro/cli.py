@@ -6,9 +6,9 @@ r"""The ``duro`` command: look at and drive workflows in a store from a shell.
                             [--limit N] [--page TOKEN] [--json]
     duro [--store URL] count [filters of list] [--json]
     duro [--store URL] describe WORKFLOW_ID [--run RUN_ID] [--json]
-    duro [--store URL] history WORKFLOW_ID [--run RUN_ID] [--json]
+    duro [--store URL] history WORKFLOW_ID [--run RUN_ID] [--state QUERY [--state-arg JSON ...]] [--json]
     duro [--store URL] result WORKFLOW_ID [--timeout SECONDS] [--json]
-    duro [--store URL] query WORKFLOW_ID NAME [JSON_ARG ...] [--json]
+    duro [--store URL] query WORKFLOW_ID NAME [JSON_ARG ...] [--run RUN_ID] [--at-event N] [--json]
     duro [--store URL] signal WORKFLOW_ID NAME [JSON_ARG ...]
     duro [--store URL] cancel WORKFLOW_ID
     duro [--store URL] terminate WORKFLOW_ID [--reason TEXT]
@@ -19,6 +19,7 @@ r"""The ``duro`` command: look at and drive workflows in a store from a shell.
     duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...] [--json]
     duro [--store URL] activity complete|fail|heartbeat TOKEN [JSON_OR_MESSAGE]
     duro [--store URL] check [--json]
+    duro [--store URL] replay --module MODULE [--module ...] [--type T] [--since TIME] [--limit N] [--json]
     duro [--store URL] compact DEST
     duro copy SRC_URL DST_URL [--merge] [--force]
     duro ui [URL] [--host 127.0.0.1] [--port 8233] [--token TOKEN]
@@ -68,12 +69,17 @@ from duro._cli_output import (
     history_title,
     json_safe,
     pending_text,
+    replay_dict,
+    replay_lines,
+    state_cells,
+    state_dict,
     time_text,
     to_json,
     versioning_dict,
     versioning_lines,
 )
-from duro._core import mdb
+from duro._core import codec, mdb
+from duro._query import query_states
 from duro._schedule_cli import add_schedule_parser, run_schedule
 from duro._validate import MAX_DURATION_S, check_name
 from duro.client import Client
@@ -88,9 +94,12 @@ from duro.errors import (
     TerminatedError,
     WorkflowFailedError,
 )
+from duro.history import History
 from duro.stores.check import check_store
 from duro.stores.copy import CopyReport, copy_store
 from duro.stores.lmdb import open_lmdb_store
+from duro.testing import DEFAULT_REPLAY_LIMIT, Replayer
+from duro.workflow import WorkflowDefinition
 
 __all__ = ["DEFAULT_STORE", "EXIT_CODES", "STORE_ENV", "ExitCode", "clean", "main"]
 
@@ -113,8 +122,8 @@ class ExitCode(enum.IntEnum):
 EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.OK: "success (for check: no problem found)",
     ExitCode.FAILED: "the operation failed: an unknown workflow or schedule id, a closed run, a run that did not "
-    "complete (result), problems found (check), workflows passed over (batch), a store that is missing, damaged "
-    "or unreachable, a missing optional extra (ui)",
+    "complete (result), problems found (check), workflows passed over (batch), runs that do not replay (replay), "
+    "a store that is missing, damaged or unreachable, a missing optional extra (ui)",
     ExitCode.USAGE: "bad input: options, JSON arguments, the store URL, a value past a limit of the store",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -237,8 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the event history of a run (the latest run unless --run is given).")
     p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("--run", dest="run_id", metavar="RUN_ID", help="a specific run (default: the latest)")
+    p.add_argument("--state", dest="state_query", metavar="QUERY", type=_name("query name"),
+                   help="at each WorkflowTaskCompleted, show the answer of query QUERY as of that event (replayed "
+                   "once by a worker of the run's task queue)")
+    p.add_argument("--state-arg", dest="state_args", action="append", default=[], metavar="JSON",
+                   help="an argument of the --state query, as JSON; repeat for several")
     p.add_argument("--json", action="store_true",
-                   help="print the exact history as JSON (readable back with duro.History.from_json)")
+                   help="print the exact history as JSON (readable back with duro.History.from_json); with --state, "
+                   'plus a "state" key')
 
     p = sub.add_parser("result", parents=[common], help="wait for a workflow and print its result",
                        description="Wait for the workflow to close and print its result as JSON. If it did not "
@@ -256,11 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("query", parents=[common], help="ask a workflow's query handler",
                        description="Ask query NAME of the workflow and print the answer as JSON. A worker of the "
-                       "run's task queue (in any process) answers.")
+                       "run's task queue (in any process) answers. With --at-event N, the answer as the run stood "
+                       "right after event N of its history (after the workflow tasks completed by then), found by "
+                       "replay.")
     p.add_argument("workflow_id", metavar="WORKFLOW_ID", type=_name("workflow id"))
     p.add_argument("name", metavar="NAME", type=_name("name"))
     p.add_argument("json_args", nargs="*", metavar="JSON_ARG")
-    p.add_argument("--json", action="store_true", help='print {"workflow_id", "query", "args", "result"}')
+    p.add_argument("--run", dest="run_id", metavar="RUN_ID", help="a specific run (default: the latest)")
+    p.add_argument("--at-event", type=_positive_int, metavar="N",
+                   help="a time-travel query: as the run stood right after event N (see duro history)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"workflow_id", "query", "args", "result"} (and "at_event" with --at-event)')
 
     p = sub.add_parser("cancel", parents=[common], help="request cancellation of a workflow",
                        description="Request cancellation: the workflow code sees asyncio.CancelledError.")
@@ -361,6 +382,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "1 otherwise. Workers may go on using the store meanwhile.")
     p.add_argument("--json", action="store_true", help="print the report as a JSON object")
 
+    p = sub.add_parser("replay", parents=[common], help="replay stored runs against workflow code (a deploy check)",
+                       description="Import each --module (from the current directory, as `python -m` does), take "
+                       "the @duro.workflow definitions in it, and replay against them the histories of the store's "
+                       "runs of those types, running and closed (the latest run of each workflow id, newest first). "
+                       "Prints each run the code diverges from (the event, what was recorded, what the code asks for "
+                       "now and where) or fails on, then a summary; exit status 0 when every run replays, 1 "
+                       "otherwise. Nothing is written; workers may go on using the store meanwhile.")
+    p.add_argument("--module", dest="modules", action="append", required=True, metavar="MODULE",
+                   help="a module holding the workflows, e.g. app.workflows; repeat for several")
+    p.add_argument("--type", dest="workflow_type", metavar="TYPE", type=_name("workflow type"),
+                   help="only runs of this workflow type (one of the modules')")
+    p.add_argument("--since", type=_when, metavar="TIME",
+                   help="only runs started at or after TIME (ISO 8601 date or time, UTC when no offset is given)")
+    p.add_argument("--limit", type=_positive_int, default=DEFAULT_REPLAY_LIMIT, metavar="N",
+                   help=f"at most N runs, the newest (default {DEFAULT_REPLAY_LIMIT})")
+    p.add_argument("--json", action="store_true",
+                   help='print {"ok", "replayed", "diverged", "failed", "skipped", "left_out", "runs": [...]}')
+
     p = sub.add_parser("copy", help="copy every workflow, running ones included, into another store",
                        description="Copy every workflow of the store SRC_URL, running ones included, into the store "
                        "DST_URL (LMDB or PostgreSQL, either way), to continue there: stop the source's workers, "
@@ -415,9 +454,9 @@ def _epilog() -> str:
                       for code, text in EXIT_CODES.items())
     return ("Arguments of workflows, signals and queries are JSON, one per word:\n"
             "  duro signal order-1 approve '{\"by\": \"alice\"}'\n\n"
-            "--json (on list, count, describe, history, result, query, check, schedule list/describe, build, and\n"
-            "on start, reset, batch, purge, copy, schedule trigger/backfill) prints one JSON object on stdout;\n"
-            "docs/cli.md describes each.\n\n"
+            "--json (on list, count, describe, history, result, query, check, replay, schedule list/describe,\n"
+            "build, and on start, reset, batch, purge, copy, schedule trigger/backfill) prints one JSON object on\n"
+            "stdout; docs/cli.md describes each.\n\n"
             f"exit status:\n{codes}")
 
 
@@ -591,16 +630,41 @@ async def _describe(client: Client, args: argparse.Namespace) -> ExitCode:
 
 async def _history(client: Client, args: argparse.Namespace) -> ExitCode:
     out: Output = args.output
+    if args.state_args and not args.state_query:
+        raise UsageError("--state-arg is an argument of the --state query; pass --state QUERY too")
+    state_args = _json_args(args.state_args)  # bad JSON is bad input whatever the store holds: checked first
     history = await client.get_handle(args.workflow_id, args.run_id).fetch_history()
+    states = await _history_states(client, history, args.state_query, state_args) if args.state_query else None
     if args.json:
-        out.json(json_safe(history.to_json()))
+        if states is None:
+            out.json(json_safe(history.to_json()))
+        else:  # History.to_json's document, unchanged, plus one key (History.from_json reads it still)
+            doc = json.loads(history.to_json())
+            doc["state"] = state_dict(args.state_query, state_args, states)
+            out.json(to_json(doc, indent=2))
         return ExitCode.OK
     rows = history_rows(history)
+    headers: Sequence[str] = HISTORY_HEADERS
+    if states is not None:
+        headers = [*HISTORY_HEADERS, f"state: {args.state_query}"]
+        rows = [[*row, cell] for row, cell in zip(rows, state_cells(history, states), strict=True)]
     if not rows:
         out.line(history_title(history), "bold")
     else:
-        out.table(HISTORY_HEADERS, rows, right=(0, 1), styled=(2,), title=history_title(history))
+        out.table(headers, rows, right=(0, 1), styled=(2,), title=history_title(history))
     return ExitCode.OK
+
+
+async def _history_states(client: Client, history: History, query: str, values: list[Any]) -> dict[int, Any]:
+    """The answer of ``query`` as of each WorkflowTaskCompleted of ``history`` (decoded), or its error.
+
+    One request: the worker that answers replays the run once and asks the query at each task.
+    """
+    points = [e.event_id for e in history if e.type_code == codec.WORKFLOW_TASK_COMPLETED]
+    handle = client.get_handle(history.workflow_id, history.run_id)  # the run printed, even if a newer one started
+    answers = await query_states(handle, query, tuple(values), points)
+    return {p: a if isinstance(a, BaseException) else client.converter.decode(a) for p, a in zip(points, answers,
+                                                                                                 strict=True)}
 
 
 async def _closed_status(client: Client, workflow_id: str, e: WorkflowFailedError) -> str:
@@ -639,10 +703,13 @@ async def _signal(client: Client, args: argparse.Namespace) -> ExitCode:
 
 
 async def _query(client: Client, args: argparse.Namespace) -> ExitCode:
-    answer = await client.get_handle(args.workflow_id).query(args.name, *args.values)
+    handle = client.get_handle(args.workflow_id, args.run_id)
+    answer = await handle.query(args.name, *args.values, at_event=args.at_event)
     if args.json:
-        return _json_doc(args, {"workflow_id": args.workflow_id, "query": args.name, "args": args.values,
-                                "result": answer})
+        doc = {"workflow_id": args.workflow_id, "query": args.name, "args": args.values, "result": answer}
+        if args.at_event is not None:
+            doc["at_event"] = args.at_event
+        return _json_doc(args, doc)
     return _json_doc(args, answer)
 
 
@@ -866,8 +933,82 @@ def _ui(url: str, args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _workflow_definition(value: Any) -> WorkflowDefinition | None:
+    """The definition ``@duro.workflow`` attached to a module attribute, if it is a workflow."""
+    try:
+        defn = getattr(value, "__duro_workflow__", None)
+    except Exception:  # an object whose attribute lookup raises (a lazy proxy, say) is no workflow
+        return None
+    return defn if isinstance(defn, WorkflowDefinition) else None
+
+
+def _import_workflows(modules: Sequence[str], show_traceback: bool) -> list[Any]:
+    """The @duro.workflow definitions of ``modules`` (functions, or anything the decorator marked).
+
+    The current directory goes first on the path, as ``python -m`` puts it: the ``duro`` script's
+    own directory is the virtualenv's bin/, where the project's code is not.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    found: dict[str, tuple[str, Any, WorkflowDefinition]] = {}
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+                raise UsageError(f"cannot import module {name!r}: no module named {e.name!r} (duro replay imports "
+                                 f"it from the current directory, {cwd}, and the Python path: run it from the "
+                                 "directory that holds your package, or set PYTHONPATH)") from None
+            if show_traceback:
+                traceback.print_exc()
+            raise UsageError(f"importing module {name!r} failed: {e} (install what it needs in the environment that "
+                             "runs duro)") from None
+        except (Exception, SystemExit) as e:  # anything the module's own code raised while it was imported
+            if show_traceback:
+                traceback.print_exc()
+            raise UsageError(f"importing module {name!r} raised {type(e).__name__}: {e}"
+                             + ("" if show_traceback else " (--traceback shows where)")) from None
+        count = 0
+        for attr, value in vars(module).items():
+            defn = _workflow_definition(value)
+            if defn is None:
+                continue
+            count += 1
+            where = f"{name}.{attr}"
+            seen = found.get(defn.name)
+            if seen is None:
+                found[defn.name] = (where, value, defn)
+            elif seen[2].fn is not defn.fn:
+                raise UsageError(f"workflow type {defn.name!r} is defined twice, by {seen[0]} and {where}; "
+                                 "pass modules that define each workflow type once")
+        if not count:
+            raise UsageError(f"module {name!r} ({getattr(module, '__file__', None) or 'no file'}) holds no "
+                             "@duro.workflow definitions; pass the module that defines (or imports) your workflows")
+    return [value for _, value, _ in found.values()]
+
+
+def _replay(url: str, args: argparse.Namespace) -> ExitCode:
+    """``duro replay``: the modules' workflows against the store's histories (``Replayer.replay_store``)."""
+    out: Output = args.output
+    replayer = Replayer(workflows=_import_workflows(args.modules, args.traceback))
+    if args.workflow_type is not None and args.workflow_type not in replayer.workflow_types:
+        raise UsageError(f"--type {args.workflow_type!r} is not a workflow type of the module(s) (they define: "
+                         f"{', '.join(replayer.workflow_types)}); pass one of these, or the --module that defines it")
+    _check_store_exists(url)
+    with out.status("replaying the store's runs"):
+        results = asyncio.run(replayer.replay_store(url, workflow_type=args.workflow_type, since=args.since,
+                                                    limit=args.limit))
+    if args.json:
+        _json_doc(args, replay_dict(results))
+    else:
+        for text, style in replay_lines(results):
+            out.line(text, style)
+    return ExitCode.OK if results.ok else ExitCode.FAILED
+
+
 _LOCAL: dict[str, Callable[[str, argparse.Namespace], ExitCode]] = {
-    "check": _check, "compact": _compact, "copy": lambda url, args: _copy(args), "ui": _ui,
+    "check": _check, "compact": _compact, "copy": lambda url, args: _copy(args), "replay": _replay, "ui": _ui,
 }
 
 

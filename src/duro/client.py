@@ -687,7 +687,7 @@ class WorkflowHandle:
         """
         await self.client._outbound.cancel_workflow(CancelWorkflowInput(self))
 
-    async def query(self, name: str, *args: Any, result_type: Any = None) -> Any:
+    async def query(self, name: str, *args: Any, result_type: Any = None, at_event: int | None = None) -> Any:
         """Ask the workflow a question; nothing is written.
 
         ``result_type`` decodes the answer to that type (a dataclass, an Enum, a model...); by
@@ -695,15 +695,26 @@ class WorkflowHandle:
 
         Answered by the live instance of a worker in this process when there is one, otherwise by
         replaying the history here (this process must have the workflow's code: a Worker that
-        registers it, or a handle from ``start_workflow(fn, ...)``).
+        registers it, or a handle from ``start_workflow(fn, ...)``), otherwise by a worker of the
+        run's task queue in another process.
+
+        ``at_event=N`` is a time-travel query: the answer as the run stood right after event N of
+        its history, found by replaying the history up to there (never from a live instance): the
+        state after every workflow task whose WorkflowTaskCompleted is at or before N has run.
+        Inputs recorded by then that no such task had processed (a signal that came in after it)
+        are not seen yet; an N among a task's commands gives the state after that task. The run
+        is this handle's (the latest one unless it names a run), running or closed.
 
         Raises:
+            TypeError: ``at_event`` is not an int.
             ValueError: ``name`` is empty, holds NUL or is over 255 bytes; an argument holds NaN or
-                infinity.
+                infinity; ``at_event`` is not an event id of the run (1 to its last event).
             duro.PayloadTooLargeError: the encoded arguments or answer are over the size limit.
+            duro.DuroError: no handler ``name`` (at that point, with ``at_event``: also before the
+                first workflow task completed); no process could answer.
         """
         return await self.client._outbound.query_workflow(QueryWorkflowInput(
-            self, check_name("query name", name), args, result_type=result_type))
+            self, check_name("query name", name), args, result_type=result_type, at_event=at_event))
 
     async def execute_update(self, name: str, *args: Any, id: str | None = None, result_type: Any = None) -> Any:
         """Send an update and wait for the handler's result (decoded to ``result_type`` when given).
@@ -940,7 +951,8 @@ class _ClientRoot(ClientOutboundInterceptor):
     async def query_workflow(self, input: QueryWorkflowInput) -> Any:
         from duro._query import run_query
 
-        return await run_query(input.handle, input.query, input.args, input.headers, input.result_type)
+        return await run_query(input.handle, input.query, input.args, input.headers, input.result_type,
+                               input.at_event)
 
     async def update_workflow(self, input: UpdateWorkflowInput) -> WorkflowUpdateHandle:
         from duro._query import start_update

@@ -131,6 +131,9 @@ class QueryWorkflowInput:
     headers: Headers = field(default_factory=dict)
     #: the type the answer is decoded to (None: plain JSON values).
     result_type: Any = None
+    #: a time-travel query: answer as the run stood right after this event (None: as it stands now).
+    #: Last, so interceptors that build the input positionally keep working.
+    at_event: int | None = None
 
 
 @dataclass(slots=True)

@@ -7,16 +7,20 @@ import contextlib
 import datetime
 import logging
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
-from duro._instance import WorkflowInstance
+from duro._core import codec
+from duro._determinism import check_mode, guard_module
+from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._local import local_dispatch
 from duro._schedule_loop import wake_schedule_loops
 from duro._validate import check_duration
-from duro.client import Client
+from duro.client import Client, WorkflowExecution
 from duro.converter import DataConverter, default_converter
 from duro.errors import NonDeterminismError, StoreError
 from duro.history import History
@@ -24,7 +28,7 @@ from duro.stores import open_store
 from duro.stores.base import Clock, Store, run_key_of
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
-__all__ = ["Replayer", "SkippingClock", "WorkflowEnvironment"]
+__all__ = ["Replayer", "SkippingClock", "WorkflowEnvironment", "WorkflowReplayResult", "WorkflowReplayResults"]
 
 log = logging.getLogger("duro.testing")
 
@@ -246,20 +250,146 @@ class WorkflowEnvironment:
         return min(dues) if dues else None
 
 
+# The event that closed a run, by type: the status its history shows (no such event: "running").
+_CLOSING_EVENTS = {
+    codec.WORKFLOW_COMPLETED: "completed", codec.WORKFLOW_FAILED: "failed", codec.WORKFLOW_CANCELED: "canceled",
+    codec.WORKFLOW_CONTINUED_AS_NEW: "continued_as_new", codec.WORKFLOW_TERMINATED: "terminated",
+    codec.WORKFLOW_TIMED_OUT: "timed_out",
+}
+DEFAULT_REPLAY_LIMIT = 1000
+# Listing pages of this many runs; replay_store's limit is what bounds the total.
+_LIST_PAGE = 500
+
+
+@dataclass(frozen=True)
+class WorkflowReplayResult:
+    """The outcome of replaying one run's history against the code (see ``Replayer.replay_workflows``).
+
+    Attributes:
+        workflow_id: the run's workflow id.
+        run_id: the run's id.
+        workflow_type: the workflow type its history records.
+        status: how the run stood when its history was read: ``"running"``, or how it closed
+            (``"completed"``, ``"failed"``, ``"canceled"``, ``"terminated"``, ``"continued_as_new"``,
+            ``"timed_out"``). A running run that does not replay is one the new code would break on
+            its next workflow task.
+        replay_failure: None when the code reproduced the history. ``duro.NonDeterminismError`` when
+            it diverged (its ``event_id``, ``recorded`` and ``requested`` say where and how); any
+            other exception when the code raised one while replaying (a workflow task that would fail
+            with the new code), or the history could not be replayed at all (no events, a type the
+            Replayer was not given).
+    """
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str
+    replay_failure: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the code reproduced the history."""
+        return self.replay_failure is None
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the code asked for something other than the history recorded (a ``NonDeterminismError``)."""
+        return isinstance(self.replay_failure, NonDeterminismError)
+
+
+@dataclass(frozen=True)
+class WorkflowReplayResults:
+    """The outcomes of replaying many runs, in the order they were replayed.
+
+    Iterating gives each ``WorkflowReplayResult``; ``len()`` is the number of runs replayed.
+
+    Attributes:
+        results: one result per run replayed.
+        skipped: runs ``Replayer.replay_store`` found in the store's window (``since``) whose workflow
+            type the Replayer was not given, so they were not replayed (0 when a ``workflow_type``
+            was asked for).
+        left_out: runs of the Replayer's types in the window that ``limit`` left out (the oldest).
+    """
+
+    results: tuple[WorkflowReplayResult, ...] = ()
+    skipped: int = 0
+    left_out: int = 0
+
+    def __iter__(self) -> Iterator[WorkflowReplayResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every run replayed (True when there was none)."""
+        return all(r.ok for r in self.results)
+
+    @property
+    def failures(self) -> tuple[WorkflowReplayResult, ...]:
+        """The results of the runs that did not replay, diverged or failed."""
+        return tuple(r for r in self.results if not r.ok)
+
+    @property
+    def replay_failures(self) -> dict[str, Exception]:
+        """The errors of the runs that did not replay, by run id (the shape of Temporal's results)."""
+        return {r.run_id: r.replay_failure for r in self.results if r.replay_failure is not None}
+
+
+def _status_of(events: Sequence[Any]) -> str:
+    """How a history's run stood: the status its closing event gives, else "running"."""
+    for ev in reversed(events):  # the closing event is normally the last: found at once
+        status = _CLOSING_EVENTS.get(ev.type)
+        if status is not None:
+            return status
+    return "running"
+
+
+async def _histories(histories: Iterable[History] | AsyncIterable[History]) -> AsyncIterator[History]:
+    if isinstance(histories, AsyncIterable):
+        async for h in histories:
+            yield h
+    else:
+        for h in histories:
+            yield h
+
+
 class Replayer:
     """Replays histories against workflow code to prove that a code change is still deterministic.
+
+    ``replay(history)`` checks one history and raises on divergence; ``replay_workflows(histories)``
+    checks many and reports each; ``replay_store(url)`` checks the runs a store holds (the check to run
+    before a deploy, also ``duro replay``).
 
     Args:
         workflows: the ``@duro.workflow`` functions the histories may name.
         converter: the data converter the histories were written with.
+        determinism: the determinism guard for workflows that set none, as ``Worker``'s: "raise"
+            (the default: code that calls ``time.time()``, ``uuid.uuid4()``... fails the replay with
+            ``duro.NonDeterminismError``), "warn" or "off".
+
+    Raises:
+        TypeError: an entry of ``workflows`` is not a ``@duro.workflow``.
+        ValueError: ``determinism`` is not "raise", "warn" or "off".
     """
 
-    def __init__(self, *, workflows: Sequence[Callable[..., Any]], converter: DataConverter | None = None) -> None:
+    def __init__(self, *, workflows: Sequence[Callable[..., Any]], converter: DataConverter | None = None,
+                 determinism: str = "raise") -> None:
         self._defs: dict[str, WorkflowDefinition] = {}
         for wf in workflows:
             d = get_workflow_definition(wf)
             self._defs[d.name] = d
         self._converter = converter or default_converter
+        self._determinism = cast(str, check_mode("determinism", determinism))
+        for d in self._defs.values():
+            if (d.determinism or self._determinism) != "off":
+                guard_module(sys.modules.get(d.fn.__module__))
+
+    @property
+    def workflow_types(self) -> list[str]:
+        """The registered names of the workflows this Replayer knows, sorted."""
+        return sorted(self._defs)
 
     async def replay(self, history: History) -> None:
         """Replay one history; raises ``duro.NonDeterminismError`` if the code diverges from it."""
@@ -271,10 +401,132 @@ class Replayer:
         if defn is None:
             raise ValueError(f"the history is of workflow type {started.name!r}, which this Replayer does not "
                              f"know; pass it in workflows= (known: {sorted(self._defs)})")
-        inst = WorkflowInstance(defn, run_key_of(history.run_id), started, self._converter)
+        inst = WorkflowInstance(defn, run_key_of(history.run_id), started, self._converter,
+                                determinism=self._determinism)
         try:
             inst.replay(events)
         except NonDeterminismError:
             raise
         finally:
             inst.close()
+
+    async def _result(self, history: History) -> WorkflowReplayResult:
+        """Replay one history and say how it went (an error is the result, not raised)."""
+        events = history.core_events
+        workflow_type = events[0].name if events else ""
+        try:
+            await self.replay(history)
+        except Exception as e:  # whatever the code raised: what the new code would do to this run
+            # A workflow task that would fail says so by wrapping what the code raised: that is the answer.
+            err = e.__cause__ if isinstance(e, WorkflowTaskError) and isinstance(e.__cause__, Exception) else e
+            return WorkflowReplayResult(history.workflow_id, history.run_id, workflow_type, _status_of(events), err)
+        return WorkflowReplayResult(history.workflow_id, history.run_id, workflow_type, _status_of(events))
+
+    async def replay_workflows(self, histories: Iterable[History] | AsyncIterable[History], *,
+                               raise_on_failure: bool = False) -> WorkflowReplayResults:
+        """Replay every history and report how each went.
+
+        Unlike ``replay``, a history that does not replay does not stop the others: its result holds
+        the error (``duro.NonDeterminismError`` for a divergence). So does a history of a workflow
+        type this Replayer was not given.
+
+        Args:
+            histories: ``duro.History`` objects (``handle.fetch_history()``, ``History.from_json``), from
+                a list or any iterable, or an async iterable.
+            raise_on_failure: raise the first error instead (Temporal's ``replay_workflows`` does that by
+                default; here the report is the default).
+
+        Returns:
+            The results, in the order of ``histories``.
+
+        Raises:
+            duro.NonDeterminismError: with ``raise_on_failure``, the first divergence (or other error).
+        """
+        results: list[WorkflowReplayResult] = []
+        async for history in _histories(histories):
+            result = await self._result(history)
+            if raise_on_failure and result.replay_failure is not None:
+                raise result.replay_failure
+            results.append(result)
+        return WorkflowReplayResults(tuple(results))
+
+    async def replay_store(self, store: str | Client, *, workflow_type: str | None = None,
+                           since: datetime.datetime | None = None, limit: int = DEFAULT_REPLAY_LIMIT,
+                           raise_on_failure: bool = False) -> WorkflowReplayResults:
+        """Replay the runs a store holds against this code: the check to run before deploying it.
+
+        Lists the runs of the Replayer's workflow types, running and closed (the latest run of each
+        workflow id, as ``Client.list_workflows``), newest first, reads each one's history and
+        replays it. Nothing is written to the store; workers may go on using it meanwhile.
+
+        Args:
+            store: a store URL (``lmdb://PATH``, ``postgresql://...``), opened for the check and
+                closed after, or a connected ``duro.Client``.
+            workflow_type: only runs of this type (one of the Replayer's); default: all of them.
+            since: only runs started at or after this time (a timezone-aware datetime).
+            limit: at most this many runs, the newest (a positive int; default 1000).
+            raise_on_failure: raise the first error instead of reporting it.
+
+        Returns:
+            The results, newest run first; ``skipped`` counts the runs of other types in the window,
+            ``left_out`` those of the Replayer's types past ``limit``.
+
+        Raises:
+            ValueError: ``workflow_type`` is not one of the Replayer's workflows; ``limit`` is not a
+                positive int; ``since`` is naive.
+            TypeError: ``store`` is not a URL or a Client; ``since`` is not a datetime.
+            duro.NonDeterminismError: with ``raise_on_failure``, the first divergence (or other error).
+        """
+        if workflow_type is not None and workflow_type not in self._defs:
+            raise ValueError(f"workflow type {workflow_type!r} is not one of this Replayer's workflows "
+                             f"(known: {sorted(self._defs)})")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        after: datetime.datetime | None = None
+        if since is not None:
+            if not isinstance(since, datetime.datetime):
+                raise TypeError(f"since must be a timezone-aware datetime, not {type(since).__name__}")
+            if since.tzinfo is None:
+                raise ValueError(f"since must be timezone-aware (a naive datetime is ambiguous), got {since!r}")
+            after = since - datetime.timedelta(microseconds=1)  # the store's filter is exclusive, in microseconds
+        if isinstance(store, Client):
+            return await self._replay_client(store, workflow_type, after, limit, raise_on_failure)
+        if not isinstance(store, str):
+            raise TypeError(f"store must be a store URL or a duro.Client, not {type(store).__name__}")
+        async with Client.connect(store, converter=self._converter) as client:
+            return await self._replay_client(client, workflow_type, after, limit, raise_on_failure)
+
+    async def _replay_client(self, client: Client, workflow_type: str | None, after: datetime.datetime | None,
+                             limit: int, raise_on_failure: bool) -> WorkflowReplayResults:
+        types = [workflow_type] if workflow_type is not None else sorted(self._defs)
+        # The counts are as of the start of the check: a run started while it lists is not in them.
+        known = 0
+        for t in types:
+            known += await client.count_workflows(workflow_type=t, started_after=after)
+        skipped = 0
+        if workflow_type is None:
+            skipped = max(0, await client.count_workflows(started_after=after) - known)
+        runs: list[WorkflowExecution] = []
+        for t in types:  # each type through its index, then merged: the newest `limit` of all of them
+            token: str | None = None
+            listed = 0
+            while listed < limit:
+                page = await client.list_workflows(workflow_type=t, started_after=after,
+                                                   limit=min(_LIST_PAGE, limit - listed), page_token=token)
+                runs.extend(page)
+                listed += len(page)
+                token = page.next_page_token
+                if token is None:
+                    break
+        runs.sort(key=lambda ex: (ex.start_time, ex.workflow_id), reverse=True)
+        left_out = max(0, known - limit)
+        results: list[WorkflowReplayResult] = []
+        for ex in runs[:limit]:
+            events = await client.store.aread_history(run_key_of(ex.run_id))
+            if not events:
+                continue  # deleted since it was listed (retention, purge)
+            result = await self._result(History(ex.workflow_id, ex.run_id, events))
+            if raise_on_failure and result.replay_failure is not None:
+                raise result.replay_failure
+            results.append(result)
+        return WorkflowReplayResults(tuple(results), skipped=skipped, left_out=left_out)

@@ -10,10 +10,11 @@ import functools
 import gc
 import inspect
 import logging
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -23,6 +24,7 @@ from duro._async_completion import CompleteAsync
 from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import is_command
+from duro._determinism import check_mode, guard_module
 from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._local import local_dispatch
 from duro._local_activity import run_local_activities
@@ -109,6 +111,11 @@ class Worker:
             current build (``client.set_current_build_id``), to any worker while it has none.
         default_versioning_behavior: the behaviour of this worker's workflows that declare none
             (``@duro.workflow(versioning_behavior=...)``): "pinned" (the default) or "auto_upgrade".
+        determinism: the determinism guard for workflows that declare none
+            (``@duro.workflow(determinism=...)``): "raise" (the default: ``time.time()``,
+            ``datetime.now()``, ``random.*``, ``uuid.uuid4()``, ``os.urandom()`` or ``secrets`` called
+            by workflow code raise ``duro.NonDeterminismError`` and fail the workflow task), "warn"
+            (a warning is logged once per place instead) or "off". See docs/concepts.md.
     """
 
     def __init__(
@@ -128,8 +135,11 @@ class Worker:
         workflow_failure_exception_types: Sequence[type[BaseException]] = (),
         build_id: str | None = None,
         default_versioning_behavior: str = "pinned",
+        determinism: str = "raise",
     ) -> None:
         check_name("task_queue", task_queue)
+        #: the determinism guard of workflows that do not set their own ("raise", "warn", "off").
+        self.determinism = cast(str, check_mode("determinism", determinism))
         #: the build of this worker's code (worker versioning; None: unversioned).
         self.build_id = check_name("build_id", build_id, allow_none=True)
         default_behavior = check_versioning_behavior("default_versioning_behavior", default_versioning_behavior)
@@ -240,6 +250,9 @@ class Worker:
         self._running = True
         self.loop = asyncio.get_running_loop()
         install_io_guard()
+        for defn in self._workflows.values():
+            if (defn.determinism or self.determinism) != "off":
+                guard_module(sys.modules.get(defn.fn.__module__))
         if self._gc_threshold is not None:
             current = gc.get_threshold()
             if current[0] < self._gc_threshold:
@@ -465,7 +478,8 @@ class Worker:
             raise WorkflowTaskError(
                 f"workflow type {started.name!r} is not registered on worker {self.identity} (task queue "
                 f"{self.task_queue!r}); registered: {sorted(self._workflows)}")
-        inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors, self.failure_types)
+        inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors, self.failure_types,
+                                self.determinism)
         replaying = len(events) > 1  # more than the start: the code ran before (elsewhere, or evicted here)
         if replaying:
             self.stats["replays"] += 1
@@ -600,7 +614,8 @@ class Worker:
         run_key = run_key_of(req.run_id)
         t0 = time.perf_counter() if _metrics.ENABLED else 0.0
         try:
-            inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors, self.failure_types)
+            inst = WorkflowInstance(defn, run_key, started, self.converter, self.interceptors, self.failure_types,
+                                    self.determinism)
             inst.activate([started])
             if inst.has_local_activities:
                 inst.close()

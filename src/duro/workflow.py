@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import inspect
 import logging
@@ -11,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
+from duro._determinism import check_mode
 from duro._validate import check_call_args, check_duration, check_name, check_versioning_behavior, signature_of
 from duro._visibility import check_search_attributes
 from duro.activity import RetryPolicy
@@ -40,6 +42,8 @@ class WorkflowDefinition:
     failure_exception_types: tuple[type[BaseException], ...] = ()
     #: "pinned" or "auto_upgrade" on a versioned worker (None: the worker's default).
     versioning_behavior: str | None = None
+    #: The determinism guard for this workflow: "raise", "warn" or "off" (None: the worker's).
+    determinism: str | None = None
 
 
 def get_workflow_definition(fn: Any) -> WorkflowDefinition:
@@ -57,12 +61,12 @@ def workflow(fn: F) -> F: ...
 @overload
 def workflow(*, name: str | None = None,
              failure_exception_types: Sequence[type[BaseException]] = (),
-             versioning_behavior: str | None = None) -> Callable[[F], F]: ...
+             versioning_behavior: str | None = None, determinism: str | None = None) -> Callable[[F], F]: ...
 
 
 def workflow(fn: Any = None, *, name: str | None = None,
              failure_exception_types: Sequence[type[BaseException]] = (),
-             versioning_behavior: str | None = None) -> Any:
+             versioning_behavior: str | None = None, determinism: str | None = None) -> Any:
     """Mark an ``async def`` function as a workflow. Use bare or as ``@duro.workflow(name="Order")``.
 
     The function takes a ``WorkflowContext`` first, then its arguments. Its code must be
@@ -80,13 +84,20 @@ def workflow(fn: Any = None, *, name: str | None = None,
     must then replay older histories: ``ctx.patched``). None takes the worker's
     ``default_versioning_behavior`` (``"pinned"`` unless set).
 
+    ``determinism`` sets the determinism guard for this workflow's code: ``"raise"`` (calls such as
+    ``time.time()``, ``datetime.now()``, ``random.random()`` or ``uuid.uuid4()`` raise
+    ``duro.NonDeterminismError``, failing the workflow task), ``"warn"`` (logged once per place
+    instead) or ``"off"``. None takes the worker's ``determinism`` (``"raise"`` unless set).
+
     Raises:
         TypeError: ``fn`` is not an ``async def`` function taking a context, or
             ``failure_exception_types`` holds something that is not an exception class.
         ValueError: ``name`` is empty, holds NUL or is over 255 bytes in UTF-8, or
-            ``versioning_behavior`` is not "pinned", "auto_upgrade" or None.
+            ``versioning_behavior`` is not "pinned", "auto_upgrade" or None, or ``determinism`` is
+            not "raise", "warn", "off" or None.
     """
     failure_types = check_exception_types("failure_exception_types", failure_exception_types)
+    guard = check_mode("determinism", determinism, allow_none=True)
     behavior = check_versioning_behavior("versioning_behavior", versioning_behavior, allow_none=True)
 
     def wrap(f: F) -> F:
@@ -98,7 +109,7 @@ def workflow(fn: Any = None, *, name: str | None = None,
         arg_hints, ret = parameter_hints(f)
         f.__duro_workflow__ = WorkflowDefinition(  # type: ignore[attr-defined]
             name=workflow_name, fn=f, arg_hints=arg_hints, return_hint=ret, signature=signature_of(f),
-            failure_exception_types=failure_types, versioning_behavior=behavior,
+            failure_exception_types=failure_types, versioning_behavior=behavior, determinism=guard,
         )
         return f
 
@@ -338,6 +349,16 @@ class WorkflowContext:
     def uuid4(self) -> uuid.UUID:
         """A deterministic random UUID (version 4)."""
         return uuid.UUID(int=self._inst.rng.getrandbits(128), version=4)
+
+    def unsafe(self) -> contextlib.AbstractContextManager[None]:
+        """A block where the determinism guard and the I/O guard are lifted, for a deliberate call.
+
+        ``with ctx.unsafe(): started = time.time()`` raises nothing and logs nothing. The call is
+        still not replayed: the value may differ in each replay, so it must not decide what the
+        workflow does next (use it for a metric, a debug print, a tracer). Keep the block free of
+        awaits: while it is suspended, other code of this workflow runs unguarded too.
+        """
+        return self._inst.loop.unguarded()
 
     async def sleep(self, seconds: float | datetime.timedelta) -> None:
         """Sleep durably: a timer in the store, which fires even if no worker ran in between.

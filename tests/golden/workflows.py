@@ -234,10 +234,31 @@ async def signal_handler(ctx: duro.WorkflowContext) -> str:
     return await ctx.execute_activity(greet, ",".join(items))  # type: ignore[no-any-return]
 
 
+@duro.workflow
+async def cancels_children(ctx: duro.WorkflowContext) -> dict[str, str]:
+    """Signals one child through an external handle, cancels one through its own handle and one
+    through an external handle; both cancelled children end canceled (what the parent sees is kept)."""
+    wid = ctx.info.workflow_id
+    signalled = await ctx.start_child_workflow(child_waiting, id=f"{wid}-signalled")
+    kid = await ctx.start_child_workflow(child_waiting, id=f"{wid}-kid")
+    other = await ctx.start_child_workflow(child_waiting, id=f"{wid}-other")
+    await ctx.get_external_workflow_handle(f"{wid}-signalled").signal("go", "from outside")
+    await kid.cancel()
+    await ctx.get_external_workflow_handle(f"{wid}-other").cancel()
+    outcomes = {"signalled": await signalled.result()}
+    for name, child in (("kid", kid), ("other", other)):
+        try:
+            await child.result()
+            outcomes[name] = "completed"
+        except duro.WorkflowFailedError as e:
+            outcomes[name] = f"{type(e).__name__} caused by {type(e.__cause__).__name__}"
+    return outcomes
+
+
 WORKFLOWS: list[Callable[..., Any]] = [
     sequential, parallel, signal, timer, retry, failure, saga, nondeterministic_order,
     cancelled, child_double, child_waiting, children, continue_as_new, patched, update, timer_canceled,
-    signal_handler, activity_cancelled,
+    signal_handler, activity_cancelled, cancels_children,
 ]
 
 # --- what the generator records ---------------------------------------------------------------------
@@ -383,4 +404,15 @@ CASES = [
     Case("activity_wait_cancellation", activity_cancelled, ("wait_cancellation_completed",),
          drive=cancel_once_until_cancelled_runs, fails=True, closing="WorkflowExecutionCanceled",
          expect=("WorkflowExecutionCancelRequested", "ActivityTaskCancelRequested", "ActivityTaskCanceled")),
+    # Cancel requests to other runs and cancelled children, as duro 0.2.0.dev0 recorded them before
+    # they had event types of their own: a SignalExternalWorkflowExecutionInitiated with flags bit 0
+    # and a ChildWorkflowExecutionFailed named "canceled". It cannot be recorded again (the current
+    # engine writes the types below); it must keep replaying.
+    Case("cancel_requests_as_signals", cancels_children,
+         expect=("SignalExternalWorkflowExecutionInitiated", "ChildWorkflowExecutionFailed")),
+    # The same workflow recorded with RequestCancelExternalWorkflowExecutionInitiated and
+    # ChildWorkflowExecutionCanceled (since duro 0.2).
+    Case("cancel_requests", cancels_children,
+         expect=("SignalExternalWorkflowExecutionInitiated", "RequestCancelExternalWorkflowExecutionInitiated",
+                 "ChildWorkflowExecutionCanceled")),
 ]

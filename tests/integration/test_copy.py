@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,11 +30,11 @@ from duro.stores.lmdb_export import LmdbSource
 from duro.stores.pg_conn import connect_one, parse_pg_url
 from duro.stores.pg_export import PgSource
 from tests import pg
+from tests.processes import run_command
 from tests.waiting import eventually
 
 pg_url = pg.pg_url  # the fixture of tests.pg, requested by name below
 
-REPO = Path(__file__).resolve().parents[2]
 QUEUE = "copy"
 OTHER_QUEUE = "copy-activities"  # activities on a queue of their own: attempts live under two queues
 RESULT_TIMEOUT_S = 30.0
@@ -432,19 +431,8 @@ async def test_a_damaged_source_is_reported_not_spread(tmp_path: Path, pg_url: s
 # ---------------------------------------------------------------------------------------------- the command
 
 async def run_cli(*argv: str) -> tuple[int, str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    env.pop("DURO_STORE", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "duro.cli", *argv, cwd=REPO, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    r = await run_command([sys.executable, "-m", "duro.cli", *argv])
+    return r.code, r.out, r.err
 
 
 async def test_the_command_copies_and_refuses(tmp_path: Path, pg_url: str) -> None:

@@ -20,6 +20,7 @@ import duro
 import duro.ui
 from duro.client import WorkflowExecution
 from duro.ui import create_app, serve
+from duro.ui._views import run_view
 from tests.ui import ui_wfs
 from tests.waiting import eventually
 
@@ -478,3 +479,17 @@ async def test_a_store_without_an_operation_gets_501_and_a_bug_is_not_taken_for_
     monkeypatch.setattr(duro.WorkflowHandle, "cancel", broken)
     resp = await http.post("/api/workflows/ns/cancel", json={})
     assert resp.status == 500
+
+
+@pytest.mark.parametrize("name", ["cancel_requests", "cancel_requests_as_signals"])
+def test_cancelled_children_show_as_canceled_in_either_recorded_form(name: str) -> None:
+    """ChildWorkflowExecutionCanceled, and the ChildWorkflowExecutionFailed "canceled" of older histories."""
+    history = duro.History.from_json((ROOT / "tests" / "golden" / f"{name}.json").read_bytes())
+    children = {s["label"]: s for s in run_view(history)["spans"] if s["kind"] == "child"}
+    wid = f"golden-{name}"
+    assert {label: s["outcome"] for label, s in children.items()} == {
+        f"{wid}-signalled": "completed", f"{wid}-kid": "canceled", f"{wid}-other": "canceled"}
+    assert children[f"{wid}-kid"]["detail"] == "CancelledError: the workflow was cancelled"
+    # A RequestCancelExternalWorkflowExecutionInitiated names its target; the older form did not.
+    requested = sorted(label for label, s in children.items() if s.get("cancel_requested"))
+    assert requested == ([] if name == "cancel_requests_as_signals" else [f"{wid}-kid", f"{wid}-other"])

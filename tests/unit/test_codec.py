@@ -84,6 +84,8 @@ def test_constants() -> None:
         "CHILD_COMPLETED": (41, "ChildWorkflowExecutionCompleted"),
         "CHILD_FAILED": (42, "ChildWorkflowExecutionFailed"),
         "EXTERNAL_SIGNAL": (43, "SignalExternalWorkflowExecutionInitiated"),
+        "EXTERNAL_CANCEL": (44, "RequestCancelExternalWorkflowExecutionInitiated"),
+        "CHILD_CANCELED": (45, "ChildWorkflowExecutionCanceled"),
         "MARKER": (50, "MarkerRecorded"),
     }
     for constant, (number, name) in expected.items():

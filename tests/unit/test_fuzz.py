@@ -41,6 +41,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
+from duro._cli_output import json_safe
 from duro._core import mdb
 from duro._core.codec import EVENT_NAMES, HEADER_SIZE, Event, decode_event, encode_event
 from duro._core.log import HistoryLog, read_events
@@ -606,10 +607,11 @@ def _in_datetime_range(timestamp_us: int) -> bool:
 history_events = st.builds(
     Event, type=types, event_id=ids, timestamp_us=st.integers(MIN_DATETIME_US, MAX_DATETIME_US), ref=ids,
     attempt=attempts, name=st.text(max_size=16), payload=st.binary(max_size=40),
+    flags=st.one_of(st.just(0), st.integers(0, 0xFFFF)),
 )
 histories = st.builds(History, st.text(max_size=16), st.text(max_size=16), st.lists(history_events, max_size=4))
 _TOP_FIELDS = ("format", "version", "workflow_id", "run_id", "events")
-_EVENT_FIELDS = ("event_id", "type", "type_code", "time", "time_us", "ref", "attempt", "name", "payload")
+_EVENT_FIELDS = ("event_id", "type", "type_code", "time", "time_us", "ref", "attempt", "name", "payload", "flags")
 
 
 @st.composite
@@ -671,8 +673,10 @@ def test_a_history_read_from_json_is_readable_and_round_trips(text: bytes) -> No
     readable = list(history)
     assert len(readable) == len(history) == len(history.core_events)
     for entry, event in zip(readable, history.core_events, strict=True):
-        assert (entry.event_id, entry.type_code, entry.ref, entry.attempt, entry.name, entry.payload) == (
-            event.event_id, event.type, event.ref, event.attempt, event.name, event.payload
+        assert (entry.event_id, entry.type_code, entry.ref, entry.attempt, entry.name, entry.payload,
+                entry.timestamp_us, entry.flags) == (
+            event.event_id, event.type, event.ref, event.attempt, event.name, event.payload, event.timestamp_us,
+            event.flags
         )
         assert entry.timestamp.tzinfo is datetime.UTC
     again = History.from_json(history.to_json())
@@ -689,6 +693,19 @@ def test_to_json_from_json_round_trip(history: History) -> None:
         history.workflow_id, history.run_id, history.core_events
     )
     assert again.to_json() == history.to_json()
+
+
+@budget(100)
+@given(histories)
+def test_the_cli_history_json_round_trips(history: History) -> None:
+    """``duro history --json`` prints ``json_safe(to_json())``: its text reads back to the same events
+    (every field) and, exported again, is the same text."""
+    printed = json_safe(history.to_json())
+    again = History.from_json(printed)
+    assert (again.workflow_id, again.run_id, again.core_events) == (
+        history.workflow_id, history.run_id, history.core_events
+    )
+    assert json_safe(again.to_json()) == printed
 
 
 def _history_document(time_us: int) -> bytes:

@@ -750,7 +750,7 @@ def test_a_closed_parents_stored_record_lists_no_open_children() -> None:
 NOTIFY = [
     ("completed", codec.CHILD_COMPLETED, "", RESULT),
     ("failed", codec.CHILD_FAILED, "failed", FAILURE),
-    ("canceled", codec.CHILD_FAILED, "canceled", CANCELED),
+    ("canceled", codec.CHILD_CANCELED, "", CANCELED),  # before duro 0.2: CHILD_FAILED named "canceled"
     ("terminated", codec.CHILD_FAILED, "terminated",
      orjson.dumps({"kind": "terminated", "message": "bye", "type": "TerminatedError"})),
     ("timed_out", codec.CHILD_FAILED, "timed_out",

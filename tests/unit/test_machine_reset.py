@@ -26,7 +26,7 @@ from duro.stores.base import (
     pack,
     run_key_of,
 )
-from tests.unit.machine_env import FAILURE, OWNER, RESULT, Env, Q, S, closed_effect, cmd, started_meta
+from tests.unit.machine_env import CANCELED, FAILURE, OWNER, RESULT, Env, Q, S, closed_effect, cmd, started_meta
 
 NEW_RUN = "ee" * 16
 NEW = run_key_of(NEW_RUN)
@@ -361,6 +361,23 @@ def test_a_child_that_closed_after_the_point_or_with_its_closed_parent_reports_i
     tail = env.history(new)[7:]
     assert [(ev.type, ev.ref) for ev in tail] == [(codec.CHILD_COMPLETED, 1), (codec.CHILD_FAILED, 2)]
     assert orjson.loads(tail[1].payload)["kind"] == "terminated"
+    assert env.rec(new).children is None
+
+
+def test_a_cancelled_child_reports_child_workflow_execution_canceled_to_the_new_run() -> None:
+    env = Env()
+    key = env.start("w")
+    heard = start_child(env, key, 1)  # 2, 3
+    unheard = start_child(env, key, 2, "abandon")  # 4, 5
+    env.signal()  # 6
+    env.complete(key)  # 7: the point
+    env.close_as(heard, "canceled")  # 8: CHILD_CANCELED in the old run, after the point: carried over
+    env.close_as(key, "completed")  # 9, 10: child 2 is abandoned, open
+    env.close_as(unheard, "canceled")  # its closed parent is not told: the reset finds its status
+    new = reset(env, 7)
+    tail = env.history(new)[7:]
+    assert [(ev.type, ev.ref, ev.name, ev.payload) for ev in tail] == [
+        (codec.CHILD_CANCELED, 1, "", CANCELED), (codec.CHILD_CANCELED, 2, "", CANCELED)]
     assert env.rec(new).children is None
 
 

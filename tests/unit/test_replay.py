@@ -28,12 +28,12 @@ DONE = codec.WORKFLOW_COMPLETED
 COMMANDS = {
     codec.WORKFLOW_COMPLETED, codec.WORKFLOW_FAILED, codec.WORKFLOW_CONTINUED_AS_NEW, codec.WORKFLOW_CANCELED,
     codec.ACTIVITY_SCHEDULED, codec.ACTIVITY_CANCEL_REQUESTED, codec.TIMER_STARTED, codec.TIMER_CANCELED,
-    codec.UPDATE_COMPLETED, codec.CHILD_STARTED, codec.EXTERNAL_SIGNAL, codec.MARKER,
+    codec.UPDATE_COMPLETED, codec.CHILD_STARTED, codec.EXTERNAL_SIGNAL, codec.EXTERNAL_CANCEL, codec.MARKER,
 }
 INPUTS = {
     codec.WORKFLOW_STARTED, codec.WORKFLOW_CANCEL_REQUESTED, codec.ACTIVITY_COMPLETED, codec.ACTIVITY_FAILED,
     codec.ACTIVITY_CANCELED, codec.TIMER_FIRED, codec.SIGNAL_RECEIVED, codec.UPDATE_ACCEPTED,
-    codec.CHILD_COMPLETED, codec.CHILD_FAILED,
+    codec.CHILD_COMPLETED, codec.CHILD_FAILED, codec.CHILD_CANCELED,
 }
 
 
@@ -274,6 +274,43 @@ def test_command_matcher_checks_commands_one_by_one() -> None:
     assert not m.matches(extra)
     err = m.mismatch(extra, "g.py:20")
     assert err.event_id == 5 and err.recorded == "(nothing)" and err.requested.endswith("at g.py:20")
+
+
+def legacy_cancel(event_id: int, ref: int, flags: int = 1) -> Event:
+    """A cancel request to another run as recorded before RequestCancelExternal... existed (flags bit 0)."""
+    return Event(codec.EXTERNAL_SIGNAL, event_id, 0, ref, 0, "", b"[]", flags)
+
+
+@pytest.mark.parametrize("recorded", [legacy_cancel(6, 1), legacy_cancel(6, 1, flags=0x0101),
+                                      Event(codec.EXTERNAL_CANCEL, 6, 0, 1, 0, "", b'{"id":"x"}')],
+                         ids=["legacy", "legacy-with-headers-flag", "current"])
+def test_a_cancel_request_matches_its_current_and_its_older_form(recorded: Event) -> None:
+    m = CommandMatcher("wf")
+    m.begin([recorded], ev(TASK, 5, ref=4))
+    assert m.matches_parts(codec.EXTERNAL_CANCEL, 1, "")
+    m.finish()
+    m.begin([recorded], ev(TASK, 5, ref=4))
+    assert m.matches(Event(codec.EXTERNAL_CANCEL, 0, 0, 1, 0, "", b""))
+    match_commands([Event(codec.EXTERNAL_CANCEL, 0, 0, 1, 0, "", b"")], [recorded], ["w.py:1"], "wf", None)
+
+
+def test_the_older_cancel_form_matches_nothing_but_a_cancel_request() -> None:
+    m = CommandMatcher("wf")
+    marker = ev(TASK, 5, ref=4)
+    m.begin([legacy_cancel(6, 1)], marker)
+    # A signal of the same (empty) name is not the cancel request the history holds.
+    assert not m.matches_parts(codec.EXTERNAL_SIGNAL, 1, "")
+    assert not m.matches_parts(codec.EXTERNAL_CANCEL, 2, "")
+    err = m.mismatch(Event(codec.EXTERNAL_SIGNAL, 0, 0, 1, 0, "", b""), "w.py:3")
+    assert err.recorded == f"{name_of(codec.EXTERNAL_SIGNAL)}(seq=1, a cancel request)"
+    # And a cancel request is not a signal recorded without the flag.
+    m.begin([Event(codec.EXTERNAL_SIGNAL, 6, 0, 1, 0, "go", b"[]")], marker)
+    assert not m.matches_parts(codec.EXTERNAL_CANCEL, 1, "go")
+    # The current form is a cancel request only.
+    m.begin([Event(codec.EXTERNAL_CANCEL, 6, 0, 1, 0, "", b"")], marker)
+    assert not m.matches_parts(codec.EXTERNAL_SIGNAL, 1, "")
+    with pytest.raises(NonDeterminismError, match="RequestCancelExternalWorkflowExecutionInitiated"):
+        m.finish()
 
 
 # ------------------------------------------------------------------ end to end: Replayer against changed code

@@ -29,6 +29,11 @@ cdef enum EventType:
     EV_CHILD_COMPLETED = 41
     EV_CHILD_FAILED = 42
     EV_EXTERNAL_SIGNAL = 43
+    # Added in 0.2: before them a cancel request to another run was an EV_EXTERNAL_SIGNAL with
+    # flags bit 0 set, and a child that ended cancelled an EV_CHILD_FAILED named "canceled";
+    # replay accepts those older forms (replay.pyx).
+    EV_EXTERNAL_CANCEL = 44
+    EV_CHILD_CANCELED = 45
     EV_MARKER = 50
 
 

@@ -86,6 +86,8 @@ CHILD_STARTED = EV_CHILD_STARTED
 CHILD_COMPLETED = EV_CHILD_COMPLETED
 CHILD_FAILED = EV_CHILD_FAILED
 EXTERNAL_SIGNAL = EV_EXTERNAL_SIGNAL
+EXTERNAL_CANCEL = EV_EXTERNAL_CANCEL
+CHILD_CANCELED = EV_CHILD_CANCELED
 MARKER = EV_MARKER
 
 EVENT_NAMES = {
@@ -114,6 +116,8 @@ EVENT_NAMES = {
     EV_CHILD_COMPLETED: "ChildWorkflowExecutionCompleted",
     EV_CHILD_FAILED: "ChildWorkflowExecutionFailed",
     EV_EXTERNAL_SIGNAL: "SignalExternalWorkflowExecutionInitiated",
+    EV_EXTERNAL_CANCEL: "RequestCancelExternalWorkflowExecutionInitiated",
+    EV_CHILD_CANCELED: "ChildWorkflowExecutionCanceled",
     EV_MARKER: "MarkerRecorded",
 }
 

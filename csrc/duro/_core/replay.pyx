@@ -15,6 +15,11 @@ from duro._core import codec
 from duro.errors import NonDeterminismError
 
 cdef int T_MARKER = codec.WORKFLOW_TASK_COMPLETED
+cdef int T_EXTERNAL_SIGNAL = codec.EXTERNAL_SIGNAL
+cdef int T_EXTERNAL_CANCEL = codec.EXTERNAL_CANCEL
+# Flags bit 0 of a SignalExternalWorkflowExecutionInitiated recorded before duro 0.2 had
+# RequestCancelExternalWorkflowExecutionInitiated: the event is a cancel request (with no name).
+cdef int LEGACY_CANCEL_FLAG = 1
 
 # Event types that a workflow's code decides (commands) — everything the worker appends after a
 # WorkflowTaskCompleted marker.
@@ -22,7 +27,7 @@ cdef frozenset COMMAND_TYPES = frozenset((
     codec.WORKFLOW_COMPLETED, codec.WORKFLOW_FAILED, codec.WORKFLOW_CONTINUED_AS_NEW,
     codec.WORKFLOW_CANCELED, codec.ACTIVITY_SCHEDULED, codec.ACTIVITY_CANCEL_REQUESTED,
     codec.TIMER_STARTED, codec.TIMER_CANCELED, codec.UPDATE_COMPLETED, codec.CHILD_STARTED,
-    codec.EXTERNAL_SIGNAL, codec.MARKER,
+    codec.EXTERNAL_SIGNAL, codec.EXTERNAL_CANCEL, codec.MARKER,
 ))
 
 # Events that are not inputs of the code: those that end a run without the code deciding it, and
@@ -85,7 +90,27 @@ def split_activations(list events):
     return out
 
 
+cdef inline bint is_legacy_cancel(Event r):
+    return r.type == T_EXTERNAL_SIGNAL and (r.flags & LEGACY_CANCEL_FLAG) != 0
+
+
+cdef inline bint same_command(int type, unsigned long long ref, str name, Event r):
+    """Whether a command the code asks for (type, ref, name) is the recorded command ``r``.
+
+    A cancel request to another run matches its older recorded form too (``LEGACY_CANCEL_FLAG``),
+    and that older form matches nothing else, so histories recorded before and after the change
+    both replay against the same code.
+    """
+    if ref != r.ref or name != r.name:
+        return False
+    if is_legacy_cancel(r):
+        return type == T_EXTERNAL_CANCEL
+    return type == r.type
+
+
 cdef str describe(Event ev):
+    if is_legacy_cancel(ev):
+        return f"{ev.type_name}(seq={ev.ref}, a cancel request)"
     if ev.name:
         return f"{ev.type_name}(seq={ev.ref}, name={ev.name!r})"
     return f"{ev.type_name}(seq={ev.ref})"
@@ -104,7 +129,7 @@ def match_commands(list produced, list recorded, list locations, str workflow_ty
     for i in range(min(n, m)):
         p = <Event>produced[i]
         r = <Event>recorded[i]
-        if p.type != r.type or p.ref != r.ref or p.name != r.name:
+        if not same_command(p.type, p.ref, p.name, r):
             where = locations[i] if i < len(locations) else "?"
             raise NonDeterminismError(
                 f"workflow {workflow_type!r} diverged from its history at event {r.event_id}: "
@@ -157,7 +182,7 @@ cdef class CommandMatcher:
         if self._i >= len(self._recorded):
             return False
         r = <Event>self._recorded[self._i]
-        if produced.type != r.type or produced.ref != r.ref or produced.name != r.name:
+        if not same_command(produced.type, produced.ref, produced.name, r):
             return False
         self._i += 1
         return True
@@ -168,7 +193,7 @@ cdef class CommandMatcher:
         if self._i >= len(self._recorded):
             return False
         r = <Event>self._recorded[self._i]
-        if type != r.type or ref != r.ref or name != r.name:
+        if not same_command(type, ref, name, r):
             return False
         self._i += 1
         return True

@@ -33,6 +33,8 @@ CHILD_STARTED: Final[int]
 CHILD_COMPLETED: Final[int]
 CHILD_FAILED: Final[int]
 EXTERNAL_SIGNAL: Final[int]
+EXTERNAL_CANCEL: Final[int]
+CHILD_CANCELED: Final[int]
 MARKER: Final[int]
 
 EVENT_NAMES: Final[dict[int, str]]

@@ -65,6 +65,7 @@ __all__ = [
     "Effects",
     "Local",
     "Machine",
+    "child_closed_event",
     "retry_delay",
     "run_info",
     "started_event",
@@ -148,6 +149,26 @@ def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event
     if req.headers:
         meta["headers"] = req.headers
     return Event(codec.WORKFLOW_STARTED, 0, now_us, 0, 1, req.workflow_type, pack(orjson.dumps(meta), req.args))
+
+
+def child_closed_event(seq: int, status: RunStatus, close_event: Event) -> Event:
+    """The parent's input for its child (command ``seq``) closed with ``status`` by ``close_event``.
+
+    ChildWorkflowExecutionCompleted (the result), ChildWorkflowExecutionCanceled (the child's
+    cancellation failure), else ChildWorkflowExecutionFailed named by the status (the failure, or a
+    timeout). Before duro 0.2 a cancelled child was a Failed one named "canceled" with the same
+    payload: the parent's code sees the same error from either.
+    """
+    if status == RunStatus.COMPLETED:
+        return Event(codec.CHILD_COMPLETED, 0, 0, seq, 0, "", close_event.payload)
+    if status == RunStatus.CANCELED:
+        return Event(codec.CHILD_CANCELED, 0, 0, seq, 0, "", close_event.payload)
+    if status in (RunStatus.FAILED, RunStatus.TERMINATED):
+        payload = close_event.payload
+    else:
+        payload = orjson.dumps({"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
+                                "message": f"the child workflow {status}"})
+    return Event(codec.CHILD_FAILED, 0, 0, seq, 0, str(status), payload)
 
 
 def backoff_delay(policy: dict[str, Any], attempt: int, error_type: str, non_retryable: bool) -> float | None:
@@ -509,22 +530,14 @@ class Machine:
 
     def notify_parent(self, tx: Tx, fx: Effects, parent: dict[str, Any], status: RunStatus, close_event: Event,
                       now_us: int) -> None:
-        """Tell an open parent how its child closed (ChildWorkflowExecutionCompleted / Failed)."""
+        """Tell an open parent how its child closed (ChildWorkflowExecutionCompleted / Canceled / Failed)."""
         parent_key = run_key_of(parent["run"])
         prec = tx.run(parent_key)
         if prec is None or prec.status != RUNNING:
             return
         if prec.children:
             prec.children.pop(str(parent["seq"]), None)
-        if status == RunStatus.COMPLETED:
-            ev = Event(codec.CHILD_COMPLETED, 0, 0, parent["seq"], 0, "", close_event.payload)
-        else:
-            if status in (RunStatus.FAILED, RunStatus.CANCELED, RunStatus.TERMINATED):
-                payload = close_event.payload
-            else:
-                payload = orjson.dumps({"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
-                                        "message": f"the child workflow {status}"})
-            ev = Event(codec.CHILD_FAILED, 0, 0, parent["seq"], 0, str(status), payload)
+        ev = child_closed_event(parent["seq"], status, close_event)
         self.add_input(tx, fx, parent_key, prec, ev, now_us)
 
     # ------------------------------------------------------------------ workflow tasks

@@ -31,6 +31,7 @@ import orjson
 from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import is_command
+from duro.engine.machine import child_closed_event
 from duro.engine.records import RunRecord, RunStatus, WorkflowIndex
 from duro.errors import DuroError
 from duro.stores.base import CANCEL_TYPES, FLAG_CANCEL_TYPE, ActivityTask, TimerSet, run_key_of, unpack
@@ -50,6 +51,8 @@ _REAPPLIED = frozenset((codec.SIGNAL_RECEIVED, codec.UPDATE_ACCEPTED))
 _NOT_INPUTS = frozenset((codec.WORKFLOW_TASK_COMPLETED, codec.WORKFLOW_TASK_FAILED, codec.WORKFLOW_TERMINATED,
                          codec.WORKFLOW_TIMED_OUT))
 _MAX_CHILD_HOPS = 10_000
+# A child's end: ChildWorkflowExecutionCanceled since duro 0.2 (before, a cancelled child was Failed).
+_CHILD_ENDS = frozenset((codec.CHILD_COMPLETED, codec.CHILD_FAILED, codec.CHILD_CANCELED))
 
 
 def _us(seconds: float) -> int:
@@ -141,7 +144,7 @@ def plan_reset(history: list[Event], event_id: int, workflow_id: str, run_id: st
             timer_starts.pop(ev.ref, None)
         elif t == codec.CHILD_STARTED:
             children[ev.ref] = ev
-        elif t in (codec.CHILD_COMPLETED, codec.CHILD_FAILED):
+        elif t in _CHILD_ENDS:
             children.pop(ev.ref, None)
     carried: list[Event] = []
     for ev in history[event_id:]:
@@ -155,7 +158,7 @@ def plan_reset(history: list[Event], event_id: int, workflow_id: str, run_id: st
         elif t == codec.TIMER_FIRED and ev.ref in timer_starts:
             del timer_starts[ev.ref]
             carried.append(ev)
-        elif t in (codec.CHILD_COMPLETED, codec.CHILD_FAILED) and ev.ref in children:
+        elif t in _CHILD_ENDS and ev.ref in children:
             del children[ev.ref]
             carried.append(ev)
     timers = {}
@@ -243,7 +246,7 @@ def reset_run(m: Machine, tx: Tx, fx: Effects, workflow_id: str, run_id: str | N
             new.children[str(seq)] = [child_key.hex(), policy]
         else:
             close = tx.read_history(child_key, crec.next_event_id - 1, crec.next_event_id - 1)
-            inputs.append(_child_outcome(seq, crec.status, close[0]) if close else
+            inputs.append(child_closed_event(seq, crec.status, close[0]) if close else
                           _lost_child(seq, started.name, old_id))
     # The new run's history and record.
     reset_record = orjson.dumps({
@@ -312,18 +315,6 @@ def _latest_child_run(tx: Tx, rec: RunRecord, seq: int,
             return key, crec
         run_id = crec.next_run_id
     return None
-
-
-def _child_outcome(seq: int, status: RunStatus, close_event: Event) -> Event:
-    """ChildWorkflowExecutionCompleted / Failed for a child that closed with ``close_event``."""
-    if status == RunStatus.COMPLETED:
-        return Event(codec.CHILD_COMPLETED, 0, 0, seq, 0, "", close_event.payload)
-    if status in (RunStatus.FAILED, RunStatus.CANCELED, RunStatus.TERMINATED):
-        payload = close_event.payload
-    else:
-        payload = orjson.dumps({"kind": "timeout", "type": "TimeoutError", "timeout_type": "execution",
-                                "message": f"the child workflow {status}"})
-    return Event(codec.CHILD_FAILED, 0, 0, seq, 0, str(status), payload)
 
 
 def _lost_activity(seq: int, name: str, old_id: str) -> Event:

@@ -79,7 +79,8 @@ def unpack(data: bytes | memoryview) -> list[bytes]:
 # Event flag: the payload is pack(headers JSON object, the payload proper). Set on SignalReceived
 # and ActivityTaskScheduled events that carry interceptor headers; events without headers (all
 # those written before headers existed) keep flags 0 and their payload as it was. (Bit 0 of
-# flags already means "a cancel request" on SignalExternalWorkflowExecutionInitiated.)
+# flags means "a cancel request" on a SignalExternalWorkflowExecutionInitiated recorded before
+# RequestCancelExternalWorkflowExecutionInitiated existed; replay still reads it so.)
 FLAG_HEADERS = 0x0100
 
 # ActivityTaskScheduled flags, bits 0-1: the activity's cancellation type (``execute_activity(...,
@@ -138,6 +139,11 @@ def parse_retention_days(value: str | None, url: str) -> int:
     return round(days * 86_400e6)
 
 
+# The clock as imported, before a worker wraps ``time.time`` for the determinism guard
+# (duro._determinism): the engine reads it several times per workflow, never from workflow code.
+_wall_clock = time.time
+
+
 def new_run_id() -> str:
     """A fresh run id: 32 hex digits, a millisecond timestamp then 80 random bits (like a UUIDv7).
 
@@ -145,7 +151,7 @@ def new_run_id() -> str:
     on the same few B-tree pages, so a group commit writes and fsyncs far fewer pages than with
     fully random ids (measured: 600 random-key puts cost ~5 ms to commit, clustered ones ~1 ms).
     """
-    return (int(time.time() * 1000) & 0xFFFFFFFFFFFF).to_bytes(6, "big").hex() + os.urandom(10).hex()
+    return (int(_wall_clock() * 1000) & 0xFFFFFFFFFFFF).to_bytes(6, "big").hex() + os.urandom(10).hex()
 
 
 class Clock:
@@ -153,9 +159,7 @@ class Clock:
 
     def now(self) -> float:
         """Seconds since the epoch."""
-        import time
-
-        return time.time()
+        return _wall_clock()
 
 
 @dataclass(slots=True)

@@ -41,7 +41,8 @@ _CLOSING = {
 _ACTIVITY_CLOSE = {"ActivityTaskCompleted": "completed", "ActivityTaskFailed": "failed",
                    "ActivityTaskCanceled": "canceled"}
 _TIMER_CLOSE = {"TimerFired": "fired", "TimerCanceled": "canceled"}
-_CHILD_CLOSE = {"ChildWorkflowExecutionCompleted": "completed", "ChildWorkflowExecutionFailed": "failed"}
+_CHILD_CLOSE = {"ChildWorkflowExecutionCompleted": "completed", "ChildWorkflowExecutionFailed": "failed",
+                "ChildWorkflowExecutionCanceled": "canceled"}
 
 
 def iso(value: datetime.datetime | None) -> str | None:
@@ -95,6 +96,12 @@ def _meta_of(data: Any) -> dict[str, Any]:
         meta: dict[str, Any] = data["meta"]
         return meta
     return {}
+
+
+def _cancel_target(data: Any) -> str | None:
+    """The workflow id a RequestCancelExternalWorkflowExecutionInitiated names (``{"id": ..., "run": ...}``)."""
+    target = data.get("id") if isinstance(data, dict) else None
+    return target if isinstance(target, str) else None
 
 
 def _child_outcome(data: Any) -> str:
@@ -156,6 +163,12 @@ def run_view(events: Iterable[HistoryEvent]) -> dict[str, Any]:
             requested = spans.get(("activity", e.ref))
             if requested is not None:
                 requested["cancel_requested"] = True
+        elif t == "RequestCancelExternalWorkflowExecutionInitiated":
+            # Its record names the target by workflow id: an open child of that id is being cancelled.
+            target = _cancel_target(e.data())
+            for span in spans.values() if target is not None else ():
+                if span["kind"] == "child" and span["end"] is None and span.get("child_id") == target:
+                    span["cancel_requested"] = True
         elif t in _TIMER_CLOSE:
             _close(spans.get(("timer", e.ref)), e, _TIMER_CLOSE[t])
         elif t in _CHILD_CLOSE:

@@ -1,0 +1,224 @@
+"""The determinism guard: workflow code that asks the clock or a random source gets a clear error.
+
+Workflow code must make the same decisions each time it replays, so it takes time and randomness
+from the context (``ctx.now()``, ``ctx.random()``, ``ctx.uuid4()``, ``ctx.sleep``). A sandbox that
+re-imports modules per run would catch the rest at a large cost per step; duro instead wraps the
+usual sources once per process, and the wrappers check one thing on every call: whether the
+calling thread is running a ``WorkflowLoop`` right now (``_loop._armed_threads``, the I/O guard's
+map). Outside workflow code that check is a read of a dict that is empty, or holds only the
+threads inside a workflow step; only a call made *by* workflow code pays for more.
+
+What is wrapped (``install_determinism_guard``):
+
+- ``time.time``/``time_ns``, and ``time.localtime``/``gmtime``/``ctime``/``strftime`` when they
+  are not given a time (they read the clock then);
+- ``datetime.datetime.now``/``utcnow`` and ``datetime.date.today`` (so ``datetime.today`` too).
+  These live on C types, which refuse new attributes from Python; the guard replaces them in the
+  type's own dictionary, so ``from datetime import datetime`` is covered as well;
+- every function of the ``random`` module (its hidden shared generator; a ``random.Random(seed)``
+  of your own is deterministic and untouched), ``uuid.uuid1``/``uuid4``, ``os.urandom`` (and
+  ``os.getrandom``) and the ``secrets`` functions.
+
+Module attributes are replaced, so ``time.time()`` is caught anywhere; a name bound with
+``from time import time`` before the guard was installed still points at the original. The worker
+therefore also rebinds such names in each module that defines one of its workflows
+(``guard_module``).
+
+Calls made by trusted library code on behalf of workflow code pass: ``logging`` stamps records
+with ``time.time()``, ``uuid.uuid4()`` reads ``os.urandom``, duro reads its own clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import gc
+import logging
+import os
+import random
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from duro._loop import WorkflowLoop, _armed_threads
+from duro.errors import NonDeterminismError
+
+__all__ = ["MODES", "check_mode", "guard_module", "install_determinism_guard"]
+
+#: What a workflow may ask of the guard: raise NonDeterminismError, log a warning, or nothing.
+MODES = ("raise", "warn", "off")
+
+logger = logging.getLogger("duro.determinism")
+
+_get_ident = threading.get_ident
+_running_loop = asyncio.events._get_running_loop
+_install_lock = threading.Lock()
+_installed = False
+# id(original) -> (original, wrapper): what guard_module rebinds. The original is kept so that
+# its id stays unique for the life of the process.
+_wrapped: dict[int, tuple[object, object]] = {}
+# (workflow type, call, file, line) already warned about: "warn" logs each place once.
+_warned: set[tuple[str, str, str, int]] = set()
+
+# Modules whose calls are not workflow decisions: a library reading the clock or a random source
+# on workflow code's behalf (a log record's time, uuid4's bytes), and duro itself.
+_TRUSTED = ("logging", "duro", "uuid", "random", "secrets", "opentelemetry")
+
+_TIME_HINT = "ctx.now() (the workflow's clock, the same in every replay), or ctx.sleep() to wait"
+_RANDOM_HINT = "ctx.random() or ctx.uuid4() (seeded by the run: a replay draws the same values)"
+_SECRET_HINT = "an activity (its result is recorded, so a replay reuses it)"
+
+
+def check_mode(what: str, mode: str | None, *, allow_none: bool = False) -> str | None:
+    """``mode`` if it is one of MODES (or None when allowed); a ValueError naming them otherwise."""
+    if mode is None and allow_none:
+        return None
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{what} must be one of {', '.join(repr(m) for m in MODES)}, not {mode!r}")
+    return mode
+
+
+def _trusted(frame: Any) -> bool:
+    name = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return isinstance(name, str) and name.split(".", 1)[0] in _TRUSTED
+
+
+def _nondeterministic(label: str, hint: str) -> None:
+    """Called by a wrapper when a thread running workflow code called ``label``; raises or logs."""
+    loop = _running_loop()
+    if not isinstance(loop, WorkflowLoop) or loop.unsafe_depth or loop.determinism == "off":
+        return
+    caller = sys._getframe(2)  # 0: here, 1: the wrapper, 2: whoever called it
+    if _trusted(caller):
+        return
+    where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
+    message = (f"{label} in workflow {loop.workflow_type!r} at {where} is not deterministic: a replay of the "
+               f"workflow would get a different value and could take another path. Use {hint}; for a "
+               f"deliberate call, wrap it in `with ctx.unsafe():`")
+    if loop.determinism == "warn":
+        key = (loop.workflow_type, label, caller.f_code.co_filename, caller.f_lineno)
+        if key not in _warned:
+            _warned.add(key)
+            logger.warning("%s (determinism='warn': logged once per place, not raised)", message)
+        return
+    err = NonDeterminismError(message, requested=label)
+    if loop.nondeterministic_call is None:
+        # Kept on the loop: the task fails even if the workflow code catches the exception.
+        loop.nondeterministic_call = err
+    raise err
+
+
+def _wrap(original: Callable[..., Any], label: str, hint: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if _armed_threads and _get_ident() in _armed_threads:
+            _nondeterministic(label, hint)
+        return original(*args, **kwargs)
+
+    return guarded
+
+
+def _wrap_clock_reader(original: Callable[..., Any], label: str, index: int) -> Callable[..., Any]:
+    """A wrapper of a time function that reads the clock only when argument ``index`` is missing or None."""
+
+    @functools.wraps(original)
+    def guarded(*args: Any) -> Any:
+        if _armed_threads and _get_ident() in _armed_threads and (len(args) <= index or args[index] is None):
+            _nondeterministic(label, _TIME_HINT)
+        return original(*args)
+
+    return guarded
+
+
+def _replace(owner: ModuleType, name: str, wrapper: Callable[..., Any]) -> None:
+    original = getattr(owner, name)
+    _wrapped[id(original)] = (original, wrapper)
+    setattr(owner, name, wrapper)
+
+
+def _set_type_attribute(cls: type, name: str, value: object) -> None:
+    """Set ``cls.name`` on a C type that refuses it from Python (``datetime.datetime.now``).
+
+    The type's ``__dict__`` is a read-only proxy of the dictionary the interpreter looks methods
+    up in; the dictionary itself is the proxy's one referent. After changing it, the type's method
+    caches must be told (PyType_Modified), as ``setattr`` on a Python class does.
+    """
+    import ctypes
+
+    (namespace,) = gc.get_referents(cls.__dict__)
+    namespace[name] = value
+    modified = ctypes.pythonapi.PyType_Modified
+    modified.argtypes = [ctypes.py_object]
+    modified.restype = None
+    modified(cls)
+
+
+def _wrap_classmethod(cls: type, name: str, label: str) -> None:
+    descriptor = cls.__dict__[name]  # a C classmethod descriptor; bound to the class it is called on
+    bound = descriptor.__get__(None, cls)  # bound once for the common case, ``cls`` itself
+
+    def guarded(klass: type, *args: Any, **kwargs: Any) -> Any:
+        if _armed_threads and _get_ident() in _armed_threads:
+            _nondeterministic(label, _TIME_HINT)
+        if klass is cls:
+            return bound(*args, **kwargs)
+        return descriptor.__get__(None, klass)(*args, **kwargs)  # a subclass: it gets its own type back
+
+    guarded.__name__ = guarded.__qualname__ = name
+    guarded.__doc__ = getattr(descriptor, "__doc__", None)
+    _set_type_attribute(cls, name, classmethod(guarded))
+
+
+def install_determinism_guard() -> None:
+    """Wrap the nondeterministic functions workflow code might call (once per process).
+
+    Idempotent and thread-safe; called by ``Worker`` and ``Replayer``. A process that never makes
+    one (a client, the CLI) keeps the originals.
+    """
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        for name in ("time", "time_ns"):
+            _replace(time, name, _wrap(getattr(time, name), f"time.{name}()", _TIME_HINT))
+        for name, index in (("localtime", 0), ("gmtime", 0), ("ctime", 0), ("strftime", 1)):
+            what = f"time.{name}() without a time" if name != "strftime" else "time.strftime() without a time"
+            _replace(time, name, _wrap_clock_reader(getattr(time, name), what, index))
+        _wrap_classmethod(datetime.datetime, "now", "datetime.now()")
+        _wrap_classmethod(datetime.datetime, "utcnow", "datetime.utcnow()")
+        _wrap_classmethod(datetime.date, "today", "date.today()")
+        shared = random._inst
+        for name in random.__all__:
+            fn = getattr(random, name)
+            if getattr(fn, "__self__", None) is shared:  # the module's functions: methods of its generator
+                _replace(random, name, _wrap(fn, f"random.{name}()", _RANDOM_HINT))
+        for name in ("uuid1", "uuid4"):
+            _replace(uuid, name, _wrap(getattr(uuid, name), f"uuid.{name}()", "ctx.uuid4()"))
+        for name in ("urandom", "getrandom"):
+            if hasattr(os, name):
+                _replace(os, name, _wrap(getattr(os, name), f"os.{name}()", _RANDOM_HINT))
+        for name in ("token_bytes", "token_hex", "token_urlsafe", "randbelow", "randbits", "choice"):
+            _replace(secrets, name, _wrap(getattr(secrets, name), f"secrets.{name}()", _SECRET_HINT))
+        _installed = True
+
+
+def guard_module(module: ModuleType | None) -> None:
+    """Rebind names in ``module`` that still point at an unwrapped function (``from time import time``).
+
+    Installs the guard first if needed. Only names bound to exactly an original that the guard
+    wraps are touched; the wrappers behave like the originals outside workflow code.
+    """
+    if module is None:
+        return
+    install_determinism_guard()
+    namespace = vars(module)
+    for name, value in list(namespace.items()):
+        entry = _wrapped.get(id(value))
+        if entry is not None and entry[0] is value:
+            namespace[name] = entry[1]

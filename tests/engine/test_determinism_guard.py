@@ -1,0 +1,134 @@
+"""The determinism guard end to end: a workflow that reads the clock or a random source.
+
+Each test runs on every store through the ``store`` fixture. The calls themselves, one by one,
+are covered in tests/unit/test_determinism.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+import time
+import uuid
+
+import pytest
+
+import duro
+from duro import _determinism
+from tests.waiting import task_failure
+
+DEADLINE_S = 20.0
+
+
+@duro.activity
+def stamp_activity(actx: duro.ActivityContext) -> str:
+    # Outside workflow code (an activity, in the worker's thread pool): the real clock, a real uuid.
+    return f"{time.time():.0f}-{uuid.uuid4()}-{datetime.datetime.now():%Y}"
+
+
+@duro.workflow(name="clocked")
+async def clocked(ctx: duro.WorkflowContext) -> float:
+    return time.time()
+
+
+@duro.workflow(name="clocked")
+async def clocked_fixed(ctx: duro.WorkflowContext) -> float:
+    return ctx.now().timestamp()
+
+
+@duro.workflow
+async def swallows(ctx: duro.WorkflowContext) -> str:
+    try:
+        return str(uuid.uuid4())
+    except duro.NonDeterminismError:
+        return "swallowed"
+
+
+@duro.workflow(determinism="warn")
+async def warned(ctx: duro.WorkflowContext) -> int:
+    return random.randint(1, 6)
+
+
+@duro.workflow(determinism="raise")
+async def strict(ctx: duro.WorkflowContext) -> str:
+    return datetime.datetime.now().isoformat()
+
+
+@duro.workflow
+async def lenient(ctx: duro.WorkflowContext) -> str:
+    return datetime.datetime.now().isoformat()
+
+
+@duro.workflow
+async def deliberate(ctx: duro.WorkflowContext) -> list[str]:
+    with ctx.unsafe():
+        started = time.time()  # for a metric: it decides nothing
+    ctx.logger.info("started at %.0f", started)
+    logging.getLogger("tests.determinism").info("plain logging works in workflow code")
+    stamp = await ctx.execute_activity(stamp_activity, start_to_close_timeout=10)
+    return [stamp, str(ctx.uuid4()), ctx.now().isoformat(), f"{ctx.random():.3f}"]
+
+
+async def test_a_clock_read_fails_the_task_not_the_run_and_fixed_code_completes_it(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[clocked]):
+        handle = await client.start_workflow(clocked, id="c1", task_queue="t")
+        message = await task_failure(handle)
+        assert message.startswith("time.time() in workflow 'clocked' at ")
+        assert "test_determinism_guard.py:" in message and "ctx.now()" in message and "ctx.unsafe()" in message
+        assert (await handle.describe()).status == "running"
+    async with duro.Worker(client, task_queue="t", workflows=[clocked_fixed]):
+        assert await asyncio.wait_for(handle.result(), DEADLINE_S) > 0
+
+
+async def test_catching_the_error_does_not_hide_it(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[swallows]):
+        handle = await client.start_workflow(swallows, id="s1", task_queue="t")
+        assert (await task_failure(handle)).startswith("uuid.uuid4() in workflow 'swallows'")
+        assert (await handle.describe()).status == "running"
+
+
+async def test_warn_mode_logs_and_completes(client: duro.Client, caplog: pytest.LogCaptureFixture) -> None:
+    _determinism._warned.clear()  # each place is logged once per process; another store's run came first
+    with caplog.at_level(logging.WARNING, logger="duro.determinism"):
+        async with duro.Worker(client, task_queue="t", workflows=[warned]):
+            rolled = await asyncio.wait_for(client.execute_workflow(warned, id="w1", task_queue="t"), DEADLINE_S)
+    assert 1 <= rolled <= 6
+    logged = [r.getMessage() for r in caplog.records if r.name == "duro.determinism"]
+    assert any("random.randint() in workflow 'warned'" in m for m in logged), logged
+
+
+async def test_worker_mode_applies_where_the_workflow_sets_none(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[lenient, strict], determinism="off"):
+        done = await asyncio.wait_for(client.execute_workflow(lenient, id="l1", task_queue="t"), DEADLINE_S)
+        assert datetime.datetime.fromisoformat(done).year >= 2024
+        handle = await client.start_workflow(strict, id="st1", task_queue="t")
+        assert (await task_failure(handle)).startswith("datetime.now() in workflow 'strict'")
+
+
+async def test_unsafe_block_logging_and_activities_are_not_refused(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[deliberate], activities=[stamp_activity]):
+        handle = await client.start_workflow(deliberate, id="d1", task_queue="t")
+        stamp, ident, now, rnd = await asyncio.wait_for(handle.result(), DEADLINE_S)
+    assert stamp.count("-") >= 5 and uuid.UUID(ident).version == 4 and now and rnd
+    history = await handle.fetch_history()
+    assert not [e for e in history if e.event_type == "WorkflowTaskFailed"]
+    # The replay of the run (recovery, a query, a deploy check) passes the guard the same way.
+    await duro.testing.Replayer(workflows=[deliberate]).replay(history)
+
+
+async def test_replaying_a_history_against_code_that_reads_the_clock_is_refused(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[clocked_fixed]):
+        handle = await client.start_workflow(clocked_fixed, id="r1", task_queue="t")
+        await asyncio.wait_for(handle.result(), DEADLINE_S)
+    history = await handle.fetch_history()
+    with pytest.raises(duro.NonDeterminismError, match=r"^time\.time\(\) in workflow 'clocked'"):
+        await duro.testing.Replayer(workflows=[clocked]).replay(history)
+
+
+async def test_bad_modes_are_refused_with_the_choices(client: duro.Client) -> None:
+    with pytest.raises(ValueError, match=r"determinism must be one of 'raise', 'warn', 'off', not 'loud'"):
+        duro.Worker(client, task_queue="t", workflows=[lenient], determinism="loud")
+    with pytest.raises(ValueError, match=r"determinism must be one of 'raise', 'warn', 'off', not True"):
+        duro.workflow(determinism=True)  # type: ignore[call-overload]
