@@ -2,7 +2,7 @@
 
     python benchmarks/bench_growth.py [--checkpoints 10000,100000,1000000] [--n 2000]
 
-Fills one LMDB store with finished `order` workflows (the W1 workflow, 200 in flight) and, at each
+Fills one LMDB store with finished `order` workflows (the W1 workflow, uuid4 ids, 200 in flight) and, at each
 checkpoint, measures W1 (n workflows) on that store. Prints one JSON object: throughput at each
 checkpoint and the ratio of the last to the first.
 """
@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,7 +31,8 @@ async def run_batch(client: duro.Client, start: int, n: int, concurrency: int) -
 
     async def one(i: int) -> None:
         async with sem:
-            await client.execute_workflow(c.order, {"order_id": f"G{i}", "amount": i}, id=f"g-{i}", task_queue="g")
+            await client.execute_workflow(c.order, {"order_id": f"G{i}", "amount": i}, id=str(uuid.uuid4()),
+                                          task_queue="g")
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(start, start + n)))

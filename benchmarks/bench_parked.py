@@ -1,11 +1,13 @@
 """Many workflows parked on wait_signal: memory while parked, and how fast they all resume.
 
-    python benchmarks/bench_parked.py [--n 100000] [--concurrency 2000]
+    python benchmarks/bench_parked.py [--n 100000] [--concurrency 200]
 
-Starts N `approval` workflows (each waits for signal "approve"), waits until every one has run its
-first workflow task and is parked, reports the process RSS, then signals all of them and times
-until every result is in. Worker and client in one process (uvloop), LMDB store with fsync.
-Prints one JSON object.
+Starts N `approval` workflows (uuid4 ids; each waits for signal "approve") through the public API
+with C concurrent callers, waits until every one has run its first workflow task and is parked,
+reports the process RSS, then signals all of them and times until every result is in (signal +
+result per caller, C at a time). Worker and client in one process (uvloop), LMDB store with fsync.
+Prints one JSON object: the start rate (start_workflow acknowledged, durable), the rate to parked,
+and the resume rate.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,11 +49,14 @@ async def main(n: int, concurrency: int) -> dict[str, object]:
 
                 async def start(i: int) -> None:
                     async with sem:
-                        handles.append(await client.start_workflow(c.approval, id=f"p-{i}", task_queue="p"))
+                        handles.append(await client.start_workflow(c.approval, id=str(uuid.uuid4()), task_queue="p"))
 
                 t0 = time.perf_counter()
                 await asyncio.gather(*(start(i) for i in range(n)))
-                while worker.stats["workflow_tasks"] < n:  # every workflow ran up to wait_signal
+                acked_s = time.perf_counter() - t0
+                # Every workflow ran up to wait_signal (the worker's own counter: the public API has
+                # no cheap "is it parked?" for 100,000 runs; this wait is not part of the start rate).
+                while worker.stats["workflow_tasks"] < n:
                     await asyncio.sleep(0.05)
                 start_s = time.perf_counter() - t0
                 parked_rss = rss_mb()
@@ -71,15 +77,17 @@ async def main(n: int, concurrency: int) -> dict[str, object]:
         "wall_s": round(resume_s, 3), "throughput_per_s": round(n / resume_s, 1),
         "latency_ms": {}, "rss_parked_mb": round(parked_rss, 1),
         "rss_per_parked_workflow_kb": round((parked_rss - rss_before) * 1024 / n, 2),
-        "durable": "LMDB sync=True", "notes": f"start+park {start_s:.1f}s ({n / start_s:.0f}/s); resumed by signal "
-        f"+ result at {n / resume_s:.0f}/s; {cached} instances cached at the end; concurrency {concurrency}",
+        "start_per_s": round(n / acked_s, 1), "parked_per_s": round(n / start_s, 1),
+        "durable": "LMDB sync=True", "notes": f"started (acknowledged) at {n / acked_s:.0f}/s, all parked after "
+        f"{start_s:.1f}s ({n / start_s:.0f}/s); resumed by signal + result at {n / resume_s:.0f}/s; {cached} "
+        f"instances cached at the end; {concurrency} concurrent callers; uuid4 ids",
     }
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--concurrency", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--out", default=None)
     a = p.parse_args()
     import uvloop

@@ -103,6 +103,29 @@ async def test_changed_code_exits_1_naming_run_event_recorded_and_requested(stor
     assert f"diverged from its history at event {greeting_event}" in greeting["error"]["message"]
 
 
+async def test_a_call_the_guard_refuses_fails_the_check_unless_the_workers_allow_it(store: str, runs: Runs) -> None:
+    r = await duro_cli("--store", store, "replay", "--module", "tests.engine.replay_clocked")
+    assert r.code == ExitCode.FAILED, r
+    lines = r.out.splitlines()
+    assert lines[0] == (f"workflow other-1 (run {runs.run_id('other')}, type replay_other, completed): workflow code "
+                        "called a nondeterministic function")
+    assert lines[1].startswith("  time.time() in workflow 'replay_other' at ") and "replay_clocked.py:12" in lines[1]
+    # As the workers have it: --determinism off (or warn) lets the same code replay.
+    for mode in ("off", "warn"):
+        r = await duro_cli("--store", store, "replay", "--module", "tests.engine.replay_clocked", "--determinism", mode)
+        assert r.code == ExitCode.OK, r
+        assert r.out.splitlines()[-1].startswith("replayed 1 run(s): 1 ok")
+
+
+async def test_a_module_whose_types_are_not_in_the_store_says_so(store: str, runs: Runs) -> None:
+    r = await duro_cli("--store", store, "replay", "--module", "tests.engine.time_travel_wfs")
+    assert r.code == ExitCode.OK, r
+    assert r.out.splitlines() == [
+        "replayed 0 run(s): 0 ok, 0 diverged, 0 failed; 4 skipped (workflow type not in --module)",
+        "no run of the module(s)' workflow types is in the store, only runs of other types: was the type renamed, "
+        "or is it another --module?"]
+
+
 async def test_type_limit_and_since_choose_the_runs(store: str, runs: Runs) -> None:
     r = await duro_cli("--store", store, "replay", "--module", V2, "--type", "replay_failing")
     assert r.code == ExitCode.OK, r

@@ -345,8 +345,11 @@ def replay_lines(results: WorkflowReplayResults) -> list[tuple[str, str | None]]
     for r in results.failures:
         err = r.replay_failure
         if isinstance(err, NonDeterminismError):
-            at = f" at event {err.event_id}" if err.event_id else ""
-            lines.append((f"{_replay_run(r)}: diverged{at}", "bold red"))
+            if not err.event_id and not err.recorded:  # the determinism guard: a call, not an event
+                lines.append((f"{_replay_run(r)}: workflow code called a nondeterministic function", "bold red"))
+            else:
+                at = f" at event {err.event_id}" if err.event_id else ""
+                lines.append((f"{_replay_run(r)}: diverged{at}", "bold red"))
             if err.recorded and err.requested:
                 lines += [(f"  recorded:  {err.recorded}", None), (f"  requested: {err.requested}", None)]
             else:
@@ -359,6 +362,9 @@ def replay_lines(results: WorkflowReplayResults) -> list[tuple[str, str | None]]
     if results.left_out:
         summary += f"; {results.left_out} older run(s) left out by --limit"
     lines.append((summary, "green" if results.ok else "bold red"))
+    if not len(results) and results.skipped:
+        lines.append(("no run of the module(s)' workflow types is in the store, only runs of other types: was the "
+                      "type renamed, or is it another --module?", "yellow"))
     return lines
 
 

@@ -10,13 +10,14 @@ threads inside a workflow step; only a call made *by* workflow code pays for mor
 
 What is wrapped (``install_determinism_guard``):
 
-- ``time.time``/``time_ns``, and ``time.localtime``/``gmtime``/``ctime``/``strftime`` when they
-  are not given a time (they read the clock then);
+- ``time.time``/``time_ns``, and ``time.localtime``/``gmtime``/``ctime``/``asctime``/``strftime``
+  when they are not given a time (they read the clock then);
 - ``datetime.datetime.now``/``utcnow`` and ``datetime.date.today`` (so ``datetime.today`` too).
   These live on C types, which refuse new attributes from Python; the guard replaces them in the
   type's own dictionary, so ``from datetime import datetime`` is covered as well;
 - every function of the ``random`` module (its hidden shared generator; a ``random.Random(seed)``
-  of your own is deterministic and untouched), ``uuid.uuid1``/``uuid4``, ``os.urandom`` (and
+  of your own is deterministic and untouched, ``random.Random()`` without a seed and
+  ``random.SystemRandom`` are not), ``uuid.uuid1``/``uuid4``, ``os.urandom`` (and
   ``os.getrandom``) and the ``secrets`` functions.
 
 Module attributes are replaced, so ``time.time()`` is caught anywhere; a name bound with
@@ -25,7 +26,11 @@ therefore also rebinds such names in each module that defines one of its workflo
 (``guard_module``).
 
 Calls made by trusted library code on behalf of workflow code pass: ``logging`` stamps records
-with ``time.time()``, ``uuid.uuid4()`` reads ``os.urandom``, duro reads its own clocks.
+with ``time.time()``, duro reads its own clocks. Logging handlers run with the guard lifted (a
+handler is not workflow code), and so does what a guarded function calls in "warn" mode, so each
+place is reported once. What escapes: a reference taken before the guard was installed and kept
+somewhere other than a workflow module's globals (``field(default_factory=uuid.uuid4)`` in a
+dataclass defined before the worker started, ``now = datetime.now`` as a default argument).
 """
 
 from __future__ import annotations
@@ -68,7 +73,10 @@ _warned: set[tuple[str, str, str, int]] = set()
 
 # Modules whose calls are not workflow decisions: a library reading the clock or a random source
 # on workflow code's behalf (a log record's time, uuid4's bytes), and duro itself.
-_TRUSTED = ("logging", "duro", "uuid", "random", "secrets", "opentelemetry")
+_TRUSTED = ("logging", "duro", "opentelemetry")
+# Modules that reach a guarded function on the caller's behalf (Random() seeds itself, SystemRandom's
+# randint calls getrandbits): the error names the line that called into them.
+_PASS_THROUGH = ("random", "uuid", "secrets")
 
 _TIME_HINT = "ctx.now() (the workflow's clock, the same in every replay), or ctx.sleep() to wait"
 _RANDOM_HINT = "ctx.random() or ctx.uuid4() (seeded by the run: a replay draws the same values)"
@@ -84,19 +92,29 @@ def check_mode(what: str, mode: str | None, *, allow_none: bool = False) -> str 
     return mode
 
 
+def _module(frame: Any) -> str:
+    name = frame.f_globals.get("__name__", "")
+    return name.split(".", 1)[0] if isinstance(name, str) else ""
+
+
 def _trusted(frame: Any) -> bool:
-    name = frame.f_globals.get("__name__", "") if frame is not None else ""
-    return isinstance(name, str) and name.split(".", 1)[0] in _TRUSTED
+    return _module(frame) in _TRUSTED
 
 
-def _nondeterministic(label: str, hint: str) -> None:
-    """Called by a wrapper when a thread running workflow code called ``label``; raises or logs."""
+def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
+    """Called by a wrapper when a thread running workflow code called ``label``; raises or logs.
+
+    Returns the loop when it logged a warning: the wrapper then runs the original with the guard
+    lifted, so what the original calls in turn (``uuid4`` reads ``os.urandom``) is not reported again.
+    """
     loop = _running_loop()
     if not isinstance(loop, WorkflowLoop) or loop.unsafe_depth or loop.determinism == "off":
-        return
+        return None
     caller = sys._getframe(2)  # 0: here, 1: the wrapper, 2: whoever called it
     if _trusted(caller):
-        return
+        return None
+    while caller.f_back is not None and _module(caller) in _PASS_THROUGH:
+        caller = caller.f_back  # name the line of workflow code that asked, not random.py's
     where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
     message = (f"{label} in workflow {loop.workflow_type!r} at {where} is not deterministic: a replay of the "
                f"workflow would get a different value and could take another path. Use {hint}; for a "
@@ -106,7 +124,7 @@ def _nondeterministic(label: str, hint: str) -> None:
         if key not in _warned:
             _warned.add(key)
             logger.warning("%s (determinism='warn': logged once per place, not raised)", message)
-        return
+        return loop
     err = NonDeterminismError(message, requested=label)
     if loop.nondeterministic_call is None:
         # Kept on the loop: the task fails even if the workflow code catches the exception.
@@ -118,22 +136,55 @@ def _wrap(original: Callable[..., Any], label: str, hint: str) -> Callable[..., 
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if _armed_threads and _get_ident() in _armed_threads:
-            _nondeterministic(label, hint)
+            warned = _nondeterministic(label, hint)
+            if warned is not None:
+                with warned.unguarded():
+                    return original(*args, **kwargs)
         return original(*args, **kwargs)
 
     return guarded
 
 
-def _wrap_clock_reader(original: Callable[..., Any], label: str, index: int) -> Callable[..., Any]:
-    """A wrapper of a time function that reads the clock only when argument ``index`` is missing or None."""
+def _wrap_unseeded(original: Callable[..., Any], label: str, index: int, hint: str,
+                   keyword: str = "") -> Callable[..., Any]:
+    """A wrapper of a function that reads the clock or a random source only when not given a value.
+
+    The value is its argument at ``index`` (or named ``keyword``): ``time.localtime()`` and
+    ``Random().seed()`` read them, ``time.localtime(ts)`` and ``Random(42)`` do not.
+    """
 
     @functools.wraps(original)
-    def guarded(*args: Any) -> Any:
-        if _armed_threads and _get_ident() in _armed_threads and (len(args) <= index or args[index] is None):
-            _nondeterministic(label, _TIME_HINT)
-        return original(*args)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if (_armed_threads and _get_ident() in _armed_threads
+                and (args[index] if len(args) > index else kwargs.get(keyword)) is None):
+            warned = _nondeterministic(label, hint)
+            if warned is not None:
+                with warned.unguarded():
+                    return original(*args, **kwargs)
+        return original(*args, **kwargs)
 
     return guarded
+
+
+def _handlers_unguarded(call_handlers: Callable[[logging.Logger, logging.LogRecord], None]
+                        ) -> Callable[[logging.Logger, logging.LogRecord], None]:
+    """``Logger.callHandlers`` with both guards lifted while workflow code logs.
+
+    Logging from workflow code is allowed, and a handler is not workflow code: it may stamp the
+    time itself (``datetime.now()`` in a formatter), open its file on first use, or send a record
+    over a socket. ``ctx.logger`` lifts the I/O guard the same way.
+    """
+
+    @functools.wraps(call_handlers)
+    def callHandlers(self: logging.Logger, record: logging.LogRecord) -> None:
+        if _armed_threads and _get_ident() in _armed_threads:
+            loop = _running_loop()
+            if isinstance(loop, WorkflowLoop):
+                with loop.unguarded():
+                    return call_handlers(self, record)
+        return call_handlers(self, record)
+
+    return callHandlers
 
 
 def _replace(owner: ModuleType, name: str, wrapper: Callable[..., Any]) -> None:
@@ -187,9 +238,9 @@ def install_determinism_guard() -> None:
             return
         for name in ("time", "time_ns"):
             _replace(time, name, _wrap(getattr(time, name), f"time.{name}()", _TIME_HINT))
-        for name, index in (("localtime", 0), ("gmtime", 0), ("ctime", 0), ("strftime", 1)):
-            what = f"time.{name}() without a time" if name != "strftime" else "time.strftime() without a time"
-            _replace(time, name, _wrap_clock_reader(getattr(time, name), what, index))
+        for name, index in (("localtime", 0), ("gmtime", 0), ("ctime", 0), ("asctime", 0), ("strftime", 1)):
+            _replace(time, name, _wrap_unseeded(getattr(time, name), f"time.{name}() without a time", index,
+                                                _TIME_HINT))
         _wrap_classmethod(datetime.datetime, "now", "datetime.now()")
         _wrap_classmethod(datetime.datetime, "utcnow", "datetime.utcnow()")
         _wrap_classmethod(datetime.date, "today", "date.today()")
@@ -198,6 +249,13 @@ def install_determinism_guard() -> None:
             fn = getattr(random, name)
             if getattr(fn, "__self__", None) is shared:  # the module's functions: methods of its generator
                 _replace(random, name, _wrap(fn, f"random.{name}()", _RANDOM_HINT))
+        # A generator of your own is deterministic when seeded: Random() without a seed (seeded from
+        # os.urandom in C) and SystemRandom (os.urandom on every call) are not.
+        cls: Any = random.Random
+        cls.seed = _wrap_unseeded(cls.seed, "random.Random() without a seed", 1, _RANDOM_HINT, keyword="a")
+        system: Any = random.SystemRandom
+        for name in ("random", "getrandbits", "randbytes"):
+            setattr(system, name, _wrap(getattr(system, name), f"random.SystemRandom().{name}()", _RANDOM_HINT))
         for name in ("uuid1", "uuid4"):
             _replace(uuid, name, _wrap(getattr(uuid, name), f"uuid.{name}()", "ctx.uuid4()"))
         for name in ("urandom", "getrandom"):
@@ -205,6 +263,8 @@ def install_determinism_guard() -> None:
                 _replace(os, name, _wrap(getattr(os, name), f"os.{name}()", _RANDOM_HINT))
         for name in ("token_bytes", "token_hex", "token_urlsafe", "randbelow", "randbits", "choice"):
             _replace(secrets, name, _wrap(getattr(secrets, name), f"secrets.{name}()", _SECRET_HINT))
+        logger_class: Any = logging.Logger
+        logger_class.callHandlers = _handlers_unguarded(logger_class.callHandlers)
         _installed = True
 
 

@@ -181,10 +181,14 @@ class LocalDispatch:
 
     def definition(self, workflow_type: str) -> WorkflowDefinition | None:
         """The code of ``workflow_type`` if a worker here registers it."""
+        w = self.registering_worker(workflow_type)
+        return w.definition(workflow_type) if w is not None else None
+
+    def registering_worker(self, workflow_type: str) -> Worker | None:
+        """The first worker here that registers ``workflow_type`` (its settings apply to a replay here)."""
         for w in self.workers:
-            found = w.definition(workflow_type)
-            if found is not None:
-                return found
+            if w.definition(workflow_type) is not None:
+                return w
         return None
 
     def cached(self, run_key: bytes) -> list[tuple[Worker, WorkflowInstance]]:

@@ -82,7 +82,7 @@ async def run_query(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
 def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: bytes, events: list[Event],
                      name: str, payload: bytes, headers: dict[str, str] | None) -> Any:
     conv = handle.client.converter
-    inst = WorkflowInstance(defn, run_key, events[0], conv, handle.client.interceptors)
+    inst = _local_instance(handle, defn, run_key, events)
     try:
         inst.replay(events)
         return inst.query(name, conv.decode_args(payload, ()), headers)
@@ -100,13 +100,13 @@ async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
 
     Returns:
         For each point, in order: the encoded answer, or the exception that is that point's answer
-        (the handler raised, had not been set by then, or the code had not run yet).
+        (the handler raised, had not been set by then, or the code had not run yet; from where the
+        code stops replaying the history on, the NonDeterminismError).
 
     Raises:
         TypeError: a point is not an int.
         ValueError: a point is not an event id of the run (1 to its last event).
-        duro.DuroError: nobody could replay the run; NonDeterminismError: the code does not
-            replay its history.
+        duro.DuroError: nobody could replay the run.
     """
     client = handle.client
     conv = client.converter
@@ -120,7 +120,7 @@ async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
     defn = _local_definition(handle, info.workflow_type)
     if defn is not None:
         events = await client.store.aread_history(run_key)
-        inst = WorkflowInstance(defn, run_key, events[0], conv, client.interceptors)
+        inst = _local_instance(handle, defn, run_key, events)
         return _states_by_replay(inst, events, at, name, payload, headers)
     head = _head("query_at", info.run_id, name, headers, at=at)
     reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
@@ -287,6 +287,21 @@ async def _answer_at(worker: Worker, run_key: bytes, name: str, at: Any, payload
     oks = [not isinstance(a, BaseException) for a in answers]
     parts = [a if isinstance(a, bytes) else encode_failure(a) for a in answers]
     return pack(b'{"ok":true}', orjson.dumps(oks), *parts)
+
+
+def _local_instance(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: bytes,
+                    events: list[Event]) -> WorkflowInstance:
+    """A new instance of a run for this process to replay (to answer a query).
+
+    With the failure types and the determinism guard of the worker here that registers the
+    workflow, if one does: the replay then takes the path the worker's own did.
+    """
+    client = handle.client
+    worker = local_dispatch(client.store).registering_worker(defn.name)
+    if worker is None:
+        return WorkflowInstance(defn, run_key, events[0], client.converter, client.interceptors)
+    return WorkflowInstance(defn, run_key, events[0], client.converter, client.interceptors, worker.failure_types,
+                            worker.determinism)
 
 
 def _fresh_instance(worker: Worker, defn: WorkflowDefinition, run_key: bytes, events: list[Event]) -> WorkflowInstance:

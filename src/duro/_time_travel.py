@@ -51,10 +51,9 @@ def replay_answers(inst: WorkflowInstance, events: list[Event], points: Sequence
 
     Returns:
         For each point, in the order of ``points``: the answer, or the exception ``ask`` raised
-        (a ``DuroError`` for a point before the first completed workflow task).
-
-    Raises:
-        NonDeterminismError: the code does not replay the history (up to the largest point).
+        (a ``DuroError`` for a point before the first completed workflow task), or, for the points
+        from where the code stops replaying the history, the ``NonDeterminismError`` (or what the
+        code raised): the answers before it stand.
     """
     # The tasks' inputs and commands do not depend on what follows them, so one split of the whole
     # history serves every point.
@@ -65,12 +64,20 @@ def replay_answers(inst: WorkflowInstance, events: list[Event], points: Sequence
     matcher = CommandMatcher(inst.info.workflow_type)
     answers: dict[int, Any] = {}
     done = 0  # how many tasks have been replayed
+    broken: Exception | None = None  # why the replay stopped: the answer at every later point
     for point in sorted(set(points)):
+        if broken is not None:
+            answers[point] = broken
+            continue
         upto = done
         while upto < len(markers) and markers[upto] <= point:
             upto += 1
         if upto > done:
-            _replay_tasks(inst, events, [*tasks[done:upto], _NOTHING_PENDING], matcher)
+            try:
+                _replay_tasks(inst, events, [*tasks[done:upto], _NOTHING_PENDING], matcher)
+            except Exception as e:  # a divergence (or the code raised): the earlier answers stand
+                broken = answers[point] = e
+                continue
             done = upto
         if done == 0:
             when = (f"its first workflow task completed at event {first_task}" if first_task is not None

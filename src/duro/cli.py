@@ -19,7 +19,8 @@ r"""The ``duro`` command: look at and drive workflows in a store from a shell.
     duro [--store URL] start TYPE --id ID --task-queue Q [JSON_ARG ...] [--json]
     duro [--store URL] activity complete|fail|heartbeat TOKEN [JSON_OR_MESSAGE]
     duro [--store URL] check [--json]
-    duro [--store URL] replay --module MODULE [--module ...] [--type T] [--since TIME] [--limit N] [--json]
+    duro [--store URL] replay --module MODULE [--module ...] [--type T] [--since TIME] [--limit N]
+                              [--determinism raise|warn|off] [--json]
     duro [--store URL] compact DEST
     duro copy SRC_URL DST_URL [--merge] [--force]
     duro ui [URL] [--host 127.0.0.1] [--port 8233] [--token TOKEN]
@@ -397,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only runs started at or after TIME (ISO 8601 date or time, UTC when no offset is given)")
     p.add_argument("--limit", type=_positive_int, default=DEFAULT_REPLAY_LIMIT, metavar="N",
                    help=f"at most N runs, the newest (default {DEFAULT_REPLAY_LIMIT})")
+    p.add_argument("--determinism", choices=["raise", "warn", "off"], default="raise",
+                   help="the determinism guard for workflows that set none, as on the workers (default raise: "
+                        "workflow code calling time.time(), uuid.uuid4()... fails the replay)")
     p.add_argument("--json", action="store_true",
                    help='print {"ok", "replayed", "diverged", "failed", "skipped", "left_out", "runs": [...]}')
 
@@ -991,7 +995,7 @@ def _import_workflows(modules: Sequence[str], show_traceback: bool) -> list[Any]
 def _replay(url: str, args: argparse.Namespace) -> ExitCode:
     """``duro replay``: the modules' workflows against the store's histories (``Replayer.replay_store``)."""
     out: Output = args.output
-    replayer = Replayer(workflows=_import_workflows(args.modules, args.traceback))
+    replayer = Replayer(workflows=_import_workflows(args.modules, args.traceback), determinism=args.determinism)
     if args.workflow_type is not None and args.workflow_type not in replayer.workflow_types:
         raise UsageError(f"--type {args.workflow_type!r} is not a workflow type of the module(s) (they define: "
                          f"{', '.join(replayer.workflow_types)}); pass one of these, or the --module that defines it")

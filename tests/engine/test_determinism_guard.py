@@ -107,15 +107,53 @@ async def test_worker_mode_applies_where_the_workflow_sets_none(client: duro.Cli
         assert (await task_failure(handle)).startswith("datetime.now() in workflow 'strict'")
 
 
+class StampingHandler(logging.Handler):
+    """A handler that stamps each record itself, as many do: it is not workflow code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{datetime.datetime.now():%Y} {record.getMessage()}")
+
+
 async def test_unsafe_block_logging_and_activities_are_not_refused(client: duro.Client) -> None:
-    async with duro.Worker(client, task_queue="t", workflows=[deliberate], activities=[stamp_activity]):
-        handle = await client.start_workflow(deliberate, id="d1", task_queue="t")
-        stamp, ident, now, rnd = await asyncio.wait_for(handle.result(), DEADLINE_S)
+    handler = StampingHandler()
+    log = logging.getLogger("tests.determinism")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        async with duro.Worker(client, task_queue="t", workflows=[deliberate], activities=[stamp_activity]):
+            handle = await client.start_workflow(deliberate, id="d1", task_queue="t")
+            stamp, ident, now, rnd = await asyncio.wait_for(handle.result(), DEADLINE_S)
+    finally:
+        log.removeHandler(handler)
+    assert handler.lines and handler.lines[0].endswith(" plain logging works in workflow code")
     assert stamp.count("-") >= 5 and uuid.UUID(ident).version == 4 and now and rnd
     history = await handle.fetch_history()
     assert not [e for e in history if e.event_type == "WorkflowTaskFailed"]
     # The replay of the run (recovery, a query, a deploy check) passes the guard the same way.
     await duro.testing.Replayer(workflows=[deliberate]).replay(history)
+
+
+@duro.workflow
+async def loose(ctx: duro.WorkflowContext) -> float:
+    started = time.time()  # allowed: the worker's determinism is "off"
+    ctx.set_query_handler("started", lambda: started > 0)
+    await ctx.sleep(0)
+    return started
+
+
+async def test_queries_answered_by_replay_take_the_workers_mode(client: duro.Client) -> None:
+    _determinism.install_determinism_guard()  # as another worker or Replayer of the process would
+    async with duro.Worker(client, task_queue="t", workflows=[loose], determinism="off"):
+        handle = await client.start_workflow(loose, id="q1", task_queue="t")
+        await asyncio.wait_for(handle.result(), DEADLINE_S)
+        # A closed run is not cached: both queries replay its history here, as the worker would.
+        assert await handle.query("started") is True
+        last = len(await handle.fetch_history())
+        assert await handle.query("started", at_event=last) is True
 
 
 async def test_replaying_a_history_against_code_that_reads_the_clock_is_refused(client: duro.Client) -> None:

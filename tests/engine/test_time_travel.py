@@ -138,6 +138,33 @@ async def test_many_points_in_one_replay(client: duro.Client, worker: duro.Worke
     await handle.result()
 
 
+@duro.workflow(name="stepper")
+async def stepper_changed(ctx: duro.WorkflowContext) -> None:
+    """``stepper`` as far as its first task, then a timer where it recorded the activity."""
+    state = {"stage": "started", "value": 0}
+    added: list[int] = []
+    ctx.set_query_handler("state", lambda: dict(state))
+    ctx.set_signal_handler("add", added.append)
+    await ctx.wait_condition(lambda: bool(added))
+    state["stage"] = "signalled"
+    await ctx.sleep(1)
+
+
+async def test_points_before_a_divergence_keep_their_answers(client: duro.Client, worker: duro.Worker) -> None:
+    handle = await client.start_workflow(tt.stepper, id="tt-diverged", task_queue=tt.QUEUE)
+    lm = await run_to_slept(handle)
+    changed = client.get_handle(handle.id, workflow=stepper_changed)  # this process replays with that code
+    answers = await query_states(changed, "state", (), [lm.tasks[0], lm.tasks[1], lm.last])
+    assert stage(orjson.loads(answers[0])) == ("started", 0)  # type: ignore[arg-type]
+    for later in answers[1:]:
+        assert isinstance(later, duro.NonDeterminismError), later
+        assert f"at event {lm.scheduled}" in str(later) and "TimerStarted" in str(later)
+    with pytest.raises(duro.NonDeterminismError):
+        await changed.query("state", at_event=lm.last)
+    await handle.signal("finish")
+    await handle.result()
+
+
 async def test_a_handler_set_later_is_missing_at_earlier_points(client: duro.Client, worker: duro.Worker) -> None:
     handle = await client.start_workflow(tt.late_handler, id="tt-late", task_queue=tt.QUEUE)
     assert await handle.result() == "ok"

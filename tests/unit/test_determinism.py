@@ -48,6 +48,11 @@ CALLS: list[tuple[str, Callable[[], Any], str]] = [
     ("random.uniform()", lambda: random.uniform(0, 1), "ctx.random()"),
     ("random.getrandbits()", lambda: random.getrandbits(8), "ctx.random()"),
     ("random.seed()", lambda: random.seed(), "ctx.random()"),
+    ("random.Random() without a seed", lambda: random.Random(), "ctx.random()"),
+    ("random.Random() without a seed", lambda: random.Random(5).seed(), "ctx.random()"),
+    ("random.SystemRandom().random()", lambda: random.SystemRandom().random(), "ctx.random()"),
+    ("random.SystemRandom().getrandbits()", lambda: random.SystemRandom().randint(1, 6), "ctx.random()"),
+    ("time.asctime() without a time", lambda: time.asctime(), "ctx.now()"),
     ("uuid.uuid4()", lambda: uuid.uuid4(), "ctx.uuid4()"),
     ("uuid.uuid1()", lambda: uuid.uuid1(), "ctx.uuid4()"),
     ("os.urandom()", lambda: os.urandom(8), "ctx.random()"),
@@ -67,6 +72,8 @@ ALLOWED: list[Callable[[], Any]] = [
     lambda: datetime.datetime.fromtimestamp(0, tz=datetime.UTC),
     lambda: datetime.datetime(2026, 1, 2).isoformat(),
     lambda: random.Random(42).random(),  # a generator of your own, seeded: deterministic
+    lambda: random.Random(x=7).seed(a=8),
+    lambda: time.asctime(time.gmtime(0)),
     lambda: uuid.uuid5(uuid.NAMESPACE_DNS, "example.com"),
     lambda: uuid.UUID(int=5),
     lambda: time.monotonic(),  # not the wall clock; asyncio's own timing reads it
@@ -165,6 +172,36 @@ def test_warn_mode_logs_once_per_place_and_returns_the_value(caplog: pytest.LogC
     assert "time.time() in workflow 'guarded'" in warnings[0].getMessage()
     assert "determinism='warn'" in warnings[0].getMessage()
     assert out["loop"].nondeterministic_call is None
+
+
+def test_warn_mode_reports_the_call_not_what_it_calls_in_turn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="duro.determinism"):
+        out = run_on_loop(lambda: (uuid.uuid4(), secrets.randbelow(10)), mode="warn")  # urandom, getrandbits
+    assert "error" not in out
+    labels = sorted(r.getMessage().split(" in workflow")[0] for r in caplog.records if r.name == "duro.determinism")
+    assert labels == ["secrets.randbelow()", "uuid.uuid4()"], labels
+
+
+def test_a_logging_handler_may_read_the_clock(caplog: pytest.LogCaptureFixture) -> None:
+    # A handler is not workflow code: one that stamps records itself, as many do, still works.
+    stamped: list[str] = []
+
+    class Stamping(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            stamped.append(f"{datetime.datetime.now():%Y} {record.getMessage()}")
+            open(os.devnull).close()  # and one that opens its file on first use
+
+    log = logging.getLogger("tests.determinism.stamping")
+    handler = Stamping()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        out = run_on_loop(lambda: log.info("step %d", 1))
+    finally:
+        log.removeHandler(handler)
+    assert "error" not in out, out.get("error")
+    assert len(stamped) == 1 and stamped[0].endswith(" step 1")
+    assert isinstance(run_on_loop(lambda: datetime.datetime.now()).get("error"), NonDeterminismError)
 
 
 def test_off_mode_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
