@@ -14,16 +14,18 @@ import os
 import random
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import orjson
 
+from duro._child import ChildWorkflowHandle
 from duro._core import codec
 from duro._core.codec import Event
-from duro._core.replay import CommandMatcher, drive, split_activations
+from duro._core.replay import CommandMatcher, apply_inputs, replay_history
+from duro._interceptor_roots import InboundRoot, OutboundRoot
 from duro._loop import WorkflowLoop
 from duro._validate import check_call_args, check_duration, check_name
-from duro.activity import RetryPolicy, get_activity_definition, to_seconds
+from duro.activity import ActivityDefinition, RetryPolicy, get_activity_definition, to_seconds
 from duro.converter import (
     DataConverter,
     convert,
@@ -51,8 +53,6 @@ from duro.interceptor import (
     HandleUpdateInput,
     Interceptor,
     SignalExternalWorkflowInput,
-    StartActivityInput,
-    StartChildWorkflowInput,
     WorkflowInboundInterceptor,
     WorkflowOutboundInterceptor,
     check_headers,
@@ -84,7 +84,62 @@ _DEFAULT_RETRY = RetryPolicy().to_dict()
 
 
 _ACTIVITY_SCHEDULED = codec.ACTIVITY_SCHEDULED
+_ACTIVITY_COMPLETED = codec.ACTIVITY_COMPLETED
+# Future's methods, called unbound on activity futures: a method lookup on an instance of a C
+# future type is not specialized by the interpreter (3.11), a global is.
+_future_done = asyncio.Future.done
+_future_set_result = asyncio.Future.set_result
 _NO_EXTRAS: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])  # never mutated
+_SHARED = "the shared empty container of instances that never added to it: give the instance its own first"
+
+
+class _SharedEmptyList(list[Any]):
+    """The empty list that rarely used lists of every instance share until the instance adds to one.
+
+    A worker may hold 100,000 parked instances: a dozen empty containers of each one's own cost
+    about 1 KB per instance, and each list or set is one more object for the cycle collector to
+    walk. A site that adds to such an attribute first replaces ``_NO_LIST`` with a list of the
+    instance's own; adding to the shared one raises, so a site that forgets cannot leak state.
+    """
+
+    __slots__ = ()
+
+    def append(self, item: Any) -> None:
+        raise TypeError(_SHARED)
+
+    def extend(self, items: Any) -> None:
+        raise TypeError(_SHARED)
+
+    def insert(self, index: Any, item: Any) -> None:
+        raise TypeError(_SHARED)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        raise TypeError(_SHARED)
+
+    def __iadd__(self, other: Any) -> NoReturn:  # type: ignore[misc]  # refuses, unlike __add__
+        raise TypeError(_SHARED)
+
+
+class _SharedEmptyDict(dict[Any, Any]):
+    """The empty dict that rarely used registries of every instance share (see ``_SharedEmptyList``)."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError(_SHARED)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        raise TypeError(_SHARED)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_SHARED)
+
+    def __ior__(self, other: Any) -> NoReturn:  # type: ignore[misc]  # refuses, unlike __or__
+        raise TypeError(_SHARED)
+
+
+_NO_LIST: list[Any] = _SharedEmptyList()
+_NO_DICT: dict[Any, Any] = _SharedEmptyDict()
 
 
 class ContinueAsNew(BaseException):
@@ -136,13 +191,12 @@ class _ActivityFuture(asyncio.Future[Any]):
 
     __slots__ = ("_ctype", "_inst", "_name", "_seq", "cancel_asked")
 
-    def __init__(self, inst: WorkflowInstance, seq: int, name: str, ctype: int | None) -> None:
-        super().__init__(loop=inst.loop)
-        self._inst = inst
-        self._seq = seq
-        self._name = name
-        self._ctype = ctype  # None: recorded; read from the history when first needed
-        self.cancel_asked = False
+    # Made by _activity_future (the class has no __init__ of its own: one call fewer per activity).
+    _inst: WorkflowInstance
+    _seq: int
+    _name: str
+    _ctype: int | None  # None: recorded; read from the history when first needed
+    cancel_asked: bool
 
     @property
     def cancellation_type(self) -> int:
@@ -156,11 +210,11 @@ class _ActivityFuture(asyncio.Future[Any]):
             return False
         ctype = self.cancellation_type
         if ctype == _LEGACY_CANCEL:
-            self._inst._cancel_asked.append(self._seq)
+            self._inst._note_cancel_asked(self._seq)
             return super().cancel(msg)
         if not self.cancel_asked:
             self.cancel_asked = True
-            self._inst._cancel_asked.append(self._seq)
+            self._inst._note_cancel_asked(self._seq)
             if ctype != _WAIT_CANCELLATION:
                 err = ActivityError(f"activity {self._name!r} was cancelled", activity_type=self._name,
                                     activity_id=self._seq)
@@ -169,6 +223,16 @@ class _ActivityFuture(asyncio.Future[Any]):
                 # Often nobody reads it (asyncio.wait_for raises its own CancelledError): not an error.
                 self._log_traceback = False
         return True  # the task awaiting it is not cancelled: it gets what this future gets
+
+
+def _activity_future(inst: WorkflowInstance, seq: int, name: str, ctype: int | None) -> _ActivityFuture:
+    fut = _ActivityFuture(loop=inst.loop)
+    fut._inst = inst
+    fut._seq = seq
+    fut._name = name
+    fut._ctype = ctype
+    fut.cancel_asked = False
+    return fut
 
 
 class LocalCall:
@@ -228,7 +292,7 @@ def _caller_location() -> _Location | str:
     f: Any = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
-        if fn == _LOOP_FILE and f.f_code.co_name in ("_run_ready", "run_until_quiescent"):
+        if fn == _LOOP_FILE and f.f_code.co_name == "run_until_quiescent":
             break  # the engine drives the loop from here: no workflow code above
         if not fn.startswith(_PKG_DIR) and "asyncio" not in fn:
             return _Location(fn, f.f_lineno)
@@ -307,9 +371,13 @@ class WorkflowInstance:
         self.run_key = run_key
         self.converter = converter
         run_id = run_key.hex()
+        first_run = meta.get("first_run", run_id)
         self.info = WorkflowInfo(
-            workflow_id=meta["wid"], run_id=run_id, workflow_type=started.name, task_queue=meta["queue"],
-            attempt=started.attempt or 1, first_run_id=meta.get("first_run", run_id), parent=meta.get("parent"),
+            # One string where two equal ones would do, and queue names interned: a worker may hold
+            # 100,000 parked instances.
+            workflow_id=meta["wid"], run_id=run_id, workflow_type=started.name, task_queue=sys.intern(meta["queue"]),
+            attempt=started.attempt or 1, first_run_id=run_id if first_run == run_id else first_run,
+            parent=meta.get("parent"),
             headers=meta.get("headers") or {},
             run_timeout=_timedelta(meta.get("run_timeout")),
             execution_timeout=_timedelta(meta.get("execution_timeout")),
@@ -331,37 +399,39 @@ class WorkflowInstance:
         self.timers: list[tuple[int, float]] = []
         self.close_status: str | None = None
         self._pending: dict[int, tuple[_ActivityFuture, Any, str, str]] = {}
+        # The containers set to _NO_LIST / _NO_DICT below (and _handler_tasks) are made when first
+        # added to: most runs never use them, and a parked instance should cost little memory.
         # (task queue, seq, wait for its end) of the activities whose cancellation was recorded.
-        self.cancel_activities: list[tuple[str, int, bool]] = []
+        self.cancel_activities: list[tuple[str, int, bool]] = _NO_LIST
         # Seqs of activities whose futures were cancelled in this activation (see _ActivityFuture).
-        self._cancel_asked: list[int] = []
+        self._cancel_asked: list[int] = _NO_LIST
         # The history being replayed (replay only): where recorded cancellation types are read.
         self._replay_events: list[Event] | None = None
         # Signals no handler or waiter took yet, by name: (arrival number, args), oldest first.
-        self._signals: dict[str, list[tuple[int, list[Any]]]] = {}
+        self._signals: dict[str, list[tuple[int, list[Any]]]] = _NO_DICT
         self._signal_arrivals = 0
         self._signal_waiters: dict[str, list[asyncio.Future[Any]]] = {}
-        self._signal_handlers: dict[str, Callable[..., Any]] = {}
+        self._signal_handlers: dict[str, Callable[..., Any]] = _NO_DICT
         # Catch-all handlers (ctx.set_dynamic_*_handler): called with the name first.
         self._dynamic_signal: Callable[..., Any] | None = None
         self._dynamic_query: Callable[..., Any] | None = None
         self._dynamic_update: tuple[Callable[..., Any], Callable[..., Any] | None] | None = None
-        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = _NO_LIST
         self._main: asyncio.Task[Any] | None = None
-        self._children: dict[int, ChildWorkflowHandle] = {}
-        self.child_starts: list[ChildStart] = []
-        self.external: list[ExternalRequest] = []
-        self.cancelled_timers: list[int] = []
+        self._children: dict[int, ChildWorkflowHandle] = _NO_DICT
+        self.child_starts: list[ChildStart] = _NO_LIST
+        self.external: list[ExternalRequest] = _NO_LIST
+        self.cancelled_timers: list[int] = _NO_LIST
         self.cancel_requested = False
-        self._patches: dict[str, bool] = {}
-        self._query_handlers: dict[str, Callable[..., Any]] = {}
-        self._update_handlers: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
+        self._patches: dict[str, bool] = _NO_DICT
+        self._query_handlers: dict[str, Callable[..., Any]] = _NO_DICT
+        self._update_handlers: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = _NO_DICT
         # The ids of the updates accepted on this run so far (what a repeated update id is checked
         # against), each with its WorkflowExecutionUpdateAccepted event id (0: not known yet).
-        self.accepted_updates: dict[str, int] = {}
+        self.accepted_updates: dict[str, int] = _NO_DICT
         self._in_query = False
         # Async signal handlers and update handlers still running (ctx.all_handlers_finished).
-        self._handler_tasks: set[asyncio.Task[Any]] = set()
+        self._handler_tasks: set[asyncio.Task[Any]] | None = None
         # Local activities the code waits for, by seq: run by the worker before the task commits.
         self._local_pending: dict[int, LocalCall] = {}
         self._matcher: CommandMatcher | None = None
@@ -378,11 +448,11 @@ class WorkflowInstance:
         self._inbound: WorkflowInboundInterceptor | None = None
         self._outbound: WorkflowOutboundInterceptor | None = None
         if interceptors:
-            inbound: WorkflowInboundInterceptor = _InboundRoot(self)
+            inbound: WorkflowInboundInterceptor = InboundRoot(self)
             for it in reversed(interceptors):
                 inbound = it.intercept_workflow(inbound)
             self._inbound = inbound
-            inbound.init(_OutboundRoot(self))  # the root's init keeps the wrapped chain as _outbound
+            inbound.init(OutboundRoot(self))  # the root's init keeps the wrapped chain as _outbound
 
     def _get_history_length(self) -> int:
         return self._hlen
@@ -398,19 +468,9 @@ class WorkflowInstance:
 
     def activate(self, inputs: list[Event]) -> None:
         """Apply input events in order, then run the code until every branch is blocked."""
-        loop = self.loop
-        t_us = 0
-        last = self.last_event_id
         self._hlen += len(inputs) + 1  # the inputs, and this task's WorkflowTaskCompleted
-        for ev in inputs:
-            if ev.timestamp_us > t_us:
-                t_us = ev.timestamp_us
-            self._apply(ev)
-            if ev.event_id > last:
-                last = ev.event_id
-        self.last_event_id = last
-        if t_us / 1e6 > loop.time():
-            loop.set_time(t_us / 1e6)
+        t, self.last_event_id = apply_inputs(self, inputs, self.last_event_id)  # each to _apply, in order
+        self.loop.advance_time(t)
         self._run()
 
     def _run(self) -> None:
@@ -419,7 +479,7 @@ class WorkflowInstance:
             loop.run_until_quiescent()
             if self._conditions and self._check_conditions():
                 continue
-            if self.replaying and self._local_pending and self._replay_local_activities():
+            if self._local_pending and self.replaying and self._replay_local_activities():
                 continue
             break
         if loop.unhandled_errors:
@@ -455,7 +515,7 @@ class WorkflowInstance:
                 fired = True
             else:
                 keep.append((fn, fut))
-        self._conditions = keep
+        self._conditions = keep or _NO_LIST
         return fired
 
     def _finish(self, main: asyncio.Task[Any]) -> None:
@@ -544,7 +604,7 @@ class WorkflowInstance:
         if not (self.child_starts or self.external or self.cancelled_timers or self.cancel_activities):
             return _NO_EXTRAS
         out = (self.child_starts, self.external, self.cancelled_timers, self.cancel_activities)
-        self.child_starts, self.external, self.cancelled_timers, self.cancel_activities = [], [], [], []
+        self.child_starts = self.external = self.cancelled_timers = self.cancel_activities = _NO_LIST
         return out
 
     def completion(self, processed_through: int, inputs: list[Event] | None = None,
@@ -592,13 +652,13 @@ class WorkflowInstance:
         Each command is checked against the recorded one when the code asks for it, so the
         error can name the line that asked. Raises NonDeterminismError on divergence.
         """
-        activations = split_activations(events)
         matcher = self._matcher = CommandMatcher(self.info.workflow_type)
         self.replaying = True
         self._replay_events = events
         try:
             with self.loop.held():
-                last = drive(self, activations, matcher)  # the per-task loop, compiled
+                # The per-task loop, compiled; it splits the history into tasks as it goes.
+                last, tasks, pending = replay_history(self, events, matcher)
             # The activities still pending keep their recorded cancellation types past replay.
             unknown = {seq for seq, entry in self._pending.items() if entry[0]._ctype is None}
             if unknown:
@@ -608,21 +668,19 @@ class WorkflowInstance:
             self.replaying = False
             self._matcher = None
             self._replay_events = None
-        self.epoch += len(activations) - 1
+        self.epoch += tasks
         if last:
             self.last_event_id = last
         if events:
             self.last_event_id = max(self.last_event_id, events[-1].event_id)
-        return activations[-1][0]
+        return pending
 
     # ------------------------------------------------------------------ inputs
 
     def _apply(self, ev: Event) -> None:
         t = ev.type
-        if t == codec.ACTIVITY_COMPLETED:
-            entry = self._pending.pop(ev.ref, None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_result(self.converter.decode(ev.payload, entry[1]))
+        if t == _ACTIVITY_COMPLETED:
+            self._activity_completed(ev.ref, ev.payload)
         elif t == codec.ACTIVITY_FAILED or t == codec.ACTIVITY_CANCELED:
             # ActivityTaskCanceled: a "wait_cancellation_completed" activity acknowledged its
             # cancellation (its failure is a duro.CancelledError), as ActivityError's cause.
@@ -669,7 +727,7 @@ class WorkflowInstance:
         elif t == codec.UPDATE_ACCEPTED:
             meta_b, args_b = unpack(ev.payload)
             umeta = orjson.loads(meta_b)
-            self.accepted_updates[umeta["id"]] = ev.event_id
+            self.note_update_accepted(umeta["id"], ev.event_id)
             self.loop.call_soon(self._run_update, umeta["id"], ev.name, args_b, umeta.get("headers") or {})
         elif t == codec.WORKFLOW_STARTED:
             args = self.converter.decode_args(self._args_payload, self.defn.arg_hints)
@@ -682,6 +740,14 @@ class WorkflowInstance:
         else:
             raise NonDeterminismError(f"event {ev.event_id} ({ev.type_name}) cannot be applied to a workflow",
                                       event_id=ev.event_id)
+
+    def _activity_completed(self, seq: int, payload: bytes) -> None:
+        """ActivityTaskCompleted: resolve the activity's future with its result."""
+        entry = self._pending.pop(seq, None)
+        if entry is not None:
+            fut = entry[0]
+            if not _future_done(fut):
+                _future_set_result(fut, self.converter.decode(payload, entry[1]))
 
     def _deliver_signal(self, name: str, args: list[Any]) -> None:
         """Give a signal to its handler, else to a ``wait_signal`` waiter, else to the dynamic handler.
@@ -704,6 +770,8 @@ class WorkflowInstance:
             self._call_handler(dynamic, args, name)
             return
         self._signal_arrivals += 1
+        if self._signals is _NO_DICT:
+            self._signals = {}
         self._signals.setdefault(name, []).append((self._signal_arrivals, args))
 
     def _call_handler(self, handler: Callable[..., Any], args: list[Any], name: str | None = None) -> None:
@@ -716,6 +784,8 @@ class WorkflowInstance:
             self._track_handler(self.loop.create_task(result))
 
     def _track_handler(self, task: asyncio.Task[Any]) -> None:
+        if self._handler_tasks is None:
+            self._handler_tasks = set()
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
 
@@ -757,16 +827,27 @@ class WorkflowInstance:
         if isinstance(activity, str):
             name, hint, defaults = activity, None, None
         else:
-            defaults = get_activity_definition(activity)
+            # get_activity_definition's common case inlined (it raises the error for a non-activity).
+            defaults = getattr(activity, "__duro_activity__", None)
+            if not isinstance(defaults, ActivityDefinition):
+                defaults = get_activity_definition(activity)
             name, hint = defaults.name, defaults.return_hint
         if result_type is not None:
             hint = result_type
-        if self._replay_matches(_ACTIVITY_SCHEDULED, name):
-            # Recorded: this call passed the checks below when it first ran, and its arguments
-            # and options are in the history. Replay only needs the future to resolve.
-            self.seq += 1
-            fut = _ActivityFuture(self, self.seq, name, None)
-            self._pending[self.seq] = (fut, hint, name, task_queue or self.info.task_queue)
+        matcher = self._matcher
+        if matcher is not None and self.replaying and matcher.matches_parts(_ACTIVITY_SCHEDULED, self.seq + 1, name):
+            # Recorded (_replay_matches, inlined: this is the path of every activity in replay): this
+            # call passed the checks below when it first ran, and its arguments and options are in
+            # the history. Replay only needs the future to resolve.
+            self._hlen += 1
+            seq = self.seq = self.seq + 1
+            fut = _ActivityFuture(loop=self.loop)  # _activity_future(self, seq, name, None), inlined
+            fut._inst = self
+            fut._seq = seq
+            fut._name = name
+            fut._ctype = None
+            fut.cancel_asked = False
+            self._pending[seq] = (fut, hint, name, task_queue or self.info.task_queue)
             return fut
         # Live, or a call that replay did not find recorded (maybe because it raised when it first
         # ran and the code caught that): check it as live did, so it raises the same error at the
@@ -786,7 +867,7 @@ class WorkflowInstance:
             raise ValueError(f"cancellation_type must be one of {CANCELLATION_TYPES}, got {cancellation_type!r}")
         self.seq += 1
         seq = self.seq
-        fut = _ActivityFuture(self, seq, name, ctype)
+        fut = _activity_future(self, seq, name, ctype)
         self._pending[seq] = (fut, hint, name, queue)
         if self.replaying:
             self._encode_command_args(seq, args)  # raises if it raised live
@@ -922,7 +1003,20 @@ class WorkflowInstance:
         # Recorded, so the store drops the durable timer; one that fires anyway is ignored.
         self._command(Event(codec.TIMER_CANCELED, 0, 0, seq, 0, "", b""), "timer cancelled")
         if not self.replaying:
+            if self.cancelled_timers is _NO_LIST:
+                self.cancelled_timers = []
             self.cancelled_timers.append(seq)
+
+    def _note_cancel_asked(self, seq: int) -> None:
+        if self._cancel_asked is _NO_LIST:
+            self._cancel_asked = []
+        self._cancel_asked.append(seq)
+
+    def note_update_accepted(self, update_id: str, event_id: int) -> None:
+        """Remember that update ``update_id`` was accepted on this run (``event_id``: its event, 0 if unknown)."""
+        if self.accepted_updates is _NO_DICT:
+            self.accepted_updates = {}
+        self.accepted_updates[update_id] = event_id
 
     def _cancel_dropped_activities(self) -> None:
         """Cancel the activities whose futures the code cancelled (gather cancelled, cancel requested...).
@@ -932,7 +1026,7 @@ class WorkflowInstance:
         the activity). A "wait_cancellation_completed" activity stays pending: its recorded end
         resolves the future.
         """
-        asked, self._cancel_asked = self._cancel_asked, []
+        asked, self._cancel_asked = self._cancel_asked, _NO_LIST
         for seq in sorted(set(asked)):
             entry = self._pending.get(seq)
             if entry is None:
@@ -945,6 +1039,8 @@ class WorkflowInstance:
                 continue
             self._command(Event(codec.ACTIVITY_CANCEL_REQUESTED, 0, 0, seq, 0, "", b""), "activity cancelled")
             if not self.replaying:
+                if self.cancel_activities is _NO_LIST:
+                    self.cancel_activities = []
                 self.cancel_activities.append((entry[3], seq, wait))
 
     def recorded_cancellation_type(self, seq: int) -> int:
@@ -1007,9 +1103,13 @@ class WorkflowInstance:
             if headers:
                 meta["headers"] = headers = check_headers(headers)
             self._command(Event(codec.CHILD_STARTED, 0, 0, seq, 0, name, pack(orjson.dumps(meta), payload)))
+            if self.child_starts is _NO_LIST:
+                self.child_starts = []
             self.child_starts.append(ChildStart(seq=seq, workflow_id=wid, run_id=run_id, workflow_type=name,
                                                task_queue=queue, args=payload, parent_close_policy=parent_close_policy,
                                                headers=headers or None))
+        if self._children is _NO_DICT:
+            self._children = {}
         self._children[seq] = handle
         return handle
 
@@ -1051,6 +1151,8 @@ class WorkflowInstance:
             recorded, hflag = headed(payload, headers)
             self._command(Event(etype, 0, 0, self.seq, 0, name, recorded, hflag))
         if not self.replaying:
+            if self.external is _NO_LIST:
+                self.external = []
             self.external.append(ExternalRequest(kind=kind, workflow_id=workflow_id, run_id=run_id, name=name,
                                                  args=payload, headers=headers or None))
 
@@ -1082,6 +1184,8 @@ class WorkflowInstance:
         else:
             self._command(Event(codec.MARKER, 0, 0, 0, 0, change_id, b"patched"))
             result = True
+        if self._patches is _NO_DICT:
+            self._patches = {}
         self._patches[change_id] = result
         return bool(result)
 
@@ -1094,6 +1198,8 @@ class WorkflowInstance:
         elif not callable(handler):
             raise TypeError("a query handler must be callable")
         else:
+            if self._query_handlers is _NO_DICT:
+                self._query_handlers = {}
             self._query_handlers[name] = handler
 
     def set_dynamic_query_handler(self, handler: Callable[..., Any] | None) -> None:
@@ -1173,6 +1279,8 @@ class WorkflowInstance:
             return
         if not callable(handler) or (validator is not None and not callable(validator)):
             raise TypeError("an update handler and its validator must be callable")
+        if self._update_handlers is _NO_DICT:
+            self._update_handlers = {}
         self._update_handlers[name] = (handler, validator)
 
     def set_dynamic_update_handler(self, handler: Callable[..., Any] | None,
@@ -1268,6 +1376,8 @@ class WorkflowInstance:
             return
         if not callable(handler):
             raise TypeError("a signal handler must be callable")
+        if self._signal_handlers is _NO_DICT:
+            self._signal_handlers = {}
         self._signal_handlers[name] = handler
         buffered = self._signals.pop(name, None)
         while buffered:
@@ -1299,6 +1409,8 @@ class WorkflowInstance:
         if fn():
             fut.set_result(None)
         else:
+            if self._conditions is _NO_LIST:
+                self._conditions = []
             self._conditions.append((fn, fut))
         return fut
 
@@ -1367,96 +1479,3 @@ def _signal_value(args: list[Any]) -> Any:
     if not args:
         return None
     return tuple(args)
-
-
-class ChildWorkflowHandle:
-    """A child workflow started by this workflow: ``await handle.result()``, ``signal``, ``cancel``."""
-
-    def __init__(self, inst: WorkflowInstance, seq: int, workflow_id: str, run_id: str, hint: Any) -> None:
-        self._inst = inst
-        self.seq = seq
-        self.id = workflow_id
-        self.run_id = run_id
-        self._hint = hint
-        self._result: asyncio.Future[Any] = inst.loop.create_future()
-
-    def __repr__(self) -> str:
-        return f"ChildWorkflowHandle(id={self.id!r}, run_id={self.run_id!r})"
-
-    def _resolve(self, ok: bool, payload: bytes) -> None:
-        if self._result.done():
-            return
-        if ok:
-            self._result.set_result(self._inst.converter.decode(payload, self._hint))
-            return
-        cause = decode_failure(payload)
-        err = WorkflowFailedError(f"child workflow {self.id!r} did not complete: {cause}", workflow_id=self.id,
-                                  run_id=self.run_id)
-        err.__cause__ = cause
-        self._result.set_exception(err)
-
-    async def result(self) -> Any:
-        """Wait for the child to close; its result, or WorkflowFailedError with the cause chained."""
-        return await asyncio.shield(self._result)
-
-    async def signal(self, name: str, *args: Any) -> None:
-        """Send a signal to the child (delivered when this workflow task commits)."""
-        self._inst.signal_external(self.id, self.run_id, name, args)
-
-    async def cancel(self) -> None:
-        """Ask the child to cancel (it sees asyncio.CancelledError at its current await)."""
-        self._inst.request_external("cancel", self.id, self.run_id, "", ())
-
-
-class _InboundRoot(WorkflowInboundInterceptor):
-    """The innermost inbound link: what the instance does without interceptors."""
-
-    def __init__(self, inst: WorkflowInstance) -> None:
-        self._inst = inst
-
-    @property
-    def ctx(self) -> WorkflowContext:
-        return self._inst.ctx
-
-    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
-        self._inst._outbound = outbound
-
-    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
-        return await input.fn(self._inst.ctx, *input.args)
-
-    def handle_signal(self, input: HandleSignalInput) -> None:
-        self._inst._deliver_signal(input.signal, input.args)
-
-    def handle_query(self, input: HandleQueryInput) -> Any:
-        return self._inst._answer_query(input.query, input.args)
-
-    def handle_update_validator(self, input: HandleUpdateInput) -> None:
-        self._inst._validate_update(input.update, input.args)
-
-    async def handle_update(self, input: HandleUpdateInput) -> Any:
-        return await self._inst._call_update(input.update, input.args)
-
-
-class _OutboundRoot(WorkflowOutboundInterceptor):
-    """The innermost outbound link: records the commands, headers included."""
-
-    def __init__(self, inst: WorkflowInstance) -> None:
-        self._inst = inst
-
-    @property
-    def ctx(self) -> WorkflowContext:
-        return self._inst.ctx
-
-    def start_activity(self, input: StartActivityInput) -> asyncio.Future[Any]:
-        return self._inst.schedule_activity(
-            input.activity, input.args, input.start_to_close_timeout, input.schedule_to_close_timeout,
-            input.heartbeat_timeout, input.retry_policy, input.task_queue, input.headers, input.result_type,
-            input.cancellation_type)
-
-    def start_child_workflow(self, input: StartChildWorkflowInput) -> ChildWorkflowHandle:
-        return self._inst.start_child(input.workflow, input.args, input.id, input.task_queue,
-                                      input.parent_close_policy, input.headers, input.result_type)
-
-    def signal_external_workflow(self, input: SignalExternalWorkflowInput) -> None:
-        self._inst.request_external("signal", input.workflow_id, input.run_id, input.signal, input.args,
-                                    input.headers)

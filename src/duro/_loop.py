@@ -11,6 +11,7 @@ import reprlib
 import sys
 import threading
 import weakref
+from asyncio import format_helpers
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, TypeVarTuple, cast
@@ -81,18 +82,23 @@ def _not_driven_here(name: str) -> Callable[..., NoReturn]:
 
 
 class _Ready(asyncio.Handle):
-    """A Handle made without asyncio's debug bookkeeping: the hot path of every resolved future."""
+    """A Handle made without asyncio's debug bookkeeping: the hot path of every resolved future.
+
+    Made by ``WorkflowLoop.call_soon``, which sets every slot itself (no ``__init__`` call).
+    """
 
     __slots__ = ()
+    # asyncio.Handle's slots that typeshed does not declare.
+    _context: Context
+    _loop: Any
+    _callback: Callable[..., object]
+    _repr: str | None
+    _source_traceback: Any
 
-    def __init__(self, callback: Callable[..., object], args: Any, loop: Any, context: Context | None) -> None:
-        self._context = context if context is not None else contextvars.copy_context()
-        self._loop = loop
-        self._callback = callback
-        self._args = args
-        self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
+
+_new_object = object.__new__
+# Context.run unbound: ``_context_run(context, f, *args)`` makes no bound method per callback.
+_context_run = Context.run
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):
@@ -184,6 +190,17 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         """
         self._now = float(t)
 
+    def advance_time(self, t: float) -> None:
+        """Move the workflow clock forward to ``t``; a ``t`` before ``time()`` leaves it unchanged.
+
+        What an activation does with the latest timestamp of its inputs (``set_time`` otherwise).
+
+        Args:
+            t: seconds since the Unix epoch, taken from the history.
+        """
+        if t > self._now:
+            self._now = t
+
     def fire_timer(self, seq: int) -> None:
         """Run the callback of durable timer ``seq`` on the next ``run_until_quiescent``.
 
@@ -227,22 +244,40 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                 "WorkflowLoop.run_until_quiescent() called while it is already running (re-entrant "
                 "call from workflow code or a callback)"
             )
-        self._check_closed()
-        if not self._ready:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        ready = self._ready
+        if not ready:
             return
-        if self._held:
-            # Already the running loop (see ``held``): only mark the run for re-entrancy checks.
-            self._running = True
-            try:
-                self._run_ready()
-            finally:
-                self._running = False
-            return
-        saved = self._activate()
+        # Held (see ``held``): already the running loop; the run is only marked, for re-entrancy checks.
+        saved = None if self._held else self._activate()
+        self._running = True
         try:
-            self._run_ready()
+            # FIFO: callbacks scheduled while a batch runs go to a fresh list, run in the next pass.
+            # Each handle is run here, as ``Handle._run`` would run it (one call fewer per callback:
+            # this is the path of every resolved future); a failure is reported as it reports one.
+            while ready:
+                self._ready = []
+                ready.reverse()  # popped from the end: oldest first, each reference dropped as it runs
+                while ready:
+                    handle = ready.pop()
+                    if not handle._cancelled:
+                        try:
+                            _context_run(handle._context, handle._callback, *handle._args)  # type: ignore[attr-defined]
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            self._callback_failed(handle, exc)
+                    # Drop the handle now rather than at the next iteration: when it was the last
+                    # reference to a finished task (its done callback), the task is finalized here,
+                    # so a "never retrieved" exception reaches unhandled_errors before we return.
+                    del handle
+                ready = self._ready
         finally:
-            self._deactivate(saved)
+            if saved is None:
+                self._running = False
+            else:
+                self._deactivate(saved)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -277,20 +312,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         finally:
             self.unsafe_depth -= 1
 
-    def _run_ready(self) -> None:
-        # FIFO: callbacks scheduled while a batch runs go to a fresh list, run in the next pass.
-        while self._ready:
-            batch = self._ready
-            self._ready = []
-            for i in range(len(batch)):
-                handle = batch[i]
-                batch[i] = None  # type: ignore[call-overload]
-                if not handle._cancelled:
-                    handle._run()
-                # Drop the handle now rather than at the next iteration: when it was the last
-                # reference to a finished task (its done callback), the task is finalized here,
-                # so a "never retrieved" exception reaches unhandled_errors before we return.
-                del handle
+    def _callback_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
+        # What asyncio's Handle._run reports for a callback that raised.
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)  # type: ignore[attr-defined]
+        context: dict[str, Any] = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+        if handle._source_traceback:  # type: ignore[attr-defined]
+            context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
+        self.call_exception_handler(context)
 
     # ------------------------------------------------------------------ loop state
 
@@ -377,7 +405,17 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         """
         if self._closed:
             raise RuntimeError("Event loop is closed")
-        handle = asyncio.Handle(callback, args, self, context) if self._debug else _Ready(callback, args, self, context)
+        if self._debug:
+            handle = asyncio.Handle(callback, args, self, context)
+        else:
+            handle = _new_object(_Ready)
+            handle._context = context if context is not None else contextvars.copy_context()
+            handle._loop = self
+            handle._callback = callback
+            handle._args = args
+            handle._cancelled = False
+            handle._repr = None
+            handle._source_traceback = None
         self._ready.append(handle)
         return handle
 

@@ -136,7 +136,14 @@ class JsonConverter:
     def decode(self, data: bytes, hint: Any = None) -> Any:
         """Decode JSON bytes and convert the result to ``hint``."""
         value = orjson.loads(data)
-        return convert(value, hint) if hint is not None else value
+        if hint is None or value is None:
+            return value
+        # convert(value, hint), its common case inlined: every activity result comes here.
+        try:
+            plan = _PLANS[hint]
+        except (KeyError, TypeError):
+            return convert(value, hint)
+        return value if plan is None else plan(value)
 
     def encode_args(self, args: Sequence[Any]) -> bytes:
         """Encode the positional arguments as a JSON array (same errors as ``encode``)."""

@@ -34,6 +34,7 @@ from duro._schedule_loop import schedule_loop
 from duro._validate import check_name, check_versioning_behavior
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
+from duro.engine.machine import started_event
 from duro.errors import (
     ApplicationError,
     CancelledError,
@@ -51,6 +52,7 @@ from duro.stores.base import (
     StartRequest,
     WorkflowTaskCompletion,
     WrongBuild,
+    headed,
     run_key_of,
 )
 from duro.workflow import WorkflowDefinition, check_exception_types, get_workflow_definition
@@ -228,7 +230,8 @@ class Worker:
         self._act_live: dict[tuple[bytes, int], ActivityTask] = {}
         self._last_renew = 0.0
         self.stats = {"workflow_tasks": 0, "replays": 0, "fused": 0, "fused_conflicts": 0, "activities": 0,
-                      "task_failures": 0, "stale_activities": 0, "report_retries": 0}
+                      "task_failures": 0, "stale_activities": 0, "report_retries": 0, "eager_signals": 0,
+                      "eager_signal_conflicts": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -603,8 +606,6 @@ class Worker:
         Returns False (nothing written) when the first task cannot run here; the caller then
         starts the workflow the ordinary way. Raises what starting raises (already started...).
         """
-        from duro.stores.lmdb import started_event
-
         defn = self._workflows.get(req.workflow_type)
         if defn is None or not self._running or len(self._active) >= self.max_wf_tasks:
             return False
@@ -650,6 +651,58 @@ class Worker:
         else:
             inst.close()
         self._wf_done(run_key)
+        return True
+
+    async def eager_signal(self, workflow_id: str, run_key: bytes, name: str, payload: bytes,
+                           headers: dict[str, str] | None) -> bool:
+        """Deliver a signal to a run this worker holds idle in memory, in one commit with the task it wakes.
+
+        The signal is shown to the live instance and committed together with the workflow task
+        that processed it (an input of that completion, as an activity result is on the fused
+        path), so a signal to a parked workflow costs one commit, not two, and no history read.
+        Nothing is acknowledged before that commit is durable; the completion is conditional on
+        the history the instance saw (``Conflict`` otherwise). Returns False, with nothing written,
+        when it cannot be done here: the run is not cached idle here, its history moved on, its
+        code raised or wants local activities, or the commit failed. The caller then sends the
+        signal the ordinary way (and the instance, which saw a signal that is not recorded, is
+        dropped from the cache).
+        """
+        inst = self._cache.get(run_key)
+        if (inst is None or inst.busy or not self._running or run_key in self._active or run_key in self._again
+                or inst.close_status is not None or inst.info.workflow_id != workflow_id
+                or inst.last_event_id != inst.next_event_id - 1  # it has seen the whole history
+                or (self._wf_backlog and run_key in self._wf_backlog)):
+            return False
+        body, flags = headed(payload, headers)
+        ev = Event(codec.SIGNAL_RECEIVED, 0, int(self.store.clock.now() * 1e6), 0, 0, name, body, flags)
+        self._active.add(run_key)
+        inst.busy = True
+        t0 = time.perf_counter() if _metrics.ENABLED else 0.0
+        try:
+            inst.activate([ev])
+            if inst.has_local_activities:
+                # They would run inside the caller's signal(), before the signal is durable: the
+                # ordinary workflow task runs them.
+                self._evict(run_key)
+                return False
+            await self._commit(inst, 0, [ev], None)
+        except Conflict:  # the run moved on meanwhile (_commit dropped the instance)
+            self.stats["eager_signal_conflicts"] += 1
+            return False
+        except BaseException as e:
+            self._evict(run_key)  # it saw a signal that is not recorded
+            if isinstance(e, Exception):  # its code raised, or the commit failed: the ordinary path
+                # records the signal, and the workflow task runs (and, if it fails, is recorded) anew
+                log.debug("signal %r to run %s goes the ordinary way: %s: %s", name, run_key.hex(),
+                          type(e).__name__, e)
+                return False
+            raise
+        finally:
+            inst.busy = False
+            self._wf_done(run_key)
+        self.stats["eager_signals"] += 1
+        if t0 and _metrics.ENABLED:
+            _metrics.RECORDER.workflow_task_executed(inst.info.workflow_type, time.perf_counter() - t0)
         return True
 
     async def accept_update(self, run_key: bytes, name: str, args: bytes, headers: dict[str, str] | None,
@@ -703,7 +756,7 @@ class Worker:
                     except BaseException:
                         self._evict(run_key)  # it saw an update that is not recorded
                         raise
-                    inst.accepted_updates[update_id] = first
+                    inst.note_update_accepted(update_id, first)
                     return first
                 finally:
                     inst.busy = False

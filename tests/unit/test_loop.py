@@ -283,6 +283,14 @@ def test_time_is_the_set_time_not_the_wall_clock(driver: Driver) -> None:
     assert driver.loop.time() == 100.0
 
 
+def test_advance_time_only_moves_the_clock_forward(driver: Driver) -> None:
+    driver.loop.set_time(100.0)
+    driver.loop.advance_time(99.5)
+    assert driver.loop.time() == 100.0
+    driver.loop.advance_time(100.25)
+    assert driver.loop.time() == 100.25
+
+
 # ------------------------------------------------------------ asyncio primitives work
 
 

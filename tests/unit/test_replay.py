@@ -11,7 +11,15 @@ import pytest
 import duro
 from duro._core import codec
 from duro._core.codec import Event
-from duro._core.replay import CommandMatcher, is_command, match_commands, split_activations
+from duro._core.replay import (
+    CommandMatcher,
+    apply_inputs,
+    drive,
+    is_command,
+    match_commands,
+    replay_history,
+    split_activations,
+)
 from duro.errors import DuroError, NonDeterminismError
 from tests.engine import wfs
 from tests.engine.wfs import Order, Receipt, charge, reserve, ship, validate
@@ -311,6 +319,85 @@ def test_the_older_cancel_form_matches_nothing_but_a_cancel_request() -> None:
     assert not m.matches_parts(codec.EXTERNAL_SIGNAL, 1, "")
     with pytest.raises(NonDeterminismError, match="RequestCancelExternalWorkflowExecutionInitiated"):
         m.finish()
+
+
+# ------------------------------------------------------------------ replay_history, apply_inputs
+
+
+class Recorder:
+    """What replay drives, reduced to a log: each activation's input ids and the matcher's checks."""
+
+    def __init__(self, matcher: CommandMatcher, asks: dict[int, list[tuple[int, int, str]]] | None = None) -> None:
+        self.matcher = matcher
+        self.asks = asks or {}  # the commands the code asks for, by activation number
+        self.log: list[list[int]] = []
+        self._divergence: NonDeterminismError | None = None
+
+    def activate(self, inputs: list[Event]) -> None:
+        self.log.append(ids(inputs))
+        for type_, ref, name in self.asks.get(len(self.log), ()):
+            assert self.matcher.matches_parts(type_, ref, name)
+
+
+HISTORY = [
+    ev(STARTED, 1, name="wf"), ev(SIGNAL, 2, name="s"),
+    ev(TASK, 3, ref=1), ev(SCHEDULED, 4, ref=1, name="a"),
+    ev(COMPLETED, 5, ref=1, name="a"),
+    ev(TASK, 6, ref=5),
+    ev(codec.WORKFLOW_TASK_FAILED, 7), ev(FIRED, 8, ref=9),
+    ev(TASK, 9, ref=8), ev(TIMER, 10, ref=2), ev(SCHEDULED, 11, ref=3, name="b"),
+    ev(SIGNAL, 12, name="late"),
+]
+ASKS = {1: [(SCHEDULED, 1, "a")], 3: [(TIMER, 2, ""), (SCHEDULED, 3, "b")]}
+
+
+def test_replay_history_is_drive_over_split_activations() -> None:
+    one, two = Recorder(CommandMatcher("wf"), ASKS), Recorder(CommandMatcher("wf"), ASKS)
+    activations = split_activations(HISTORY)
+    last = drive(one, activations, one.matcher)
+    assert replay_history(two, HISTORY, two.matcher) == (last, len(activations) - 1, activations[-1][0])
+    assert one.log == two.log == [[1], [2, 5], [8]]
+    assert last == 11
+    assert replay_history(Recorder(CommandMatcher("wf")), [], CommandMatcher("wf")) == (0, 0, [])
+
+
+def test_replay_history_checks_each_task_and_the_whole_history_first() -> None:
+    missing = Recorder(CommandMatcher("wf"), {1: ASKS[1]})  # the third task asks for nothing
+    with pytest.raises(NonDeterminismError, match="asks for nothing more") as info:
+        replay_history(missing, HISTORY, missing.matcher)
+    assert info.value.event_id == 10 and missing.log == [[1], [2, 5], [8]]
+    diverged = Recorder(CommandMatcher("wf"), ASKS)
+    diverged._divergence = NonDeterminismError("found by the code")
+    with pytest.raises(NonDeterminismError, match="found by the code"):
+        replay_history(diverged, HISTORY, diverged.matcher)
+    assert diverged.log == [[1]]
+    broken = Recorder(CommandMatcher("wf"), ASKS)
+    with pytest.raises(NonDeterminismError, match="out of order"):
+        replay_history(broken, [*HISTORY, ev(SIGNAL, 12, name="again")], broken.matcher)
+    assert broken.log == []  # nothing ran
+
+
+class Inputs:
+    """An instance reduced to what apply_inputs calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def _activity_completed(self, seq: int, payload: bytes) -> None:
+        self.calls.append(("completed", (seq, payload)))
+
+    def _apply(self, event: Event) -> None:
+        self.calls.append(("apply", event.event_id))
+
+
+def test_apply_inputs_applies_in_order_and_returns_the_latest_time_and_id() -> None:
+    inst = Inputs()
+    inputs = [Event(SIGNAL, 7, 2_500_000, 0, 0, "s", b"[]"), Event(COMPLETED, 9, 1_000_000, 3, 0, "a", b"42"),
+              Event(FIRED, 8, 1_700_000_000_123_456, 1)]
+    assert apply_inputs(inst, inputs, 5) == (1_700_000_000.123456, 9)
+    assert inst.calls == [("apply", 7), ("completed", (3, b"42")), ("apply", 8)]
+    assert apply_inputs(inst, [], 5) == (0.0, 5)
+    assert apply_inputs(inst, [Event(SIGNAL, 2, 10, 0, 0, "s", b"[]")], 5) == (10 / 1e6, 5)
 
 
 # ------------------------------------------------------------------ end to end: Replayer against changed code

@@ -10,8 +10,8 @@
 #   transaction ends or, in a write transaction, until its next write: copy or decode it at once;
 # - close every MDB_cursor it opens before returning (the binding does not track them);
 # - call txn.count_write() after each successful put or delete (the group commit reads `writes`);
-# - hold the GIL, as the binding does for everything but begin-write, commit and env open: reads
-#   and writes are memory operations on the map.
+# - hold the GIL, as the binding does for everything but begin-write, commit-write and env open:
+#   reads and writes are memory operations on the map.
 
 cdef extern from "lmdb.h" nogil:
     # Opaque handles: lmdb.h declares them only as incomplete structs.

@@ -7,7 +7,13 @@ timers fired, signals) and *commands* (what the code decided). Every workflow ta
 WorkflowTaskCompleted marker whose ``ref`` is the id of the last input the code had seen, followed
 immediately (same commit) by the commands it produced. Inputs recorded between the last processed
 input and the marker arrived while the task ran; they belong to the next activation.
+
+It also holds the per-activation loops of the instance (``replay_history`` drives every task of a
+history, ``apply_inputs`` hands one activation's inputs to the instance, live too): they run once
+per workflow task, and most of their work is reading Event fields, which costs least here.
 """
+
+cimport cython
 
 from duro._core.codec cimport Event
 
@@ -17,6 +23,8 @@ from duro.errors import NonDeterminismError
 cdef int T_MARKER = codec.WORKFLOW_TASK_COMPLETED
 cdef int T_EXTERNAL_SIGNAL = codec.EXTERNAL_SIGNAL
 cdef int T_EXTERNAL_CANCEL = codec.EXTERNAL_CANCEL
+cdef int T_MARKER_RECORDED = codec.MARKER
+cdef int T_ACTIVITY_COMPLETED = codec.ACTIVITY_COMPLETED
 # Flags bit 0 of a SignalExternalWorkflowExecutionInitiated recorded before duro 0.2 had
 # RequestCancelExternalWorkflowExecutionInitiated: the event is a cancel request (with no name).
 cdef int LEGACY_CANCEL_FLAG = 1
@@ -35,10 +43,106 @@ cdef frozenset COMMAND_TYPES = frozenset((
 cdef frozenset TERMINAL_TYPES = frozenset((codec.WORKFLOW_TERMINATED, codec.WORKFLOW_TIMED_OUT,
                                            codec.WORKFLOW_TASK_FAILED))
 
+# The two sets by event type (an Event's type is 0..255): what split_activations reads per event.
+cdef bint IS_COMMAND[256]
+cdef bint IS_TERMINAL[256]
+for _t in COMMAND_TYPES:
+    IS_COMMAND[_t] = True
+for _t in TERMINAL_TYPES:
+    IS_TERMINAL[_t] = True
+
 
 def is_command(int event_type):
     """Whether an event type is a command (decided by workflow code)."""
     return event_type in COMMAND_TYPES
+
+
+cdef int check_history(list events) except -1:
+    """Raise the NonDeterminismError of a history that cannot be split into workflow tasks.
+
+    Event ids must increase, and a command must follow a WorkflowTaskCompleted marker (or another
+    command of the same task). The first problem in event order is the one reported.
+    """
+    cdef Event ev
+    cdef Py_ssize_t i, n = len(events)
+    cdef unsigned long long last = 0
+    cdef bint in_task = False  # right after a marker, or a command that follows one
+    for i in range(n):
+        ev = <Event>events[i]
+        if ev.event_id <= last:
+            raise NonDeterminismError(
+                f"history is out of order: event {ev.event_id} follows event {last}", event_id=ev.event_id)
+        last = ev.event_id
+        if ev.type == T_MARKER:
+            in_task = True
+        elif IS_COMMAND[ev.type]:
+            if not in_task:
+                raise NonDeterminismError(
+                    f"history has command event {ev.event_id} ({ev.type_name}) outside a workflow task",
+                    event_id=ev.event_id)
+        else:
+            in_task = False
+    return 0
+
+
+@cython.final
+cdef class _Tasks:
+    """Walks a checked history (``check_history``) one completed workflow task at a time.
+
+    After ``next()`` returned True: ``inputs`` are the task's inputs (the buffered inputs up to its
+    marker's ``ref``), ``marker`` its WorkflowTaskCompleted, and ``events[cmd_start:cmd_end]`` its
+    commands. Terminal events and workflow-task failures are not inputs and are skipped.
+    """
+
+    cdef list events
+    cdef Py_ssize_t pos, n
+    cdef list buffered  # inputs no task has processed yet, in id order (None: none)
+    cdef list inputs
+    cdef Event marker
+    cdef Py_ssize_t cmd_start, cmd_end
+
+    def __cinit__(self, list events):
+        self.events = events
+        self.n = len(events)
+
+    cdef bint next(self) except -1:
+        cdef Event ev
+        cdef Py_ssize_t k, nb
+        while self.pos < self.n:
+            ev = <Event>self.events[self.pos]
+            self.pos += 1
+            if ev.type == T_MARKER:
+                # Buffered inputs are in id order, so those the task saw (id <= ref) are a prefix:
+                # usually all of them.
+                if self.buffered is None:
+                    self.inputs = []
+                else:
+                    nb = len(self.buffered)
+                    k = 0
+                    while k < nb and (<Event>self.buffered[k]).event_id <= ev.ref:
+                        k += 1
+                    if k == nb:
+                        self.inputs = self.buffered
+                        self.buffered = None
+                    else:
+                        self.inputs = self.buffered[:k]
+                        self.buffered = self.buffered[k:]
+                self.marker = ev
+                self.cmd_start = self.pos
+                while self.pos < self.n and IS_COMMAND[(<Event>self.events[self.pos]).type]:
+                    self.pos += 1
+                self.cmd_end = self.pos
+                return True
+            if not IS_TERMINAL[ev.type]:  # an input (commands outside a task were refused)
+                if self.buffered is None:
+                    self.buffered = [ev]
+                else:
+                    self.buffered.append(ev)
+        return False
+
+    cdef list pending(self):
+        """The inputs no task has processed (once ``next()`` returned False)."""
+        return [] if self.buffered is None else self.buffered
 
 
 def split_activations(list events):
@@ -48,45 +152,12 @@ def split_activations(list events):
     a final ``(pending_inputs, None, [])`` holding the inputs no task has processed yet. Terminal
     events (terminated, timed out) and workflow-task failures are not inputs and are skipped.
     """
+    check_history(events)
     cdef list out = []
-    cdef list buffered = []
-    cdef list take, keep, commands
-    cdef Event ev, b
-    cdef Py_ssize_t i = 0, n = len(events)
-    cdef unsigned long long last = 0
-    while i < n:
-        ev = <Event>events[i]
-        if ev.event_id <= last:
-            raise NonDeterminismError(
-                f"history is out of order: event {ev.event_id} follows event {last}", event_id=ev.event_id)
-        last = ev.event_id
-        i += 1
-        if ev.type == T_MARKER:
-            take = []
-            keep = []
-            for b in buffered:
-                if b.event_id <= ev.ref:
-                    take.append(b)
-                else:
-                    keep.append(b)
-            buffered = keep
-            commands = []
-            while i < n and (<Event>events[i]).type in COMMAND_TYPES:
-                b = <Event>events[i]
-                if b.event_id <= last:
-                    raise NonDeterminismError(
-                        f"history is out of order: event {b.event_id} follows event {last}", event_id=b.event_id)
-                commands.append(b)
-                last = b.event_id
-                i += 1
-            out.append((take, ev, commands))
-        elif ev.type in COMMAND_TYPES:
-            raise NonDeterminismError(
-                f"history has command event {ev.event_id} ({ev.type_name}) outside a workflow task",
-                event_id=ev.event_id)
-        elif ev.type not in TERMINAL_TYPES:
-            buffered.append(ev)
-    out.append((buffered, None, []))
+    cdef _Tasks tasks = _Tasks(events)
+    while tasks.next():
+        out.append((tasks.inputs, tasks.marker, events[tasks.cmd_start:tasks.cmd_end]))
+    out.append((tasks.pending(), None, []))
     return out
 
 
@@ -159,8 +230,9 @@ cdef class CommandMatcher:
     costs no stack inspection at all.
     """
 
+    # The recorded commands of the current task are _recorded[_i:_end]; _i moves past each match.
     cdef list _recorded
-    cdef Py_ssize_t _i
+    cdef Py_ssize_t _i, _end
     cdef object _marker
     cdef str _workflow_type
 
@@ -168,18 +240,27 @@ cdef class CommandMatcher:
         self._workflow_type = workflow_type
         self._recorded = []
         self._i = 0
+        self._end = 0
         self._marker = None
 
     cpdef begin(self, list recorded, object marker):
         """Expect ``recorded`` (the commands of one recorded workflow task) next."""
         self._recorded = recorded
         self._i = 0
+        self._end = len(recorded)
+        self._marker = marker
+
+    cdef void begin_range(self, list events, Py_ssize_t start, Py_ssize_t end, object marker) noexcept:
+        """``begin(events[start:end], marker)`` without the copy."""
+        self._recorded = events
+        self._i = start
+        self._end = end
         self._marker = marker
 
     cpdef bint matches(self, Event produced):
         """Whether ``produced`` is the next recorded command; advances past it when it is."""
         cdef Event r
-        if self._i >= len(self._recorded):
+        if self._i >= self._end:
             return False
         r = <Event>self._recorded[self._i]
         if not same_command(produced.type, produced.ref, produced.name, r):
@@ -190,7 +271,7 @@ cdef class CommandMatcher:
     cpdef bint matches_parts(self, int type, unsigned long long ref, str name):
         """``matches`` for a command given by its parts: no Event is built when it matches."""
         cdef Event r
-        if self._i >= len(self._recorded):
+        if self._i >= self._end:
             return False
         r = <Event>self._recorded[self._i]
         if not same_command(type, ref, name, r):
@@ -205,9 +286,9 @@ cdef class CommandMatcher:
         before the patch has no marker there.
         """
         cdef Event r
-        if self._i < len(self._recorded):
+        if self._i < self._end:
             r = <Event>self._recorded[self._i]
-            if r.type == codec.MARKER and r.name == name:
+            if r.type == T_MARKER_RECORDED and r.name == name:
                 self._i += 1
                 return True
         return False
@@ -218,16 +299,16 @@ cdef class CommandMatcher:
         How a local activity's recorded result comes back in replay (None: not recorded there).
         """
         cdef Event r
-        if self._i < len(self._recorded):
+        if self._i < self._end:
             r = <Event>self._recorded[self._i]
-            if r.type == codec.MARKER and r.name == name:
+            if r.type == T_MARKER_RECORDED and r.name == name:
                 self._i += 1
                 return r.payload
         return None
 
     def mismatch(self, Event produced, object location):
         """The NonDeterminismError for ``produced`` not matching (call after ``matches`` said no)."""
-        cdef list rest = self._recorded[self._i:]
+        cdef list rest = self._recorded[self._i:self._end]
         try:
             match_commands([produced], rest[:1], [location], self._workflow_type, self._marker)
         except NonDeterminismError as e:
@@ -236,8 +317,39 @@ cdef class CommandMatcher:
 
     cpdef finish(self):
         """Raise NonDeterminismError if recorded commands of this task were not asked for."""
-        if self._i < len(self._recorded):
-            match_commands([], self._recorded[self._i:], [], self._workflow_type, self._marker)
+        if self._i < self._end:
+            match_commands([], self._recorded[self._i:self._end], [], self._workflow_type, self._marker)
+
+
+def apply_inputs(object inst, list inputs, unsigned long long last):
+    """Apply one activation's input events to ``inst``, in order.
+
+    An activity's result goes to ``inst._activity_completed(seq, payload)``, any other event to
+    ``inst._apply(event)``. Returns ``(t, last)``: the latest timestamp of the events in seconds
+    (``Event.timestamp``; 0.0 when none is later) and the largest of ``last`` and their ids.
+    """
+    cdef Event ev
+    cdef long long t_us = 0
+    for ev in inputs:
+        if ev.timestamp_us > t_us:
+            t_us = ev.timestamp_us
+        if ev.type == T_ACTIVITY_COMPLETED:
+            inst._activity_completed(ev.ref, ev.payload)
+        else:
+            inst._apply(ev)
+        if ev.event_id > last:
+            last = ev.event_id
+    return <double>t_us / 1e6, last
+
+
+cdef inline int run_task(object inst, object activate, object inputs, CommandMatcher matcher) except -1:
+    """Run one recorded workflow task (its commands given to ``matcher.begin``) on ``inst``."""
+    activate(inputs)  # the code asks for commands, which the matcher checks as they come
+    divergence = inst._divergence
+    if divergence is not None:
+        raise divergence
+    matcher.finish()  # nothing recorded was left out
+    return 0
 
 
 def drive(object inst, list activations, CommandMatcher matcher):
@@ -259,10 +371,30 @@ def drive(object inst, list activations, CommandMatcher matcher):
         recorded = <list>act[2]
         marker = <Event>act[1]
         matcher.begin(recorded, marker)
-        activate(act[0])
-        divergence = inst._divergence
-        if divergence is not None:
-            raise divergence
-        matcher.finish()
+        run_task(inst, activate, act[0], matcher)
         last = (<Event>recorded[len(recorded) - 1]).event_id if recorded else marker.event_id
     return last
+
+
+def replay_history(object inst, list events, CommandMatcher matcher):
+    """``drive(inst, split_activations(events), matcher)`` in one pass, without building the list.
+
+    Returns ``(last, tasks, pending)``: the id of the last event replayed (0 when there was no
+    completed task), how many workflow tasks were replayed, and the inputs no task has processed
+    yet (the first element of ``split_activations``' last activation). A history that cannot be
+    split raises before any task runs, as ``split_activations`` does.
+    """
+    check_history(events)
+    cdef _Tasks tasks = _Tasks(events)
+    cdef Py_ssize_t count = 0
+    cdef unsigned long long last = 0
+    activate = inst.activate
+    while tasks.next():
+        matcher.begin_range(events, tasks.cmd_start, tasks.cmd_end, tasks.marker)
+        run_task(inst, activate, tasks.inputs, matcher)
+        if tasks.cmd_end > tasks.cmd_start:
+            last = (<Event>events[tasks.cmd_end - 1]).event_id
+        else:
+            last = tasks.marker.event_id
+        count += 1
+    return last, count, tasks.pending()

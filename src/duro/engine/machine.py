@@ -416,8 +416,9 @@ class Machine:
                         search_attributes=req.search_attributes or None, memo=req.memo or None)
         if req.build_id:  # pinned from the start: a child or continue-as-new run of a pinned run
             rec.build_id, rec.versioning_behavior = req.build_id, VersioningBehavior.PINNED
+        if req.execution_timeout and not deadline_us:  # as started_event computes it
+            deadline_us = now_us + us(req.execution_timeout)
         started = started_event(req, now_us, deadline_us)
-        deadline_us = orjson.loads(unpack(started.payload)[0]).get("deadline_us", 0)
         rec.deadline_us = deadline_us
         fire_us = min(x for x in (deadline_us, now_us + us(req.run_timeout) if req.run_timeout else 0, _NEVER) if x)
         if fire_us < _NEVER:

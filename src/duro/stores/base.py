@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import struct
@@ -144,14 +145,44 @@ def parse_retention_days(value: str | None, url: str) -> int:
 _wall_clock = time.time
 
 
-def new_run_id() -> str:
-    """A fresh run id: 32 hex digits, a millisecond timestamp then 80 random bits (like a UUIDv7).
+# The OS's random source is read for 256 run ids at a time: os.urandom releases the GIL, and each
+# call on the event loop's thread then waited for the writer thread to hand the GIL back (measured:
+# 6% of the loop thread's time while starting 50,000 workflows). The pool holds the hex digits of
+# 64 random bits per id; a forked child empties it, or it would hand out its parent's ids.
+_urandom = os.urandom
+_RANDOM_IDS_PER_READ = 256
+_random_hex: list[str] = []
+_sequence = itertools.count()
 
-    Time-ordered ids keep the keys of runs started together (their history, tasks and records)
-    on the same few B-tree pages, so a group commit writes and fsyncs far fewer pages than with
-    fully random ids (measured: 600 random-key puts cost ~5 ms to commit, clustered ones ~1 ms).
+
+def _random_64_bits_hex() -> str:
+    try:
+        return _random_hex.pop()  # atomic: threads never get the same entry
+    except IndexError:
+        pass
+    raw = _urandom(8 * _RANDOM_IDS_PER_READ).hex()
+    _random_hex.extend([raw[i : i + 16] for i in range(16, len(raw), 16)])
+    return raw[:16]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_random_hex.clear)
+
+
+def new_run_id() -> str:
+    """A fresh run id: 32 hex digits, a millisecond timestamp, a sequence number, then 64 random bits.
+
+    Like a UUIDv7 with a counter. Time-ordered ids keep the keys of runs started together (their
+    history, tasks and records) on the same few B-tree pages, so a group commit writes and fsyncs
+    far fewer pages than with fully random ids (measured: 600 random-key puts cost ~5 ms to commit,
+    clustered ones ~1 ms). The 16-bit sequence (this process's count of ids, wrapping) orders the
+    ids one process makes within a millisecond, so their keys are appended at the end of their
+    B-trees: LMDB then fills pages (it splits a page in the middle for an insert anywhere else, and
+    with keys in random order within each millisecond, the run and history pages were half full).
+    The random bits keep ids of different processes apart.
     """
-    return (int(_wall_clock() * 1000) & 0xFFFFFFFFFFFF).to_bytes(6, "big").hex() + os.urandom(10).hex()
+    ms = int(_wall_clock() * 1000) & 0xFFFFFFFFFFFF
+    return f"{ms:012x}{next(_sequence) & 0xFFFF:04x}{_random_64_bits_hex()}"
 
 
 class Clock:

@@ -1222,12 +1222,21 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """Wait until the run is closed; woken by the closing commit or another process's commit."""
         fut: asyncio.Future[RunInfo] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_key, []).append(fut)
-        # Check after registering, so a close committed in between is not missed.
-        with self.env.begin() as txn:
-            rec = Machine.get_run(self._read_tx(txn), run_key)
-        if rec.status != RUNNING:
-            self._release_waiters(run_key, run_info(run_key, rec))
         try:
+            # Check after registering, so a close committed in between is not missed. A run found
+            # closed is answered with its close event, read in the same snapshot.
+            with self.env.begin() as txn:
+                raw = txn.get(run_key, db=self._runs)
+                if raw is None:
+                    raise WorkflowNotFoundError("?", run_key.hex())
+                rec = decode_run(raw)
+                if rec.status != RUNNING:
+                    info = run_info(run_key, rec)
+                    last = rec.next_event_id - 1
+                    found = self.log.read(txn, run_key, last, last) if last > 0 else []
+                    info.close_event = found[0] if found else None
+                    self._release_waiters(run_key, info)  # ours, and any other waiter of the run
+                    return info
             return await fut
         finally:
             futs = self._waiters.get(run_key)

@@ -47,7 +47,7 @@ __all__ = ["U64", "LmdbTx", "RunCache", "atask_key", "read_builds", "timer_key",
 U64 = struct.Struct(">Q")
 _PACK_U64 = U64.pack
 _RUNNING = RunStatus.RUNNING
-_CACHE_LIMIT = 200_000
+_CACHE_LIMIT = 8192  # records per generation of the RunCache
 
 
 def wtask_key(task_queue: str, run_key: bytes) -> bytes:
@@ -80,46 +80,79 @@ class RunCache:
     operation on the hot path, and gives a transition the same object for the same run.
     ``builds`` is the ``builds`` database as of the same moment (None: read it again), so the
     current-build checks of claims and completions cost no read while nobody else writes.
+
+    Records of runs in use stay; the others age out: two generations of at most ``_CACHE_LIMIT``
+    records each, a record found in the older one moving back to the newer. A run that waits (a
+    workflow parked on a signal) is read again when it wakes, instead of every open run's record
+    staying in memory (about 300 bytes each) for as long as it waits.
     """
 
-    __slots__ = ("builds", "records")
+    __slots__ = ("builds", "older", "records")
 
     def __init__(self) -> None:
         self.records: dict[bytes, RunRecord] = {}
+        self.older: dict[bytes, RunRecord] = {}
         self.builds: dict[str, str] | None = None
+
+    def get(self, run_key: bytes) -> RunRecord | None:
+        """The cached record of a run, or None."""
+        rec = self.records.get(run_key)
+        if rec is None and self.older:
+            rec = self.older.pop(run_key, None)
+            if rec is not None:
+                self.records[run_key] = rec
+        return rec
+
+    def put(self, run_key: bytes, rec: RunRecord) -> None:
+        """Cache a run's record (as stored, or as read)."""
+        records = self.records
+        records[run_key] = rec
+        if len(records) >= _CACHE_LIMIT:
+            self.older = records
+            self.records = {}
+
+    def drop(self, run_key: bytes) -> None:
+        """Forget a run's record."""
+        self.records.pop(run_key, None)
+        self.older.pop(run_key, None)
 
     def clear(self) -> None:
         """Forget every record (read them from the transaction again)."""
         self.records.clear()
+        self.older.clear()
         self.builds = None
 
 
 class LmdbTx(LmdbScheduleOps):
     """``duro.engine.tx.Tx`` on one LMDB write transaction (see the module docstring for keys)."""
 
-    __slots__ = ("cache", "dbs", "log", "txn")
+    __slots__ = ("cache", "dbs", "last_index", "log", "txn")
 
     def __init__(self, txn: mdb.Transaction, dbs: Any, log: HistoryLog, cache: RunCache) -> None:
         self.txn = txn
         self.dbs = dbs
         self.log = log
         self.cache = cache
+        # (key, stored value) of the ``wf`` entry this Tx last read or wrote: a transition reads an
+        # id's entry, then rewrites it, and put_index needs the entry as stored to replace its
+        # visibility keys (the value read is raw: the decoded one may have been changed since).
+        self.last_index: tuple[bytes, bytes | None] | None = None
 
     # -- runs and the index
     def run(self, run_key: bytes) -> RunRecord | None:
         """The run record (cached when this process wrote it last)."""
-        rec = self.cache.records.get(run_key)
+        rec = self.cache.get(run_key)
         if rec is None:
             raw = self.txn.get(run_key, db=self.dbs.runs)
             if raw is None:
                 return None
             rec = decode_run(raw)
-            self.cache.records[run_key] = rec  # identity for the rest of this transaction
+            self.cache.put(run_key, rec)  # identity for the rest of this transaction
         return rec
 
     def delete_run(self, run_key: bytes, last_event_id: int) -> None:
         """Drop a closed run's record and its history (keys from ``log.event_key``: the layout is the log's)."""
-        self.cache.records.pop(run_key, None)
+        self.cache.drop(run_key)
         self.txn.delete(run_key, db=self.dbs.runs)
         db = self.log.db
         for event_id in range(1, last_event_id + 1):
@@ -132,29 +165,32 @@ class LmdbTx(LmdbScheduleOps):
         if raw is not None:
             visibility.remove(self.txn, self.dbs.vis, workflow_id, decode_index(raw))
             self.txn.delete(key, db=self.dbs.wf)
+        self.last_index = (key, None)
 
     def put_run(self, run_key: bytes, rec: RunRecord) -> None:
         """Store the run record; open runs stay cached."""
         self.txn.put(run_key, encode(rec), db=self.dbs.runs)
-        records = self.cache.records
         if rec.status == _RUNNING:
-            if len(records) > _CACHE_LIMIT:
-                records.clear()
-            records[run_key] = rec
+            self.cache.put(run_key, rec)
         else:
-            records.pop(run_key, None)
+            self.cache.drop(run_key)
 
     def index(self, workflow_id: str) -> WorkflowIndex | None:
         """The latest run of a workflow id."""
-        raw = self.txn.get(workflow_id.encode(), db=self.dbs.wf)
+        key = workflow_id.encode()
+        raw = self.txn.get(key, db=self.dbs.wf)
+        self.last_index = (key, raw)
         return None if raw is None else decode_index(raw)
 
     def put_index(self, workflow_id: str, idx: WorkflowIndex) -> None:
         """Store the latest run of a workflow id, and its keys in the visibility index."""
         key = workflow_id.encode()
-        raw = self.txn.get(key, db=self.dbs.wf)
+        last = self.last_index
+        raw = last[1] if last is not None and last[0] == key else self.txn.get(key, db=self.dbs.wf)
         visibility.replace(self.txn, self.dbs.vis, workflow_id, None if raw is None else decode_index(raw), idx)
-        self.txn.put(key, encode(idx), db=self.dbs.wf)
+        value = encode(idx)
+        self.txn.put(key, value, db=self.dbs.wf)
+        self.last_index = (key, value)
 
     # -- history
     def append_history(self, run_key: bytes, events: list[Event]) -> None:

@@ -17,6 +17,7 @@ theory, so every candidate is checked against the ``wf`` entry itself before it 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +42,16 @@ def _h(*parts: Any) -> bytes:
     return hashlib.blake2b(orjson.dumps(parts), digest_size=16).digest()
 
 
+@functools.lru_cache(maxsize=1024)
+def _h_name(name: str) -> bytes:
+    """``_h(name)`` of a status or workflow type: few distinct values, and two digests per index write."""
+    return _h(name)
+
+
 def keys_of(workflow_id: str, idx: WorkflowIndex) -> list[bytes]:
     """The ``vis`` keys of a ``wf`` entry."""
     tail = _desc(idx.start_us) + workflow_id.encode()
-    keys = [b"s" + tail, b"t" + _h(str(idx.status)) + tail, b"y" + _h(idx.workflow_type) + tail]
+    keys = [b"s" + tail, b"t" + _h_name(str(idx.status)) + tail, b"y" + _h_name(idx.workflow_type) + tail]
     for name, value in (idx.search_attributes or {}).items():
         keys.append(b"a" + _h(name, value) + tail)
     return keys
