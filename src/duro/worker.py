@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -13,7 +14,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -198,6 +199,8 @@ class Worker:
         self.max_cached = max_cached_workflows
         self._cache: OrderedDict[bytes, WorkflowInstance] = OrderedDict()
         self._active: set[bytes] = set()
+        # Runs whose workflow task commit is in flight, each with a future done once it has landed.
+        self._in_flight: dict[bytes, asyncio.Future[None]] = {}
         self._again: set[bytes] = set()
         self._wf_backlog: deque[bytes] = deque()
         # perf_counter() when each workflow task was offered (filled only while metrics are on):
@@ -628,7 +631,8 @@ class Worker:
         self._active.add(run_key)
         inst.busy = True
         try:
-            nxt = await store.start_workflow_eager(req, now_us, first)
+            with self._committing(run_key):
+                nxt = await store.start_workflow_eager(req, now_us, first)
         except BaseException as e:
             inst.busy = False
             self._wf_done(run_key)
@@ -774,7 +778,8 @@ class Worker:
             await run_local_activities(self, inst)
         c = self._versioned(inst.completion(processed, inputs, completed_activity), inst.info.workflow_type)
         try:
-            nxt = await self.store.complete_workflow_task(c)
+            with self._committing(inst.run_key):
+                nxt = await self.store.complete_workflow_task(c)
         except Conflict:
             self._evict(inst.run_key)
             raise
@@ -782,6 +787,25 @@ class Worker:
         inst.committed(c, nxt)
         if inst.close_status is not None:
             self._evict(inst.run_key)
+
+    @contextlib.contextmanager
+    def _committing(self, run_key: bytes) -> Iterator[None]:
+        """Mark a commit of the run's workflow task in flight, until the code after the ``await`` ran.
+
+        An activity that commit scheduled may start before it is durable (the store hands it out
+        early) and end before the commit does; its result then waits for the commit
+        (``_report_success``), so that it can be committed with the workflow's next commands, in
+        one commit, rather than alone. A waiter resumes on a later turn of the loop, after the task
+        that committed has gone on, without awaiting, to update the instance and release the run.
+        """
+        done = self.loop.create_future()
+        self._in_flight[run_key] = done
+        try:
+            yield
+        finally:
+            if self._in_flight.get(run_key) is done:
+                del self._in_flight[run_key]
+            done.set_result(None)
 
     def _versioned(self, c: WorkflowTaskCompletion, workflow_type: str) -> WorkflowTaskCompletion:
         """The completion with this worker's build and the workflow's behaviour (worker versioning)."""
@@ -1079,6 +1103,9 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     async def _report_success(self, task: ActivityTask, payload: bytes) -> None:
+        in_flight = self._in_flight.get(task.run_key)
+        if in_flight is not None:  # the commit that scheduled it, most likely: fuse with what follows it
+            await in_flight
         inst = self._cache.get(task.run_key)
         # One commit per step: when this process holds the workflow idle in memory and this is the
         # only result it waits for, resume it now and commit the result with its next commands.

@@ -60,6 +60,21 @@ async def quick(ctx: duro.WorkflowContext, blob: str) -> int:
     return len(blob)
 
 
+RAN: list[int] = []
+
+
+@duro.activity
+async def counted(ctx: duro.ActivityContext, i: int) -> int:
+    RAN.append(i)
+    return i + 1
+
+
+@duro.workflow
+async def one_step(ctx: duro.WorkflowContext, i: int) -> int:
+    got: int = await ctx.execute_activity(counted, i, start_to_close_timeout=30)
+    return got
+
+
 def _request(workflow_id: str, task_queue: str = "t") -> StartRequest:
     return StartRequest(workflow_id=workflow_id, workflow_type="quick", task_queue=task_queue,
                         args=pack(b'["x"]'), run_id=new_run_id())
@@ -96,6 +111,42 @@ async def test_an_op_failing_half_way_leaves_nothing_and_fails_alone(tmp_path: P
         assert (await handle.describe()).status == "running"
         with store.env.begin() as txn:
             assert txn.get(b"half-way", db=store._meta) is None
+
+
+async def test_an_activity_handed_out_before_a_commit_that_fails_runs_again_and_nothing_is_lost(
+        tmp_path: Path) -> None:
+    # Activities start while the commit that schedules them is in flight. Make that commit fail
+    # after the hand-out: the attempt ran for nothing (its result finds no attempt and is dropped),
+    # the caller is told, and the activity runs again when the workflow does: at least once.
+    RAN.clear()
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        store: Any = client.store
+        real = store._hand_out_activities
+        failed: list[bool] = []
+
+        def hand_out_then_fail(batch: Any, early: set[Any]) -> None:
+            before = len(early)
+            real(batch, early)
+            if len(early) > before and not failed:  # an attempt was handed out: now the commit fails
+                failed.append(True)
+                raise OSError(5, "Input/output error (injected: the commit fails after the hand-out)")
+
+        store._hand_out_activities = hand_out_then_fail
+        async with duro.Worker(client, task_queue="t", workflows=[one_step], activities=[counted]):
+            # The first workflow task runs with the start, in its commit: the start fails as a whole.
+            with pytest.raises(duro.StoreError, match="injected"):
+                await client.start_workflow(one_step, 41, id="early", task_queue="t")
+            await eventually(lambda: RAN == [41], "the attempt handed out before the failed commit to run")
+            with pytest.raises(duro.WorkflowNotFoundError):
+                await client.get_handle("early").describe()
+            # Nothing of it was recorded (its result found no attempt); a new start runs it again.
+            handle = await client.start_workflow(one_step, 41, id="early", task_queue="t")
+            assert await asyncio.wait_for(handle.result(), DEADLINE_S) == 42
+        assert failed == [True]
+        assert RAN == [41, 41]
+        history = await handle.fetch_history()
+        assert [e.event_type for e in history].count("ActivityTaskScheduled") == 1
+        assert [e.event_type for e in history].count("ActivityTaskCompleted") == 1
 
 
 async def test_a_key_past_lmdbs_limit_writes_nothing(tmp_path: Path) -> None:

@@ -56,8 +56,10 @@ from duro.stores.base import (
     RUNNING,
     ActivityOutcome,
     ActivityTask,
+    ActivityTaskReady,
     Clock,
     Dispatch,
+    Effect,
     ListQuery,
     LocalReads,
     QueueVersioning,
@@ -338,6 +340,9 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         # The workers of this process (duro._local): set by the client side, None when there are none.
         self.dispatch: Dispatch | None = None
+        #: Hand new activity attempts to this process's workers before the commit's fsync (see
+        #: _hand_out_activities); False waits for the fsync, as every other effect does.
+        self.early_activities = True
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
         self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
         self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
@@ -409,10 +414,13 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """
         t0 = time.perf_counter()
         isolate = False
+        # Activity attempts handed to this process's workers before the commit (see _run_batch):
+        # a run of the batch again (a grown map) must not hand them out twice.
+        early: set[tuple[bytes, int, int]] = set()
         while True:
             batch = _Batch()
             try:
-                results, t1 = self._run_batch(ops, batch, isolate)
+                results, t1 = self._run_batch(ops, batch, isolate, early)
             except _Redo:
                 isolate = True
                 self._wcache.clear()
@@ -438,7 +446,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
             _metrics.RECORDER.store_committed("lmdb", len(ops), time.perf_counter() - t0)
         answer_batch(ops, results, batch.effects, self._waiters, self._update_waiters, self.dispatch)
 
-    def _run_batch(self, ops: list[Op], batch: _Batch, isolate: bool) -> tuple[list[tuple[bool, Any]], float]:
+    def _run_batch(self, ops: list[Op], batch: _Batch, isolate: bool,
+                   early: set[tuple[bytes, int, int]]) -> tuple[list[tuple[bool, Any]], float]:
         """One attempt at a batch; returns the per-op results and when the ops ended (commit follows)."""
         results: list[tuple[bool, Any]] = []
         tid = -1
@@ -469,12 +478,45 @@ class LmdbStore(LocalReads, LmdbSchedules):
                         batch.rollback(mark)
                         results.append((False, store_error(e)))
                 t1 = time.perf_counter()
+                if self.early_activities:
+                    self._hand_out_activities(batch, early)
             # Leaving the with-block committed (and fsynced) the transaction.
             self._last_own_txn = tid
         except BaseException:
             self._own_txns.discard(tid)
             raise
         return results, t1
+
+    def _hand_out_activities(self, batch: _Batch, early: set[tuple[bytes, int, int]]) -> None:
+        """Give the batch's new activity attempts to this process's workers now, before the fsync.
+
+        An activity may start while the commit that schedules it is in flight: activities run at
+        least once anyway, and its outcome can only be recorded by a later batch (this thread runs
+        batches one after the other), so nothing is recorded on top of a schedule that is not
+        durable. If this commit fails, the attempt ran for nothing: its outcome finds no attempt
+        ("stale") and is dropped, and the workflow task that scheduled it runs again. Nothing is
+        acknowledged to a caller any earlier: op futures and result waiters still wait for the
+        fsync. The effects go out on the dispatch loop's next turn, while this thread syncs.
+        """
+        dispatch = self.dispatch
+        if dispatch is None or dispatch.loop is None or not batch.effects:
+            return
+        ready: list[Effect] = []
+        kept: list[Effect] = []
+        for eff in batch.effects:
+            if isinstance(eff, ActivityTaskReady):
+                t = eff.task
+                key = (t.run_key, t.seq, t.attempt)
+                if key not in early:
+                    early.add(key)
+                    ready.append(eff)
+            else:
+                kept.append(eff)
+        if ready:
+            batch.effects[:] = kept
+            loop = dispatch.loop
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(dispatch.deliver, ready)
 
     def _run_isolated(self, txn: mdb.Transaction, batch: _Batch, op: Op) -> tuple[bool, Any]:
         """Run one op in a nested transaction: its writes join ``txn`` only if it succeeds."""
