@@ -798,7 +798,7 @@ class Worker:
         one commit, rather than alone. A waiter resumes on a later turn of the loop, after the task
         that committed has gone on, without awaiting, to update the instance and release the run.
         """
-        done = self.loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self._in_flight[run_key] = done
         try:
             yield

@@ -121,6 +121,7 @@ async def test_an_activity_handed_out_before_a_commit_that_fails_runs_again_and_
     RAN.clear()
     async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
         store: Any = client.store
+        store.early_activities = True
         real = store._hand_out_activities
         failed: list[bool] = []
 
