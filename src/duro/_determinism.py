@@ -110,7 +110,7 @@ def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
     loop = _running_loop()
     if not isinstance(loop, WorkflowLoop) or loop.unsafe_depth or loop.determinism == "off":
         return None
-    caller = sys._getframe(2)  # 0: here, 1: the wrapper, 2: whoever called it
+    caller = sys._getframe(3)  # 0: here, 1: _checked_call, 2: the wrapper, 3: whoever called it
     if _trusted(caller):
         return None
     while caller.f_back is not None and _module(caller) in _PASS_THROUGH:
@@ -132,14 +132,21 @@ def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
     raise err
 
 
+def _checked_call(original: Callable[..., Any], label: str, hint: str, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """``original(*args, **kwargs)`` made by workflow code: refused, or warned about and run unguarded."""
+    warned = _nondeterministic(label, hint)
+    if warned is None:
+        return original(*args, **kwargs)
+    with warned.unguarded():
+        return original(*args, **kwargs)
+
+
 def _wrap(original: Callable[..., Any], label: str, hint: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if _armed_threads and _get_ident() in _armed_threads:
-            warned = _nondeterministic(label, hint)
-            if warned is not None:
-                with warned.unguarded():
-                    return original(*args, **kwargs)
+            return _checked_call(original, label, hint, args, kwargs)
         return original(*args, **kwargs)
 
     return guarded
@@ -157,10 +164,7 @@ def _wrap_unseeded(original: Callable[..., Any], label: str, index: int, hint: s
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if (_armed_threads and _get_ident() in _armed_threads
                 and (args[index] if len(args) > index else kwargs.get(keyword)) is None):
-            warned = _nondeterministic(label, hint)
-            if warned is not None:
-                with warned.unguarded():
-                    return original(*args, **kwargs)
+            return _checked_call(original, label, hint, args, kwargs)
         return original(*args, **kwargs)
 
     return guarded
@@ -215,11 +219,11 @@ def _wrap_classmethod(cls: type, name: str, label: str) -> None:
     bound = descriptor.__get__(None, cls)  # bound once for the common case, ``cls`` itself
 
     def guarded(klass: type, *args: Any, **kwargs: Any) -> Any:
+        # A subclass gets its own type back: the method bound to it.
+        fn = bound if klass is cls else descriptor.__get__(None, klass)
         if _armed_threads and _get_ident() in _armed_threads:
-            _nondeterministic(label, _TIME_HINT)
-        if klass is cls:
-            return bound(*args, **kwargs)
-        return descriptor.__get__(None, klass)(*args, **kwargs)  # a subclass: it gets its own type back
+            return _checked_call(fn, label, _TIME_HINT, args, kwargs)
+        return fn(*args, **kwargs)
 
     guarded.__name__ = guarded.__qualname__ = name
     guarded.__doc__ = getattr(descriptor, "__doc__", None)

@@ -186,7 +186,6 @@ async def test_replay_workflows_reports_each_history_in_order(runs: Runs) -> Non
 
     async def from_files() -> AsyncIterator[duro.History]:  # an async iterable, as Temporal's takes
         for h in histories:
-            await asyncio.sleep(0)
             yield duro.History.from_json(h.to_json())
 
     again = await Replayer(workflows=V1_WORKFLOWS).replay_workflows(from_files())

@@ -158,11 +158,10 @@ _sequence = itertools.count()
 def _random_64_bits_hex() -> str:
     try:
         return _random_hex.pop()  # atomic: threads never get the same entry
-    except IndexError:
-        pass
-    raw = _urandom(8 * _RANDOM_IDS_PER_READ).hex()
-    _random_hex.extend([raw[i : i + 16] for i in range(16, len(raw), 16)])
-    return raw[:16]
+    except IndexError:  # the pool is empty: read the next batch, keep the first for this id
+        raw = _urandom(8 * _RANDOM_IDS_PER_READ).hex()
+        _random_hex.extend([raw[i : i + 16] for i in range(16, len(raw), 16)])
+        return raw[:16]
 
 
 if hasattr(os, "register_at_fork"):
