@@ -27,9 +27,14 @@ from typing import Any
 from duro.activity import ActivityContext, ActivityInfo
 from duro.errors import ApplicationError, CancelledError
 
-__all__ = ["ProcessActivityContext", "ProcessBridge", "check_picklable", "run_in_process"]
+__all__ = ["SHIPPED_DETAILS", "ProcessActivityContext", "ProcessBridge", "check_picklable", "run_in_process"]
 
 log = logging.getLogger("duro.worker")
+
+# The key under which a failed attempt's exception carries its last heartbeat details back to the
+# worker (in the exception's __dict__, which pickling keeps): the heartbeat itself travels through
+# the manager's queue and can reach the worker after the failure did.
+SHIPPED_DETAILS = "_duro_last_heartbeat"
 
 
 def _no_heartbeat(ctx: ActivityContext, details: Any) -> None:  # pragma: no cover - overridden below
@@ -45,7 +50,7 @@ class ProcessActivityContext(ActivityContext):
     manager process (about 0.1 ms).
     """
 
-    __slots__ = ("_cancels", "_key", "_queue")
+    __slots__ = ("_cancels", "_key", "_last", "_queue")
 
     def __init__(self, info: ActivityInfo, key: str, queue: Any, cancels: Any) -> None:
         super().__init__(info, _no_heartbeat)
@@ -53,6 +58,7 @@ class ProcessActivityContext(ActivityContext):
         self._queue = queue
         self._cancels = cancels
         self._sync = True
+        self._last: tuple[Any] | None = None  # the last heartbeat's details (in the child; not pickled)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ProcessActivityContext, (self.info, self._key, self._queue, self._cancels))
@@ -65,6 +71,7 @@ class ProcessActivityContext(ActivityContext):
         if self.is_cancelled:
             raise CancelledError(f"activity {self.info.activity_type!r} (attempt {self.info.attempt}) was cancelled")
         self._queue.put((self._key, details))
+        self._last = (details,)
 
     @property
     def is_cancelled(self) -> bool:
@@ -75,8 +82,18 @@ class ProcessActivityContext(ActivityContext):
 
 
 def run_in_process(fn: Callable[..., Any], ctx: ProcessActivityContext, args: tuple[Any, ...]) -> Any:
-    """What the pool runs: the activity function (module level, so the pool can pickle it)."""
-    return fn(ctx, *args)
+    """What the pool runs: the activity function (module level, so the pool can pickle it).
+
+    A failure after a heartbeat takes the heartbeat's details along (``SHIPPED_DETAILS``), so its
+    retry sees them however late the queue delivers the heartbeat itself.
+    """
+    try:
+        return fn(ctx, *args)
+    except Exception as e:
+        state = getattr(e, "__dict__", None)
+        if ctx._last is not None and state is not None:  # no __dict__ (slots): the queue's copy must do
+            state[SHIPPED_DETAILS] = ctx._last
+        raise
 
 
 def check_picklable(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:

@@ -30,7 +30,7 @@ from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._local import local_dispatch
 from duro._local_activity import run_local_activities
 from duro._loop import install_io_guard
-from duro._process_pool import ProcessBridge, check_picklable, run_in_process
+from duro._process_pool import SHIPPED_DETAILS, ProcessBridge, check_picklable, run_in_process
 from duro._schedule_loop import schedule_loop
 from duro._validate import check_name, check_versioning_behavior
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
@@ -1024,7 +1024,7 @@ class Worker:
             if ctx.is_cancelled:  # the activity let the cancellation through: it acknowledged it
                 await self._report_cancelled(task)
                 return
-            await self._report_failure(task, ApplicationError("activity was cancelled", type="CancelledError"))
+            await self._report_failure(task, ApplicationError("activity was cancelled", type="CancelledError"), ctx)
             return
         except CompleteAsync:
             # Completed later through its task token. The attempt leaves this worker (its slot is
@@ -1040,7 +1040,7 @@ class Worker:
             if ctx.is_cancelled and isinstance(e, CancelledError):  # a sync activity's heartbeat() raised it
                 await self._report_cancelled(task)
                 return
-            await self._report_failure(task, e)
+            await self._report_failure(task, e, ctx)
             return
         if t0 and _metrics.ENABLED:
             _metrics.RECORDER.activity_executed(task.name, time.perf_counter() - t0)
@@ -1053,12 +1053,13 @@ class Worker:
             return
         await self._report_success(task, payload)
 
-    async def _report_failure(self, task: ActivityTask, exc: BaseException) -> None:
+    async def _report_failure(self, task: ActivityTask, exc: BaseException, ctx: ActivityContext | None = None) -> None:
         non_retryable = isinstance(exc, ApplicationError) and exc.non_retryable
         etype = exc.type if isinstance(exc, ApplicationError) else type(exc).__name__
         outcome = ActivityOutcome(run_key=task.run_key, task_queue=task.task_queue, seq=task.seq,
                                   attempt=task.attempt, failure=encode_failure(exc), error_type=etype,
-                                  non_retryable=non_retryable)
+                                  non_retryable=non_retryable,
+                                  heartbeat_details=self._last_details(ctx, exc) if ctx is not None else None)
         verdict = await self._record_outcome(outcome)
         if verdict in ("retry", "done"):  # not: stale, or its run closed or stopped waiting
             # Each failed attempt is logged with its number (describe() shows the last one), so an
@@ -1166,6 +1167,22 @@ class Worker:
         fut.add_done_callback(release)
         return fut
 
+    def _last_details(self, ctx: ActivityContext, exc: BaseException) -> bytes | None:
+        """A failed attempt's last heartbeat details (encoded), for its retry; None if it sent none.
+
+        They go with the failure because the heartbeat's own write may still be in flight (or, from
+        a process pool, still in the manager's queue) when the failure is recorded.
+        """
+        shipped = getattr(exc, "__dict__", {}).pop(SHIPPED_DETAILS, None)
+        if shipped is None:
+            hb = ctx._heartbeater
+            return hb.latest if hb is not None else None
+        (details,) = shipped
+        try:
+            return self.converter.encode(details) if details is not None else None
+        except (TypeError, ValueError):  # not encodable: its heartbeat write failed alike, and was logged
+            return None
+
     def _heartbeat(self, ctx: ActivityContext, details: Any) -> None:
         hb = ctx._heartbeater
         if hb is None:
@@ -1220,9 +1237,12 @@ class _Heartbeater:
         self.ctx = ctx
         self.pending: tuple[bytes | None] | None = None
         self.in_flight = False
+        self.latest: bytes | None = None  # the last details sent (None: none yet); a failure carries them
 
     def heartbeat(self, details: Any) -> None:
         payload = self.worker.converter.encode(details) if details is not None else None
+        if payload is not None:  # set here, on the activity's thread, before the attempt can end
+            self.latest = payload
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

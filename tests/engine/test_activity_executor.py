@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
+import pickle
+import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 import duro
+from duro._process_pool import SHIPPED_DETAILS, ProcessActivityContext, run_in_process
 from tests.engine import executor_activities as acts
 from tests.waiting import eventually
 
@@ -77,6 +80,20 @@ async def test_a_sync_activity_runs_in_a_pool_process_and_its_heartbeats_reach_t
     assert result["attempt"] == 2 and result["previous"]["attempt"] == 1, result
     handle = client.get_handle("where")
     await duro.testing.Replayer(workflows=WORKFLOWS).replay(await handle.fetch_history())
+
+
+def test_a_failure_in_the_pool_process_takes_its_last_heartbeat_along() -> None:
+    # run_in_process is what the pool's process runs; called here with an in-process queue.
+    info = duro.ActivityInfo(activity_id=1, activity_type="where", attempt=1, workflow_id="w", workflow_run_id="r",
+                             workflow_type="run_where", task_queue=Q, scheduled_time=0.0, heartbeat_details=None,
+                             start_to_close_timeout=None, heartbeat_timeout=None)
+    q: queue.Queue[Any] = queue.Queue()
+    ctx = ProcessActivityContext(info, "k", q, {})
+    with pytest.raises(duro.ApplicationError) as raised:
+        run_in_process(acts.where, ctx, (7,))
+    details = {"attempt": 1, "pid": os.getpid()}
+    assert q.get_nowait() == ("k", details)
+    assert pickle.loads(pickle.dumps(raised.value)).__dict__[SHIPPED_DETAILS] == (details,)
 
 
 async def test_an_async_activity_still_runs_on_the_loop(client: duro.Client, worker: duro.Worker) -> None:

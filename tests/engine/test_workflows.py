@@ -133,6 +133,16 @@ async def test_heartbeat_details_reach_the_activity(client: duro.Client, worker:
     assert await handle.result(timeout=10) == [1, 0]
 
 
+@pytest.mark.parametrize("sync", [False, True])
+async def test_a_heartbeat_just_before_a_failure_reaches_the_retry(
+        client: duro.Client, worker: duro.Worker, sync: bool) -> None:
+    # The failure carries the attempt's last details, so the retry sees them whichever write lands first.
+    for i in range(5):
+        handle = await client.start_workflow(wfs.heartbeat_then_fail_workflow, sync, id=f"hbf-{sync}-{i}",
+                                             task_queue="t")
+        assert await handle.result(timeout=10) == {"sent by": 1}
+
+
 async def test_failed_workflow_carries_its_error(client: duro.Client, worker: duro.Worker) -> None:
     handle = await client.start_workflow(wfs.failing_workflow, id="fail", task_queue="t")
     with pytest.raises(duro.WorkflowFailedError) as info:

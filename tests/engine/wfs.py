@@ -112,6 +112,30 @@ async def heartbeating(ctx: duro.ActivityContext, steps: int) -> list[Any]:
     return [ctx.info.attempt, start]
 
 
+@duro.activity
+async def heartbeat_then_fail(ctx: duro.ActivityContext) -> Any:
+    """Fails its first attempt right after a heartbeat: the failure and the heartbeat race to the store."""
+    if ctx.info.attempt == 1:
+        ctx.heartbeat({"sent by": 1})
+        raise duro.ApplicationError("fails right after its heartbeat", type="Retry")
+    return ctx.info.heartbeat_details
+
+
+@duro.activity
+def heartbeat_then_fail_sync(ctx: duro.ActivityContext) -> Any:
+    """``heartbeat_then_fail`` on the thread pool."""
+    if ctx.info.attempt == 1:
+        ctx.heartbeat({"sent by": 1})
+        raise duro.ApplicationError("fails right after its heartbeat", type="Retry")
+    return ctx.info.heartbeat_details
+
+
+@duro.workflow
+async def heartbeat_then_fail_workflow(ctx: duro.WorkflowContext, sync: bool) -> Any:
+    return await ctx.execute_activity(heartbeat_then_fail_sync if sync else heartbeat_then_fail,
+                                      retry_policy=duro.RetryPolicy(initial_interval=0.01))
+
+
 @duro.workflow
 async def heartbeat_workflow(ctx: duro.WorkflowContext, steps: int) -> list[Any]:
     return await ctx.execute_activity(heartbeating, steps, heartbeat_timeout=5)  # type: ignore[no-any-return]
@@ -195,11 +219,11 @@ async def fanout_workflow(ctx: duro.WorkflowContext, n: int) -> int:
     return sum(results)
 
 
-ALL_WORKFLOWS = [order_workflow, retry_workflow, timeout_workflow, heartbeat_workflow, timer_workflow,
-                 signal_workflow, handler_workflow, io_workflow, failing_workflow, crash_workflow,
+ALL_WORKFLOWS = [order_workflow, retry_workflow, timeout_workflow, heartbeat_workflow, heartbeat_then_fail_workflow,
+                 timer_workflow, signal_workflow, handler_workflow, io_workflow, failing_workflow, crash_workflow,
                  long_workflow, fanout_workflow]
-ALL_ACTIVITIES = [validate, reserve, charge, ship, flaky, slow, slow_sync, heartbeating, record_pid,
-                  block_forever_first_time, echo]
+ALL_ACTIVITIES = [validate, reserve, charge, ship, flaky, slow, slow_sync, heartbeating, heartbeat_then_fail,
+                  heartbeat_then_fail_sync, record_pid, block_forever_first_time, echo]
 
 
 @duro.workflow

@@ -879,7 +879,8 @@ class Machine:
         else:
             delay = retry_delay(meta, o, now_us)
             if delay is not None:
-                task = task_of(o.task_queue, o.run_key, o.seq, meta, args, details)
+                task = task_of(o.task_queue, o.run_key, o.seq, meta, args,
+                               details if o.heartbeat_details is None else o.heartbeat_details)
                 task.attempt = o.attempt + 1
                 task.last_failure = failure_text(o.failure)
                 self.put_atask(tx, fx, task, now_us, visible_us=now_us + us(delay))

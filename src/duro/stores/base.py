@@ -308,6 +308,10 @@ class ActivityOutcome:
     failure: bytes | None = None
     error_type: str = ""
     non_retryable: bool = False
+    # The attempt's last heartbeat details, when it failed after heartbeating (as Temporal's
+    # RespondActivityTaskFailed carries them): its retry sees them even if the heartbeat's own
+    # write lost the race with this outcome. None keeps what the store holds.
+    heartbeat_details: bytes | None = None
 
 
 @dataclass(slots=True)
