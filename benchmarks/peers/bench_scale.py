@@ -82,6 +82,12 @@ def _child_logging(role: str) -> _CountingHandler:
 # ---------------------------------------------------------------- worker process
 
 
+def _store_counters(store: Any) -> dict[str, float]:
+    names = {"commits": "commits", "ops": "ops_committed", "ops_s": "time_in_ops", "commit_s": "time_in_commit",
+             "lock_wait_s": "time_waiting_lock", "meta_sync_s": "time_in_sync"}
+    return {k: float(getattr(store, attr, 0)) for k, attr in names.items()}
+
+
 def worker_main(url: str, index: int, conn: Connection) -> None:
     counter = _child_logging(f"worker {index}")
 
@@ -95,9 +101,15 @@ def worker_main(url: str, index: int, conn: Connection) -> None:
                                    activities=[c.validate, c.charge, c.ship], identity=f"scale-{index}") as worker:
                 conn.send(("ready", os.getpid()))
                 cpu0 = time.process_time()
+                store0 = _store_counters(client.store)
                 await stop.wait()
                 cpu = time.process_time() - cpu0
-            return {**worker.stats, "cpu_s": round(cpu, 2)}
+                store1 = _store_counters(client.store)
+            # The group commit's work while measured, where the store counts it: batches, ops, seconds
+            # from a batch's start to its commit (ops, GIL held, plus the wait for LMDB's write lock,
+            # also given alone), seconds in commit + syncs (GIL released; the meta sync also alone).
+            store = {k: round(store1[k] - store0[k], 3) for k in store0}
+            return {**worker.stats, "cpu_s": round(cpu, 2), "store": store}
 
     stats = _run(main())
     conn.send(("stopped", {"pid": os.getpid(), **stats, "log_warnings": counter.count,
@@ -338,7 +350,7 @@ def run_config(args: argparse.Namespace, workers: int, durable: str) -> dict[str
     warn = sum(s.get("log_warnings", 0) for s in worker_stats) + sum(r["log_warnings"] for r in results)
     first_warn = [w for s in [*worker_stats, *results] for w in s.get("first_warnings", [])][:5]
     per_worker = [{k: s.get(k) for k in ("workflow_tasks", "activities", "replays", "fused", "task_failures",
-                                         "stale_activities", "cpu_s")} for s in worker_stats]
+                                         "stale_activities", "cpu_s", "store")} for s in worker_stats]
     busy_pct = round(100.0 * (busy1 - busy0) / (total1 - total0), 1) if total1 > total0 else None
     how = (f"{WARMUP_W1L} warm-up + {args.n} measured, one at a time (1 client process)" if args.workload == "W1L"
            else f"{clients} client process(es), at most {concurrency} in flight in all")

@@ -47,14 +47,18 @@ from duro.errors import (
 )
 from duro.interceptor import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, check_interceptors
 from duro.stores.base import (
+    TIMERS,
     ActivityOutcome,
     ActivityTask,
     Conflict,
     StartRequest,
     WorkflowTaskCompletion,
     WrongBuild,
+    atask_topic,
     headed,
+    request_topic,
     run_key_of,
+    wtask_topic,
 )
 from duro.workflow import WorkflowDefinition, check_exception_types, get_workflow_definition
 
@@ -203,6 +207,10 @@ class Worker:
         self._in_flight: dict[bytes, asyncio.Future[None]] = {}
         self._again: set[bytes] = set()
         self._wf_backlog: deque[bytes] = deque()
+        # A poll loop that found (or may have left) tasks it had no room for: the next freed slot
+        # wakes it, rather than another process's next commit or the 1 s poll.
+        self._wf_starved = False
+        self._act_starved = False
         # perf_counter() when each workflow task was offered (filled only while metrics are on):
         # the start of its schedule-to-start.
         self._wf_offered: dict[bytes, float] = {}
@@ -222,7 +230,7 @@ class Worker:
         self._wake_timer = asyncio.Event()
         self._next_timer: float | None = None
         self._retry_backoff: dict[bytes, float] = {}
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._running = False
         self._serving_requests = False
         self._requests_changed = False  # another process committed while the requests were being read
@@ -270,7 +278,15 @@ class Worker:
                 max_workers=self.max_activities, thread_name_prefix=f"duro-act-{self.task_queue}")
         local_dispatch(store).attach(self)
         _metrics.watch_worker(self)
-        self._unsubscribe = store.on_foreign_change(self._on_foreign_change)
+        # Each loop is woken by another process's commits that concern it (where the store can tell):
+        # a worker is not woken by the steps other workers take on their own tasks.
+        q = self.task_queue
+        self._unsubscribe = [
+            store.on_foreign_change(self._wake_wf.set, frozenset({wtask_topic(q)})),
+            store.on_foreign_change(self._wake_act.set, frozenset({atask_topic(q)})),
+            store.on_foreign_change(self._wake_timer.set, frozenset({TIMERS})),
+            store.on_foreign_change(self._on_foreign_request, frozenset({request_topic(q)})),
+        ]
         if self._workflows:
             self._spawn(self._wf_poll_loop())
             self._spawn(self._timer_loop())
@@ -298,8 +314,9 @@ class Worker:
         self._saved_gc = None
         local_dispatch(self.store).detach(self)
         _metrics.unwatch_worker(self)
-        if self._unsubscribe:
-            self._unsubscribe()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         held = {*self._active, *self._wf_backlog, *self._again}  # workflow tasks leased to this worker
         for t in list(self._tasks):
             t.cancel()
@@ -366,10 +383,7 @@ class Worker:
         t.add_done_callback(self._tasks.discard)
         return t
 
-    def _on_foreign_change(self) -> None:
-        self._wake_wf.set()
-        self._wake_act.set()
-        self._wake_timer.set()
+    def _on_foreign_request(self) -> None:
         if self._workflows:
             if self._serving_requests:
                 self._requests_changed = True  # the read under way may predate this commit: read again after it
@@ -441,6 +455,9 @@ class Worker:
         while self._wf_backlog and len(self._active) < self.max_wf_tasks:
             nxt = self._wf_backlog.popleft()
             self.offer_workflow_task(nxt)
+        if self._wf_starved and len(self._active) < self.max_wf_tasks:
+            self._wf_starved = False
+            self._wake_wf.set()
 
     async def _wf_poll_loop(self) -> None:
         store = self.store
@@ -450,6 +467,7 @@ class Worker:
             try:
                 if await store.ahas_pending_wtasks(self.task_queue, self.build_id):
                     free = self.max_wf_tasks - len(self._active)
+                    self._wf_starved = free <= 0
                     if free > 0:
                         # Shielded: a shutdown that cancels this loop must still learn what the claim
                         # leased, to hand it back (see shutdown).
@@ -457,7 +475,9 @@ class Worker:
                                                                                  self.build_id))
                         self._claims.add(claim)
                         claim.add_done_callback(self._claims.discard)
-                        for run_key in await asyncio.shield(claim):
+                        claimed = await asyncio.shield(claim)
+                        self._wf_starved = len(claimed) >= free  # there may be more than it had room for
+                        for run_key in claimed:
                             self.offer_workflow_task(run_key)
             except Exception:  # keep polling: a failed claim must not stop the worker
                 log.exception("claiming workflow tasks of %r failed", self.task_queue)
@@ -891,9 +911,12 @@ class Worker:
         while self._running:
             self._wake_act.clear()
             free = self.max_activities - self._act_running - len(self._act_backlog)
+            self._act_starved = free <= 0
             if free > 0:
                 try:
-                    for task in await store.claim_activity_tasks(self.task_queue, free):
+                    tasks = await store.claim_activity_tasks(self.task_queue, free)
+                    self._act_starved = len(tasks) >= free
+                    for task in tasks:
                         self.offer_activity_task(task)
                 except Exception:  # keep polling: a failed claim must not stop the worker
                     log.exception("claiming activity tasks of %r failed", self.task_queue)
@@ -957,6 +980,9 @@ class Worker:
                 nxt = self._act_backlog.popleft()
                 self._act_running += 1
                 self._spawn(self._run_activity(nxt))
+            if self._act_starved and self._act_running + len(self._act_backlog) < self.max_activities:
+                self._act_starved = False
+                self._wake_act.set()
 
     async def _run_activity_inner(self, task: ActivityTask) -> None:
         self.stats["activities"] += 1

@@ -267,8 +267,11 @@ async def test_worker_shuts_down_promptly_while_woken(client: duro.Client) -> No
     worker = duro.Worker(client, task_queue="t", workflows=[wfs.signal_workflow], activities=[wfs.echo])
     await worker.start()
     await asyncio.sleep(0.05)
-    for _ in range(3):
-        worker._on_foreign_change()  # wake-ups racing with the cancellation of the poll loops
+    for _ in range(3):  # wake-ups racing with the cancellation of the poll loops
+        worker._wake_wf.set()
+        worker._wake_act.set()
+        worker._wake_timer.set()
+        worker._on_foreign_request()
     await asyncio.wait_for(worker.shutdown(), 5)
 
 

@@ -150,6 +150,39 @@ async def test_an_activity_handed_out_before_a_commit_that_fails_runs_again_and_
         assert [e.event_type for e in history].count("ActivityTaskCompleted") == 1
 
 
+class _SyncFails:
+    """An LMDB environment whose sync (the meta page's fsync, after the write lock) fails: an I/O error."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+    def sync(self) -> None:
+        raise OSError(5, "Input/output error (injected: fsync failed)")
+
+
+async def test_a_failed_sync_acknowledges_nothing_and_refuses_later_writes(tmp_path: Path) -> None:
+    url = f"lmdb://{tmp_path / 's'}"
+    async with duro.Client.connect(url) as client:
+        await client.start_workflow(waits, 1, id="durable", task_queue="t")
+        store: Any = client.store
+        store.env = _SyncFails(store.env)
+        with pytest.raises(duro.StoreError, match=r"could not sync a commit to disk .*fsync failed"):
+            await client.start_workflow(waits, 2, id="unsynced", task_queue="t")
+        # After a failed fsync the page cache cannot be trusted: no later write is accepted here.
+        with pytest.raises(duro.StoreError, match="accepts no more writes in this process"):
+            await client.get_handle("durable").signal("go", 1)
+        store.env = store.env._env
+    # A new process (here: a new store on the same files) reads what is durable and goes on.
+    async with duro.Client.connect(url) as client:
+        async with duro.Worker(client, task_queue="t", workflows=[waits], activities=[double]):
+            handle = client.get_handle("durable")
+            await handle.signal("go", 1)
+            assert await asyncio.wait_for(handle.result(), DEADLINE_S) == 4
+
+
 async def test_a_key_past_lmdbs_limit_writes_nothing(tmp_path: Path) -> None:
     """Below the API's own checks: the store alone keeps a start with a 600-byte queue atomic."""
     async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:

@@ -129,13 +129,18 @@ cdef class Environment:
         self.resizes = 0
 
     def __init__(self, str path, size_t map_size=1 << 36, unsigned int max_dbs=16, unsigned int max_readers=512,
-                 bint sync=True):
+                 bint sync=True, bint metasync=True):
         cdef int rc
         cdef unsigned int flags = MDB_NOTLS | MDB_NORDAHEAD
         cdef bytes bpath = path.encode()
         cdef const char* cpath = bpath
         if not sync:
             flags |= MDB_NOSYNC
+        elif not metasync:
+            # A commit syncs its data pages but only writes its meta page; ``sync()`` makes that
+            # durable later, outside the write lock. LMDB keeps its integrity (ACI) this way: the
+            # next commit's data sync flushes the previous meta page before writing its own.
+            flags |= MDB_NOMETASYNC
         self.path = path
         check(mdb_env_create(&self.env), "mdb_env_create")
         self.closed = False
@@ -298,6 +303,17 @@ cdef class Environment:
         check(mdb_env_info(self.env, &st), "mdb_env_info")
         return {"map_size": st.me_mapsize, "last_pgno": st.me_last_pgno, "last_txnid": st.me_last_txnid,
                 "max_readers": st.me_maxreaders, "num_readers": st.me_numreaders}
+
+    def sync(self):
+        """Flush everything committed so far (by any process) to disk: an fdatasync without the write lock.
+
+        With ``metasync=False`` this is what makes the last commit durable.
+        """
+        cdef int rc
+        self._ensure_open()
+        with nogil:
+            rc = mdb_env_sync(self.env, 1)
+        check(rc, "mdb_env_sync")
 
     def last_txnid(self):
         """The id of the last committed write transaction (any process)."""

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANCEL_TYPES",
+    "CLOSED",
     "FLAG_CANCEL_TYPE",
     "FLAG_HEADERS",
+    "TIMERS",
     "ActivityOutcome",
     "ActivityTask",
     "ChildStart",
@@ -36,13 +38,16 @@ __all__ = [
     "Store",
     "WorkflowTaskCompletion",
     "WrongBuild",
+    "atask_topic",
     "headed",
     "new_run_id",
     "pack",
+    "request_topic",
     "run_key_of",
     "split_headed",
     "unpack",
     "update_key",
+    "wtask_topic",
 ]
 
 RUNNING = "running"
@@ -294,6 +299,27 @@ class ActivityTask:
     received: float = 0.0  # time.monotonic() when this process's worker got the leased task
     headers: dict[str, str] | None = None  # interceptor headers, as recorded in ActivityTaskScheduled
     last_failure: str | None = None  # "Type: message" of the previous attempt's failure (a retry)
+
+
+#: Topics of ``Store.on_foreign_change``: what another process's commit changed, where a store can
+#: tell (LMDB writes a change mark per topic with each batch). Per task queue for tasks.
+TIMERS = "timer"
+CLOSED = "closed"
+
+
+def wtask_topic(task_queue: str) -> str:
+    """A queue's claimable workflow tasks (and its current build, which decides who claims them)."""
+    return "wtask:" + task_queue
+
+
+def atask_topic(task_queue: str) -> str:
+    """A queue's claimable activity attempts."""
+    return "atask:" + task_queue
+
+
+def request_topic(task_queue: str) -> str:
+    """Queries and updates left for a queue's workers by clients in other processes."""
+    return "request:" + task_queue
 
 
 @dataclass(slots=True)
@@ -697,8 +723,12 @@ class Store(Protocol):
     def set_dispatch(self, dispatch: Dispatch | None) -> None:
         """Hand the tasks this process's commits lease to it to ``dispatch`` (see ``duro._local``)."""
 
-    def on_foreign_change(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call ``fn`` on the current loop when another process commits; returns an unsubscriber."""
+    def on_foreign_change(self, fn: Callable[[], None], topics: frozenset[str] | None = None) -> Callable[[], None]:
+        """Call ``fn`` on the current loop when another process commits; returns an unsubscriber.
+
+        ``topics`` narrows it to commits that changed one of them (``wtask_topic(queue)``, ...), where
+        the store can tell; a store that cannot calls ``fn`` after every commit of another process.
+        """
 
     async def close(self) -> None:
         """Release the backend."""

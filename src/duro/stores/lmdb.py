@@ -53,6 +53,7 @@ from duro.engine.records import (
 from duro.errors import StoreError, StoreURLError, WorkflowNotFoundError
 from duro.stores import lmdb_visibility as visibility
 from duro.stores.base import (
+    CLOSED,
     RUNNING,
     ActivityOutcome,
     ActivityTask,
@@ -69,8 +70,10 @@ from duro.stores.base import (
     new_run_id,
     pack,
     parse_retention_days,
+    request_topic,
     run_key_of,
     unpack,
+    wtask_topic,
 )
 from duro.stores.batch import Op, answer_batch, store_error
 from duro.stores.lmdb_files import check_lmdb_files
@@ -208,6 +211,10 @@ def _settle(fut: asyncio.Future[Any], value: Any) -> None:
         loop.call_soon_threadsafe(lambda: None if fut.done() else fut.set_result(value))
 
 
+class _SyncFailed(Exception):
+    """The sync after a commit failed: the batch is in LMDB but may not be on disk (see _commit_batch)."""
+
+
 class _Redo(Exception):
     """An op failed after writing: the batch is aborted and run again with each op isolated."""
 
@@ -319,7 +326,11 @@ class LmdbStore(LocalReads, LmdbSchedules):
         check_lmdb_files(path)
         # The map grows by itself (doubling) up to this; past it a full map is a StoreFullError.
         self.max_map_size = max(map_size, max_map_size or DEFAULT_MAX_MAP_SIZE)
-        self.env = mdb.Environment(path, map_size=map_size, max_dbs=16, max_readers=1024, sync=True)
+        # metasync=False: a commit syncs its data pages under LMDB's write lock, and the writer
+        # syncs the meta page after releasing it (_run_batch), before anything is acknowledged. The
+        # lock is then held for one sync, not two, so other processes' commits wait half as long.
+        self.env = mdb.Environment(path, map_size=map_size, max_dbs=16, max_readers=1024, sync=True,
+                                   metasync=False)
         self._history_db = self.env.open_db(b"history")
         self._runs = self.env.open_db(b"runs")
         self._wf = self.env.open_db(b"wf")
@@ -348,9 +359,14 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.early_activities = False
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
         self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
-        self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        # (loop, fn, topics): fn is called on loop after another process's commit that marked one of
+        # its topics (None: after any), see on_foreign_change and lmdb_tx's marks.
+        self._change_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None], frozenset[str] | None]] = []
+        self._marks: set[str] = set()  # the topics the batch being written changed (writer thread)
+        self._marks_seen: dict[str, bytes] = {}  # topic -> the mark the watcher saw last (watcher thread)
         self._own_txns: set[int] = set()
         self._wcache = RunCache()
+        self._sync_failure: StoreError | None = None  # set when a sync after a commit failed (fatal)
         self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer, self._vis, self._sched,
                        self._builds)
         self._index_visibility()
@@ -363,8 +379,10 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.commit_failures = 0
         self.map_growths = 0
         self.ops_committed = 0
-        self.time_in_ops = 0.0
-        self.time_in_commit = 0.0
+        self.time_in_ops = 0.0  # from the batch's start to its commit: includes the lock wait below
+        self.time_in_commit = 0.0  # commit (pages written, data synced, under the lock) + the meta sync
+        self.time_waiting_lock = 0.0  # in begin(write=True): another process held LMDB's write lock
+        self.time_in_sync = 0.0  # the meta sync after the commit (outside the lock)
         self._writer = threading.Thread(target=self._writer_main, name="duro-lmdb-writer", daemon=True)
         self._writer.start()
         self._watch_stop = threading.Event()
@@ -416,6 +434,10 @@ class LmdbStore(LocalReads, LmdbSchedules):
         grows the map and runs the batch again.
         """
         t0 = time.perf_counter()
+        if self._sync_failure is not None:
+            answer_batch(ops, [(False, self._sync_failure)] * len(ops), [], self._waiters, self._update_waiters,
+                         self.dispatch)
+            return
         isolate = False
         # Activity attempts handed to this process's workers before the commit (see _run_batch):
         # a run of the batch again (a grown map) must not hand them out twice.
@@ -428,6 +450,20 @@ class LmdbStore(LocalReads, LmdbSchedules):
                 isolate = True
                 self._wcache.clear()
                 continue
+            except _SyncFailed as e:
+                # Committed in LMDB, perhaps not on disk, and after a failed fsync the page cache
+                # cannot be trusted (the kernel may have dropped the dirty pages). Nothing of this
+                # batch is acknowledged, and the store refuses every later write: what is durable
+                # is what a new process reads when it opens the store again.
+                self._wcache.clear()
+                self._sync_failure = StoreError(
+                    f"the LMDB store at {self.path} could not sync a commit to disk ({e.__cause__}); "
+                    "it accepts no more writes in this process, and the last changes may not be durable. "
+                    "Fix the disk, then restart the process: it reads what was written durably")
+                log.error("%s", self._sync_failure)
+                results, t1 = [(False, self._sync_failure)] * len(ops), time.perf_counter()
+                batch.rollback(0)
+                self.commit_failures += 1
             except mdb.MapFullError as e:
                 self._wcache.clear()
                 if self._grow_map():
@@ -455,7 +491,9 @@ class LmdbStore(LocalReads, LmdbSchedules):
         results: list[tuple[bool, Any]] = []
         tid = -1
         try:
+            w0 = time.perf_counter()
             with self.env.begin(write=True) as txn:
+                self.time_waiting_lock += time.perf_counter() - w0
                 tid = txn.id()
                 self._own_txns.add(tid)
                 if tid != self._last_own_txn + 1:
@@ -463,7 +501,10 @@ class LmdbStore(LocalReads, LmdbSchedules):
                 # Every batch writes this key, so every batch commits and consumes its txn id: LMDB
                 # does not advance the id for a write transaction that changed nothing, and another
                 # process's next commit would then carry the id we noted as ours (and be missed).
-                txn.put(b"batch", U64.pack(tid), db=self._meta)
+                stamp = U64.pack(tid)
+                txn.put(b"batch", stamp, db=self._meta)
+                marks = self._marks
+                marks.clear()
                 for op in ops:
                     mark = batch.mark()
                     if isolate:
@@ -480,14 +521,24 @@ class LmdbStore(LocalReads, LmdbSchedules):
                         self._wcache.clear()
                         batch.rollback(mark)
                         results.append((False, store_error(e)))
+                for topic in marks:  # after the ops: what they changed, for other processes' watchers
+                    txn.put(b"chg\x00" + topic.encode(), stamp, db=self._meta)
                 t1 = time.perf_counter()
                 if self.early_activities:
                     self._hand_out_activities(batch, early)
-            # Leaving the with-block committed (and fsynced) the transaction.
+            # Leaving the with-block committed the transaction and synced its data pages.
             self._last_own_txn = tid
         except BaseException:
             self._own_txns.discard(tid)
             raise
+        # Its meta page is synced here, outside the write lock (metasync=False); only then is it
+        # durable, and only then does _commit_batch release futures and effects.
+        s0 = time.perf_counter()
+        try:
+            self.env.sync()
+        except Exception as e:
+            raise _SyncFailed(e) from e
+        self.time_in_sync += time.perf_counter() - s0
         return results, t1
 
     def _hand_out_activities(self, batch: _Batch, early: set[tuple[bytes, int, int]]) -> None:
@@ -561,6 +612,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
                 # would read the old state and never be woken again.
                 with self.env.begin() as snap:
                     last = snap.id()
+                    changed = self._changed_topics(snap) if last != self._seen_txn else set()
             except mdb.Error as e:
                 if self._closed:
                     return
@@ -578,14 +630,39 @@ class LmdbStore(LocalReads, LmdbSchedules):
             self._seen_txn = last
             if foreign:
                 delay = 0.0005
-                for loop, fn in list(self._change_listeners):
-                    if not loop.is_closed():
+                for loop, fn, topics in list(self._change_listeners):
+                    if (topics is None or not topics.isdisjoint(changed)) and not loop.is_closed():
                         loop.call_soon_threadsafe(fn)
-                self._recheck_waiters()
+                if CLOSED in changed:
+                    self._recheck_waiters()
 
-    def on_foreign_change(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call ``fn`` on the current loop whenever another process commits; returns an unsubscriber."""
-        entry = (asyncio.get_running_loop(), fn)
+    def _changed_topics(self, snap: mdb.Transaction) -> set[str]:
+        """The listened-to topics whose change mark moved since the watcher last looked (watcher thread).
+
+        A mark moved by this process's own commit counts too (the watcher does not know which commit
+        wrote it): a spurious wake-up, never a missed one.
+        """
+        topics: set[str] = {CLOSED}
+        for _loop, _fn, wanted in list(self._change_listeners):
+            if wanted is not None:
+                topics |= wanted
+        seen = self._marks_seen
+        changed = set()
+        for topic in topics:
+            mark = snap.get(b"chg\x00" + topic.encode(), db=self._meta)
+            if mark is not None and seen.get(topic) != mark:
+                seen[topic] = mark
+                changed.add(topic)
+        return changed
+
+    def on_foreign_change(self, fn: Callable[[], None], topics: frozenset[str] | None = None) -> Callable[[], None]:
+        """Call ``fn`` on the current loop when another process commits; returns an unsubscriber.
+
+        With ``topics`` (``duro.stores.base``'s ``wtask_topic(queue)``, ``TIMERS``, ...), only
+        after a commit that changed one of them: a worker is not woken by commits that cannot
+        concern it (other processes' own steps), which would cost it a read or a claim each.
+        """
+        entry = (asyncio.get_running_loop(), fn, topics)
         self._change_listeners.append(entry)
 
         def remove() -> None:
@@ -622,7 +699,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
     # batch's transaction (or selects the items a sweep works on: claims, reaps, due timers).
 
     def _tx(self, txn: mdb.Transaction) -> LmdbTx:
-        return LmdbTx(txn, self.dbs, self.log, self._wcache)
+        return LmdbTx(txn, self.dbs, self.log, self._wcache, self._marks)
 
     def tx(self, txn: mdb.Transaction) -> LmdbTx:
         """The state machine's ``Tx`` on a write transaction of this store (inside an op of ``apply``)."""
@@ -834,6 +911,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             lease = decode_lease(raw)
             if lease.owner and gone(lease.owner, lease.until_us):
                 txn.put(key, encode(WorkflowTaskLease(pinned=lease.pinned)) if lease.build else free, db=self._wtask)
+                self._marks.add(wtask_topic(bytes(key[:-17]).decode()))  # queue + 0x00 + run_key(16)
                 reaped += 1
         expired: list[ActivityOutcome] = []
         for k, raw in list(txn.cursor(db=self._atask)):
@@ -1124,6 +1202,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
     def _op_put_request(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, request_id: str,
                         head: bytes, args: bytes) -> None:
         txn.put(task_queue.encode() + b"\x00" + request_id.encode(), pack(head, args), db=self._req)
+        self._marks.add(request_topic(task_queue))
 
     def _op_answer(self, txn: mdb.Transaction, batch: _Batch, task_queue: str, request_id: str,
                    answer: bytes) -> None:
@@ -1254,6 +1333,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             if not txn.cursor(db=self._vis).first():
                 n = visibility.rebuild(txn, self._wf, self._vis)
                 log.info("indexed %d workflow ids for list_workflows in %s", n, self.path)
+        self.env.sync()
 
     def next_timer_due(self) -> float | None:
         """When the earliest timer in the store is due, or None."""

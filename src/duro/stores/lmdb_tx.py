@@ -11,6 +11,11 @@ Named databases and keys (integers big-endian in keys so cursors walk them in or
 - ``builds``   task queue (utf-8)                       -> JSON {"build": current build id, "at": µs set}
                                                             (worker versioning; no key: none set)
 - ``sched``    schedules and their due index              (``duro.stores.lmdb_schedules``)
+
+A transaction also notes what other processes may want to hear of (``marks``): a workflow or
+activity task anyone may claim, a timer, a closed run. The store writes them as change marks with
+the batch (``meta`` b"chg" + 0x00 + topic), so a process watching for other processes' commits
+wakes only what the commit concerns (see ``LmdbStore.on_foreign_change``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from duro.engine.records import (
     encode,
 )
 from duro.stores import lmdb_visibility as visibility
-from duro.stores.base import pack, unpack
+from duro.stores.base import CLOSED, TIMERS, atask_topic, pack, unpack, wtask_topic
 from duro.stores.lmdb_schedules import LmdbScheduleOps
 
 if TYPE_CHECKING:
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["U64", "LmdbTx", "RunCache", "atask_key", "read_builds", "timer_key", "wtask_key"]
 
 U64 = struct.Struct(">Q")
+
 _PACK_U64 = U64.pack
 _RUNNING = RunStatus.RUNNING
 _CACHE_LIMIT = 8192  # records per generation of the RunCache
@@ -126,13 +132,17 @@ class RunCache:
 class LmdbTx(LmdbScheduleOps):
     """``duro.engine.tx.Tx`` on one LMDB write transaction (see the module docstring for keys)."""
 
-    __slots__ = ("cache", "dbs", "last_index", "log", "txn")
+    __slots__ = ("cache", "dbs", "last_index", "log", "marks", "txn")
 
-    def __init__(self, txn: mdb.Transaction, dbs: Any, log: HistoryLog, cache: RunCache) -> None:
+    def __init__(self, txn: mdb.Transaction, dbs: Any, log: HistoryLog, cache: RunCache,
+                 marks: set[str] | None = None) -> None:
         self.txn = txn
         self.dbs = dbs
         self.log = log
         self.cache = cache
+        # Topics this transaction changed for other processes (a superset is harmless: a spurious
+        # wake-up; a missing one is not: a task nobody claims until the next poll).
+        self.marks: set[str] = marks if marks is not None else set()
         # (key, stored value) of the ``wf`` entry this Tx last read or wrote: a transition reads an
         # id's entry, then rewrites it, and put_index needs the entry as stored to replace its
         # visibility keys (the value read is raw: the decoded one may have been changed since).
@@ -174,6 +184,7 @@ class LmdbTx(LmdbScheduleOps):
             self.cache.put(run_key, rec)
         else:
             self.cache.drop(run_key)
+            self.marks.add(CLOSED)
 
     def index(self, workflow_id: str) -> WorkflowIndex | None:
         """The latest run of a workflow id."""
@@ -211,6 +222,8 @@ class LmdbTx(LmdbScheduleOps):
     def put_wtask(self, task_queue: str, run_key: bytes, lease: WorkflowTaskLease) -> None:
         """Create or replace the run's workflow task."""
         self.txn.put(wtask_key(task_queue, run_key), encode(lease), db=self.dbs.wtask)
+        if not lease.owner:
+            self.marks.add(wtask_topic(task_queue))
 
     def delete_wtask(self, task_queue: str, run_key: bytes) -> None:
         """Drop the run's workflow task."""
@@ -232,6 +245,7 @@ class LmdbTx(LmdbScheduleOps):
         else:
             self.txn.put(key, orjson.dumps({"build": build_id, "at": now_us}), db=self.dbs.builds)
         self.cache.builds = None  # read again (in this transaction) when next needed
+        self.marks.add(wtask_topic(task_queue))  # other workers may now take (or no longer take) its tasks
 
     # -- activity tasks
     def atask(self, task_queue: str, run_key: bytes, seq: int) -> tuple[ActivityMeta, bytes, bytes] | None:
@@ -246,6 +260,8 @@ class LmdbTx(LmdbScheduleOps):
                   details: bytes) -> None:
         """Create or replace an activity attempt."""
         self.txn.put(atask_key(task_queue, run_key, seq), pack(encode(meta), args, details), db=self.dbs.atask)
+        if not meta.owner:
+            self.marks.add(atask_topic(task_queue))
 
     def delete_atask(self, task_queue: str, run_key: bytes, seq: int) -> None:
         """Drop an activity attempt."""
@@ -255,6 +271,7 @@ class LmdbTx(LmdbScheduleOps):
     def put_timer(self, fire_us: int, run_key: bytes, seq: int) -> None:
         """A timer due at ``fire_us``."""
         self.txn.put(timer_key(fire_us, run_key, seq), b"", db=self.dbs.timer)
+        self.marks.add(TIMERS)
 
     def delete_timer(self, fire_us: int, run_key: bytes, seq: int) -> None:
         """Drop a timer."""

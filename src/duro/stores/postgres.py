@@ -764,8 +764,11 @@ class PostgresStore(PgSchedules):
             if not loop.is_closed():
                 loop.call_soon_threadsafe(resolve, fut, True, info)
 
-    def on_foreign_change(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call ``fn`` on the current loop when a notification arrives; returns an unsubscriber."""
+    def on_foreign_change(self, fn: Callable[[], None], topics: frozenset[str] | None = None) -> Callable[[], None]:
+        """Call ``fn`` on the current loop when a notification arrives; returns an unsubscriber.
+
+        ``topics`` is not used: every notification wakes every subscriber.
+        """
         entry = (asyncio.get_running_loop(), fn)
         self._change_listeners.append(entry)
 
