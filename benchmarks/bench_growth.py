@@ -57,11 +57,18 @@ async def main(checkpoints: list[int], n: int, concurrency: int) -> dict[str, ob
                     wall = await run_batch(client, done, n, concurrency)
                     done += n
                     size_mb = os.path.getsize(os.path.join(tmp, "data.mdb")) / 1e6
+                    # The B-trees a W1 commit writes into, and LMDB's free-page lists: what grows.
+                    with st.env.begin() as txn:
+                        trees = {name: {k: v for k, v in txn.stat(db).items() if k in ("depth", "leaf_pages")}
+                                 for name, db in (("wf", st.dbs.wf), ("vis", st.dbs.vis), ("runs", st.dbs.runs),
+                                                  ("history", st.log.db))}
+                        trees["free"] = txn.stat(free_pages=True)
                     points.append({"completed_before": target, "throughput_per_s": round(n / wall, 1),
                                    "store_mb": round(size_mb, 1), "commits": st.commits - before[0],
                                    "writer_ops_s": round(st.time_in_ops - before[1], 3),
                                    "writer_commit_s": round(st.time_in_commit - before[2], 3),
-                                   "cpu_s": round(time.process_time() - before[3], 3), "wall_s": round(wall, 3)})
+                                   "cpu_s": round(time.process_time() - before[3], 3), "wall_s": round(wall, 3),
+                                   "trees": trees})
                     print(points[-1], file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -138,6 +138,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 notes = (notes + "; " if notes else "") + (
                     f"worker+client in one process (uvloop); {store.commits} group commits for "
                     f"{store.ops_committed} store operations")
+                counters = {"commits": "commits", "ops": "ops_committed", "ops_s": "time_in_ops",
+                            "commit_s": "time_in_commit", "meta_sync_s": "time_in_sync",
+                            "lock_wait_s": "time_waiting_lock"}
+                res["store"] = {k: round(float(getattr(store, a)), 4) for k, a in counters.items() if hasattr(store, a)}
                 if hasattr(store, "round_trips"):  # the PostgreSQL store counts its round trips
                     notes += (f", {store.round_trips} round trips in batches, {store.retried_batches} batches "
                               f"run again, {store.time_in_batches:.2f} s in batches")

@@ -29,6 +29,13 @@ cdef extern from "lmdb.h" nogil:
         size_t me_last_txnid
         unsigned int me_maxreaders
         unsigned int me_numreaders
+    ctypedef struct MDB_stat:
+        unsigned int ms_psize
+        unsigned int ms_depth
+        size_t ms_branch_pages
+        size_t ms_leaf_pages
+        size_t ms_overflow_pages
+        size_t ms_entries
     ctypedef enum MDB_cursor_op:
         MDB_FIRST
         MDB_LAST
@@ -59,6 +66,7 @@ cdef extern from "lmdb.h" nogil:
     void mdb_txn_abort(MDB_txn* txn)
     size_t mdb_txn_id(MDB_txn* txn)
     int mdb_dbi_open(MDB_txn* txn, const char* name, unsigned int flags, MDB_dbi* dbi)
+    int mdb_stat(MDB_txn* txn, MDB_dbi dbi, MDB_stat* stat)
     int mdb_get(MDB_txn* txn, MDB_dbi dbi, MDB_val* key, MDB_val* data)
     int mdb_put(MDB_txn* txn, MDB_dbi dbi, MDB_val* key, MDB_val* data, unsigned int flags)
     int mdb_del(MDB_txn* txn, MDB_dbi dbi, MDB_val* key, MDB_val* data)

@@ -384,6 +384,19 @@ cdef class Transaction:
         self.ensure_live()
         return mdb_txn_id(self.txn)
 
+    def stat(self, Database db=None, bint free_pages=False):
+        """The shape of a database's B-tree as this transaction sees it.
+
+        ``free_pages=True``: LMDB's own database of freed pages (its records are the page lists of
+        past transactions, kept until no reader can see them; large ones take overflow pages that
+        are rewritten as the lists are used up).
+        """
+        cdef MDB_stat st
+        self.ensure_live()
+        check(mdb_stat(self.txn, 0 if free_pages else self._dbi(db), &st), "mdb_stat")
+        return {"depth": st.ms_depth, "branch_pages": st.ms_branch_pages, "leaf_pages": st.ms_leaf_pages,
+                "overflow_pages": st.ms_overflow_pages, "entries": st.ms_entries}
+
     def get(self, bytes key, default=None, Database db=None):
         """The value stored under ``key`` (a copy), or ``default``."""
         cdef MDB_val k, v
