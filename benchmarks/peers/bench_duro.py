@@ -105,7 +105,8 @@ async def w4(client: duro.Client, n: int, determinism: str = "raise") -> dict[st
 
 
 DURABLE = {
-    "lmdb": "LMDB sync=True: each group commit fsynced before any caller or workflow sees it",
+    "lmdb": "LMDB: each group commit's data pages, then its meta page (after LMDB's write lock is released), "
+            "fsynced before any caller or workflow sees it",
     "postgresql": "PostgreSQL (synchronous_commit as the server has it, on by default): each group commit is one "
                   "transaction, answered only after COMMIT returns",
 }

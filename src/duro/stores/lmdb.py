@@ -11,9 +11,13 @@ history's in ``duro._core.log``. Besides those, this module keeps:
 - ``resp``     request id                               -> pack(JSON {ok}, payload): the answer
 
 Durability: every state change is an *op* run by the writer thread inside one write transaction
-shared by all ops queued at that moment (group commit); the environment is opened with
-``sync=True``, so ``commit()`` returns after fsync. Futures of the ops in a batch, and the effects
-of their transitions, are released only after that commit. An op writes all of its changes or
+shared by all ops queued at that moment (group commit). The environment syncs each commit's data
+pages before writing its meta page (LMDB's integrity), and the writer syncs the meta page right
+after the commit, outside LMDB's write lock (``metasync=False`` + ``env.sync()``); futures of the
+ops in a batch, and the effects of their transitions, are released only after that second sync.
+A failed sync is fatal for the store in this process (see ``_commit_batch``). Each batch also
+writes change marks (``meta`` b"chg" + 0x00 + topic) for what it changed that other processes may
+act on, so their watchers wake only the listeners concerned (``on_foreign_change``). An op writes all of its changes or
 none: one that raises after writing makes the batch run again with each op in a nested
 transaction (see ``_commit_batch``).
 """
@@ -381,7 +385,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.ops_committed = 0
         self.time_in_ops = 0.0  # from the batch's start to its commit: includes the lock wait below
         self.time_in_commit = 0.0  # commit (pages written, data synced, under the lock) + the meta sync
-        self.time_waiting_lock = 0.0  # in begin(write=True): another process held LMDB's write lock
+        self.time_waiting_lock = 0.0  # in begin(write=True): LMDB's write lock (another process's), then the GIL
         self.time_in_sync = 0.0  # the meta sync after the commit (outside the lock)
         self._writer = threading.Thread(target=self._writer_main, name="duro-lmdb-writer", daemon=True)
         self._writer.start()
@@ -1333,7 +1337,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             if not txn.cursor(db=self._vis).first():
                 n = visibility.rebuild(txn, self._wf, self._vis)
                 log.info("indexed %d workflow ids for list_workflows in %s", n, self.path)
-        self.env.sync()
+        self.env.sync()  # the commit's meta page (metasync=False), as after every batch
 
     def next_timer_due(self) -> float | None:
         """When the earliest timer in the store is due, or None."""
