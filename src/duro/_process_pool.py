@@ -71,7 +71,8 @@ class ProcessActivityContext(ActivityContext):
         if self.is_cancelled:
             raise CancelledError(f"activity {self.info.activity_type!r} (attempt {self.info.attempt}) was cancelled")
         self._queue.put((self._key, details))
-        self._last = (details,)
+        if details is not None:  # None keeps the details recorded before, as the store does
+            self._last = (details,)
 
     @property
     def is_cancelled(self) -> bool:
@@ -91,8 +92,12 @@ def run_in_process(fn: Callable[..., Any], ctx: ProcessActivityContext, args: tu
         return fn(ctx, *args)
     except Exception as e:
         state = getattr(e, "__dict__", None)
-        if ctx._last is not None and state is not None:  # no __dict__ (slots): the queue's copy must do
-            state[SHIPPED_DETAILS] = ctx._last
+        if state is not None:  # no __dict__ (slots): the queue's copy must do
+            # Set or cleared on every failure: an exception object raised again by another attempt
+            # (a module-level instance) must not carry an earlier attempt's details.
+            state.pop(SHIPPED_DETAILS, None)
+            if ctx._last is not None:
+                state[SHIPPED_DETAILS] = ctx._last
         raise
 
 

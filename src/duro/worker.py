@@ -287,6 +287,7 @@ class Worker:
             store.on_foreign_change(self._wake_timer.set, frozenset({TIMERS})),
             store.on_foreign_change(self._on_foreign_request, frozenset({request_topic(q)})),
         ]
+        self._on_foreign_request()  # requests left for the queue before this worker started
         if self._workflows:
             self._spawn(self._wf_poll_loop())
             self._spawn(self._timer_loop())
@@ -405,8 +406,10 @@ class Worker:
                     self._requests_in_progress.add(request_id)
                     self._spawn(self._serve_request(request_id, raw))
                 again = self._requests_changed
-        except Exception:  # the askers time out with a clear message; the next change looks again
+        except Exception:  # the askers time out with a clear message unless a read in a second finds them
             log.exception("reading the pending queries and updates of %r failed", self.task_queue)
+            if self._running:
+                asyncio.get_running_loop().call_later(_POLL_INTERVAL_S, self._on_foreign_request)
         finally:
             self._serving_requests = False
 

@@ -96,6 +96,26 @@ def test_a_failure_in_the_pool_process_takes_its_last_heartbeat_along() -> None:
     assert pickle.loads(pickle.dumps(raised.value)).__dict__[SHIPPED_DETAILS] == (details,)
 
 
+def test_a_reraised_exception_object_does_not_carry_an_earlier_attempts_details() -> None:
+    info = duro.ActivityInfo(activity_id=1, activity_type="fails", attempt=1, workflow_id="w", workflow_run_id="r",
+                             workflow_type="t", task_queue=Q, scheduled_time=0.0, heartbeat_details=None,
+                             start_to_close_timeout=None, heartbeat_timeout=None)
+    error = duro.ApplicationError("the same object each time")
+
+    def fails(ctx: duro.ActivityContext, beats: list[Any]) -> None:
+        for details in beats:
+            ctx.heartbeat(details)
+        raise error
+
+    q: queue.Queue[Any] = queue.Queue()
+    with pytest.raises(duro.ApplicationError):
+        run_in_process(fails, ProcessActivityContext(info, "a", q, {}), ([{"n": 1}, None],))
+    assert error.__dict__[SHIPPED_DETAILS] == ({"n": 1},)  # a heartbeat without details keeps the last ones
+    with pytest.raises(duro.ApplicationError):
+        run_in_process(fails, ProcessActivityContext(info, "b", q, {}), ([],))
+    assert SHIPPED_DETAILS not in error.__dict__
+
+
 async def test_an_async_activity_still_runs_on_the_loop(client: duro.Client, worker: duro.Worker) -> None:
     result = await client.execute_workflow(run_on_the_loop, id="loop", task_queue=Q)
     assert result == {"pid": os.getpid(), "thread": threading.current_thread().name}

@@ -10,6 +10,7 @@ import pytest
 
 import duro
 from tests.processes import ready_process
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -40,3 +41,24 @@ async def test_query_and_update_through_a_worker_in_another_process(
     assert await handle.result(timeout=20) == ["a", "b", "stop"]
     # A closed run is still queryable (by replay in the worker's process).
     assert await handle.query("items") == ["a", "b", "stop"]
+
+
+async def _items(handle: duro.WorkflowHandle) -> object:
+    try:
+        return await handle.query("items")
+    except duro.DuroError:  # no workflow task has run yet: no handlers are installed
+        return None
+
+
+async def test_a_request_left_while_no_worker_ran_is_answered_by_the_next_one(
+        client: duro.Client, store: str) -> None:
+    with ready_process("tests/integration/feature_worker.py", store, "remote-late"):
+        handle = await client.start_workflow("queried", id="remote-late", task_queue="remote-late")
+        await handle.signal("add", "a")
+        await eventually(lambda: _items(handle), "the remote worker to answer a query")
+    # No worker runs now: the query waits in the store for one (up to its 10 s).
+    pending = asyncio.ensure_future(handle.query("items"))
+    await eventually(lambda: client.store.apending_requests("remote-late"), "the query to be left in the store")
+    # A worker that starts later reads what was left before it (nothing else wakes it for that).
+    with ready_process("tests/integration/feature_worker.py", store, "remote-late"):
+        assert await pending == ["a"]

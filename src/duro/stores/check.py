@@ -490,10 +490,11 @@ class _Checker:
                 self.report.add(f"request {key!r}: not a readable request record")
 
     def check_meta(self) -> None:
-        """The id of the last batch (b"batch" -> u64)."""
+        """The id of the last batch (b"batch" -> u64) and the change marks (b"chg" 0x00 topic -> u64)."""
         for key, raw in self.items(b"meta"):
-            if key == b"batch" and len(raw) != 8:
-                self.report.add(f"meta: the batch id is {len(raw)} bytes, expected 8")
+            if (key == b"batch" or key.startswith(b"chg\x00")) and len(raw) != 8:
+                what = "the batch id" if key == b"batch" else f"the change mark {key[4:]!r}"
+                self.report.add(f"meta: {what} is {len(raw)} bytes, expected 8")
 
     def check_pending_work(self) -> None:
         """A running run whose newest input came after what its last workflow task processed has a workflow task."""

@@ -6,6 +6,7 @@ timers. The records' keys are in ``duro.stores.lmdb_tx`` (runs, wf, wtask, atask
 history's in ``duro._core.log``. Besides those, this module keeps:
 
 - ``meta``     b"batch"                                 -> id of the last batch (written by every batch)
+               b"chg" + 0x00 + topic (``mark_key``)     -> id of the last batch that changed the topic
 - ``req``      queue + 0x00 + request id                -> pack(JSON {kind, run, name}, args): a query or
                                                             update for whichever worker of the queue has it
 - ``resp``     request id                               -> pack(JSON {ok}, payload): the answer
@@ -54,7 +55,7 @@ from duro.engine.records import (
     decode_run,
     encode,
 )
-from duro.errors import StoreError, StoreURLError, WorkflowNotFoundError
+from duro.errors import StoreCorruptedError, StoreError, StoreURLError, WorkflowNotFoundError
 from duro.stores import lmdb_visibility as visibility
 from duro.stores.base import (
     CLOSED,
@@ -199,6 +200,20 @@ def _windows_pid_alive(pid: int) -> bool:
 
 
 _Batch = Effects  # what one group commit collected, applied after its fsync
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def mark_key(topic: str) -> bytes:
+    """The ``meta`` key of a topic's change mark; a long topic (a queue name of hundreds of bytes) by its hash.
+
+    Keys stay well under LMDB's 511 bytes, so writing a mark can never fail a batch.
+    """
+    raw = topic.encode()
+    return b"chg\x00" + (raw if len(raw) <= 256 else b"#" + hashlib.blake2b(raw, digest_size=16).digest())
 
 
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
@@ -371,6 +386,9 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self._own_txns: set[int] = set()
         self._wcache = RunCache()
         self._sync_failure: StoreError | None = None  # set when a sync after a commit failed (fatal)
+        # The newest transaction known to be on disk (synced by the writer, or by a reader before
+        # it answered from another process's commit): see ensure_durable.
+        self._synced_txn = 0
         self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer, self._vis, self._sched,
                        self._builds)
         self._index_visibility()
@@ -460,14 +478,17 @@ class LmdbStore(LocalReads, LmdbSchedules):
                 # batch is acknowledged, and the store refuses every later write: what is durable
                 # is what a new process reads when it opens the store again.
                 self._wcache.clear()
-                self._sync_failure = StoreError(
+                # StoreCorruptedError: retrying cannot cure it (workers stop retrying their reports).
+                self._sync_failure = StoreCorruptedError(
                     f"the LMDB store at {self.path} could not sync a commit to disk ({e.__cause__}); "
                     "it accepts no more writes in this process, and the last changes may not be durable. "
-                    "Fix the disk, then restart the process: it reads what was written durably")
+                    "Fix the disk, then restart the process: it reads what was written durably",
+                    path=os.path.join(self.path, "data.mdb"))
                 log.error("%s", self._sync_failure)
                 results, t1 = [(False, self._sync_failure)] * len(ops), time.perf_counter()
                 batch.rollback(0)
                 self.commit_failures += 1
+                self._fail_waiters(self._sync_failure)
             except mdb.MapFullError as e:
                 self._wcache.clear()
                 if self._grow_map():
@@ -526,7 +547,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
                         batch.rollback(mark)
                         results.append((False, store_error(e)))
                 for topic in marks:  # after the ops: what they changed, for other processes' watchers
-                    txn.put(b"chg\x00" + topic.encode(), stamp, db=self._meta)
+                    txn.put(mark_key(topic), stamp, db=self._meta)
                 t1 = time.perf_counter()
                 if self.early_activities:
                     self._hand_out_activities(batch, early)
@@ -542,6 +563,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             self.env.sync()
         except Exception as e:
             raise _SyncFailed(e) from e
+        self._synced_txn = max(self._synced_txn, tid)
         self.time_in_sync += time.perf_counter() - s0
         return results, t1
 
@@ -651,13 +673,13 @@ class LmdbStore(LocalReads, LmdbSchedules):
             if wanted is not None:
                 topics |= wanted
         seen = self._marks_seen
-        changed = set()
+        moved: dict[str, bytes] = {}
         for topic in topics:
-            mark = snap.get(b"chg\x00" + topic.encode(), db=self._meta)
+            mark = snap.get(mark_key(topic), db=self._meta)
             if mark is not None and seen.get(topic) != mark:
-                seen[topic] = mark
-                changed.add(topic)
-        return changed
+                moved[topic] = mark
+        seen.update(moved)  # only after every read succeeded: a failed pass is done again whole
+        return set(moved)
 
     def on_foreign_change(self, fn: Callable[[], None], topics: frozenset[str] | None = None) -> Callable[[], None]:
         """Call ``fn`` on the current loop when another process commits; returns an unsubscriber.
@@ -717,14 +739,36 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """
         return await self._submit(fn, *args)
 
+    def _fail_waiters(self, exc: BaseException) -> None:
+        """Fail every result and update waiter of this process (the store can no longer answer them)."""
+        futures: list[asyncio.Future[Any]] = [f for futs in list(self._waiters.values()) for f in futs]
+        futures += list(self._update_waiters.values())
+        for fut in futures:
+            loop = fut.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_fail, fut, exc)
+
+    def _ensure_durable(self, txn_id: int) -> None:
+        """Make sure transaction ``txn_id`` is on disk before answering from it (any thread; syncs if unsure).
+
+        A commit becomes visible to readers (this process's and others') when its meta page is
+        written, a moment before the committing writer has synced that page: an answer read from
+        it (a closed run's result, say) must not go out before the sync. One ``env.sync()`` flushes
+        every commit so far, whoever made it.
+        """
+        if txn_id > self._synced_txn:
+            self.env.sync()
+            self._synced_txn = max(self._synced_txn, txn_id)
+
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):
             _settle(fut, info)
 
     def _recheck_waiters(self) -> None:
-        """After another process committed: release waiters whose run it closed (watcher thread)."""
+        """After another process's commit closed runs: release this process's waiters of those (watcher thread)."""
         if not self._waiters:
             return
+        closed: list[tuple[asyncio.AbstractEventLoop, bytes, RunInfo]] = []
         with self.env.begin() as txn:
             for run_key, futs in list(self._waiters.items()):
                 raw = txn.get(run_key, db=self._runs)
@@ -732,9 +776,13 @@ class LmdbStore(LocalReads, LmdbSchedules):
                     continue
                 rec = decode_run(raw)
                 if rec.status != RUNNING:
-                    loop = futs[0].get_loop()
-                    if not loop.is_closed():
-                        loop.call_soon_threadsafe(self._release_waiters, run_key, run_info(run_key, rec))
+                    closed.append((futs[0].get_loop(), run_key, run_info(run_key, rec)))
+            seen = txn.id()
+        if closed:
+            self._ensure_durable(seen)  # the other process may not have synced its commit yet
+        for loop, run_key, info in closed:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._release_waiters, run_key, info)
 
     def _op_start(self, txn: mdb.Transaction, batch: _Batch, req: StartRequest) -> str:
         return self.machine.start(self._tx(txn), batch, req)
@@ -1351,6 +1399,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         """Wait until the run is closed; woken by the closing commit or another process's commit."""
         fut: asyncio.Future[RunInfo] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_key, []).append(fut)
+        info: RunInfo | None = None
+        seen = 0
         try:
             # Check after registering, so a close committed in between is not missed. A run found
             # closed is answered with its close event, read in the same snapshot.
@@ -1364,8 +1414,12 @@ class LmdbStore(LocalReads, LmdbSchedules):
                     last = rec.next_event_id - 1
                     found = self.log.read(txn, run_key, last, last) if last > 0 else []
                     info.close_event = found[0] if found else None
-                    self._release_waiters(run_key, info)  # ours, and any other waiter of the run
-                    return info
+                    seen = txn.id()
+            if info is not None:
+                if seen > self._synced_txn:  # read from a commit that may not be synced yet
+                    await asyncio.to_thread(self._ensure_durable, seen)
+                self._release_waiters(run_key, info)  # ours, and any other waiter of the run
+                return info
             return await fut
         finally:
             futs = self._waiters.get(run_key)
