@@ -5,8 +5,8 @@
 Runs ``benchmarks/peers/bench_duro.py`` (worker and client in one process, uvloop, LMDB) under
 ``py-spy record --gil``: a sample is taken of whichever thread holds the GIL, so the samples say
 where the process's Python time goes (one core at most: the GIL is what limits one process). Each
-sample is put to its thread (the event loop, the store's writer, the activity thread pool) and to
-the innermost frame that names a component: the workflow loop, the workflow instance, payload
+sample is put to its thread (the event loop, the store's writer and syncer, the activity thread
+pool) and to the innermost frame that names a component: the workflow loop, the workflow instance, payload
 conversion, the worker, the client API, store reads or store operations (engine and records, on
 the writer), the hand-off of results to the loop, asyncio/uvloop itself. Samples taken while the
 process imports or sets up are left out. The waits that hold no GIL come from the store's own
@@ -62,7 +62,8 @@ PYTHON = [
     ("uvloop", "asyncio/uvloop"),
     ("loop.pyx", "asyncio/uvloop"),
 ]
-ROLES = [("_writer_main", "writer (group commit)"), ("_watch_main", "watcher (other processes' commits)"),
+ROLES = [("_writer_main", "writer (group commit)"), ("_syncer_main", "syncer (meta-page sync, answers)"),
+         ("_watch_main", "watcher (other processes' commits)"),
          ("concurrent/futures/thread.py", "activity thread pool"), ("Runner.run", "event loop")]
 
 

@@ -93,9 +93,10 @@ async def main(where: str) -> None:
         async with duro.Worker(client, task_queue="expenses", workflows=[expense_report],
                                activities=[request_approval, pay]):
             for expense, decision in expenses:
+                # Printed before the call: the worker may begin (and print) before the call returns.
+                print(f"starting workflow expense-{expense['id']}")
                 handle = await client.start_workflow(expense_report, expense, id=f"expense-{expense['id']}",
                                                      task_queue="expenses")
-                print(f"started workflow {handle.id}")
                 token = await webhook(url, decision)
                 print(f"result: {await handle.result()}")
 

@@ -81,9 +81,9 @@ async def main(where: str) -> None:
     async with duro.Client.connect(url) as client:
         async with duro.Worker(client, task_queue="reports", workflows=[export_report],
                                activities=[create_workspace, export_rows, delete_workspace]):
+            print("starting workflow export-Q3-sales")  # before the call: the worker may begin before it returns
             handle = await client.start_workflow(export_report, "Q3-sales", id="export-Q3-sales",
                                                  task_queue="reports")
-            print(f"started workflow {handle.id}")
             await EXPORT_RUNNING.wait()
             await asyncio.sleep(0.2)  # let the export run a little
             print("client: cancel the workflow")

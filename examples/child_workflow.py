@@ -63,9 +63,9 @@ async def main(where: str) -> None:
     async with duro.Client.connect(url) as client:
         async with duro.Worker(client, task_queue="orders", workflows=[fulfil_order, ship_from, invoice],
                                activities=[pack, send_invoice]):
+            print("starting workflow order-A-7")  # before the call: the worker may begin before it returns
             handle = await client.start_workflow(fulfil_order, "A-7", ["berlin", "lyon", "porto"],
                                                  id="order-A-7", task_queue="orders")
-            print(f"started workflow {handle.id}")
             print(f"result: {await handle.result()}")
 
             print("\nthe workflows in the store (each child has its own id, status and history):")

@@ -118,9 +118,11 @@ async def main(where: str) -> None:
     async with duro.Client.connect(url) as client:
         async with duro.Worker(client, task_queue="orders", workflows=[order_processing],
                                activities=[validate_order, reserve_inventory, process_payment, ship_order]):
+            # Printed before the call: the worker may begin (and print) before the call returns, which
+            # it does once the start is on disk.
+            print(f"starting workflow order-{order.order_id}")
             handle = await client.start_workflow(order_processing, order, id=f"order-{order.order_id}",
                                                  task_queue="orders")
-            print(f"started workflow {handle.id} (run {handle.run_id})")
             # A person takes a moment to approve. (A signal sent earlier would not be lost: the
             # workflow would find it waiting. The pause only makes the output read in order.)
             await asyncio.sleep(0.2)
@@ -130,7 +132,7 @@ async def main(where: str) -> None:
             elapsed_ms = (time.perf_counter() - t_start) * 1000
             history = await handle.fetch_history()
 
-    print(f"\nevent history of {handle.id} ({len(history)} events):")
+    print(f"\nevent history of {handle.id}, run {handle.run_id} ({len(history)} events):")
     print_history(history)
     print(f"\nresult: {receipt}")
     print(f"finished in {elapsed_ms:.0f} ms (including the 200 ms pause before approving)")

@@ -104,8 +104,8 @@ async def main(where: str) -> None:
         async with duro.Worker(client, task_queue="trips", workflows=[book_trip],
                                activities=[book_flight, book_hotel, book_car, cancel_flight, cancel_hotel,
                                            cancel_car]):
+            print(f"starting workflow trip-{trip.trip_id}")  # before the call: the worker may begin first
             handle = await client.start_workflow(book_trip, trip, id=f"trip-{trip.trip_id}", task_queue="trips")
-            print(f"started workflow {handle.id}")
             try:
                 itinerary = await handle.result()
             except duro.WorkflowFailedError as e:

@@ -67,12 +67,14 @@ async def main(where: str) -> None:
     print(f"store: {url}")
     async with duro.Client.connect(url) as client:
         async with duro.Worker(client, task_queue="carts", workflows=[shopping_cart], activities=[charge]):
+            # Each line is printed before its call: the worker may act on a start or a signal (and
+            # print) before the call returns, which it does once what it sent is on disk.
+            print("starting workflow cart-alice")
             cart = await client.start_workflow(shopping_cart, "alice", id="cart-alice", task_queue="carts")
-            print(f"started workflow {cart.id}")
 
             for sku, qty, price in [("book", 2, 1500), ("pen", 3, 250)]:
-                await cart.signal("add_item", {"sku": sku, "qty": qty, "price_cents": price})
                 print(f"signal add_item: {qty} x {sku}")
+                await cart.signal("add_item", {"sku": sku, "qty": qty, "price_cents": price})
 
             # An update is applied after everything already in the history (the two signals). A query
             # answers from the state the worker has reached: right after signal() returns, the signal
@@ -90,8 +92,8 @@ async def main(where: str) -> None:
                 print(f"update apply_coupon('FREESTUFF'): rejected by the validator: {e} "
                       f"(history: {before} events before, {after} after)")
 
-            await cart.signal("checkout")
             print("signal checkout")
+            await cart.signal("checkout")
             print(f"result: {await cart.result()}")
             history = await cart.fetch_history()
 

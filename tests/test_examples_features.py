@@ -21,7 +21,7 @@ def recorded(out: str) -> list[tuple[str, str]]:
 def test_signal_query(store: str) -> None:
     out = run_example("signal_query.py", store)
     in_order(out, [
-        "started workflow cart-alice",
+        "starting workflow cart-alice",
         "signal add_item: 2 x book",
         "signal add_item: 3 x pen",
         "update apply_coupon('WELCOME10'): accepted, new total 3375 cents",
@@ -47,7 +47,7 @@ def test_child_workflow(store: str) -> None:
     out = run_example("child_workflow.py", store)
     for warehouse in ("berlin", "lyon", "porto"):
         assert f"[activity] pack A-7 in {warehouse} ... ok" in out
-    in_order(out, ["started workflow order-A-7", "[activity] invoice A-7 for 3 parcels ... ok",
+    in_order(out, ["starting workflow order-A-7", "[activity] invoice A-7 for 3 parcels ... ok",
                    "result: {'tracking': ['TRK-BER-A-7', 'TRK-LYO-A-7', 'TRK-POR-A-7'], 'invoice': 'INV-A-7'}"])
     rows = re.findall(r"^  (\S+)\s+(\w+)\s+(\w+)\s+-> (.*)$", out, re.MULTILINE)
     assert rows == [
@@ -69,7 +69,7 @@ def test_child_workflow(store: str) -> None:
 def test_cancellation(store: str) -> None:
     out = run_example("cancellation.py", store)
     in_order(out, [
-        "started workflow export-Q3-sales",
+        "starting workflow export-Q3-sales",
         "[activity] create workspace for Q3-sales ... ok",
         "client: cancel the workflow",
         "[workflow] cancelled: cleaning up before it ends",
@@ -94,13 +94,13 @@ def test_cancellation(store: str) -> None:
 def test_async_completion(store: str) -> None:
     out = run_example("async_completion.py", store)
     in_order(out, [
-        "started workflow expense-E-1",
+        "starting workflow expense-E-1",
         "[activity] approval of E-1 requested (41-byte task token); the attempt ends without a result",
         "[webhook] alice is looking at E-1",
         "[webhook] alice approves E-1",
         "[activity] pay 120.00 EUR to ada ... ok",
         "result: {'id': 'E-1', 'status': 'paid', 'approved_by': 'alice', 'payment': 'PAY-E-1'}",
-        "started workflow expense-E-2",
+        "starting workflow expense-E-2",
         "[webhook] carol rejects E-2: over the travel budget",
         "result: {'id': 'E-2', 'status': 'rejected', 'reason': 'over the travel budget'}",
         "the same token again: TaskTokenError (completed)",

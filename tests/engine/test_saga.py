@@ -11,6 +11,7 @@ import pytest
 
 import duro
 from duro.saga import SagaError
+from tests.waiting import eventually
 
 # What the activities did, in order (module global, like wfs.CALLS): cleared by every test.
 LOG: list[str] = []
@@ -313,10 +314,11 @@ async def test_compensations_are_shielded_from_repeated_cancellation(client: dur
 
 async def test_cancelled_workflow_compensates_then_ends_cancelled(client: duro.Client, worker: duro.Worker) -> None:
     handle = await client.start_workflow(trip_waiting, "cy", id="wf-cancel", task_queue="saga")
-    for _ in range(200):
-        if LOG == ["book cy"]:
-            break
-        await asyncio.sleep(0.01)
+
+    async def booked() -> bool:  # recorded, so the compensation is registered: not just run
+        return "ActivityTaskCompleted" in [e.event_type for e in await handle.fetch_history()]
+
+    await eventually(booked, "the booking to be recorded")
     await handle.cancel()
     with pytest.raises(duro.WorkflowFailedError) as info:
         await handle.result(timeout=10)

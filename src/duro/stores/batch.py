@@ -22,16 +22,23 @@ Callbacks = dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tupl
 
 
 class Op:
-    """One queued state change: ``fn(txn_or_tx, effects, *args)``, answered on ``loop`` through ``future``."""
+    """One queued state change: ``fn(txn_or_tx, effects, *args)``, answered on ``loop`` through ``future``.
 
-    __slots__ = ("args", "fn", "future", "loop")
+    ``internal``: the caller is this process's own worker, which may go on from the op's result
+    before the commit is durable (the LMDB store answers it when the commit is applied and answers
+    callers outside, result waiters and update waiters after the sync); anything it then records
+    goes in a later commit of the same writer, so it is durable only after this one.
+    """
+
+    __slots__ = ("args", "fn", "future", "internal", "loop")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], loop: asyncio.AbstractEventLoop | None,
-                 future: asyncio.Future[Any] | None) -> None:
+                 future: asyncio.Future[Any] | None, internal: bool = False) -> None:
         self.fn = fn
         self.args = args
         self.loop = loop
         self.future = future
+        self.internal = internal
 
 
 def resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

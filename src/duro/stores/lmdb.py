@@ -13,10 +13,15 @@ history's in ``duro._core.log``. Besides those, this module keeps:
 
 Durability: every state change is an *op* run by the writer thread inside one write transaction
 shared by all ops queued at that moment (group commit). The environment syncs each commit's data
-pages before writing its meta page (LMDB's integrity), and the writer syncs the meta page right
-after the commit, outside LMDB's write lock (``metasync=False`` + ``env.sync()``); futures of the
-ops in a batch, and the effects of their transitions, are released only after that second sync.
-A failed sync is fatal for the store in this process (see ``_commit_batch``). Each batch also
+pages before writing its meta page (LMDB's integrity) and leaves the meta page unsynced
+(``metasync=False``). Once a commit is applied, the writer answers the ops of this process's own
+worker (``Op.internal``: a workflow task without outside inputs, an activity's outcome) and hands
+out the tasks the batch created, then goes on with the next batch; the syncer thread syncs (one
+``env.sync()``, outside LMDB's write lock, for every commit since its last) and only then answers
+everything else: callers (a start, a signal, an update...), result waiters, update waiters. So
+only acknowledgements wait for the sync: whatever the worker records after going on is in a later
+commit of the same writer, durable only after this one. A failed sync is fatal for the store in
+this process (``_sync_failed``). Each batch also
 writes change marks (``meta`` b"chg" + 0x00 + topic) for what it changed that other processes may
 act on, so their watchers wake only the listeners concerned (``on_foreign_change``). An op writes all of its changes or
 none: one that raises after writing makes the batch run again with each op in a nested
@@ -69,8 +74,10 @@ from duro.stores.base import (
     ListQuery,
     LocalReads,
     QueueVersioning,
+    RunClosed,
     RunInfo,
     StartRequest,
+    UpdateCompleted,
     WorkflowTaskCompletion,
     new_run_id,
     pack,
@@ -230,10 +237,6 @@ def _settle(fut: asyncio.Future[Any], value: Any) -> None:
         loop.call_soon_threadsafe(lambda: None if fut.done() else fut.set_result(value))
 
 
-class _SyncFailed(Exception):
-    """The sync after a commit failed: the batch is in LMDB but may not be on disk (see _commit_batch)."""
-
-
 class _Redo(Exception):
     """An op failed after writing: the batch is aborted and run again with each op isolated."""
 
@@ -370,11 +373,9 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         # The workers of this process (duro._local): set by the client side, None when there are none.
         self.dispatch: Dispatch | None = None
-        #: Hand new activity attempts to this process's workers before the commit's fsync (see
-        #: _hand_out_activities). Off by default for now: activities then start (and print) before
-        #: the start or signal that led to them is answered, which the examples' output order and
-        #: a few timing-dependent tests do not expect yet; False waits for the fsync, as every
-        #: other effect does.
+        #: Hand new activity attempts to this process's workers before the commit itself (see
+        #: _hand_out_activities), not once it is applied, as the batch's other tasks are. Off by
+        #: default: with W1's instant activities it gained nothing measurable (BENCHMARKS.md, W1L).
         self.early_activities = False
         self._waiters: dict[bytes, list[asyncio.Future[RunInfo]]] = {}
         self._update_waiters: dict[str, asyncio.Future[bytes]] = {}
@@ -405,6 +406,16 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.time_in_commit = 0.0  # commit (pages written, data synced, under the lock) + the meta sync
         self.time_waiting_lock = 0.0  # in begin(write=True): LMDB's write lock (another process's), then the GIL
         self.time_in_sync = 0.0  # the meta sync after the commit (outside the lock)
+        # (txn id, ops, results, effects) of committed batches whose callers wait for their sync.
+        self._sync_queue: queue.SimpleQueue[tuple[int, list[Op], list[tuple[bool, Any]], list[Effect]] | None] = (
+            queue.SimpleQueue())
+        # Batches handed to the syncer (counted by the writer) and answered by it (counted by the
+        # syncer; one writer per counter, so no update is lost): the writer syncs a batch itself only
+        # when the two are equal, so answers stay in commit order.
+        self._sync_handed = 0
+        self._sync_answered = 0
+        self._syncer = threading.Thread(target=self._syncer_main, name="duro-lmdb-syncer", daemon=True)
+        self._syncer.start()
         self._writer = threading.Thread(target=self._writer_main, name="duro-lmdb-writer", daemon=True)
         self._writer.start()
         self._watch_stop = threading.Event()
@@ -414,6 +425,14 @@ class LmdbStore(LocalReads, LmdbSchedules):
     # ------------------------------------------------------------------ group commit machinery
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue an op for the writer; its future is answered once its commit is durable."""
+        return self._enqueue(fn, args, False)
+
+    def _submit_internal(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue an op of this process's worker: answered once its commit is applied, before the sync (see Op)."""
+        return self._enqueue(fn, args, True)
+
+    def _enqueue(self, fn: Callable[..., Any], args: tuple[Any, ...], internal: bool) -> asyncio.Future[Any]:
         if self._forked:
             raise StoreError(f"the store at {self.path} was opened before this process forked; connect "
                              "again in the child (duro.Client.connect) to open it there")
@@ -421,7 +440,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             raise RuntimeError(f"the store at {self.path} is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(Op(fn, args, loop, fut))
+        self._queue.put(Op(fn, args, loop, fut, internal))
         return fut
 
     def _writer_main(self) -> None:
@@ -429,7 +448,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
         while True:
             op = q.get()
             if op is None:
-                return
+                break
             ops = [op]
             stop = False
             # Drain whatever else is queued: they all share this transaction and its one fsync.
@@ -444,7 +463,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
                 ops.append(nxt)
             self._commit_batch(ops)
             if stop:
-                return
+                break
+        self._sync_queue.put(None)  # the syncer answers what is left, then stops
 
     def _commit_batch(self, ops: list[Op]) -> None:
         """Run ``ops`` in one write transaction with one fsync; each op writes all of its changes or none.
@@ -461,34 +481,18 @@ class LmdbStore(LocalReads, LmdbSchedules):
                          self.dispatch)
             return
         isolate = False
+        tid = -1  # the committed transaction's id (-1: the batch failed as a whole)
         # Activity attempts handed to this process's workers before the commit (see _run_batch):
         # a run of the batch again (a grown map) must not hand them out twice.
         early: set[tuple[bytes, int, int]] = set()
         while True:
             batch = _Batch()
             try:
-                results, t1 = self._run_batch(ops, batch, isolate, early)
+                results, t1, tid = self._run_batch(ops, batch, isolate, early)
             except _Redo:
                 isolate = True
                 self._wcache.clear()
                 continue
-            except _SyncFailed as e:
-                # Committed in LMDB, perhaps not on disk, and after a failed fsync the page cache
-                # cannot be trusted (the kernel may have dropped the dirty pages). Nothing of this
-                # batch is acknowledged, and the store refuses every later write: what is durable
-                # is what a new process reads when it opens the store again.
-                self._wcache.clear()
-                # StoreCorruptedError: retrying cannot cure it (workers stop retrying their reports).
-                self._sync_failure = StoreCorruptedError(
-                    f"the LMDB store at {self.path} could not sync a commit to disk ({e.__cause__}); "
-                    "it accepts no more writes in this process, and the last changes may not be durable. "
-                    "Fix the disk, then restart the process: it reads what was written durably",
-                    path=os.path.join(self.path, "data.mdb"))
-                log.error("%s", self._sync_failure)
-                results, t1 = [(False, self._sync_failure)] * len(ops), time.perf_counter()
-                batch.rollback(0)
-                self.commit_failures += 1
-                self._fail_waiters(self._sync_failure)
             except mdb.MapFullError as e:
                 self._wcache.clear()
                 if self._grow_map():
@@ -508,11 +512,96 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.ops_committed += len(ops)
         if _metrics.ENABLED:
             _metrics.RECORDER.store_committed("lmdb", len(ops), time.perf_counter() - t0)
-        answer_batch(ops, results, batch.effects, self._waiters, self._update_waiters, self.dispatch)
+        if tid < 0:  # nothing of it was written: every op fails now
+            answer_batch(ops, results, batch.effects, self._waiters, self._update_waiters, self.dispatch)
+            return
+        # Applied: this process's worker goes on now (its ops, and the tasks the batch handed out);
+        # callers outside, result and update waiters are answered by the syncer once it is durable.
+        internal = [i for i, op in enumerate(ops) if op.internal]
+        tasks: list[Effect] = [e for e in batch.effects if not isinstance(e, RunClosed | UpdateCompleted)]
+        if internal or tasks:  # one wake-up per loop, as answer_batch groups them
+            answer_batch([ops[i] for i in internal], [results[i] for i in internal], tasks, {}, {}, self.dispatch)
+        external = [i for i, op in enumerate(ops) if not op.internal]
+        closes: list[Effect] = [e for e in batch.effects if isinstance(e, RunClosed | UpdateCompleted)]
+        item = (tid, [ops[i] for i in external], [results[i] for i in external], closes)
+        if (external or closes) and self._queue.empty() and self._sync_handed == self._sync_answered:
+            # Someone waits, nothing is queued behind it and nothing of earlier batches is unanswered:
+            # sync here, as the syncer would, without the hop to its thread (a caller waiting alone
+            # gets its answer one wake-up sooner; answers stay in commit order).
+            self._sync_and_answer([item])
+        else:
+            # The syncer syncs while this thread goes on with the next batch: the worker's own next
+            # step, say, which a batch that answers nobody outside this process is followed by.
+            self._sync_handed += 1
+            self._sync_queue.put(item)
+
+    def _syncer_main(self) -> None:
+        """Sync commits and answer what waits for their durability, in commit order (the syncer thread).
+
+        One ``env.sync()`` makes every commit so far durable (metasync=False: a commit leaves its meta
+        page unsynced), so the syncer takes everything committed meanwhile and syncs once, while the
+        writer goes on with the next batch. The next commit's own data sync would flush that meta
+        page too; the syncer does not wait for it, so an answer is not held back by a batch cycle.
+        """
+        q = self._sync_queue
+        stop = False
+        while not stop:
+            item = q.get()
+            if item is None:
+                return
+            items = [item]
+            while True:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                items.append(nxt)
+            self._sync_and_answer(items)
+            self._sync_answered += len(items)
+
+    def _sync_and_answer(self, items: list[tuple[int, list[Op], list[tuple[bool, Any]], list[Effect]]]) -> None:
+        """One sync for these committed batches, then their callers' answers, in order (writer or syncer thread)."""
+        failure = self._sync_failure
+        if failure is None:
+            s0 = time.perf_counter()
+            try:
+                self.env.sync()
+            except Exception as e:
+                failure = self._sync_failed(e)
+            else:
+                self._synced_txn = max(self._synced_txn, max(i[0] for i in items))
+            self.time_in_sync += time.perf_counter() - s0
+        for _tid, ops, results, closes in items:
+            if failure is not None:
+                results, closes = [(False, failure)] * len(ops), []
+            answer_batch(ops, results, closes, self._waiters, self._update_waiters, None)
+
+    def _sync_failed(self, e: Exception) -> StoreError:
+        """A sync failed: the store takes no more writes in this process (syncer thread); the error to answer with.
+
+        The commits since the last good sync are in LMDB, perhaps not on disk, and after a failed
+        fsync the page cache cannot be trusted (the kernel may have dropped the dirty pages).
+        Nothing waiting for them is acknowledged: what is durable is what a new process reads when
+        it opens the store again. StoreCorruptedError: retrying cannot cure it (workers stop
+        retrying their reports), and every result and update waiter is failed with it.
+        """
+        failure = StoreCorruptedError(
+            f"the LMDB store at {self.path} could not sync a commit to disk ({e}); "
+            "it accepts no more writes in this process, and the last changes may not be durable. "
+            "Fix the disk, then restart the process: it reads what was written durably",
+            path=os.path.join(self.path, "data.mdb"))
+        self._sync_failure = failure
+        self.commit_failures += 1
+        log.error("%s", failure)
+        self._fail_waiters(failure)
+        return failure
 
     def _run_batch(self, ops: list[Op], batch: _Batch, isolate: bool,
-                   early: set[tuple[bytes, int, int]]) -> tuple[list[tuple[bool, Any]], float]:
-        """One attempt at a batch; returns the per-op results and when the ops ended (commit follows)."""
+                   early: set[tuple[bytes, int, int]]) -> tuple[list[tuple[bool, Any]], float, int]:
+        """One attempt at a batch; the per-op results, when the ops ended (commit follows), the txn id."""
         results: list[tuple[bool, Any]] = []
         tid = -1
         try:
@@ -556,16 +645,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         except BaseException:
             self._own_txns.discard(tid)
             raise
-        # Its meta page is synced here, outside the write lock (metasync=False); only then is it
-        # durable, and only then does _commit_batch release futures and effects.
-        s0 = time.perf_counter()
-        try:
-            self.env.sync()
-        except Exception as e:
-            raise _SyncFailed(e) from e
-        self._synced_txn = max(self._synced_txn, tid)
-        self.time_in_sync += time.perf_counter() - s0
-        return results, t1
+        # Its meta page is written but not synced (metasync=False): the syncer makes it durable.
+        return results, t1, tid
 
     def _hand_out_activities(self, batch: _Batch, early: set[tuple[bytes, int, int]]) -> None:
         """Give the batch's new activity attempts to this process's workers now, before the fsync.
@@ -575,8 +656,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         batches one after the other), so nothing is recorded on top of a schedule that is not
         durable. If this commit fails, the attempt ran for nothing: its outcome finds no attempt
         ("stale") and is dropped, and the workflow task that scheduled it runs again. Nothing is
-        acknowledged to a caller any earlier: op futures and result waiters still wait for the
-        fsync. The effects go out on the dispatch loop's next turn, while this thread syncs.
+        acknowledged to a caller any earlier: callers' futures and result waiters still wait for
+        the sync. The effects go out on the dispatch loop's next turn, while this thread commits.
         """
         dispatch = self.dispatch
         if dispatch is None or dispatch.loop is None or not batch.effects:
@@ -718,6 +799,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
 
     def _join_threads(self) -> None:
         self._writer.join()
+        self._syncer.join()
         self._watcher.join()
 
     # ------------------------------------------------------------------ records and transitions
@@ -1122,8 +1204,15 @@ class LmdbStore(LocalReads, LmdbSchedules):
         return await self._submit(self._op_reset, workflow_id, run_id, event_id, reason, new_run)  # type: ignore[no-any-return]
 
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
-        """Commit a workflow task; raises Conflict when the run moved on."""
-        return await self._submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
+        """Commit a workflow task; raises Conflict when the run moved on.
+
+        The worker's own step (no inputs, or an activity's outcome fused with it) is answered once
+        applied (``Op.internal``). A completion whose inputs came from outside (a signal or an update
+        shown to a cached instance, whose caller is answered when this returns) waits for the sync.
+        """
+        own = not c.inputs or c.completed_activity is not None
+        submit = self._submit_internal if own else self._submit
+        return await submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
 
     async def return_workflow_tasks(self, task_queue: str, run_keys: list[bytes]) -> int:
         """Give back workflow tasks this process leased and will not run (a worker stopping)."""
@@ -1135,7 +1224,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
 
     async def complete_activity(self, outcome: ActivityOutcome) -> str:
         """Record an attempt's end; returns "done", "retry", "stale" or "closed"."""
-        return await self._submit(self._op_complete_activity, outcome)  # type: ignore[no-any-return]
+        return await self._submit_internal(self._op_complete_activity, outcome)  # type: ignore[no-any-return]
 
     async def heartbeat_activity(self, run_key: bytes, task_queue: str, seq: int, attempt: int,
                                  details: bytes | None) -> bool:
