@@ -403,9 +403,9 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.map_growths = 0
         self.ops_committed = 0
         self.time_in_ops = 0.0  # from the batch's start to its commit: includes the lock wait below
-        self.time_in_commit = 0.0  # commit (pages written, data synced, under the lock) + the meta sync
+        self.time_in_commit = 0.0  # commit: pages written, data synced, under the lock (the meta sync is apart)
         self.time_waiting_lock = 0.0  # in begin(write=True): LMDB's write lock (another process's), then the GIL
-        self.time_in_sync = 0.0  # the meta sync after the commit (outside the lock)
+        self.time_in_sync = 0.0  # meta syncs after commits (outside the lock; the syncer's, or the writer's)
         # (txn id, ops, results, effects) of committed batches whose callers wait for their sync.
         self._sync_queue: queue.SimpleQueue[tuple[int, list[Op], list[tuple[bool, Any]], list[Effect]] | None] = (
             queue.SimpleQueue())
