@@ -540,8 +540,9 @@ class LmdbStore(LocalReads, LmdbSchedules):
 
         One ``env.sync()`` makes every commit so far durable (metasync=False: a commit leaves its meta
         page unsynced), so the syncer takes everything committed meanwhile and syncs once, while the
-        writer goes on with the next batch. The next commit's own data sync would flush that meta
-        page too; the syncer does not wait for it, so an answer is not held back by a batch cycle.
+        writer goes on with the next batch. The next commit's own data sync flushes that meta page
+        too: when one has already happened (of any process), the syncer answers without syncing; it
+        does not wait for one, so an answer is not held back by a batch cycle.
         """
         q = self._sync_queue
         stop = False
@@ -565,14 +566,19 @@ class LmdbStore(LocalReads, LmdbSchedules):
     def _sync_and_answer(self, items: list[tuple[int, list[Op], list[tuple[bool, Any]], list[Effect]]]) -> None:
         """One sync for these committed batches, then their callers' answers, in order (writer or syncer thread)."""
         failure = self._sync_failure
-        if failure is None:
+        newest = max(i[0] for i in items)
+        if failure is None and self.env.last_txnid() > newest:
+            # A later commit (of any process) has already synced its data pages, and with them the
+            # meta pages written before it: LMDB publishes a commit's id only after that sync.
+            self._synced_txn = max(self._synced_txn, newest)
+        elif failure is None:
             s0 = time.perf_counter()
             try:
                 self.env.sync()
             except Exception as e:
                 failure = self._sync_failed(e)
             else:
-                self._synced_txn = max(self._synced_txn, max(i[0] for i in items))
+                self._synced_txn = max(self._synced_txn, newest)
             self.time_in_sync += time.perf_counter() - s0
         for _tid, ops, results, closes in items:
             if failure is not None:
