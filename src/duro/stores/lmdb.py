@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 import orjson
@@ -207,6 +207,23 @@ def _windows_pid_alive(pid: int) -> bool:
 
 
 _Batch = Effects  # what one group commit collected, applied after its fsync
+
+
+_T = TypeVar("_T")
+
+
+def _take_queued(q: queue.SimpleQueue[_T | None], first: _T, limit: int) -> tuple[list[_T], bool]:
+    """``first`` and what ``q`` holds now (at most ``limit`` in all); True if the stop mark (None) came too."""
+    items = [first]
+    while len(items) < limit:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is None:
+            return items, True
+        items.append(nxt)
+    return items, False
 
 
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
@@ -449,18 +466,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
             op = q.get()
             if op is None:
                 break
-            ops = [op]
-            stop = False
-            # Drain whatever else is queued: they all share this transaction and its one fsync.
-            while len(ops) < 4096:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                ops.append(nxt)
+            # Whatever else is queued shares this transaction and its sync.
+            ops, stop = _take_queued(q, op, 4096)
             self._commit_batch(ops)
             if stop:
                 break
@@ -550,16 +557,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             item = q.get()
             if item is None:
                 return
-            items = [item]
-            while True:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                items.append(nxt)
+            items, stop = _take_queued(q, item, 1 << 30)
             self._sync_and_answer(items)
             self._sync_answered += len(items)
 
