@@ -60,6 +60,18 @@ async def approval(ctx: duro.WorkflowContext) -> Any:
     return await ctx.wait_signal("approve")
 
 
+# The group commit's counters a store keeps (where it keeps them: LMDB): batches, ops, seconds from a
+# batch's start to its commit (ops, plus the wait for LMDB's write lock, also given alone), seconds
+# in commit (pages written and data synced, under the lock) and in meta-page syncs (outside it).
+STORE_COUNTERS = {"commits": "commits", "ops": "ops_committed", "ops_s": "time_in_ops", "commit_s": "time_in_commit",
+                  "lock_wait_s": "time_waiting_lock", "meta_sync_s": "time_in_sync"}
+
+
+def store_counters(store: Any) -> dict[str, float]:
+    """The store's group-commit counters now (``STORE_COUNTERS``; those it does not keep are left out)."""
+    return {k: float(getattr(store, a)) for k, a in STORE_COUNTERS.items() if hasattr(store, a)}
+
+
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
     # numpy is imported here, not with this module: bench_parked measures its process's memory and
     # takes no percentiles (numpy adds ~9 MB to a process).

@@ -4,7 +4,7 @@
                                           [--store lmdb://DIR] [--out result.json]
                                           [--ids {uuid4,sequential}] [--determinism {raise,warn,off}]
 
-Worker and client run in one process on uvloop; every commit is fsynced (LMDB sync=True).
+Worker and client run in one process on uvloop; every commit is fsynced before any caller is answered.
 Prints one JSON object as its last line.
 """
 
@@ -106,7 +106,8 @@ async def w4(client: duro.Client, n: int, determinism: str = "raise") -> dict[st
 
 DURABLE = {
     "lmdb": "LMDB: each group commit's data pages, then its meta page (after LMDB's write lock is released), "
-            "fsynced before any caller or workflow sees it",
+            "fsynced before any caller or result waiter is answered (this process's worker goes on from the "
+            "applied commit)",
     "postgresql": "PostgreSQL (synchronous_commit as the server has it, on by default): each group commit is one "
                   "transaction, answered only after COMMIT returns",
 }
@@ -139,10 +140,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 notes = (notes + "; " if notes else "") + (
                     f"worker+client in one process (uvloop); {store.commits} group commits for "
                     f"{store.ops_committed} store operations")
-                counters = {"commits": "commits", "ops": "ops_committed", "ops_s": "time_in_ops",
-                            "commit_s": "time_in_commit", "meta_sync_s": "time_in_sync",
-                            "lock_wait_s": "time_waiting_lock"}
-                res["store"] = {k: round(float(getattr(store, a)), 4) for k, a in counters.items() if hasattr(store, a)}
+                res["store"] = {k: round(v, 4) for k, v in c.store_counters(store).items()}
                 if hasattr(store, "round_trips"):  # the PostgreSQL store counts its round trips
                     notes += (f", {store.round_trips} round trips in batches, {store.retried_batches} batches "
                               f"run again, {store.time_in_batches:.2f} s in batches")

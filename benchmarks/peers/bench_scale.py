@@ -82,12 +82,6 @@ def _child_logging(role: str) -> _CountingHandler:
 # ---------------------------------------------------------------- worker process
 
 
-def _store_counters(store: Any) -> dict[str, float]:
-    names = {"commits": "commits", "ops": "ops_committed", "ops_s": "time_in_ops", "commit_s": "time_in_commit",
-             "lock_wait_s": "time_waiting_lock", "meta_sync_s": "time_in_sync"}
-    return {k: float(getattr(store, attr, 0)) for k, attr in names.items()}
-
-
 def worker_main(url: str, index: int, conn: Connection) -> None:
     counter = _child_logging(f"worker {index}")
 
@@ -101,10 +95,10 @@ def worker_main(url: str, index: int, conn: Connection) -> None:
                                    activities=[c.validate, c.charge, c.ship], identity=f"scale-{index}") as worker:
                 conn.send(("ready", os.getpid()))
                 cpu0 = time.process_time()
-                store0 = _store_counters(client.store)
+                store0 = c.store_counters(client.store)
                 await stop.wait()
                 cpu = time.process_time() - cpu0
-                store1 = _store_counters(client.store)
+                store1 = c.store_counters(client.store)
             # The group commit's work while measured, where the store counts it: batches, ops, seconds
             # from a batch's start to its commit (ops, GIL held, plus the wait for LMDB's write lock,
             # also given alone), seconds in commit + syncs (GIL released; the meta sync also alone).
@@ -217,7 +211,8 @@ def pg_durable(base_url: str) -> str:
             "or worker sees it")
 
 
-LMDB_DURABLE = "LMDB sync=True (a fresh temp dir): each group commit fsynced before any caller or workflow sees it"
+LMDB_DURABLE = ("LMDB (a fresh temp dir): each group commit's data pages, then its meta page, fsynced before any "
+                "caller or result waiter is answered")
 
 
 def make_store(base: str) -> tuple[str, str, Any]:

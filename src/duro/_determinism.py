@@ -102,7 +102,7 @@ def _trusted(frame: Any) -> bool:
 
 
 def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
-    """Called by a wrapper when a thread running workflow code called ``label``; raises or logs.
+    """Called by ``_checked_call`` when a thread running workflow code called ``label``; raises or logs.
 
     Returns the loop when it logged a warning: the wrapper then runs the original with the guard
     lifted, so what the original calls in turn (``uuid4`` reads ``os.urandom``) is not reported again.

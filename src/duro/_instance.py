@@ -84,7 +84,6 @@ _DEFAULT_RETRY = RetryPolicy().to_dict()
 
 
 _ACTIVITY_SCHEDULED = codec.ACTIVITY_SCHEDULED
-_ACTIVITY_COMPLETED = codec.ACTIVITY_COMPLETED
 # Future's methods, called unbound on activity futures: a method lookup on an instance of a C
 # future type is not specialized by the interpreter (3.11), a global is.
 _future_done = asyncio.Future.done
@@ -191,7 +190,8 @@ class _ActivityFuture(asyncio.Future[Any]):
 
     __slots__ = ("_ctype", "_inst", "_name", "_seq", "cancel_asked")
 
-    # Made by _activity_future (the class has no __init__ of its own: one call fewer per activity).
+    # Made by _activity_future, or inline in schedule_activity's replay path (the class has no
+    # __init__ of its own: one call fewer per activity). Keep the two in step.
     _inst: WorkflowInstance
     _seq: int
     _name: str
@@ -469,7 +469,8 @@ class WorkflowInstance:
     def activate(self, inputs: list[Event]) -> None:
         """Apply input events in order, then run the code until every branch is blocked."""
         self._hlen += len(inputs) + 1  # the inputs, and this task's WorkflowTaskCompleted
-        t, self.last_event_id = apply_inputs(self, inputs, self.last_event_id)  # each to _apply, in order
+        # In order: an activity's result to _activity_completed, any other event to _apply.
+        t, self.last_event_id = apply_inputs(self, inputs, self.last_event_id)
         self.loop.advance_time(t)
         self._run()
 
@@ -678,10 +679,8 @@ class WorkflowInstance:
     # ------------------------------------------------------------------ inputs
 
     def _apply(self, ev: Event) -> None:
-        t = ev.type
-        if t == _ACTIVITY_COMPLETED:
-            self._activity_completed(ev.ref, ev.payload)
-        elif t == codec.ACTIVITY_FAILED or t == codec.ACTIVITY_CANCELED:
+        t = ev.type  # never ActivityTaskCompleted: apply_inputs hands those to _activity_completed
+        if t == codec.ACTIVITY_FAILED or t == codec.ACTIVITY_CANCELED:
             # ActivityTaskCanceled: a "wait_cancellation_completed" activity acknowledged its
             # cancellation (its failure is a duro.CancelledError), as ActivityError's cause.
             entry = self._pending.pop(ev.ref, None)

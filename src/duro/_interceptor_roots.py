@@ -18,14 +18,15 @@ from duro.interceptor import (
 )
 
 if TYPE_CHECKING:
-    from duro._instance import ChildWorkflowHandle, WorkflowInstance
+    from duro._child import ChildWorkflowHandle
+    from duro._instance import WorkflowInstance
     from duro.workflow import WorkflowContext
 
 __all__ = ["InboundRoot", "OutboundRoot"]
 
 
-class InboundRoot(WorkflowInboundInterceptor):
-    """The innermost inbound link: what the instance does without interceptors."""
+class _OnInstance:
+    """A root link: it acts on its workflow instance, and its ``ctx`` is the instance's."""
 
     def __init__(self, inst: WorkflowInstance) -> None:
         self._inst = inst
@@ -33,6 +34,10 @@ class InboundRoot(WorkflowInboundInterceptor):
     @property
     def ctx(self) -> WorkflowContext:
         return self._inst.ctx
+
+
+class InboundRoot(_OnInstance, WorkflowInboundInterceptor):
+    """The innermost inbound link: what the instance does without interceptors."""
 
     def init(self, outbound: WorkflowOutboundInterceptor) -> None:
         self._inst._outbound = outbound
@@ -53,15 +58,8 @@ class InboundRoot(WorkflowInboundInterceptor):
         return await self._inst._call_update(input.update, input.args)
 
 
-class OutboundRoot(WorkflowOutboundInterceptor):
+class OutboundRoot(_OnInstance, WorkflowOutboundInterceptor):
     """The innermost outbound link: records the commands, headers included."""
-
-    def __init__(self, inst: WorkflowInstance) -> None:
-        self._inst = inst
-
-    @property
-    def ctx(self) -> WorkflowContext:
-        return self._inst.ctx
 
     def start_activity(self, input: StartActivityInput) -> asyncio.Future[Any]:
         return self._inst.schedule_activity(

@@ -104,7 +104,7 @@ _context_run = Context.run
 class WorkflowLoop(asyncio.AbstractEventLoop):
     """An asyncio event loop that runs workflow code deterministically, driven by the engine.
 
-    The engine never calls ``run_forever``. Each *activation* it sets the clock (``set_time``),
+    The engine never calls ``run_forever``. Each *activation* it moves the clock (``advance_time``),
     fires timers (``fire_timer``) and resolves futures, then calls ``run_until_quiescent``, which
     runs ready callbacks first-in first-out until every coroutine is blocked. Given the same
     activations, the same callbacks run in the same order, so workflow code replays identically.
@@ -145,7 +145,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._start_timer = start_timer
         self._cancel_timer = cancel_timer
         self._now = 0.0
-        # A plain list, swapped out per pass (see _run_ready): a deque preallocates a 64-slot block,
+        # A plain list, swapped out per pass (see run_until_quiescent): a deque preallocates a 64-slot block,
         # and a worker may hold 100,000 parked loops.
         self._ready: list[asyncio.Handle] = []
         # Live durable timers: seq -> handle, in the order they were started. A timer leaves when
@@ -323,7 +323,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     # ------------------------------------------------------------------ loop state
 
     def time(self) -> float:
-        """Return the workflow clock: the value of the last ``set_time``; never the wall clock."""
+        """Return the workflow clock: as ``set_time`` or ``advance_time`` last left it; never the wall clock."""
         return self._now
 
     def is_running(self) -> bool:

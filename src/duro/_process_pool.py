@@ -58,7 +58,7 @@ class ProcessActivityContext(ActivityContext):
         self._queue = queue
         self._cancels = cancels
         self._sync = True
-        self._last: tuple[Any] | None = None  # the last heartbeat's details (in the child; not pickled)
+        self._last: Any = None  # the last heartbeat's details other than None (in the child; not pickled)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ProcessActivityContext, (self.info, self._key, self._queue, self._cancels))
@@ -72,7 +72,7 @@ class ProcessActivityContext(ActivityContext):
             raise CancelledError(f"activity {self.info.activity_type!r} (attempt {self.info.attempt}) was cancelled")
         self._queue.put((self._key, details))
         if details is not None:  # None keeps the details recorded before, as the store does
-            self._last = (details,)
+            self._last = details
 
     @property
     def is_cancelled(self) -> bool:

@@ -3,7 +3,8 @@
 Like the timer loop, it sleeps until the earliest fire time of its queue (read from the store's
 due index), at most ``POLL_S``, and wakes early when this process changes a schedule
 (``wake_schedule_loops``, called by the client and by the testing environment when it moves the
-clock) or another process commits (``Store.on_foreign_change``). Any number of workers, in any
+clock) or another process changes one of the queue's schedules (``Store.on_foreign_change`` with
+``schedule_topic(queue)``; PostgreSQL wakes it at every notification). Any number of workers, in any
 number of processes, may run it for one queue: each fire is one transition, and a due time
 fires once (see ``duro.engine.schedules``).
 """
@@ -17,6 +18,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from duro._aio import wait_event
+from duro.stores.base import schedule_topic
 
 if TYPE_CHECKING:
     from duro.stores.base import Store
@@ -57,7 +59,7 @@ async def schedule_loop(worker: Worker) -> None:
     wake = asyncio.Event()
     entry = (asyncio.get_running_loop(), wake)
     _LOOPS.setdefault(store, set()).add(entry)
-    unsubscribe = store.on_foreign_change(wake.set)
+    unsubscribe = store.on_foreign_change(wake.set, {schedule_topic(task_queue)})
     try:
         last_read = time.monotonic()
         due = await _next_due(store, task_queue)

@@ -233,7 +233,7 @@ class Worker:
         self._unsubscribe: list[Callable[[], None]] = []
         self._running = False
         self._serving_requests = False
-        self._requests_changed = False  # another process committed while the requests were being read
+        self._requests_changed = False  # a request was left (or a retry came due) while they were being read
         self._requests_in_progress: set[str] = set()
         self._refused_requests: set[str] = set()  # updates of runs of another build (worker versioning)
         self._stopped = asyncio.Event()
@@ -280,14 +280,17 @@ class Worker:
         _metrics.watch_worker(self)
         # Each loop is woken by another process's commits that concern it (where the store can tell):
         # a worker is not woken by the steps other workers take on their own tasks.
+        # Only the loops this worker runs: a watcher reads the marks of every topic listened to.
         q = self.task_queue
-        self._unsubscribe = [
-            store.on_foreign_change(self._wake_wf.set, frozenset({wtask_topic(q)})),
-            store.on_foreign_change(self._wake_act.set, frozenset({atask_topic(q)})),
-            store.on_foreign_change(self._wake_timer.set, frozenset({TIMERS})),
-            store.on_foreign_change(self._on_foreign_request, frozenset({request_topic(q)})),
-        ]
-        self._on_foreign_request()  # requests left for the queue before this worker started
+        if self._workflows:
+            self._unsubscribe += [
+                store.on_foreign_change(self._wake_wf.set, {wtask_topic(q)}),
+                store.on_foreign_change(self._wake_timer.set, {TIMERS}),
+                store.on_foreign_change(self._on_foreign_request, {request_topic(q)}),
+            ]
+            self._on_foreign_request()  # requests left for the queue before this worker started
+        if self._activities:
+            self._unsubscribe.append(store.on_foreign_change(self._wake_act.set, {atask_topic(q)}))
         if self._workflows:
             self._spawn(self._wf_poll_loop())
             self._spawn(self._timer_loop())
@@ -385,7 +388,7 @@ class Worker:
         return t
 
     def _on_foreign_request(self) -> None:
-        if self._workflows:
+        if self._workflows and self._running:
             if self._serving_requests:
                 self._requests_changed = True  # the read under way may predate this commit: read again after it
             else:
@@ -1206,9 +1209,8 @@ class Worker:
         if shipped is None:
             hb = ctx._heartbeater
             return hb.latest if hb is not None else None
-        (details,) = shipped
         try:
-            return self.converter.encode(details) if details is not None else None
+            return self.converter.encode(shipped)
         except (TypeError, ValueError):  # not encodable: its heartbeat write failed alike, and was logged
             return None
 

@@ -93,7 +93,7 @@ def test_a_failure_in_the_pool_process_takes_its_last_heartbeat_along() -> None:
         run_in_process(acts.where, ctx, (7,))
     details = {"attempt": 1, "pid": os.getpid()}
     assert q.get_nowait() == ("k", details)
-    assert pickle.loads(pickle.dumps(raised.value)).__dict__[SHIPPED_DETAILS] == (details,)
+    assert pickle.loads(pickle.dumps(raised.value)).__dict__[SHIPPED_DETAILS] == details
 
 
 def test_a_reraised_exception_object_does_not_carry_an_earlier_attempts_details() -> None:
@@ -110,7 +110,7 @@ def test_a_reraised_exception_object_does_not_carry_an_earlier_attempts_details(
     q: queue.Queue[Any] = queue.Queue()
     with pytest.raises(duro.ApplicationError):
         run_in_process(fails, ProcessActivityContext(info, "a", q, {}), ([{"n": 1}, None],))
-    assert error.__dict__[SHIPPED_DETAILS] == ({"n": 1},)  # a heartbeat without details keeps the last ones
+    assert error.__dict__[SHIPPED_DETAILS] == {"n": 1}  # a heartbeat without details keeps the last ones
     with pytest.raises(duro.ApplicationError):
         run_in_process(fails, ProcessActivityContext(info, "b", q, {}), ([],))
     assert SHIPPED_DETAILS not in error.__dict__

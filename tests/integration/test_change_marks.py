@@ -12,6 +12,8 @@ import collections
 import sys
 from pathlib import Path
 
+import pytest
+
 import duro
 from duro.stores.base import CLOSED, TIMERS, atask_topic, wtask_topic
 from tests.processes import run_command
@@ -19,6 +21,8 @@ from tests.waiting import eventually
 
 START = """
 import asyncio, sys
+import pytest
+
 import duro
 
 async def main() -> None:
@@ -62,3 +66,14 @@ async def test_a_foreign_commit_wakes_only_the_listeners_of_what_it_changed(tmp_
         await _start_elsewhere(url, "second", "other")
         await eventually(lambda: calls["wtask other"] == 1, "the listener of the other queue to be woken")
         assert calls["wtask q"] == 1 and calls["atask q"] == 0
+
+
+async def test_topics_must_be_a_set_of_names(tmp_path: Path) -> None:
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        # A bare string would be read letter by letter (and, before, killed the watcher thread).
+        with pytest.raises(ValueError, match=r"not the string 'wtask:q': wrap it"):
+            client.store.on_foreign_change(lambda: None, wtask_topic("q"))
+        with pytest.raises(ValueError, match="non-empty set of topic names, or None"):
+            client.store.on_foreign_change(lambda: None, set())
+        unsubscribe = client.store.on_foreign_change(lambda: None, [wtask_topic("q"), TIMERS])  # any iterable
+        unsubscribe()

@@ -128,6 +128,17 @@ def run_info(run_key: bytes, rec: RunRecord) -> RunInfo:
     )
 
 
+def execution_deadline_us(req: StartRequest, now_us: int, deadline_us: int = 0) -> int:
+    """When the workflow execution times out, in µs (0: never).
+
+    The deadline carried over from an earlier run of a continue-as-new chain, or else now plus the
+    request's execution timeout.
+    """
+    if req.execution_timeout and not deadline_us:
+        return now_us + us(req.execution_timeout)
+    return deadline_us
+
+
 def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event:
     """The WorkflowExecutionStarted event of a run (its payload: pack(meta JSON, arguments)).
 
@@ -136,8 +147,7 @@ def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event
     """
     meta: dict[str, Any] = {"wid": req.workflow_id, "queue": req.task_queue,
                             "first_run": req.first_run_id or req.run_id}
-    if req.execution_timeout and not deadline_us:
-        deadline_us = now_us + us(req.execution_timeout)
+    deadline_us = execution_deadline_us(req, now_us, deadline_us)
     if deadline_us:
         meta["deadline_us"] = deadline_us
     if req.execution_timeout:
@@ -416,8 +426,7 @@ class Machine:
                         search_attributes=req.search_attributes or None, memo=req.memo or None)
         if req.build_id:  # pinned from the start: a child or continue-as-new run of a pinned run
             rec.build_id, rec.versioning_behavior = req.build_id, VersioningBehavior.PINNED
-        if req.execution_timeout and not deadline_us:  # as started_event computes it
-            deadline_us = now_us + us(req.execution_timeout)
+        deadline_us = execution_deadline_us(req, now_us, deadline_us)
         started = started_event(req, now_us, deadline_us)
         rec.deadline_us = deadline_us
         fire_us = min(x for x in (deadline_us, now_us + us(req.run_timeout) if req.run_timeout else 0, _NEVER) if x)

@@ -8,7 +8,7 @@ import math
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,11 +39,13 @@ __all__ = [
     "WorkflowTaskCompletion",
     "WrongBuild",
     "atask_topic",
+    "check_topics",
     "headed",
     "new_run_id",
     "pack",
     "request_topic",
     "run_key_of",
+    "schedule_topic",
     "split_headed",
     "unpack",
     "update_key",
@@ -320,6 +322,28 @@ def atask_topic(task_queue: str) -> str:
 def request_topic(task_queue: str) -> str:
     """Queries and updates left for a queue's workers by clients in other processes."""
     return "request:" + task_queue
+
+
+def schedule_topic(task_queue: str) -> str:
+    """A queue's schedules (created, changed, or due sooner)."""
+    return "schedule:" + task_queue
+
+
+def check_topics(topics: Iterable[str] | None) -> frozenset[str] | None:
+    """``on_foreign_change``'s ``topics`` as a frozenset; ValueError for a string or an empty set.
+
+    A string would be taken letter by letter, and an empty set would never wake its listener.
+    """
+    if topics is None:
+        return None
+    if isinstance(topics, str | bytes):
+        raise ValueError(f"topics must be a set of topic names (wtask_topic(queue), TIMERS, ...), not the string "
+                         f"{topics!r}: wrap it, frozenset({{{topics!r}}})")
+    checked = frozenset(topics)
+    if not checked or not all(isinstance(t, str) and t for t in checked):
+        raise ValueError(f"topics must be a non-empty set of topic names, or None to hear every commit of another "
+                         f"process; got {sorted(map(repr, checked))}")
+    return checked
 
 
 @dataclass(slots=True)
@@ -723,7 +747,7 @@ class Store(Protocol):
     def set_dispatch(self, dispatch: Dispatch | None) -> None:
         """Hand the tasks this process's commits lease to it to ``dispatch`` (see ``duro._local``)."""
 
-    def on_foreign_change(self, fn: Callable[[], None], topics: frozenset[str] | None = None) -> Callable[[], None]:
+    def on_foreign_change(self, fn: Callable[[], None], topics: Iterable[str] | None = None) -> Callable[[], None]:
         """Call ``fn`` on the current loop when another process commits; returns an unsubscriber.
 
         ``topics`` narrows it to commits that changed one of them (``wtask_topic(queue)``, ...), where

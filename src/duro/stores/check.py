@@ -18,7 +18,7 @@ from duro._core import codec, mdb
 from duro._core.log import read_events
 from duro.errors import CorruptHistoryError, StoreCorruptedError, StoreURLError
 from duro.stores.base import CLOSED_STATUSES, RUNNING, unpack
-from duro.stores.lmdb import parse_lmdb_url
+from duro.stores.lmdb import MARK_PREFIX, parse_lmdb_url
 from duro.stores.lmdb_files import DATA_FILE, LmdbMeta, inspect_lmdb_files, named_databases
 from duro.stores.lmdb_schedules import check_schedules
 
@@ -492,8 +492,8 @@ class _Checker:
     def check_meta(self) -> None:
         """The id of the last batch (b"batch" -> u64) and the change marks (b"chg" 0x00 topic -> u64)."""
         for key, raw in self.items(b"meta"):
-            if (key == b"batch" or key.startswith(b"chg\x00")) and len(raw) != 8:
-                what = "the batch id" if key == b"batch" else f"the change mark {key[4:]!r}"
+            if (key == b"batch" or key.startswith(MARK_PREFIX)) and len(raw) != 8:
+                what = "the batch id" if key == b"batch" else f"the change mark {key[len(MARK_PREFIX):]!r}"
                 self.report.add(f"meta: {what} is {len(raw)} bytes, expected 8")
 
     def check_pending_work(self) -> None:

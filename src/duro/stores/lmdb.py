@@ -21,11 +21,11 @@ out the tasks the batch created, then goes on with the next batch; the syncer th
 everything else: callers (a start, a signal, an update...), result waiters, update waiters. So
 only acknowledgements wait for the sync: whatever the worker records after going on is in a later
 commit of the same writer, durable only after this one. A failed sync is fatal for the store in
-this process (``_sync_failed``). Each batch also
-writes change marks (``meta`` b"chg" + 0x00 + topic) for what it changed that other processes may
-act on, so their watchers wake only the listeners concerned (``on_foreign_change``). An op writes all of its changes or
-none: one that raises after writing makes the batch run again with each op in a nested
-transaction (see ``_commit_batch``).
+this process (``_sync_failed``). Each batch also writes change marks (``meta`` b"chg" + 0x00 +
+topic) for what it changed that other processes may act on, so their watchers wake only the
+listeners concerned (``on_foreign_change``). An op writes all of its changes or none: one that
+raises after writing makes the batch run again with each op in a nested transaction (see
+``_commit_batch``).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
@@ -51,7 +51,7 @@ from duro._aio import wait_event
 from duro._core import mdb
 from duro._core.codec import Event
 from duro._core.log import HistoryLog
-from duro.engine.machine import LAPSED_LEASE_FAILURE, Effects, Machine, run_info, started_event
+from duro.engine.machine import LAPSED_LEASE_FAILURE, Effects, Machine, run_info
 from duro.engine.records import (
     ActivityMeta,
     WorkflowTaskLease,
@@ -79,6 +79,7 @@ from duro.stores.base import (
     StartRequest,
     UpdateCompleted,
     WorkflowTaskCompletion,
+    check_topics,
     new_run_id,
     pack,
     parse_retention_days,
@@ -87,12 +88,12 @@ from duro.stores.base import (
     unpack,
     wtask_topic,
 )
-from duro.stores.batch import Op, answer_batch, store_error
+from duro.stores.batch import Op, answer_batch, resolve, store_error
 from duro.stores.lmdb_files import check_lmdb_files
 from duro.stores.lmdb_schedules import LmdbSchedules
 from duro.stores.lmdb_tx import U64, LmdbTx, RunCache, atask_key
 
-__all__ = ["LmdbStore", "open_lmdb_store", "started_event"]
+__all__ = ["MARK_PREFIX", "LmdbStore", "mark_key", "open_lmdb_store"]
 
 log = logging.getLogger("duro.store")
 
@@ -206,7 +207,7 @@ def _windows_pid_alive(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-_Batch = Effects  # what one group commit collected, applied after its fsync
+_Batch = Effects  # what one group commit collected: the worker's part applied after the commit, the rest after the sync
 
 
 _T = TypeVar("_T")
@@ -226,9 +227,7 @@ def _take_queued(q: queue.SimpleQueue[_T | None], first: _T, limit: int) -> tupl
     return items, False
 
 
-def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+MARK_PREFIX = b"chg\x00"  # of the ``meta`` keys that hold change marks (``mark_key``)
 
 
 def mark_key(topic: str) -> bytes:
@@ -237,7 +236,7 @@ def mark_key(topic: str) -> bytes:
     Keys stay well under LMDB's 511 bytes, so writing a mark can never fail a batch.
     """
     raw = topic.encode()
-    return b"chg\x00" + (raw if len(raw) <= 256 else b"#" + hashlib.blake2b(raw, digest_size=16).digest())
+    return MARK_PREFIX + (raw if len(raw) <= 256 else b"#" + hashlib.blake2b(raw, digest_size=16).digest())
 
 
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
@@ -365,8 +364,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         check_lmdb_files(path)
         # The map grows by itself (doubling) up to this; past it a full map is a StoreFullError.
         self.max_map_size = max(map_size, max_map_size or DEFAULT_MAX_MAP_SIZE)
-        # metasync=False: a commit syncs its data pages under LMDB's write lock, and the writer
-        # syncs the meta page after releasing it (_run_batch), before anything is acknowledged. The
+        # metasync=False: a commit syncs its data pages under LMDB's write lock; its meta page is
+        # synced after the lock is released (_sync_and_answer), before any caller is answered. The
         # lock is then held for one sync, not two, so other processes' commits wait half as long.
         self.env = mdb.Environment(path, map_size=map_size, max_dbs=16, max_readers=1024, sync=True,
                                    metasync=False)
@@ -404,8 +403,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self._own_txns: set[int] = set()
         self._wcache = RunCache()
         self._sync_failure: StoreError | None = None  # set when a sync after a commit failed (fatal)
-        # The newest transaction known to be on disk (synced by the writer, or by a reader before
-        # it answered from another process's commit): see ensure_durable.
+        # The newest transaction known to be on disk (synced by the syncer or the writer, or by a
+        # reader before it answered from another process's commit): see _ensure_durable.
         self._synced_txn = 0
         self.dbs = Dbs(self._runs, self._wf, self._wtask, self._atask, self._timer, self._vis, self._sched,
                        self._builds)
@@ -474,7 +473,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self._sync_queue.put(None)  # the syncer answers what is left, then stops
 
     def _commit_batch(self, ops: list[Op]) -> None:
-        """Run ``ops`` in one write transaction with one fsync; each op writes all of its changes or none.
+        """Run ``ops`` in one write transaction and answer them (module docstring); each op writes all or none.
 
         Fast path: every op runs in the shared transaction. An op that raises before writing
         anything (its checks failed) just fails alone. An op that raises after writing poisons the
@@ -766,14 +765,14 @@ class LmdbStore(LocalReads, LmdbSchedules):
         seen.update(moved)  # only after every read succeeded: a failed pass is done again whole
         return set(moved)
 
-    def on_foreign_change(self, fn: Callable[[], None], topics: frozenset[str] | None = None) -> Callable[[], None]:
+    def on_foreign_change(self, fn: Callable[[], None], topics: Iterable[str] | None = None) -> Callable[[], None]:
         """Call ``fn`` on the current loop when another process commits; returns an unsubscriber.
 
         With ``topics`` (``duro.stores.base``'s ``wtask_topic(queue)``, ``TIMERS``, ...), only
         after a commit that changed one of them: a worker is not woken by commits that cannot
         concern it (other processes' own steps), which would cost it a read or a claim each.
         """
-        entry = (asyncio.get_running_loop(), fn, topics)
+        entry = (asyncio.get_running_loop(), fn, check_topics(topics))
         self._change_listeners.append(entry)
 
         def remove() -> None:
@@ -832,7 +831,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
         for fut in futures:
             loop = fut.get_loop()
             if not loop.is_closed():
-                loop.call_soon_threadsafe(_fail, fut, exc)
+                loop.call_soon_threadsafe(resolve, fut, False, exc)
 
     def _ensure_durable(self, txn_id: int) -> None:
         """Make sure transaction ``txn_id`` is on disk before answering from it (any thread; syncs if unsure).

@@ -29,6 +29,7 @@ from duro.engine.schedules import (
     encode_schedule,
     record_problems,
 )
+from duro.stores.base import schedule_topic
 
 if TYPE_CHECKING:
     import asyncio
@@ -97,6 +98,7 @@ class LmdbScheduleOps:
         fire = rec.fire_at_us
         if fire is not None:
             self.txn.put(due_key(rec.task_queue, fire, rec.schedule_id), b"", db=self.dbs.sched)
+            self.marks.add(schedule_topic(rec.task_queue))  # its queue's schedule loops look again
         self._cache()[rec.schedule_id] = rec
 
     def delete_schedule(self: Any, schedule_id: str) -> None:

@@ -36,7 +36,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import asyncpg
@@ -64,6 +64,7 @@ from duro.stores.base import (
     StartRequest,
     UpdateCompleted,
     WorkflowTaskCompletion,
+    check_topics,
     new_run_id,
     pack,
 )
@@ -764,11 +765,12 @@ class PostgresStore(PgSchedules):
             if not loop.is_closed():
                 loop.call_soon_threadsafe(resolve, fut, True, info)
 
-    def on_foreign_change(self, fn: Callable[[], None], topics: frozenset[str] | None = None) -> Callable[[], None]:
+    def on_foreign_change(self, fn: Callable[[], None], topics: Iterable[str] | None = None) -> Callable[[], None]:
         """Call ``fn`` on the current loop when a notification arrives; returns an unsubscriber.
 
-        ``topics`` is not used: every notification wakes every subscriber.
+        ``topics`` is checked but not used: every notification wakes every subscriber.
         """
+        check_topics(topics)
         entry = (asyncio.get_running_loop(), fn)
         self._change_listeners.append(entry)
 
