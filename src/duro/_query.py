@@ -28,7 +28,7 @@ from duro._time_travel import replay_answers
 from duro._updates import recorded_outcome, wait_outcome
 from duro._validate import check_event_id
 from duro.converter import decode_failure, encode_failure
-from duro.errors import ApplicationError, DuroError
+from duro.errors import ApplicationError, DuroError, WorkflowClosedError
 from duro.interceptor import check_headers
 from duro.stores.base import RUNNING, WrongBuild, new_run_id, pack, run_key_of, unpack
 
@@ -204,7 +204,8 @@ async def start_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
         outcome = await recorded_outcome(client.store, info.run_id, update_id)
         if outcome is not None:
             return info.run_id, 1, outcome
-        raise DuroError(f"workflow {handle.id!r} is {info.status}; updates need a running workflow")
+        raise WorkflowClosedError(f"workflow {handle.id!r} is {info.status}; updates need a running workflow",
+                                  workflow_id=handle.id, run_id=info.run_id, status=str(info.status))
     payload = client.converter.encode_args(args)
     pinned = info.build_id if info.versioning_behavior == "pinned" else None  # worker versioning
     worker = local_dispatch(client.store).update_worker(info.workflow_type, info.task_queue, pinned)

@@ -24,7 +24,7 @@ from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter, with_max_payload_size
 from duro.engine.machine import ASYNC_OWNER
 from duro.engine.records import ActivityMeta
-from duro.errors import DuroError, WorkflowFailedError, WorkflowNotFoundError
+from duro.errors import DuroError, WorkflowClosedError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.interceptor import (
     CancelWorkflowInput,
@@ -981,9 +981,9 @@ class _ClientRoot(ClientOutboundInterceptor):
             return  # a worker here held the run idle: the signal was committed with the task it woke
         try:
             await client.store.signal_workflow(h.id, run_id, input.signal, payload, headers)
-        except DuroError:
+        except WorkflowClosedError:
             # A handle from start_workflow follows continue-as-new (see _target): only when its run
-            # is not open is it read, and then the signal goes to the latest run of the id.
+            # is closed is it read, and then the signal goes to the latest run of the id.
             if not h._follow_runs or await h._target() == run_id:
                 raise
             await client.store.signal_workflow(h.id, None, input.signal, payload, headers)

@@ -126,6 +126,16 @@ class WorkflowNotFoundError(DuroError):
         self.run_id = run_id
 
 
+class WorkflowClosedError(DuroError):
+    """The run is closed: it takes no signal, cancellation, termination or update any more."""
+
+    def __init__(self, message: str, *, workflow_id: str, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.status = status
+
+
 class WorkflowIOError(DuroError):
     """Workflow code tried real I/O (sockets, files, threads, subprocesses); do it in an activity."""
 

@@ -95,7 +95,14 @@ async def test_a_signal_to_a_closed_run_still_fails(client: duro.Client, worker:
     handle = await client.start_workflow(s.parked, id="closed", task_queue=QUEUE)
     await handle.signal("go", 1)
     assert await handle.result() == 1
-    with pytest.raises(duro.DuroError, match="completed"):
+    with pytest.raises(duro.WorkflowClosedError, match="completed") as closed:
         await handle.signal("go", 2)
+    assert (closed.value.workflow_id, closed.value.run_id, closed.value.status) == ("closed", handle.run_id,
+                                                                                   "completed")
+    # The other operations on a closed run say the same, by the same type, and write nothing.
+    for refused in (handle.cancel(), handle.terminate("late"), handle.execute_update("anything")):
+        with pytest.raises(duro.WorkflowClosedError, match="completed"):
+            await refused
+    assert [e.event_type for e in await handle.fetch_history()][-1] == "WorkflowExecutionCompleted"
     with pytest.raises(duro.WorkflowNotFoundError):
         await client.get_handle("closed", run_id="0" * 32).signal("go", 3)

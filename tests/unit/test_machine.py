@@ -43,7 +43,7 @@ from duro.engine.records import (
     decode_run,
     encode,
 )
-from duro.errors import DuroError, WorkflowAlreadyStartedError, WorkflowNotFoundError
+from duro.errors import WorkflowAlreadyStartedError, WorkflowClosedError, WorkflowNotFoundError
 from duro.stores.base import (
     ActivityOutcome,
     ActivityTask,
@@ -319,9 +319,9 @@ def test_signal_cancel_terminate_refuse_a_closed_run(op: str) -> None:
     key = env.start()
     env.close_as(key, "completed")
     for run_id in (None, key.hex()):
-        err = env.refuses(DuroError, outside(env, op, "w", run_id))
-        assert type(err) is DuroError
+        err = env.refuses(WorkflowClosedError, outside(env, op, "w", run_id))
         assert str(err) == CLOSED_MESSAGES[op].format(run=key.hex())
+        assert (err.workflow_id, err.run_id, err.status) == ("w", key.hex(), "completed")
 
 
 @pytest.mark.parametrize("op", CLOSED_MESSAGES)
@@ -332,7 +332,7 @@ def test_signal_cancel_terminate_resolve_a_run_id_or_the_latest_run(op: str) -> 
     new = env.start()
     env.apply(outside(env, op, "w", new.hex()))
     assert len(env.history(new)) == 2
-    env.refuses(DuroError, outside(env, op, "w", old.hex()))  # the old run, by its id: closed
+    env.refuses(WorkflowClosedError, outside(env, op, "w", old.hex()))  # the old run, by its id: closed
     if op != "terminate":
         env.apply(outside(env, op, "w", None))  # the latest run
         assert len(env.history(new)) == 3

@@ -27,7 +27,7 @@ from duro.engine.records import (
 )
 from duro.engine.schedules import SCHEDULE_ID_ATTR
 from duro.engine.schedules import run_closed as schedule_run_closed
-from duro.errors import DuroError, WorkflowAlreadyStartedError, WorkflowNotFoundError
+from duro.errors import DuroError, WorkflowAlreadyStartedError, WorkflowClosedError, WorkflowNotFoundError
 from duro.stores.base import (
     ActivityOutcome,
     ActivityTask,
@@ -453,7 +453,8 @@ class Machine:
         run_key = self.resolve(tx, workflow_id, run_id)
         rec = self.get_run(tx, run_key)
         if rec.status != RUNNING:
-            raise DuroError(doing.format(wid=workflow_id, run=run_key.hex(), status=rec.status))
+            raise WorkflowClosedError(doing.format(wid=workflow_id, run=run_key.hex(), status=rec.status),
+                                      workflow_id=workflow_id, run_id=run_key.hex(), status=str(rec.status))
         return run_key, rec
 
     def cancel(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None) -> None:
