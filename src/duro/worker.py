@@ -35,7 +35,7 @@ from duro._schedule_loop import schedule_loop
 from duro._validate import check_name, check_versioning_behavior
 from duro.activity import ActivityContext, ActivityDefinition, ActivityInfo, get_activity_definition
 from duro.converter import encode_failure
-from duro.engine.machine import started_event
+from duro.engine.machine import signal_event, started_event
 from duro.errors import (
     ApplicationError,
     CancelledError,
@@ -55,7 +55,6 @@ from duro.stores.base import (
     WorkflowTaskCompletion,
     WrongBuild,
     atask_topic,
-    headed,
     request_topic,
     run_key_of,
     wtask_topic,
@@ -703,8 +702,7 @@ class Worker:
                 or inst.last_event_id != inst.next_event_id - 1  # it has seen the whole history
                 or (self._wf_backlog and run_key in self._wf_backlog)):
             return False
-        body, flags = headed(payload, headers)
-        ev = Event(codec.SIGNAL_RECEIVED, 0, int(self.store.clock.now() * 1e6), 0, 0, name, body, flags)
+        ev = signal_event(name, payload, headers, int(self.store.clock.now() * 1e6))
         self._active.add(run_key)
         inst.busy = True
         t0 = time.perf_counter() if _metrics.ENABLED else 0.0

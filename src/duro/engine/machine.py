@@ -139,6 +139,15 @@ def execution_deadline_us(req: StartRequest, now_us: int, deadline_us: int = 0) 
     return deadline_us
 
 
+def signal_event(name: str, payload: bytes, headers: dict[str, str] | None, time_us: int = 0) -> Event:
+    """A WorkflowExecutionSignaled event (its interceptor headers, if any, packed with the payload).
+
+    ``time_us`` 0 lets ``append`` stamp it with the commit's time.
+    """
+    body, flags = headed(payload, headers)
+    return Event(codec.SIGNAL_RECEIVED, 0, time_us, 0, 0, name, body, flags)
+
+
 def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event:
     """The WorkflowExecutionStarted event of a run (its payload: pack(meta JSON, arguments)).
 
@@ -436,8 +445,7 @@ class Machine:
             fx.effects.append(TimerSet(fire_us / 1e6))
         first = [started]
         if req.start_signal is not None:  # signal-with-start: the first task sees it
-            body, flags = headed(req.start_signal_args, req.headers)
-            first.append(Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.start_signal, body, flags))
+            first.append(signal_event(req.start_signal, req.start_signal_args, req.headers))
         history = self.append(tx, run_key, rec, first, now_us)
         rec.last_input = history[-1].event_id
         tx.put_run(run_key, rec)
@@ -468,9 +476,7 @@ class Machine:
         """Append a signal (with its interceptor headers, if any) to an open run."""
         run_key, rec = self._open_run(tx, workflow_id, run_id, "cannot signal workflow {wid!r}: its run {run} is "
                                       "{status}; start a new run or check the id")
-        body, flags = headed(payload, headers)
-        self.add_input(tx, fx, run_key, rec, Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, name, body, flags),
-                       self.now_us())
+        self.add_input(tx, fx, run_key, rec, signal_event(name, payload, headers), self.now_us())
 
     def terminate(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None, reason: str) -> None:
         """Close an open run at once with WorkflowExecutionTerminated."""
@@ -746,8 +752,7 @@ class Machine:
         if req.kind == "cancel":
             ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
         else:
-            body, flags = headed(req.args, req.headers)
-            ev = Event(codec.SIGNAL_RECEIVED, 0, 0, 0, 0, req.name, body, flags)
+            ev = signal_event(req.name, req.args, req.headers)
         self.add_input(tx, fx, key, rec, ev, now_us)
 
     def continue_as_new(self, tx: Tx, fx: Effects, run_key: bytes, rec: RunRecord, ev: Event, now_us: int) -> None:
