@@ -342,6 +342,11 @@ def apply_inputs(object inst, list inputs, unsigned long long last):
     return <double>t_us / 1e6, last
 
 
+cdef inline unsigned long long task_last(list events, Py_ssize_t start, Py_ssize_t end, Event marker):
+    """The id of a task's last event: its last command in ``events[start:end]``, else its marker."""
+    return (<Event>events[end - 1]).event_id if end > start else marker.event_id
+
+
 cdef inline int run_task(object inst, object activate, object inputs, CommandMatcher matcher) except -1:
     """Run one recorded workflow task (its commands given to ``matcher.begin``) on ``inst``."""
     activate(inputs)  # the code asks for commands, which the matcher checks as they come
@@ -372,7 +377,7 @@ def drive(object inst, list activations, CommandMatcher matcher):
         marker = <Event>act[1]
         matcher.begin(recorded, marker)
         run_task(inst, activate, act[0], matcher)
-        last = (<Event>recorded[len(recorded) - 1]).event_id if recorded else marker.event_id
+        last = task_last(recorded, 0, len(recorded), marker)
     return last
 
 
@@ -392,9 +397,6 @@ def replay_history(object inst, list events, CommandMatcher matcher):
     while tasks.next():
         matcher.begin_range(events, tasks.cmd_start, tasks.cmd_end, tasks.marker)
         run_task(inst, activate, tasks.inputs, matcher)
-        if tasks.cmd_end > tasks.cmd_start:
-            last = (<Event>events[tasks.cmd_end - 1]).event_id
-        else:
-            last = tasks.marker.event_id
+        last = task_last(events, tasks.cmd_start, tasks.cmd_end, tasks.marker)
         count += 1
     return last, count, tasks.pending()
