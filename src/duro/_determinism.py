@@ -26,11 +26,17 @@ therefore also rebinds such names in each module that defines one of its workflo
 (``guard_module``).
 
 Calls made by trusted library code on behalf of workflow code pass: ``logging`` stamps records
-with ``time.time()``, duro reads its own clocks. Logging handlers run with the guard lifted (a
-handler is not workflow code), and so does what a guarded function calls in "warn" mode, so each
-place is reported once. What escapes: a reference taken before the guard was installed and kept
-somewhere other than a workflow module's globals (``field(default_factory=uuid.uuid4)`` in a
-dataclass defined before the worker started, ``now = datetime.now`` as a default argument).
+with ``time.time()``, duro reads its own clocks. A call passes on to whoever asked through the
+modules that only forward it (``uuid4`` reading ``os.urandom``, ``random``'s methods): trust and
+the reported line are those of the asker. A module imported for the first time inside a workflow
+step runs its top-level code there; that is not the workflow's decision (it happens once per
+process, whichever run triggers it), so calls made while an import is in progress pass. Logging
+(filters and handlers) runs with the guard lifted (it is not workflow code), and so does what a
+guarded function calls in "warn" mode, so each place is reported once. What escapes: a reference
+to ``time.time`` or ``datetime.now`` taken before the guard was installed and kept somewhere other
+than a workflow module's globals (``field(default_factory=datetime.now)`` in a dataclass defined
+before the worker started, ``now=time.time`` as a default argument). A ``uuid.uuid4`` kept that way
+is still caught, through the ``os.urandom`` it reads.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any
 
 from duro._loop import WorkflowLoop, _armed_threads
@@ -72,11 +78,16 @@ _wrapped: dict[int, tuple[object, object]] = {}
 _warned: set[tuple[str, str, str, int]] = set()
 
 # Modules whose calls are not workflow decisions: a library reading the clock or a random source
-# on workflow code's behalf (a log record's time, uuid4's bytes), and duro itself.
-_TRUSTED = ("logging", "duro", "opentelemetry")
+# on workflow code's behalf (a log record's time, a span's id), and duro itself.
+_TRUSTED = frozenset(("logging", "structlog", "loguru", "duro", "opentelemetry"))
 # Modules that reach a guarded function on the caller's behalf (Random() seeds itself, SystemRandom's
-# randint calls getrandbits): the error names the line that called into them.
-_PASS_THROUGH = ("random", "uuid", "secrets")
+# randint calls getrandbits, uuid4 reads os.urandom): the caller is whoever called into them.
+_PASS_THROUGH = frozenset(("random", "uuid", "secrets"))
+# This file's frames (the wrappers) are passed over too: a wrapper that let a call through is not
+# the caller of what that call reaches.
+_HERE = __file__
+# The frame that runs a workflow step: where the search for an import in progress stops.
+_STEP = WorkflowLoop.run_until_quiescent.__code__
 
 _TIME_HINT = "ctx.now() (the workflow's clock, the same in every replay), or ctx.sleep() to wait"
 _RANDOM_HINT = "ctx.random() or ctx.uuid4() (seeded by the run: a replay draws the same values)"
@@ -97,8 +108,36 @@ def _module(frame: Any) -> str:
     return name.split(".", 1)[0] if isinstance(name, str) else ""
 
 
-def _trusted(frame: Any) -> bool:
-    return _module(frame) in _TRUSTED
+def _asker(frame: FrameType) -> tuple[FrameType, FrameType | None] | None:
+    """Who asked for the guarded call ``frame`` made, and the outermost forwarding frame on the way.
+
+    None when the call is not the workflow's decision: the asker is trusted, or the call was made
+    while a module is being imported inside the workflow step.
+    """
+    via = None
+    while frame.f_back is not None and (_module(frame) in _PASS_THROUGH or frame.f_code.co_filename == _HERE):
+        if frame.f_code.co_filename != _HERE:
+            via = frame
+        frame = frame.f_back
+    if _module(frame) in _TRUSTED:
+        return None
+    outer: FrameType | None = frame
+    while outer is not None and outer.f_code is not _STEP:
+        if _module(outer) == "importlib":  # importlib._bootstrap: a module's first import runs here
+            return None
+        outer = outer.f_back
+    return frame, via
+
+
+def _label(label: str, via: FrameType | None) -> str:
+    """The public call that led to ``label``: ``uuid.uuid4()`` rather than the ``os.urandom()`` it read."""
+    if via is None or via.f_code.co_name.startswith("_"):  # Random.__init__, _randbelow: keep the label
+        return label
+    name = via.f_code.co_name
+    code = via.f_code
+    if code.co_argcount and code.co_varnames[0] == "self":
+        return f"{_module(via)}.{type(via.f_locals['self']).__name__}().{name}()"
+    return f"{_module(via)}.{name}()"
 
 
 def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
@@ -110,11 +149,13 @@ def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
     loop = _running_loop()
     if not isinstance(loop, WorkflowLoop) or loop.unsafe_depth or loop.determinism == "off":
         return None
-    caller = sys._getframe(3)  # 0: here, 1: _checked_call, 2: the wrapper, 3: whoever called it
-    if _trusted(caller):
+    asked = _asker(sys._getframe(3))  # 0: here, 1: _checked_call, 2: the wrapper, 3: whoever called it
+    if asked is None:
         return None
-    while caller.f_back is not None and _module(caller) in _PASS_THROUGH:
-        caller = caller.f_back  # name the line of workflow code that asked, not random.py's
+    caller, via = asked
+    label = _label(label, via)
+    while caller.f_code.co_filename == "<string>" and caller.f_back is not None:
+        caller = caller.f_back  # generated code (a dataclass's __init__): name the line that ran it
     where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
     message = (f"{label} in workflow {loop.workflow_type!r} at {where} is not deterministic: a replay of the "
                f"workflow would get a different value and could take another path. Use {hint}; for a "
@@ -170,25 +211,25 @@ def _wrap_unseeded(original: Callable[..., Any], label: str, index: int, hint: s
     return guarded
 
 
-def _handlers_unguarded(call_handlers: Callable[[logging.Logger, logging.LogRecord], None]
-                        ) -> Callable[[logging.Logger, logging.LogRecord], None]:
-    """``Logger.callHandlers`` with both guards lifted while workflow code logs.
+def _logging_unguarded(handle: Callable[[logging.Logger, logging.LogRecord], Any]
+                       ) -> Callable[[logging.Logger, logging.LogRecord], Any]:
+    """``Logger.handle`` with both guards lifted while workflow code logs.
 
-    Logging from workflow code is allowed, and a handler is not workflow code: it may stamp the
-    time itself (``datetime.now()`` in a formatter), open its file on first use, or send a record
-    over a socket. ``ctx.logger`` lifts the I/O guard the same way.
+    Logging from workflow code is allowed, and its filters and handlers are not workflow code: they
+    may stamp the time themselves (``datetime.now()`` in a formatter or a filter), open a file on
+    first use, or send a record over a socket. ``ctx.logger`` lifts the I/O guard the same way.
     """
 
-    @functools.wraps(call_handlers)
-    def callHandlers(self: logging.Logger, record: logging.LogRecord) -> None:
+    @functools.wraps(handle)
+    def guarded_handle(self: logging.Logger, record: logging.LogRecord) -> Any:
         if _armed_threads and _get_ident() in _armed_threads:
             loop = _running_loop()
             if isinstance(loop, WorkflowLoop):
                 with loop.unguarded():
-                    return call_handlers(self, record)
-        return call_handlers(self, record)
+                    return handle(self, record)
+        return handle(self, record)
 
-    return callHandlers
+    return guarded_handle
 
 
 def _replace(owner: ModuleType, name: str, wrapper: Callable[..., Any]) -> None:
@@ -222,7 +263,8 @@ def _wrap_classmethod(cls: type, name: str, label: str) -> None:
         # A subclass gets its own type back: the method bound to it.
         fn = bound if klass is cls else descriptor.__get__(None, klass)
         if _armed_threads and _get_ident() in _armed_threads:
-            return _checked_call(fn, label, _TIME_HINT, args, kwargs)
+            return _checked_call(fn, label if klass is cls else f"{klass.__name__}.{name}()", _TIME_HINT, args,
+                                 kwargs)
         return fn(*args, **kwargs)
 
     guarded.__name__ = guarded.__qualname__ = name
@@ -268,7 +310,7 @@ def install_determinism_guard() -> None:
         for name in ("token_bytes", "token_hex", "token_urlsafe", "randbelow", "randbits", "choice"):
             _replace(secrets, name, _wrap(getattr(secrets, name), f"secrets.{name}()", _SECRET_HINT))
         logger_class: Any = logging.Logger
-        logger_class.callHandlers = _handlers_unguarded(logger_class.callHandlers)
+        logger_class.handle = _logging_unguarded(logger_class.handle)
         _installed = True
 
 

@@ -851,7 +851,26 @@ def _open_allowed(args: tuple[Any, ...]) -> bool:
         return True
     if os.path.basename(os.path.dirname(name)).endswith(_METADATA_DIR_SUFFIXES):
         return True
-    return os.path.isdir(name)
+    return os.path.isdir(name) or _in_tz_database(name)
+
+
+def _in_tz_database(name: str) -> bool:
+    """Whether ``name`` is in the time-zone database ``zoneinfo`` reads (read-only opens only).
+
+    ``ZoneInfo("Europe/Paris")`` reads its file the first time a process asks for the zone; the
+    data is fixed for the life of the process (ZoneInfo caches it), so converting ``ctx.now()``
+    to a local time is as deterministic as the rest of the workflow.
+    """
+    zoneinfo = sys.modules.get("zoneinfo")
+    if zoneinfo is None:
+        return False  # nothing has asked for a zone yet: not zoneinfo's open
+    roots = [os.path.join(root, "") for root in zoneinfo.TZPATH]
+    tzdata = sys.modules.get("tzdata")  # the PyPI package zoneinfo falls back to
+    tzdata_file = getattr(tzdata, "__file__", None)
+    if tzdata_file:
+        roots.append(os.path.join(os.path.dirname(tzdata_file), ""))
+    path = os.path.abspath(name)
+    return any(path.startswith(root) for root in roots)
 
 
 def _in_pycache(path: str | bytes | os.PathLike[Any]) -> bool:

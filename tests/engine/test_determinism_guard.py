@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import logging
 import random
+import sys
 import time
 import uuid
 
@@ -17,6 +18,7 @@ import pytest
 
 import duro
 from duro import _determinism
+from tests.processes import run_command
 from tests.waiting import task_failure
 
 DEADLINE_S = 20.0
@@ -154,6 +156,35 @@ async def test_queries_answered_by_replay_take_the_workers_mode(client: duro.Cli
         assert await handle.query("started") is True
         last = len(await handle.fetch_history())
         assert await handle.query("started", at_event=last) is True
+
+
+# A client-only process: nothing there installed the guard before the query replays the run.
+QUERY_BY_REPLAY = """
+import asyncio, sys
+import duro
+from tests.engine.test_determinism_guard import loose
+
+async def main():
+    async with duro.Client.connect(sys.argv[1]) as client:
+        try:
+            print(await client.get_handle("q2", workflow=loose).query("started"))
+        except duro.NonDeterminismError as e:
+            print("refused:", e)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_query_replayed_by_a_client_process_is_guarded_as_a_replayer_is(store: str,
+                                                                                client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[loose], determinism="off"):
+        handle = await client.start_workflow(loose, id="q2", task_queue="t")
+        await asyncio.wait_for(handle.result(), DEADLINE_S)
+    # The workflow sets no mode and no worker there registers it: the replay takes "raise", the
+    # default of Worker and Replayer, whatever else the process did before.
+    result = await run_command([sys.executable, "-c", QUERY_BY_REPLAY, store])
+    assert result.code == 0, result.err
+    assert result.out.startswith("refused: time.time() in workflow 'loose'"), result.out + result.err
 
 
 async def test_replaying_a_history_against_code_that_reads_the_clock_is_refused(client: duro.Client) -> None:

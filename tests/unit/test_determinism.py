@@ -39,7 +39,7 @@ CALLS: list[tuple[str, Callable[[], Any], str]] = [
     ("datetime.now()", lambda: datetime.datetime.now(tz=datetime.UTC), "ctx.now()"),
     ("datetime.utcnow()", lambda: datetime.datetime.utcnow(), "ctx.now()"),
     ("date.today()", lambda: datetime.date.today(), "ctx.now()"),
-    ("date.today()", lambda: datetime.datetime.today(), "ctx.now()"),
+    ("datetime.today()", lambda: datetime.datetime.today(), "ctx.now()"),
     ("datetime.now()", lambda: imported_datetime.now(), "ctx.now()"),  # `from datetime import datetime`
     ("random.random()", lambda: random.random(), "ctx.random()"),
     ("random.randint()", lambda: random.randint(1, 6), "ctx.random()"),
@@ -51,7 +51,7 @@ CALLS: list[tuple[str, Callable[[], Any], str]] = [
     ("random.Random() without a seed", lambda: random.Random(), "ctx.random()"),
     ("random.Random() without a seed", lambda: random.Random(5).seed(), "ctx.random()"),
     ("random.SystemRandom().random()", lambda: random.SystemRandom().random(), "ctx.random()"),
-    ("random.SystemRandom().getrandbits()", lambda: random.SystemRandom().randint(1, 6), "ctx.random()"),
+    ("random.SystemRandom().randint()", lambda: random.SystemRandom().randint(1, 6), "ctx.random()"),
     ("time.asctime() without a time", lambda: time.asctime(), "ctx.now()"),
     ("uuid.uuid4()", lambda: uuid.uuid4(), "ctx.uuid4()"),
     ("uuid.uuid1()", lambda: uuid.uuid1(), "ctx.uuid4()"),
@@ -260,3 +260,78 @@ def test_installing_twice_changes_nothing() -> None:
     wrapped = time.time
     install_determinism_guard()
     assert time.time is wrapped
+
+
+def test_a_trusted_library_is_trusted_through_what_it_calls() -> None:
+    # A tracer asking uuid4 for a span id: uuid4 reads os.urandom, whose caller is uuid, not the
+    # tracer; the guard looks past uuid to who asked.
+    trusted: Any = ModuleType("opentelemetry.fake")
+    exec("import uuid\ndef new_span_id():\n    return uuid.uuid4().hex\n", trusted.__dict__)
+    out = run_on_loop(trusted.new_span_id)
+    assert "error" not in out and len(out["value"]) == 32
+
+
+def test_an_import_in_progress_is_not_the_workflows_decision(tmp_path: Any) -> None:
+    # A module imported for the first time by workflow code runs its top level there; its seeding
+    # (numpy.random's, aiohttp's) happens once per process, whichever run triggers it.
+    (tmp_path / "seeds_at_import.py").write_text("import random, os\nSEED = random.random()\nKEY = os.urandom(4)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        out = run_on_loop(lambda: __import__("seeds_at_import").SEED)
+        assert "error" not in out, out.get("error")
+        # Once imported, a call the workflow makes itself is refused as ever.
+        err = run_on_loop(lambda: __import__("seeds_at_import") and random.random()).get("error")
+        assert isinstance(err, NonDeterminismError)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("seeds_at_import", None)
+
+
+def test_a_reference_kept_from_before_the_guard_is_named_as_the_call_the_code_made() -> None:
+    # field(default_factory=uuid.uuid4) in a dataclass defined before the guard: the original
+    # uuid4, caught through the os.urandom it reads, reported as uuid4 at the line that built it.
+    import dataclasses
+
+    make_id = getattr(uuid.uuid4, "__wrapped__")  # noqa: B009 - not in the type stubs
+
+    @dataclasses.dataclass
+    class Order:
+        order_id: uuid.UUID = dataclasses.field(default_factory=make_id)
+
+    line = sys._getframe().f_lineno + 1
+    err = run_on_loop(lambda: Order()).get("error")
+    assert isinstance(err, NonDeterminismError)
+    assert str(err).startswith(f"uuid.uuid4() in workflow 'guarded' at {__file__}:{line} "), str(err)
+
+
+def test_logging_filters_run_unguarded() -> None:
+    class Stamp(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.stamp = datetime.datetime.now()
+            return True
+
+    log = logging.getLogger("tests.determinism.filtered")
+    stamp = Stamp()
+    log.addFilter(stamp)
+    try:
+        out = run_on_loop(lambda: log.warning("step"))
+    finally:
+        log.removeFilter(stamp)
+    assert "error" not in out, out.get("error")
+
+
+def test_time_zone_data_may_be_read() -> None:
+    # ZoneInfo reads the zone's file on first use: converting ctx.now() to local time works.
+    import zoneinfo
+
+    zoneinfo.ZoneInfo.clear_cache()
+    try:
+        zone = zoneinfo.ZoneInfo("Europe/Paris")
+    except zoneinfo.ZoneInfoNotFoundError:
+        pytest.skip("no time-zone database on this machine")
+    zoneinfo.ZoneInfo.clear_cache()
+    out = run_on_loop(lambda: datetime.datetime(2026, 7, 1, tzinfo=datetime.UTC).astimezone(
+        zoneinfo.ZoneInfo("Europe/Paris")).hour)
+    assert out.get("value") == 2 and zone.key == "Europe/Paris", out.get("error")
+    # Other files stay refused.
+    assert isinstance(run_on_loop(lambda: open("/etc/hostname")).get("error"), WorkflowIOError)
