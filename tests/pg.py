@@ -66,6 +66,15 @@ async def drop_schema(schema: str, url: str = PG_URL) -> None:
         await conn.close()
 
 
+async def schema_exists(schema: str, url: str = PG_URL) -> bool:
+    """Whether ``schema`` exists (a command that only reads must not have created it)."""
+    conn = await connect_one(parse_pg_url(url), timeout_s=REACH_TIMEOUT_S)
+    try:
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema))
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A PostgreSQL store URL whose schema is new and empty; the schema is dropped after the test."""

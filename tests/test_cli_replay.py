@@ -8,6 +8,7 @@ current directory by itself, as it finds ``app.workflows`` in a project.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import inspect
 import json
@@ -18,6 +19,7 @@ import pytest
 
 import duro
 from duro.cli import ExitCode, main
+from tests import pg
 from tests.engine import replay_v2 as v2
 from tests.engine.replay_runs import Runs, record_runs
 from tests.processes import Result, run_command
@@ -184,3 +186,15 @@ def test_bad_input_is_a_usage_error_saying_what_to_do(tmp_path: Path, capsys: py
     # The modules are fine, the store is not there: the operation fails (and creates nothing).
     _one_error(capsys, [*base, "--module", V1], ExitCode.FAILED, "no duro store at")
     assert not (tmp_path / "store").exists()
+
+
+def test_a_postgresql_schema_that_does_not_exist_is_reported_not_created(capsys: pytest.CaptureFixture[str]) -> None:
+    # A mistyped ?schema= must fail the deploy check (and the commands that only read), not pass
+    # on an empty store made for the occasion.
+    asyncio.run(pg.require_postgres())
+    schema = pg.random_schema()
+    url = pg.with_schema(pg.PG_URL, schema)
+    _one_error(capsys, ["--store", url, "replay", "--module", V1], ExitCode.FAILED,
+               f"no duro store in schema '{schema}' at ", "--store")
+    _one_error(capsys, ["--store", url, "list"], ExitCode.FAILED, f"no duro store in schema '{schema}'")
+    assert not asyncio.run(pg.schema_exists(schema))

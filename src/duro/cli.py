@@ -54,7 +54,6 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlparse
 
 from duro._cli_output import (
     COLOR_CHOICES,
@@ -96,6 +95,7 @@ from duro.errors import (
     WorkflowFailedError,
 )
 from duro.history import History
+from duro.stores import missing_store
 from duro.stores.check import check_store
 from duro.stores.copy import CopyReport, copy_store
 from duro.stores.lmdb import open_lmdb_store
@@ -525,18 +525,21 @@ def store_url(option: str | None) -> str:
     return option or os.environ.get(STORE_ENV) or DEFAULT_STORE
 
 
+async def _require_store(url: str) -> None:
+    """Refuse to create a store for a command that only reads or addresses existing workflows.
+
+    A mistyped LMDB path or PostgreSQL ``?schema=`` would otherwise be created, and read as empty.
+    """
+    missing = await missing_store(url)
+    if missing is not None:
+        from duro.stores.pg_check import display_url  # asyncpg: imported only when needed
+
+        raise OperationError(f"{missing} (store URL {display_url(url)!r}); pass --store URL or set {STORE_ENV}")
+
+
 def _check_store_exists(url: str) -> None:
-    """Refuse to create an LMDB store for a command that only reads or addresses existing workflows."""
-    parsed = urlparse(url)
-    if parsed.scheme != "lmdb":
-        return  # open_store says what is wrong with it
-    raw = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
-    if not raw:
-        return
-    path = Path(raw).expanduser()
-    if not (path / "data.mdb").is_file():
-        raise OperationError(
-            f"no duro store at {str(path)!r} (store URL {url!r}); pass --store URL or set {STORE_ENV}")
+    """``_require_store`` for the commands that run without an event loop."""
+    asyncio.run(_require_store(url))
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -1020,7 +1023,7 @@ async def _run(url: str, args: argparse.Namespace) -> int:
     command = _COMMANDS[args.command]
     # Only start (and schedule create) may create a store; the others need its workflows.
     if args.command != "start" and getattr(args, "schedule_command", None) != "create":
-        _check_store_exists(url)
+        await _require_store(url)
     async with Client.connect(url) as client:
         return await command(client, args)
 

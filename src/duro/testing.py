@@ -22,9 +22,9 @@ from duro._schedule_loop import wake_schedule_loops
 from duro._validate import check_duration
 from duro.client import Client, WorkflowExecution
 from duro.converter import DataConverter, default_converter
-from duro.errors import NonDeterminismError, StoreError
+from duro.errors import NonDeterminismError, StoreError, StoreURLError
 from duro.history import History
-from duro.stores import open_store
+from duro.stores import missing_store, open_store
 from duro.stores.base import Clock, Store, run_key_of
 from duro.workflow import WorkflowDefinition, get_workflow_definition
 
@@ -475,6 +475,8 @@ class Replayer:
             ValueError: ``workflow_type`` is not one of the Replayer's workflows; ``limit`` is not a
                 positive int; ``since`` is naive.
             TypeError: ``store`` is not a URL or a Client; ``since`` is not a datetime.
+            duro.StoreURLError: the URL names no store (a mistyped path or ``?schema=``: nothing is
+                created, and the check does not pass on an empty store).
             duro.NonDeterminismError: with ``raise_on_failure``, the first divergence (or other error).
         """
         if workflow_type is not None and workflow_type not in self._defs:
@@ -493,6 +495,9 @@ class Replayer:
             return await self._replay_client(store, workflow_type, after, limit, raise_on_failure)
         if not isinstance(store, str):
             raise TypeError(f"store must be a store URL or a duro.Client, not {type(store).__name__}")
+        missing = await missing_store(store)
+        if missing is not None:
+            raise StoreURLError(f"{missing}: replay_store reads a store and creates none; check the URL")
         async with Client.connect(store, converter=self._converter) as client:
             return await self._replay_client(client, workflow_type, after, limit, raise_on_failure)
 

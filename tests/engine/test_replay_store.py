@@ -17,6 +17,7 @@ import pytest
 import duro
 from duro.errors import NonDeterminismError
 from duro.testing import Replayer, WorkflowReplayResult, WorkflowReplayResults
+from tests import pg
 from tests.engine import replay_v2 as v2
 from tests.engine.replay_runs import NEWEST_FIRST, V1_WORKFLOWS, Runs, record_runs
 from tests.engine.replay_v1 import greet, shout
@@ -162,6 +163,20 @@ async def test_replay_store_refuses_bad_arguments(tmp_path: Any) -> None:
         await replayer.replay_store(42)  # type: ignore[arg-type]
     assert not (tmp_path / "never-made").exists()
     assert replayer.workflow_types == ["replay_failing", "replay_greeting", "replay_waiting"]
+
+
+async def test_replay_store_refuses_a_url_that_names_no_store(tmp_path: Any) -> None:
+    # A deploy check with a mistyped path or schema must fail, not pass on an empty store it made.
+    replayer = Replayer(workflows=V1_WORKFLOWS)
+    missing = tmp_path / "typo"
+    with pytest.raises(duro.StoreURLError, match=f"no duro store at '{missing}': replay_store reads a store"):
+        await replayer.replay_store(f"lmdb://{missing}")
+    assert not missing.exists()
+    await pg.require_postgres()
+    schema = pg.random_schema()
+    with pytest.raises(duro.StoreURLError, match=f"no duro store in schema '{schema}' at "):
+        await replayer.replay_store(pg.with_schema(pg.PG_URL, schema))
+    assert not await pg.schema_exists(schema)
 
 
 def test_the_result_types_are_public() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from duro.errors import StoreURLError
 from duro.stores.base import Store
-from duro.stores.lmdb import LmdbStore, open_lmdb_store
+from duro.stores.lmdb import LmdbStore, open_lmdb_store, parse_lmdb_url
 
-__all__ = ["LmdbStore", "Store", "open_store"]
+__all__ = ["LmdbStore", "Store", "missing_store", "open_store"]
 
 
 def open_store(url: str) -> Store:
@@ -23,3 +25,36 @@ def open_store(url: str) -> Store:
     raise StoreURLError(
         f"unsupported store URL {url!r}: expected lmdb://PATH (for example lmdb://./duro-data) "
         "or postgresql://USER@HOST:PORT/DATABASE")
+
+
+async def missing_store(url: str) -> str | None:
+    """Why the store a URL names does not exist yet, or None when it does; creates nothing.
+
+    Opening a store creates it (``open_store``), as a worker or a first start should. A command
+    that only reads (a deploy check, a listing) asks this first, so that a mistyped path or
+    ``?schema=`` is reported instead of checked as an empty store.
+
+    Raises:
+        StoreURLError: the URL is not one ``open_store`` accepts.
+        StoreUnavailableError: the PostgreSQL server could not be reached.
+        StoreError: the login or database is wrong.
+    """
+    scheme = url.split("://", 1)[0] if isinstance(url, str) and "://" in url else ""
+    if scheme == "lmdb":
+        path = parse_lmdb_url(url)[0]
+        return None if os.path.isfile(os.path.join(path, "data.mdb")) else f"no duro store at {path!r}"
+    if scheme in ("postgresql", "postgres"):
+        from duro.stores.pg_conn import connect_one, parse_pg_url
+        from duro.stores.pg_schema import schema_version
+
+        settings = parse_pg_url(url)
+        conn = await connect_one(settings)
+        try:
+            version = await schema_version(conn, settings.schema)
+        finally:
+            await conn.close()
+        if version is None:
+            return f"no duro store in schema {settings.schema!r} at {settings.where}"
+        return None
+    open_store(url)  # raises the StoreURLError that says what is accepted
+    raise AssertionError("unreachable: open_store accepts only the schemes above")
