@@ -58,6 +58,9 @@ async def test_query_at_event(client: duro.Client, worker: duro.Worker, duro_cli
                        f"expected a positive integer, got {bad!r}")
     one_error_line(await duro_cli("query", "tt-cli", "state", "--at-event", str(lm.last + 1)), 2,
                    f"at_event must be an event id of the run, from 1 to {lm.last}")
+    # A handler that raises: the error's type is said, as history --state's cells say it.
+    one_error_line(await duro_cli("query", "tt-cli", "value_plus", '"x"', "--at-event", str(doubled)), 1,
+                   "query 'value_plus' of workflow 'tt-cli' raised TypeError:", "unsupported operand")
     await handle.signal("finish")
     await handle.result()
     r = await duro_cli("query", "tt-cli", "state", "--at-event", str(doubled))

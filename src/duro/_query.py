@@ -128,7 +128,7 @@ async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
     reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
     if reply is None:
         raise DuroError(
-            f"cannot answer query {name!r} at event {at[0] if len(at) == 1 else at} for workflow {handle.id!r}: "
+            f"cannot answer query {name!r} at {_events_phrase(at)} for workflow {handle.id!r}: "
             f"no worker of task queue {info.task_queue!r} answered within {REMOTE_TIMEOUT_S:.0f}s and this process "
             f"does not have the code of workflow type {info.workflow_type!r}. Run a worker for that queue, or "
             "query through a handle from start_workflow(fn, ...) or client.get_handle(id, workflow=fn)")
@@ -142,6 +142,14 @@ async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
         raise err
     oks = orjson.loads(parts[1])
     return [p if ok else decode_failure(p) for ok, p in zip(oks, parts[2:], strict=True)]
+
+
+def _events_phrase(at: Sequence[int]) -> str:
+    """``event 7``, or ``events 2, 5 and 7`` (``duro history --state`` asks one per workflow task)."""
+    if len(at) == 1:
+        return f"event {at[0]}"
+    shown = [str(e) for e in at[:5]] + ([f"{len(at) - 5} more"] if len(at) > 5 else [])
+    return f"events {', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def _states_by_replay(inst: WorkflowInstance, events: list[Event], points: list[int], name: str, payload: bytes,

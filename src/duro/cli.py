@@ -84,6 +84,7 @@ from duro._schedule_cli import add_schedule_parser, run_schedule
 from duro._validate import MAX_DURATION_S, check_name
 from duro.client import Client
 from duro.errors import (
+    ApplicationError,
     CancelledError,
     CorruptHistoryError,
     DuroError,
@@ -711,7 +712,11 @@ async def _signal(client: Client, args: argparse.Namespace) -> ExitCode:
 
 async def _query(client: Client, args: argparse.Namespace) -> ExitCode:
     handle = client.get_handle(args.workflow_id, args.run_id)
-    answer = await handle.query(args.name, *args.values, at_event=args.at_event)
+    try:
+        answer = await handle.query(args.name, *args.values, at_event=args.at_event)
+    except ApplicationError as e:  # the handler raised: say what, as history --state's cells do
+        raise OperationError(f"query {args.name!r} of workflow {args.workflow_id!r} raised {e.type or 'an error'}: "
+                             f"{e}") from e
     if args.json:
         doc = {"workflow_id": args.workflow_id, "query": args.name, "args": args.values, "result": answer}
         if args.at_event is not None:
@@ -819,7 +824,7 @@ async def _start(client: Client, args: argparse.Namespace) -> ExitCode:
 
 
 async def _activity(client: Client, args: argparse.Namespace) -> ExitCode:
-    from duro.errors import ApplicationError, TaskTokenError
+    from duro.errors import TaskTokenError
 
     try:
         token = bytes.fromhex(args.task_token)
@@ -960,6 +965,10 @@ def _import_workflows(modules: Sequence[str], show_traceback: bool) -> list[Any]
         sys.path.insert(0, cwd)
     found: dict[str, tuple[str, Any, WorkflowDefinition]] = {}
     for name in modules:
+        if name.endswith(".py") or "/" in name or os.sep in name or name.startswith("."):
+            dotted = name.removesuffix(".py").strip("./").replace("/", ".").replace(os.sep, ".")
+            raise UsageError(f"--module takes a module's dotted name, as `import` does, not a file path: "
+                             f"{name!r} -> {dotted!r} (run from the directory that holds it)")
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

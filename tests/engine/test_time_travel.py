@@ -248,3 +248,11 @@ async def test_a_worker_without_time_travel_gives_an_error_not_the_present(clien
         assert stage(await handle.query("state")) == ("slept", 10)  # the present: it answers that
         with pytest.raises(duro.DuroError, match="without time-travel queries"):
             await handle.query("state", at_event=lm.tasks[0])
+
+
+def test_the_points_a_request_asked_are_named_in_words() -> None:
+    from duro._query import _events_phrase
+
+    assert _events_phrase([7]) == "event 7"
+    assert _events_phrase([2, 5]) == "events 2 and 5"
+    assert _events_phrase([2, 5, 7, 10, 13, 16, 19]) == "events 2, 5, 7, 10, 13 and 2 more"
