@@ -375,6 +375,18 @@ async def test_unknown_workflow_id(client: duro.Client, cli: Cli) -> None:
     one_error_line(await cli("history", "known", "--run", "not-a-run-id"), 1, "not in this store")
 
 
+# As on an install without the postgres extra: asyncpg cannot be imported.
+WITHOUT_ASYNCPG = "import sys; sys.modules['asyncpg'] = None; from duro.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+async def test_a_missing_lmdb_store_is_reported_without_the_postgres_extra(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    for argv in (["list"], ["describe", "x"]):
+        result = await run_command([sys.executable, "-c", WITHOUT_ASYNCPG, "--store", f"lmdb://{missing}", *argv])
+        one_error_line(result, 1, "no duro store at", str(missing))
+    assert not missing.exists()
+
+
 def test_bad_store_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for url in ("foo", "http://example.com/x", "lmdb://", "postgresql://localhost/test?schema=1bad"):
         code = main(["--store", url, "list"])

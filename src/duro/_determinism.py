@@ -86,8 +86,6 @@ _PASS_THROUGH = frozenset(("random", "uuid", "secrets"))
 # This file's frames (the wrappers) are passed over too: a wrapper that let a call through is not
 # the caller of what that call reaches.
 _HERE = __file__
-# The frame that runs a workflow step: where the search for an import in progress stops.
-_STEP = WorkflowLoop.run_until_quiescent.__code__
 
 _TIME_HINT = "ctx.now() (the workflow's clock, the same in every replay), or ctx.sleep() to wait"
 _RANDOM_HINT = "ctx.random() or ctx.uuid4() (seeded by the run: a replay draws the same values)"
@@ -121,8 +119,11 @@ def _asker(frame: FrameType) -> tuple[FrameType, FrameType | None] | None:
         frame = frame.f_back
     if _module(frame) in _TRUSTED:
         return None
+    # An import in progress between the asker and the engine (duro's frame that runs the workflow
+    # step, or closes its loop): imports further out (a worker started by a module's top level)
+    # are not the workflow's and do not count.
     outer: FrameType | None = frame
-    while outer is not None and outer.f_code is not _STEP:
+    while outer is not None and _module(outer) != "duro":
         if _module(outer) == "importlib":  # importlib._bootstrap: a module's first import runs here
             return None
         outer = outer.f_back
@@ -275,8 +276,8 @@ def _wrap_classmethod(cls: type, name: str, label: str) -> None:
 def install_determinism_guard() -> None:
     """Wrap the nondeterministic functions workflow code might call (once per process).
 
-    Idempotent and thread-safe; called by ``Worker`` and ``Replayer``. A process that never makes
-    one (a client, the CLI) keeps the originals.
+    Idempotent and thread-safe; called by ``Worker``, ``Replayer``, and a client that answers a
+    query by replaying a run itself. A process that does none of these keeps the originals.
     """
     global _installed
     with _install_lock:

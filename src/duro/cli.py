@@ -533,9 +533,12 @@ async def _require_store(url: str) -> None:
     """
     missing = await missing_store(url)
     if missing is not None:
-        from duro.stores.pg_check import display_url  # asyncpg: imported only when needed
+        shown = url
+        if not url.startswith("lmdb://"):  # PostgreSQL: its module needs asyncpg, an extra LMDB users lack
+            from duro.stores.pg_check import display_url
 
-        raise OperationError(f"{missing} (store URL {display_url(url)!r}); pass --store URL or set {STORE_ENV}")
+            shown = display_url(url)  # without the password
+        raise OperationError(f"{missing} (store URL {shown!r}); pass --store URL or set {STORE_ENV}")
 
 
 def _check_store_exists(url: str) -> None:
@@ -966,7 +969,8 @@ def _import_workflows(modules: Sequence[str], show_traceback: bool) -> list[Any]
     found: dict[str, tuple[str, Any, WorkflowDefinition]] = {}
     for name in modules:
         if name.endswith(".py") or "/" in name or os.sep in name or name.startswith("."):
-            dotted = name.removesuffix(".py").strip("./").replace("/", ".").replace(os.sep, ".")
+            relative = os.path.relpath(name, cwd) if os.path.isabs(name) else name
+            dotted = relative.removesuffix(".py").strip("./").replace(os.sep, ".").replace("/", ".")
             raise UsageError(f"--module takes a module's dotted name, as `import` does, not a file path: "
                              f"{name!r} -> {dotted!r} (run from the directory that holds it)")
         try:

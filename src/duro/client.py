@@ -981,10 +981,10 @@ class _ClientRoot(ClientOutboundInterceptor):
             return  # a worker here held the run idle: the signal was committed with the task it woke
         try:
             await client.store.signal_workflow(h.id, run_id, input.signal, payload, headers)
-        except WorkflowClosedError:
-            # A handle from start_workflow follows continue-as-new (see _target): only when its run
-            # is closed is it read, and then the signal goes to the latest run of the id.
-            if not h._follow_runs or await h._target() == run_id:
+        except WorkflowClosedError as e:
+            # A handle from start_workflow follows continue-as-new (see _target): the signal goes
+            # on to the latest run of the id when its run continued as new.
+            if not h._follow_runs or e.status != "continued_as_new":
                 raise
             await client.store.signal_workflow(h.id, None, input.signal, payload, headers)
 

@@ -129,7 +129,7 @@ class WorkflowNotFoundError(DuroError):
 class WorkflowClosedError(DuroError):
     """The run is closed: it takes no signal, cancellation, termination or update any more."""
 
-    def __init__(self, message: str, *, workflow_id: str, run_id: str, status: str) -> None:
+    def __init__(self, message: str, *, workflow_id: str = "", run_id: str = "", status: str = "") -> None:
         super().__init__(message)
         self.workflow_id = workflow_id
         self.run_id = run_id

@@ -44,6 +44,7 @@ from duro.errors import (
     StoreCorruptedError,
     StoreError,
     TimeoutError,
+    WorkflowClosedError,
 )
 from duro.interceptor import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, check_interceptors
 from duro.stores.base import (
@@ -755,7 +756,8 @@ class Worker:
             try:
                 inst, pending = await self._prepare(run_key, None)
                 if inst is None:
-                    raise DuroError("the workflow is closed; updates need a running workflow")
+                    raise WorkflowClosedError("the workflow is closed; updates need a running workflow",
+                                              run_id=run_key.hex())
                 inst.busy = True
                 try:
                     if pending:  # bring the instance up to date with the history first
@@ -766,7 +768,9 @@ class Worker:
                             self._evict(run_key)  # it saw inputs that no commit processed
                             raise
                         if inst.close_status is not None:
-                            raise DuroError("the workflow closed before the update could be delivered")
+                            raise WorkflowClosedError("the workflow closed before the update could be delivered",
+                                                      workflow_id=inst.info.workflow_id, run_id=run_key.hex(),
+                                                      status=str(inst.close_status))
                     known = inst.accepted_updates.get(update_id)
                     if known is not None:
                         return known or 1

@@ -100,9 +100,9 @@ async def test_a_signal_to_a_closed_run_still_fails(client: duro.Client, worker:
     assert (closed.value.workflow_id, closed.value.run_id, closed.value.status) == ("closed", handle.run_id,
                                                                                    "completed")
     # The other operations on a closed run say the same, by the same type, and write nothing.
-    for refused in (handle.cancel(), handle.terminate("late"), handle.execute_update("anything")):
+    for refused in (handle.cancel, lambda: handle.terminate("late"), lambda: handle.execute_update("anything")):
         with pytest.raises(duro.WorkflowClosedError, match="completed"):
-            await refused
+            await refused()
     assert [e.event_type for e in await handle.fetch_history()][-1] == "WorkflowExecutionCompleted"
     with pytest.raises(duro.WorkflowNotFoundError):
         await client.get_handle("closed", run_id="0" * 32).signal("go", 3)

@@ -284,7 +284,24 @@ def test_an_import_in_progress_is_not_the_workflows_decision(tmp_path: Any) -> N
         assert isinstance(err, NonDeterminismError)
     finally:
         sys.path.remove(str(tmp_path))
+        sys.path_importer_cache.pop(str(tmp_path), None)
         sys.modules.pop("seeds_at_import", None)
+
+
+def test_an_import_further_out_than_the_workflow_step_does_not_count(tmp_path: Any) -> None:
+    # A worker started by a module's top level (python -c "import app"): its workflow code runs
+    # inside that import, and is guarded all the same.
+    (tmp_path / "runs_workflow_code.py").write_text(
+        "import random\nfrom tests.unit.test_determinism import run_on_loop\n"
+        "OUT = run_on_loop(lambda: random.random())\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        out = __import__("runs_workflow_code").OUT
+        assert isinstance(out.get("error"), NonDeterminismError), out
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.path_importer_cache.pop(str(tmp_path), None)
+        sys.modules.pop("runs_workflow_code", None)
 
 
 def test_a_reference_kept_from_before_the_guard_is_named_as_the_call_the_code_made() -> None:
@@ -333,5 +350,8 @@ def test_time_zone_data_may_be_read() -> None:
     out = run_on_loop(lambda: datetime.datetime(2026, 7, 1, tzinfo=datetime.UTC).astimezone(
         zoneinfo.ZoneInfo("Europe/Paris")).hour)
     assert out.get("value") == 2 and zone.key == "Europe/Paris", out.get("error")
-    # Other files stay refused.
+    # Other files stay refused, also by a path that climbs out of the database.
     assert isinstance(run_on_loop(lambda: open("/etc/hostname")).get("error"), WorkflowIOError)
+    for root in zoneinfo.TZPATH:
+        escape = os.path.join(root, "..", "..", "..", "..", "etc", "hostname")
+        assert isinstance(run_on_loop(lambda p=escape: open(p)).get("error"), WorkflowIOError)

@@ -1470,3 +1470,12 @@ def test_memtx_keeps_run_identity_within_a_transaction_only() -> None:
     assert rec is not None and tx.run(key) is rec
     assert env.store.view().run(key) is not rec
     assert FakeClock(5)() == 5
+
+
+def test_a_closed_run_error_survives_pickling() -> None:
+    # It crosses process boundaries (an activity in a process pool that signals a closed run).
+    import pickle
+
+    err = WorkflowClosedError("closed", workflow_id="w", run_id="ab" * 16, status="completed")
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.workflow_id, again.run_id, again.status) == ("closed", "w", "ab" * 16, "completed")
