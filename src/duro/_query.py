@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from duro._core import codec
 from duro._determinism import guard_module
 from duro._instance import WorkflowInstance
 from duro._local import local_dispatch
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from duro._core.codec import Event
-    from duro.client import WorkflowHandle
+    from duro.client import Client, WorkflowHandle
+    from duro.history import History
     from duro.worker import Worker
     from duro.workflow import WorkflowDefinition
 
@@ -142,6 +144,19 @@ async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
         raise err
     oks = orjson.loads(parts[1])
     return [p if ok else decode_failure(p) for ok, p in zip(oks, parts[2:], strict=True)]
+
+
+async def task_states(client: Client, history: History, name: str, args: Sequence[Any]) -> dict[int, Any]:
+    """The answer of query ``name`` as of each WorkflowTaskCompleted of ``history``, decoded, or its error.
+
+    For ``duro history --state`` and the web UI's history. One request: whoever has the code
+    replays the run once and asks the query at each task.
+    """
+    points = [e.event_id for e in history if e.type_code == codec.WORKFLOW_TASK_COMPLETED]
+    handle = client.get_handle(history.workflow_id, history.run_id)  # the run read, even if a newer one started
+    answers = await query_states(handle, name, tuple(args), points)
+    return {p: a if isinstance(a, BaseException) else client.converter.decode(a)
+            for p, a in zip(points, answers, strict=True)}
 
 
 def _events_phrase(at: Sequence[int]) -> str:

@@ -78,8 +78,8 @@ from duro._cli_output import (
     versioning_dict,
     versioning_lines,
 )
-from duro._core import codec, mdb
-from duro._query import query_states
+from duro._core import mdb
+from duro._query import task_states
 from duro._schedule_cli import add_schedule_parser, run_schedule
 from duro._validate import MAX_DURATION_S, check_name
 from duro.client import Client
@@ -95,7 +95,6 @@ from duro.errors import (
     TerminatedError,
     WorkflowFailedError,
 )
-from duro.history import History
 from duro.stores import missing_store
 from duro.stores.check import check_store
 from duro.stores.copy import CopyReport, copy_store
@@ -645,7 +644,7 @@ async def _history(client: Client, args: argparse.Namespace) -> ExitCode:
         raise UsageError("--state-arg is an argument of the --state query; pass --state QUERY too")
     state_args = _json_args(args.state_args)  # bad JSON is bad input whatever the store holds: checked first
     history = await client.get_handle(args.workflow_id, args.run_id).fetch_history()
-    states = await _history_states(client, history, args.state_query, state_args) if args.state_query else None
+    states = await task_states(client, history, args.state_query, state_args) if args.state_query else None
     if args.json:
         if states is None:
             out.json(json_safe(history.to_json()))
@@ -664,18 +663,6 @@ async def _history(client: Client, args: argparse.Namespace) -> ExitCode:
     else:
         out.table(headers, rows, right=(0, 1), styled=(2,), title=history_title(history))
     return ExitCode.OK
-
-
-async def _history_states(client: Client, history: History, query: str, values: list[Any]) -> dict[int, Any]:
-    """The answer of ``query`` as of each WorkflowTaskCompleted of ``history`` (decoded), or its error.
-
-    One request: the worker that answers replays the run once and asks the query at each task.
-    """
-    points = [e.event_id for e in history if e.type_code == codec.WORKFLOW_TASK_COMPLETED]
-    handle = client.get_handle(history.workflow_id, history.run_id)  # the run printed, even if a newer one started
-    answers = await query_states(handle, query, tuple(values), points)
-    return {p: a if isinstance(a, BaseException) else client.converter.decode(a) for p, a in zip(points, answers,
-                                                                                                 strict=True)}
 
 
 async def _closed_status(client: Client, workflow_id: str, e: WorkflowFailedError) -> str:

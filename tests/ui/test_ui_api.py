@@ -185,6 +185,17 @@ async def test_workflow_page_data_and_signal(client: duro.Client, http: TestClie
     tail = await get_json(http, f"{path}/history", after=2, limit=2)
     assert [e["event_id"] for e in tail["events"]] == [3, 4] and tail["more"]
 
+    # Time travel: the query's answer as of each workflow task, in one replay.
+    states = await get_json(http, f"{path}/states", query="stage")
+    tasks = [e["event_id"] for e in history["events"] if e["type"] == "WorkflowTaskCompleted"]
+    assert states["run_id"] == exe["run_id"] and states["query"] == "stage" and states["args"] == []
+    assert [a["event_id"] for a in states["answers"]] == tasks
+    assert [a["result"] for a in states["answers"]] == ["preparing", "pausing", "waiting for approval"]
+    assert all(a["error"] is None for a in states["answers"])
+    unknown = await get_json(http, f"{path}/states", query="nope")
+    assert all(a["result"] is None and a["error"]["type"] == "DuroError" and "'nope'" in a["error"]["message"]
+               for a in unknown["answers"])
+
     stack = await get_json(http, f"{path}/stack")
     assert isinstance(stack["answered"], bool)
     if stack["answered"]:  # the worker's __stack_trace: the code's await points and what they wait for
@@ -334,6 +345,10 @@ async def test_bad_requests_get_clear_errors(client: duro.Client, http: TestClie
     assert "nope" in (await get_json(http, "/api/workflows/nope/history", expect=404))["error"]
     assert (await get_json(http, "/api/nothing-here", expect=404))["error"]
     assert "after" in (await get_json(http, "/api/workflows/j/history", expect=400, after="-1"))["error"]
+    assert "?query=NAME" in (await get_json(http, "/api/workflows/j/states", expect=400))["error"]
+    assert "JSON array" in (await get_json(http, "/api/workflows/j/states", expect=400, query="q", args="{x"))["error"]
+    assert "JSON array" in (await get_json(http, "/api/workflows/j/states", expect=400, query="q", args="{}"))["error"]
+    assert "nope" in (await get_json(http, "/api/workflows/nope/states", expect=404, query="q"))["error"]
     assert (await get_json(http, "/api/workflows/j/signal", expect=405))["error"]
 
     signal = "/api/workflows/j/signal"

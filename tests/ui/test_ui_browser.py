@@ -206,6 +206,48 @@ async def test_list_filter_open_timeline_and_signal(ui: UI, page: Any, request: 
     assert (await client.get_handle("order-1042").describe()).status == "completed"
 
 
+async def test_the_history_shows_a_querys_answer_at_each_workflow_task(
+        ui: UI, page: Any, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    client = ui.client
+    handle = await client.start_workflow(ui_wfs.approval, {"id": "S1"}, id="order-s1", task_queue="ui")
+    await waiting_for_approval(client, "order-s1")
+    tasks = [e.event_id for e in await handle.fetch_history() if e.event_type == "WorkflowTaskCompleted"]
+    await page.goto(f"{ui.url}/#/workflow/order-s1")
+    await expect(page.locator("#wf-status")).to_have_text("running")
+
+    def state_at(event_id: int) -> Any:
+        return page.locator(f'#wf-history-body tr[data-event-id="{event_id}"] td.state-cell')
+
+    # Bad arguments are refused in the page; a good query fills one cell per workflow task.
+    await page.fill("#wf-state-query", "stage")
+    await page.fill("#wf-state-args", "{not json")
+    await page.click("#wf-state-show")
+    await expect(page.locator("#wf-state-status")).to_contain_text("not valid JSON")
+    await page.fill("#wf-state-args", "")
+    await page.click("#wf-state-show")
+    await expect(page.locator("#wf-state-head")).to_have_text("State: stage")
+    for event_id, stage in zip(tasks, ["preparing", "pausing", "waiting for approval"], strict=True):
+        await expect(state_at(event_id)).to_have_text(f'"{stage}"')
+    await expect(page.locator("#wf-history-body td.state-cell:not(:empty)")).to_have_count(len(tasks))
+
+    # The run goes on: the new workflow tasks get their state as the page follows the history.
+    await handle.signal("approve", {"by": "erin"})
+    await handle.result()
+    later = [e.event_id for e in await handle.fetch_history() if e.event_type == "WorkflowTaskCompleted"]
+    await expect(page.locator("#wf-status")).to_have_text("completed")
+    for event_id in later[len(tasks):]:
+        await expect(state_at(event_id)).to_have_text('"finishing"')
+    await page.locator("#wf-history").screenshot(path=shot_path(request, tmp_path, "ui-history-state.png"))
+
+    # A query the workflow does not have: each cell says so. Hide takes the column away.
+    await page.fill("#wf-state-query", "nope")
+    await page.click("#wf-state-show")
+    await expect(state_at(tasks[0])).to_contain_text("DuroError")
+    await page.click("#wf-state-hide")
+    await expect(page.locator("#wf-state-head")).to_have_count(0)
+    await expect(page.locator("#wf-history-body td.state-cell")).to_have_count(0)
+
+
 async def test_payloads_are_shown_as_text_never_run(ui: UI, page: Any) -> None:
     client = ui.client
     script = "<script>window.__pwned=1</script>"

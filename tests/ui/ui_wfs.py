@@ -31,10 +31,18 @@ async def gated(ctx: duro.ActivityContext, key: str) -> str:
 
 @duro.workflow
 async def approval(ctx: duro.WorkflowContext, order: dict[str, Any]) -> dict[str, Any]:
-    """An activity, a short timer, then a signal awaited under a one-hour timer, then another activity."""
+    """An activity, a short timer, then a signal awaited under a one-hour timer, then another activity.
+
+    Its query ``stage`` says where it is (the UI's history shows it at each workflow task).
+    """
+    stage = "preparing"
+    ctx.set_query_handler("stage", lambda: stage)
     prepared = await ctx.execute_activity(prepare, order, start_to_close_timeout=10)
+    stage = "pausing"
     await ctx.sleep(0.05)
+    stage = "waiting for approval"
     approved = await asyncio.wait_for(ctx.wait_signal("approve"), 3600)
+    stage = "finishing"
     done = await ctx.execute_activity(finish, order, start_to_close_timeout=10)
     return {"prepared": prepared["prepared"], "approved_by": approved["by"], "done": done}
 

@@ -12,6 +12,8 @@ import orjson
 from aiohttp import web
 
 import duro
+from duro._cli_output import state_dict
+from duro._query import task_states
 from duro.ui._views import (
     STATUSES,
     event_doc,
@@ -78,6 +80,16 @@ def _int(value: Any, name: str, *, low: int, high: int | None = None) -> int:
     return value
 
 
+def _json_array(text: str, name: str) -> list[Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"{name} must be a JSON array, got {text!r}: {e}") from None
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a JSON array of the query's arguments, got {type(value).__name__}")
+    return value
+
+
 def _str(body: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
     value = body.get(name)
     if value is None:
@@ -136,6 +148,7 @@ class Api:
         r.add_get("/api/workflows/{id}", self.workflow)
         r.add_get("/api/workflows/{id}/history", self.history)
         r.add_get("/api/workflows/{id}/stack", self.stack)
+        r.add_get("/api/workflows/{id}/states", self.states)
         for action in ("signal", "cancel", "terminate", "reset"):
             r.add_post(f"/api/workflows/{{id}}/{action}", getattr(self, f"do_{action}"))
         r.add_get("/api/schedules", self.schedules)
@@ -227,6 +240,21 @@ class Api:
             return json_response({"answered": False, "error": f"{type(error).__name__}: {error}"})
         result = task.result()
         return json_response({"answered": True, "stack": result if isinstance(result, str) else jsonable(result)})
+
+    async def states(self, request: web.Request) -> web.Response:
+        """The answer of query ``query`` (arguments ``args``, a JSON array) as of each workflow task of the run.
+
+        Time travel (``handle.query(..., at_event=N)`` at every WorkflowTaskCompleted), in one replay
+        by whoever has the code: this process, or a worker of the run's queue (409 if none answers).
+        """
+        name = _one(request, "query")
+        if name is None:
+            raise ValueError("give the query to ask at each workflow task: ?query=NAME (and args=[...] if it "
+                             "takes arguments)")
+        args = _json_array(_one(request, "args") or "[]", "args")
+        history = await self.client.get_handle(request.match_info["id"], _run_id(request)).fetch_history()
+        states = await task_states(self.client, history, name, args)
+        return json_response({"run_id": history.run_id, **state_dict(name, args, states)})
 
     def _query_done(self, key: tuple[str, str], task: asyncio.Task[Any]) -> None:
         if self._stack_queries.get(key) is task:

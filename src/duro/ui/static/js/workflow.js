@@ -1,5 +1,6 @@
 // One workflow's page: summary, input and outcome, pending work, where it waits, the timeline chart,
-// the history, and the actions. While the run is open it re-reads all of it every second.
+// the history (with, on demand, a query's answer at each workflow task), and the actions. While the
+// run is open it re-reads all of it every second.
 
 import {workflowActions} from "./actions.js";
 import {ApiError, get, workflowPath} from "./api.js";
@@ -85,12 +86,43 @@ function pendingChildren(list) {
       c.workflow_type || "", timeEl(c.start)]), "No child workflow is pending.");
 }
 
-function historyRow(e) {
+function historyRow(e, withState) {
   return h("tr", {dataset: {eventId: String(e.event_id)}},
     h("td", {class: "num"}, String(e.event_id)), h("td", null, timeEl(e.time)),
     h("td", {class: `event-type ev-${e.type}`}, e.type), h("td", null, e.name || ""),
     h("td", {class: "num"}, e.ref ? String(e.ref) : ""), h("td", {class: "num"}, e.attempt ? String(e.attempt) : ""),
-    h("td", null, jsonInline(e.data)));
+    h("td", null, jsonInline(e.data)), withState ? h("td", {class: "state-cell"}) : null);
+}
+
+/** A state cell: the query's answer as of that workflow task, or what it raised there. */
+function stateCell(answer) {
+  if (answer.error) return h("span", {class: "bad"}, `${answer.error.type}: ${answer.error.message}`);
+  return jsonInline(answer.result);
+}
+
+/** The history's state form: which query to ask at each workflow task (time travel), and its arguments. */
+function stateForm(onShow) {
+  const query = h("input", {id: "wf-state-query", type: "text", placeholder: "a query, e.g. status", size: 18});
+  const args = h("input", {id: "wf-state-args", type: "text", placeholder: "arguments: [] (JSON)", size: 18});
+  const status = h("span", {class: "muted small", id: "wf-state-status"});
+  const form = h("form", {class: "buttons state-form", id: "wf-state-form"},
+    h("span", {class: "muted small"}, "State at each workflow task:"), query, args,
+    h("button", {type: "submit", id: "wf-state-show"}, "Show"),
+    h("button", {type: "button", id: "wf-state-hide", on: {click: () => onShow(null)}}, "Hide"), status);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const name = query.value.trim();
+    if (!name) { replace(status, "Give a query's name."); return; }
+    let values = [];
+    try {
+      values = args.value.trim() ? JSON.parse(args.value) : [];
+    } catch (e) {
+      replace(status, `The arguments are not valid JSON: ${e.message}`); return;
+    }
+    if (!Array.isArray(values)) { replace(status, "The arguments must be a JSON array, e.g. [1, \"a\"]."); return; }
+    onShow({query: name, args: values});
+  });
+  return {el: form, status};
 }
 
 /** The page of workflow workflowId (its latest run unless runId). */
@@ -100,6 +132,8 @@ export function workflowView(root, workflowId, runId) {
   let loadedEvents = 0;
   let lastStackAt = 0;
   let stackBusy = false;
+  let stateAsked = null; // {query, args} while the history shows a state column
+  let stateSeq = 0; // the latest state request: an older answer arriving later is dropped
   const els = {
     header: h("div", {class: "page-head"}),
     error: h("div", {id: "wf-error"}),
@@ -111,7 +145,15 @@ export function workflowView(root, workflowId, runId) {
     children: h("div"),
     timeline: h("div", {class: "timeline", id: "wf-timeline"}),
     historyBody: h("tbody", {id: "wf-history-body"}),
+    historyHead: h("tr"),
   };
+  const state = stateForm((asked) => {
+    stateAsked = asked;
+    renderHistoryHead();
+    for (const row of els.historyBody.rows) setStateCell(row, asked ? "" : null);
+    if (asked) loadStates();
+    else replace(state.status);
+  });
   const actions = workflowActions({
     workflowId,
     runId: () => shownRun,
@@ -130,10 +172,43 @@ export function workflowView(root, workflowId, runId) {
     h("div", {class: "columns"},
       section("Pending timers", "wf-timers", els.timers),
       section("Pending child workflows", "wf-children", els.children)),
-    section("History", "wf-history",
-      h("table", {class: "grid-table history"},
-        h("thead", null, h("tr", null, ["Id", "Time", "Type", "Name", "Ref", "Attempt", "Data"].map((x) => h("th", null, x)))),
-        els.historyBody)));
+    section("History", "wf-history", state.el,
+      h("table", {class: "grid-table history"}, h("thead", null, els.historyHead), els.historyBody)));
+  renderHistoryHead();
+
+  function renderHistoryHead() {
+    replace(els.historyHead, ["Id", "Time", "Type", "Name", "Ref", "Attempt", "Data"].map((x) => h("th", null, x)),
+      stateAsked ? h("th", {id: "wf-state-head"}, `State: ${stateAsked.query}`) : null);
+  }
+
+  // The row's state cell: added (content: a node or text), emptied (""), or removed (null).
+  function setStateCell(row, content) {
+    let cell = row.querySelector("td.state-cell");
+    if (content === null) { if (cell) cell.remove(); return; }
+    if (!cell) cell = row.appendChild(h("td", {class: "state-cell"}));
+    replace(cell, content);
+  }
+
+  // One request: whoever has the workflow's code replays the run once and answers at every task.
+  async function loadStates() {
+    const asked = stateAsked;
+    const seq = ++stateSeq;
+    replace(state.status, "replaying…");
+    try {
+      const answer = await get(workflowPath(workflowId, "states"),
+        {run_id: shownRun, query: asked.query, args: JSON.stringify(asked.args)});
+      if (seq !== stateSeq || stateAsked !== asked) return;
+      const byEvent = new Map(answer.answers.map((a) => [String(a.event_id), a]));
+      for (const row of els.historyBody.rows) {
+        const a = byEvent.get(row.dataset.eventId);
+        setStateCell(row, a ? stateCell(a) : "");
+      }
+      replace(state.status, `${answer.answers.length} workflow task(s), as of each one`);
+    } catch (e) {
+      if (seq !== stateSeq) return;
+      replace(state.status, h("span", {class: "bad"}, `Cannot show the state: ${e.message}`));
+    }
+  }
 
   async function loadStack() {
     if (stackBusy) return;
@@ -161,7 +236,7 @@ export function workflowView(root, workflowId, runId) {
   async function loadHistory() {
     for (;;) {
       const page = await get(workflowPath(workflowId, "history"), {run_id: shownRun, after: loadedEvents});
-      for (const e of page.events) els.historyBody.appendChild(historyRow(e));
+      for (const e of page.events) els.historyBody.appendChild(historyRow(e, stateAsked !== null));
       loadedEvents += page.events.length;
       if (!page.more || !page.events.length) return;
     }
@@ -191,7 +266,10 @@ export function workflowView(root, workflowId, runId) {
       shownRun = next.execution.run_id;
       replace(els.error);
       render();
-      if (grew) await loadHistory();
+      if (grew) {
+        await loadHistory();
+        if (stateAsked) loadStates(); // new workflow tasks: their state too
+      }
       const running = detail.execution.status === "running";
       if (running && (grew || Date.now() - lastStackAt > STACK_EVERY_MS)) loadStack();
       else if (!running) replace(els.stack, `the run is ${detail.execution.status.replace(/_/g, " ")}`);
