@@ -1153,7 +1153,7 @@ class WorkflowInstance:
             if self.external is _NO_LIST:
                 self.external = []
             self.external.append(ExternalRequest(kind=kind, workflow_id=workflow_id, run_id=run_id, name=name,
-                                                 args=payload, headers=headers or None))
+                                                 args=payload, headers=headers or None, seq=self.seq))
 
     def signal_external(self, workflow_id: str, run_id: str | None, name: str, args: tuple[Any, ...]) -> None:
         """A signal to another run, through the outbound interceptors when there are any."""

@@ -83,6 +83,11 @@ async def test_parent_close_policy(client: duro.Client, worker: duro.Worker, pol
             break
         await asyncio.sleep(0.02)
     assert await _status(kid) == status
+    if policy == "request_cancel":  # the request names its cause and the parent's run
+        parent_run = (await client.get_handle(f"pc-{policy}").describe()).run_id
+        [asked] = [e.data() for e in await kid.fetch_history() if e.event_type == "WorkflowExecutionCancelRequested"]
+        parent = {"workflow_id": f"pc-{policy}", "run_id": parent_run}
+        assert asked == {"cause": "parent_closed", "requested_by": parent}
     if status == "running":
         await kid.signal("go", 1)
         assert await kid.result(timeout=10) == "got 1"

@@ -162,3 +162,11 @@ async def test_exported_histories_import_exactly_and_replay_to_the_recorded_outc
     canceled = sorted(child_ids[e.ref] for e in parent if e.event_type == "ChildWorkflowExecutionCanceled")
     assert canceled == ["tour-kid", "tour-other"]
     assert not [e for e in parent if e.event_type == "ChildWorkflowExecutionFailed"]
+    # Each cancelled run's WorkflowExecutionCancelRequested names who asked: the parent's run and the
+    # RequestCancelExternal... event of its history (as Temporal's external initiated event id).
+    asked = {e.data()["id"]: e.event_id for e in parent
+             if e.event_type == "RequestCancelExternalWorkflowExecutionInitiated"}
+    for target, event_id in asked.items():
+        requests = [e.data() for e in await client.get_handle(target).fetch_history()
+                    if e.event_type == "WorkflowExecutionCancelRequested"]
+        assert requests == [{"requested_by": {"workflow_id": "tour", "run_id": runs[1][1], "event_id": event_id}}]

@@ -148,6 +148,20 @@ def signal_event(name: str, payload: bytes, headers: dict[str, str] | None, time
     return Event(codec.SIGNAL_RECEIVED, 0, time_us, 0, 0, name, body, flags)
 
 
+def requester(workflow_id: str, run_key: bytes, written: list[Event], req: ExternalRequest) -> dict[str, Any] | None:
+    """Who sent a cancellation request: the run, and the id of its RequestCancelExternal... event in ``written``.
+
+    As Temporal's WorkflowExecutionCancelRequested names the external workflow and its initiated
+    event. None for a signal (its event names no sender) or when the command is not in ``written``.
+    """
+    if req.kind != "cancel":
+        return None
+    for ev in written:
+        if ev.type == codec.EXTERNAL_CANCEL and ev.ref == req.seq:
+            return {"workflow_id": workflow_id, "run_id": run_key.hex(), "event_id": ev.event_id}
+    return None
+
+
 def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event:
     """The WorkflowExecutionStarted event of a run (its payload: pack(meta JSON, arguments)).
 
@@ -537,7 +551,10 @@ class Machine:
         if child is None or child.status != RUNNING or policy == "abandon":
             return
         if policy == "request_cancel":
-            self.add_input(tx, fx, child_key, child, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b""),
+            parent = child.parent or {}
+            payload = orjson.dumps({"cause": "parent_closed",
+                                    "requested_by": {"workflow_id": parent.get("wid"), "run_id": parent.get("run")}})
+            self.add_input(tx, fx, child_key, child, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", payload),
                            now_us)
             return
         (ev,) = self.append(tx, child_key, child, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "",
@@ -616,7 +633,7 @@ class Machine:
         for child in c.children:
             self.start_child(tx, fx, c.run_key, rec, child, now_us, closing=c.close_status is not None)
         for req in c.external:
-            self.deliver_external(tx, fx, req, now_us)
+            self.deliver_external(tx, fx, req, now_us, requester(rec.workflow_id, c.run_key, written, req))
         for ev in c.commands:
             if ev.type == codec.UPDATE_COMPLETED:
                 fx.effects.append(UpdateCompleted(update_key(c.run_key, ev.name), ev.payload))
@@ -740,8 +757,13 @@ class Machine:
             prec.children = {}
         prec.children[str(child.seq)] = [child.run_id, child.parent_close_policy]
 
-    def deliver_external(self, tx: Tx, fx: Effects, req: ExternalRequest, now_us: int) -> None:
-        """A signal or cancellation request from one run to another (dropped if that is not open)."""
+    def deliver_external(self, tx: Tx, fx: Effects, req: ExternalRequest, now_us: int,
+                         by: dict[str, Any] | None = None) -> None:
+        """A signal or cancellation request from one run to another (dropped if that is not open).
+
+        ``by`` (``requester``) is recorded in the WorkflowExecutionCancelRequested of a cancellation:
+        which run asked, and at which event of its history.
+        """
         try:
             key = self.resolve(tx, req.workflow_id, req.run_id)
         except WorkflowNotFoundError:
@@ -750,7 +772,8 @@ class Machine:
         if rec is None or rec.status != RUNNING:
             return
         if req.kind == "cancel":
-            ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
+            payload = orjson.dumps({"requested_by": by}) if by else b""
+            ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", payload)
         else:
             ev = signal_event(req.name, req.args, req.headers)
         self.add_input(tx, fx, key, rec, ev, now_us)

@@ -388,6 +388,7 @@ class ExternalRequest:
     name: str
     args: bytes
     headers: dict[str, str] | None = None  # interceptor headers of a signal (recorded with it)
+    seq: int = 0  # the command's sequence number in the requesting run (its Initiated event's ref)
 
 
 @dataclass(slots=True)
