@@ -26,7 +26,9 @@ therefore also rebinds such names in each module that defines one of its workflo
 (``guard_module``).
 
 Calls made by trusted library code on behalf of workflow code pass: ``logging`` stamps records
-with ``time.time()``, duro reads its own clocks. A call passes on to whoever asked through the
+with ``time.time()``, duro reads its own clocks. The duro modules that call what workflow code
+hands them (handlers, callbacks) are not trusted that way: ``set_signal_handler("s", random.random)``
+is refused when the signal comes. A call passes on to whoever asked through the
 modules that only forward it (``uuid4`` reading ``os.urandom``, ``random``'s methods): trust and
 the reported line are those of the asker. A module imported for the first time inside a workflow
 step runs its top-level code there; that is not the workflow's decision (it happens once per
@@ -83,6 +85,12 @@ _TRUSTED = frozenset(("logging", "structlog", "loguru", "duro", "opentelemetry")
 # Modules that reach a guarded function on the caller's behalf (Random() seeds itself, SystemRandom's
 # randint calls getrandbits, uuid4 reads os.urandom): the caller is whoever called into them.
 _PASS_THROUGH = frozenset(("random", "uuid", "secrets"))
+# duro's modules that call what workflow code hands them (signal and update handlers, callbacks
+# on the loop, wait_condition predicates, interceptors' roots, saga compensations) and make no
+# guarded call of their own: a guarded function handed over as such (set_signal_handler("s",
+# random.random)) is the workflow's call, not duro's.
+_RUNS_WORKFLOW_CODE = frozenset(("duro._instance", "duro._loop", "duro.workflow", "duro._child",
+                                 "duro._interceptor_roots", "duro.saga", "duro._updates"))
 # This file's frames (the wrappers) are passed over too: a wrapper that let a call through is not
 # the caller of what that call reaches.
 _HERE = __file__
@@ -117,7 +125,7 @@ def _asker(frame: FrameType) -> tuple[FrameType, FrameType | None] | None:
         if frame.f_code.co_filename != _HERE:
             via = frame
         frame = frame.f_back
-    if _module(frame) in _TRUSTED:
+    if _module(frame) in _TRUSTED and frame.f_globals.get("__name__") not in _RUNS_WORKFLOW_CODE:
         return None
     # An import in progress between the asker and the engine (duro's frame that runs the workflow
     # step, or closes its loop): imports further out (a worker started by a module's top level)
@@ -157,8 +165,10 @@ def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
     label = _label(label, via)
     while caller.f_code.co_filename == "<string>" and caller.f_back is not None:
         caller = caller.f_back  # generated code (a dataclass's __init__): name the line that ran it
-    where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
-    message = (f"{label} in workflow {loop.workflow_type!r} at {where} is not deterministic: a replay of the "
+    where = f"at {caller.f_code.co_filename}:{caller.f_lineno}"
+    if caller.f_globals.get("__name__") in _RUNS_WORKFLOW_CODE:
+        where = f"(given to duro as a handler or callback, called {where})"
+    message = (f"{label} in workflow {loop.workflow_type!r} {where} is not deterministic: a replay of the "
                f"workflow would get a different value and could take another path. Use {hint}; for a "
                f"deliberate call, wrap it in `with ctx.unsafe():`")
     if loop.determinism == "warn":

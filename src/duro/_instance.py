@@ -483,6 +483,11 @@ class WorkflowInstance:
             if self._local_pending and self.replaying and self._replay_local_activities():
                 continue
             break
+        if loop.nondeterministic_call is not None:
+            # The determinism guard refused a call: the cause of whatever followed (the error where
+            # a handler or callback raised it, a path the code then took that diverges).
+            loop.unhandled_errors.clear()
+            raise loop.nondeterministic_call
         if loop.unhandled_errors:
             ctx = loop.unhandled_errors[0]
             loop.unhandled_errors.clear()
@@ -491,8 +496,6 @@ class WorkflowInstance:
                                     f"{ctx.get('message', '')} {exc!r}") from exc
         if self._divergence is not None:
             raise self._divergence
-        if loop.nondeterministic_call is not None:  # the determinism guard refused a call
-            raise loop.nondeterministic_call
         if self._cancel_asked:
             self._cancel_dropped_activities()
         main = self._main

@@ -84,6 +84,22 @@ async def test_a_clock_read_fails_the_task_not_the_run_and_fixed_code_completes_
         assert await asyncio.wait_for(handle.result(), DEADLINE_S) > 0
 
 
+@duro.workflow
+async def hands_over(ctx: duro.WorkflowContext) -> None:
+    ctx.set_signal_handler("roll", random.random)  # the handler itself draws: duro calls it directly
+    await ctx.wait_condition(lambda: False)
+
+
+async def test_a_guarded_function_given_as_a_signal_handler_is_refused(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[hands_over]):
+        handle = await client.start_workflow(hands_over, id="h1", task_queue="t")
+        await handle.signal("roll")
+        message = await task_failure(handle)
+        assert message.startswith("random.random() in workflow 'hands_over' (given to duro as a handler or "
+                                  "callback, called at "), message
+        assert (await handle.describe()).status == "running"
+
+
 async def test_catching_the_error_does_not_hide_it(client: duro.Client) -> None:
     async with duro.Worker(client, task_queue="t", workflows=[swallows]):
         handle = await client.start_workflow(swallows, id="s1", task_queue="t")

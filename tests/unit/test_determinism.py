@@ -355,3 +355,13 @@ def test_time_zone_data_may_be_read() -> None:
     for root in zoneinfo.TZPATH:
         escape = os.path.join(root, "..", "..", "..", "..", "etc", "hostname")
         assert isinstance(run_on_loop(lambda p=escape: open(p)).get("error"), WorkflowIOError)
+
+
+def test_a_guarded_function_handed_to_duro_is_the_workflows_call() -> None:
+    # loop.call_soon(random.random), set_signal_handler("s", random.random): duro calls it directly,
+    # and duro is trusted for its own calls, not for what the workflow hands it.
+    out = run_on_loop(lambda: running_loop().call_soon(random.random))
+    err = out["loop"].nondeterministic_call
+    assert isinstance(err, NonDeterminismError), out
+    assert str(err).startswith("random.random() in workflow 'guarded' (given to duro as a handler or callback, "
+                               "called at "), str(err)
