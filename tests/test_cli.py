@@ -393,6 +393,10 @@ def test_bad_store_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         one_error_line(Result(code, *capsys.readouterr()), 2)
     code = main(["--store", "nope://x", "list"])
     one_error_line(Result(code, *capsys.readouterr()), 2, "unsupported store URL", "'nope://x'", "lmdb://")
+    code = main(["--store", "postgresq://app:s3cret@db/prod", "list"])  # a typo in the scheme: no password shown
+    result = Result(code, *capsys.readouterr())
+    one_error_line(result, 2, "unsupported store URL", "'postgresq://app@db/prod'")
+    assert "s3cret" not in result.out + result.err
 
     missing = tmp_path / "missing"
     code = main(["--store", f"lmdb://{missing}", "describe", "x"])

@@ -99,6 +99,7 @@ from duro.stores import missing_store
 from duro.stores.check import check_store
 from duro.stores.copy import CopyReport, copy_store
 from duro.stores.lmdb import open_lmdb_store
+from duro.stores.urls import display_url
 from duro.testing import DEFAULT_REPLAY_LIMIT, Replayer
 from duro.workflow import WorkflowDefinition
 
@@ -532,12 +533,7 @@ async def _require_store(url: str) -> None:
     """
     missing = await missing_store(url)
     if missing is not None:
-        shown = url
-        if not url.startswith("lmdb://"):  # PostgreSQL: its module needs asyncpg, an extra LMDB users lack
-            from duro.stores.pg_check import display_url
-
-            shown = display_url(url)  # without the password
-        raise OperationError(f"{missing} (store URL {shown!r}); pass --store URL or set {STORE_ENV}")
+        raise OperationError(f"{missing} (store URL {display_url(url)!r}); pass --store URL or set {STORE_ENV}")
 
 
 def _check_store_exists(url: str) -> None:

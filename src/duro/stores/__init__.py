@@ -7,6 +7,7 @@ import os
 from duro.errors import StoreURLError
 from duro.stores.base import Store
 from duro.stores.lmdb import LmdbStore, open_lmdb_store, parse_lmdb_url
+from duro.stores.urls import display_url
 
 __all__ = ["LmdbStore", "Store", "missing_store", "open_store"]
 
@@ -23,7 +24,7 @@ def open_store(url: str) -> Store:
 
         return open_postgres_store(url)
     raise StoreURLError(
-        f"unsupported store URL {url!r}: expected lmdb://PATH (for example lmdb://./duro-data) "
+        f"unsupported store URL {display_url(url)!r}: expected lmdb://PATH (for example lmdb://./duro-data) "
         "or postgresql://USER@HOST:PORT/DATABASE")
 
 

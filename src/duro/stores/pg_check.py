@@ -25,7 +25,6 @@ import concurrent.futures
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -39,6 +38,7 @@ from duro.stores.check import CheckReport, unprocessed_input_problem
 from duro.stores.pg_conn import StoreUnavailableError, connect_one, is_connection_loss, parse_pg_url, quote_ident
 from duro.stores.pg_schema import SCHEMA_VERSION
 from duro.stores.postgres_tx import ATASK_COLS, atask_from_row, run_from_row
+from duro.stores.urls import display_url
 
 __all__ = ["TABLES", "check_postgres", "check_postgres_store", "display_url"]
 
@@ -50,7 +50,6 @@ STATUSES = (RUNNING, *CLOSED_STATUSES)
 _FETCH_ROWS = 2000  # rows per round trip of a cursor (histories are read whole, like the LMDB check)
 _RESULT_TYPES = (codec.ACTIVITY_COMPLETED, codec.ACTIVITY_FAILED)
 _TIMER_ENDS = (codec.TIMER_FIRED, codec.TIMER_CANCELED)
-_SECRET_OPTIONS = ("password", "sslpassword")
 
 _RUNS = ("SELECT run_key, workflow_id, workflow_type, task_queue, status, start_us, close_us, next_event_id, "
          "epoch, last_input, record FROM runs ORDER BY run_key")
@@ -62,26 +61,6 @@ _WORKFLOWS = ("SELECT workflow_id, run_key, status, workflow_type, start_us, clo
               "ORDER BY workflow_id")
 _REQUESTS = "SELECT request_id, head FROM requests ORDER BY request_id"
 _SCHEDULES = "SELECT schedule_id, task_queue, fire_at_us, record FROM schedules ORDER BY schedule_id"
-
-
-def display_url(url: str) -> str:
-    """``url`` without its password (in the user part or as a ``password=`` option), for reports and messages.
-
-    Args:
-        url: a ``postgresql://`` store URL.
-    """
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at:
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}@{hosts}" if user else hosts
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k in _SECRET_OPTIONS for k, _ in pairs):
-            query = urlencode([(k, v) for k, v in pairs if k not in _SECRET_OPTIONS], safe="/,:")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def check_postgres_store(url: str) -> CheckReport:
