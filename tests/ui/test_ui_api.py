@@ -346,8 +346,9 @@ async def test_bad_requests_get_clear_errors(client: duro.Client, http: TestClie
     assert (await get_json(http, "/api/nothing-here", expect=404))["error"]
     assert "after" in (await get_json(http, "/api/workflows/j/history", expect=400, after="-1"))["error"]
     assert "?query=NAME" in (await get_json(http, "/api/workflows/j/states", expect=400))["error"]
-    assert "JSON array" in (await get_json(http, "/api/workflows/j/states", expect=400, query="q", args="{x"))["error"]
-    assert "JSON array" in (await get_json(http, "/api/workflows/j/states", expect=400, query="q", args="{}"))["error"]
+    states = "/api/workflows/j/states"
+    assert "not valid JSON" in (await get_json(http, states, expect=400, query="q", args="{x"))["error"]
+    assert "JSON array" in (await get_json(http, states, expect=400, query="q", args="{}"))["error"]
     assert "nope" in (await get_json(http, "/api/workflows/nope/states", expect=404, query="q"))["error"]
     assert (await get_json(http, "/api/workflows/j/signal", expect=405))["error"]
 

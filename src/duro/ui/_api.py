@@ -80,13 +80,15 @@ def _int(value: Any, name: str, *, low: int, high: int | None = None) -> int:
     return value
 
 
-def _json_array(text: str, name: str) -> list[Any]:
+def _json(raw: str | bytes, what: str, kind: type[list[Any]] | type[dict[str, Any]]) -> Any:
+    """``raw`` parsed as JSON, which must be a ``kind`` (a list: an array, a dict: an object)."""
     try:
-        value = orjson.loads(text)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        raise ValueError(f"{name} must be a JSON array, got {text!r}: {e}") from None
-    if not isinstance(value, list):
-        raise ValueError(f"{name} must be a JSON array of the query's arguments, got {type(value).__name__}")
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(value, kind):
+        expected = "array" if kind is list else "object"
+        raise ValueError(f"{what} must be a JSON {expected}, got {type(value).__name__}")
     return value
 
 
@@ -106,12 +108,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise ValueError(f"the request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ValueError(f"the request body must be a JSON object, got {type(body).__name__}")
+    body: dict[str, Any] = _json(raw, "the request body", dict)
     return body
 
 
@@ -251,7 +248,7 @@ class Api:
         if name is None:
             raise ValueError("give the query to ask at each workflow task: ?query=NAME (and args=[...] if it "
                              "takes arguments)")
-        args = _json_array(_one(request, "args") or "[]", "args")
+        args: list[Any] = _json(_one(request, "args") or "[]", "args (the query's arguments)", list)
         history = await self.client.get_handle(request.match_info["id"], _run_id(request)).fetch_history()
         states = await task_states(self.client, history, name, args)
         return json_response({"run_id": history.run_id, **state_dict(name, args, states)})
