@@ -485,9 +485,15 @@ class WorkflowInstance:
             break
         if loop.nondeterministic_call is not None:
             # The determinism guard refused a call: the cause of whatever followed (the error where
-            # a handler or callback raised it, a path the code then took that diverges).
+            # a handler or callback raised it, a path the code then took that diverges). Other
+            # errors of the activation are kept as notes: the task fails with this one.
+            err = loop.nondeterministic_call
+            for other in loop.unhandled_errors:
+                exc = other.get("exception")
+                if exc is not err:
+                    err.add_note(f"also in this workflow task: {other.get('message', '')} {exc!r}")
             loop.unhandled_errors.clear()
-            raise loop.nondeterministic_call
+            raise err
         if loop.unhandled_errors:
             ctx = loop.unhandled_errors[0]
             loop.unhandled_errors.clear()

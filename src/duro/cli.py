@@ -1036,7 +1036,8 @@ def _unexpected(out: Output, e: BaseException, url: str, show_traceback: bool) -
     """A damaged record or a bug: still one line, and the way to see more."""
     if show_traceback:
         traceback.print_exc()
-    out.error(f"unexpected {type(e).__name__}: {e} (a damaged store or a bug in duro: duro --store {url} check "
+    out.error(f"unexpected {type(e).__name__}: {e} (a damaged store or a bug in duro: duro --store "
+              f"{display_url(url)} check "
               "tells which" + ("" if show_traceback else "; --traceback shows where it happened") + ")")
 
 
@@ -1045,7 +1046,7 @@ def _execute(url: str, args: argparse.Namespace) -> int:
         local = _LOCAL.get(args.command)
         return local(url, args) if local is not None else asyncio.run(_run(url, args))
     except (StoreCorruptedError, CorruptHistoryError) as e:
-        command = f"duro --store {url} check"
+        command = f"duro --store {display_url(url)} check"
         text = str(e)
         args.output.error(text.replace("duro check", command) if "duro check" in text else
                           f"{text} (see what is damaged: {command})")

@@ -100,6 +100,22 @@ async def test_a_guarded_function_given_as_a_signal_handler_is_refused(client: d
         assert (await handle.describe()).status == "running"
 
 
+@duro.workflow
+async def two_errors(ctx: duro.WorkflowContext) -> None:
+    loop = asyncio.get_running_loop()
+    loop.call_soon(random.random)  # refused by the guard...
+    loop.call_soon(divmod, 1, 0)  # ...and, in the same activation, an error of its own
+    await ctx.wait_condition(lambda: False)
+
+
+async def test_the_refusal_is_the_tasks_failure_and_other_errors_are_kept_as_notes(client: duro.Client) -> None:
+    async with duro.Worker(client, task_queue="t", workflows=[two_errors]):
+        handle = await client.start_workflow(two_errors, id="e2", task_queue="t")
+        assert (await task_failure(handle)).startswith("random.random() in workflow 'two_errors'")
+        [failed] = [e.data() for e in await handle.fetch_history() if e.event_type == "WorkflowTaskFailed"]
+        assert "also in this workflow task: Exception in callback divmod(1, 0)" in failed["stack"], failed
+
+
 async def test_catching_the_error_does_not_hide_it(client: duro.Client) -> None:
     async with duro.Worker(client, task_queue="t", workflows=[swallows]):
         handle = await client.start_workflow(swallows, id="s1", task_queue="t")

@@ -261,17 +261,6 @@ async def test_check_while_workers_commit(copy: Copy) -> None:
                 await load
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("postgresql://u:s3cret@h:5432/db?schema=x", "postgresql://u@h:5432/db?schema=x"),
-    ("postgres://:s3cret@h/db", "postgres://h/db"),
-    ("postgresql://u:p%40ss@h1:5432,h2:5433/db?password=s3cret&sslmode=require&schema=x",
-     "postgresql://u@h1:5432,h2:5433/db?sslmode=require&schema=x"),
-    ("postgresql://u@/db?host=/run/postgresql", "postgresql://u@/db?host=/run/postgresql"),
-])
-def test_reports_never_show_the_password(url: str, shown: str) -> None:
-    assert display_url(url) == shown
-
-
 # ------------------------------------------------------------------------------------------- the schema
 
 

@@ -403,6 +403,13 @@ async def test_cross_site_posts_are_refused(client: duro.Client, http: TestClien
     resp = await http.get("/api/workflows", headers={"Host": "evil.example:8233"})
     assert resp.status == 403 and "localhost" in (await resp.json())["error"]
     assert (await http.get("/", headers={"Host": "localhost:8233"})).status == 200
+    # Another site's page cannot make the browser run reads that cost work (replays, worker queries)...
+    for read in ("/api/workflows/victim/states?query=q", "/api/workflows/victim/stack", "/api/workflows"):
+        resp = await http.get(read, headers={"Sec-Fetch-Site": "cross-site"})
+        assert resp.status == 403 and "cross-site" in (await resp.json())["error"], read
+    # ...while a link from elsewhere still opens the page, and the page's own reads go through.
+    assert (await http.get("/", headers={"Sec-Fetch-Site": "cross-site"})).status == 200
+    assert (await http.get("/api/workflows", headers={"Sec-Fetch-Site": "same-origin"})).status == 200
     # The page's own requests go through.
     await post_json(http, path, {"reason": "x"}, headers={"Origin": own, "Sec-Fetch-Site": "same-origin"})
     assert await status_of(client, handle.id) == "terminated"

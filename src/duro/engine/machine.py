@@ -539,21 +539,21 @@ class Machine:
         info.close_event = close_event
         fx.effects.append(RunClosed(run_key, info))
         for child_run, policy in (children or {}).values():
-            self.close_child(tx, fx, run_key_of(child_run), policy, now_us)
+            self.close_child(tx, fx, run_key_of(child_run), policy, now_us, rec.workflow_id, run_key)
         if rec.parent and status != RunStatus.CONTINUED_AS_NEW:
             self.notify_parent(tx, fx, rec.parent, status, close_event, now_us)
         if rec.search_attributes and SCHEDULE_ID_ATTR in rec.search_attributes:  # started by a schedule
             schedule_run_closed(self, tx, fx, rec, now_us)
 
-    def close_child(self, tx: Tx, fx: Effects, child_key: bytes, policy: str, now_us: int) -> None:
-        """Apply a closing parent's policy to one of its open children."""
+    def close_child(self, tx: Tx, fx: Effects, child_key: bytes, policy: str, now_us: int, parent_id: str,
+                    parent_key: bytes) -> None:
+        """Apply a closing parent's policy to one of its open children (the parent: ``parent_id``, ``parent_key``)."""
         child = tx.run(child_key)
         if child is None or child.status != RUNNING or policy == "abandon":
             return
         if policy == "request_cancel":
-            parent = child.parent or {}
             payload = orjson.dumps({"cause": "parent_closed",
-                                    "requested_by": {"workflow_id": parent.get("wid"), "run_id": parent.get("run")}})
+                                    "requested_by": {"workflow_id": parent_id, "run_id": parent_key.hex()}})
             self.add_input(tx, fx, child_key, child, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", payload),
                            now_us)
             return

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from duro.stores.urls import display_url
+
 if TYPE_CHECKING:
     from duro._core.codec import Event
     from duro.engine.records import ActivityMeta
@@ -142,8 +144,8 @@ def parse_retention_days(value: str | None, url: str) -> int:
     except ValueError:
         days = math.nan
     if not math.isfinite(days) or not 0 <= days <= 36_500:
-        raise StoreURLError(f"retention_days={value!r} in {url!r} must be a number of days from 0 (keep closed "
-                            "runs forever) to 36500")
+        raise StoreURLError(f"retention_days={value!r} in {display_url(url)!r} must be a number of days from 0 "
+                            "(keep closed runs forever) to 36500")
     return round(days * 86_400e6)
 
 

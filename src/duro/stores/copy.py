@@ -24,6 +24,7 @@ from typing import Any
 from duro.engine.records import RunStatus, WorkflowTaskLease
 from duro.errors import DuroError, StoreURLError
 from duro.stores.export import CopyError, LiveLeases, RunBundle, Sink, Source
+from duro.stores.urls import display_url
 
 __all__ = ["BATCH_BYTES", "BATCH_EVENTS", "BATCH_RUNS", "CopyError", "CopyReport", "copy_store"]
 
@@ -157,7 +158,8 @@ def _scheme(url: str, what: str) -> str:
 
         parse_pg_url(url)
         return "postgresql"
-    raise StoreURLError(f"unsupported {what} URL {url!r}: expected lmdb://PATH or postgresql://USER@HOST:PORT/DATABASE")
+    raise StoreURLError(f"unsupported {what} URL {display_url(url)!r}: expected lmdb://PATH or "
+                        "postgresql://USER@HOST:PORT/DATABASE")
 
 
 def _same_store(src_url: str, dst_url: str, kind: str) -> bool:

@@ -91,13 +91,19 @@ def _check(request: web.Request, token: str | None, *, token_required: bool,
         # rebinding) sends its own name as Host. Without this it could read every payload.
         return _refuse(403, f"this server answers to localhost / 127.0.0.1 only, not to Host {host!r}; "
                             "serve other names with `duro ui --host` (actions then need a token)")
+    # A browser says where a request comes from (Sec-Fetch-Site). Another site cannot read this API's
+    # answers (no CORS), but its page could still make the user's browser send requests that cost
+    # work here (the stack and state reads ask workers, or replay runs): refused for every API call.
+    site = request.headers.get("Sec-Fetch-Site")
+    cross_site = site is not None and site not in ("same-origin", "none")
     if request.method in ("GET", "HEAD", "OPTIONS"):
+        if cross_site and request.path.startswith("/api/"):
+            return _refuse(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
         return None
     # An action. A form on another site can POST here with the user's browser; a browser says where the
     # request comes from (Sec-Fetch-Site, Origin) and cannot send application/json cross-site without a
     # CORS preflight, which this server never grants.
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
+    if cross_site:
         return _refuse(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
     origin = request.headers.get("Origin")
     if origin is not None and _origin_host(origin) != host.lower():

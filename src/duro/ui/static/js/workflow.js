@@ -86,12 +86,14 @@ function pendingChildren(list) {
       c.workflow_type || "", timeEl(c.start)]), "No child workflow is pending.");
 }
 
-function historyRow(e, withState) {
+// states: null (no state column), or the answers known so far by event id (a row without one: an empty cell).
+function historyRow(e, states) {
+  const answer = states ? states.get(String(e.event_id)) : undefined;
   return h("tr", {dataset: {eventId: String(e.event_id)}},
     h("td", {class: "num"}, String(e.event_id)), h("td", null, timeEl(e.time)),
     h("td", {class: `event-type ev-${e.type}`}, e.type), h("td", null, e.name || ""),
     h("td", {class: "num"}, e.ref ? String(e.ref) : ""), h("td", {class: "num"}, e.attempt ? String(e.attempt) : ""),
-    h("td", null, jsonInline(e.data)), withState ? h("td", {class: "state-cell"}) : null);
+    h("td", null, jsonInline(e.data)), states ? h("td", {class: "state-cell"}, answer ? stateCell(answer) : "") : null);
 }
 
 /** A state cell: the query's answer as of that workflow task, or what it raised there. */
@@ -132,8 +134,13 @@ export function workflowView(root, workflowId, runId) {
   let loadedEvents = 0;
   let lastStackAt = 0;
   let stackBusy = false;
-  let stateAsked = null; // {query, args} while the history shows a state column
-  let stateSeq = 0; // the latest state request: an older answer arriving later is dropped
+  // The state column: the question ({query, args}) while it is shown, and its answers by event id.
+  // An answer as of a past workflow task never changes, so answers only accumulate; one request at
+  // a time (a replay may take seconds), and one more after it when the history grew meanwhile.
+  let stateAsked = null;
+  let states = null;
+  let stateLoading = false;
+  let stateAgain = false;
   const els = {
     header: h("div", {class: "page-head"}),
     error: h("div", {id: "wf-error"}),
@@ -149,10 +156,11 @@ export function workflowView(root, workflowId, runId) {
   };
   const state = stateForm((asked) => {
     stateAsked = asked;
+    states = asked ? new Map() : null;
     renderHistoryHead();
     for (const row of els.historyBody.rows) setStateCell(row, asked ? "" : null);
+    replace(state.status);
     if (asked) loadStates();
-    else replace(state.status);
   });
   const actions = workflowActions({
     workflowId,
@@ -191,22 +199,27 @@ export function workflowView(root, workflowId, runId) {
 
   // One request: whoever has the workflow's code replays the run once and answers at every task.
   async function loadStates() {
+    if (stateLoading) { stateAgain = true; return; }
     const asked = stateAsked;
-    const seq = ++stateSeq;
-    replace(state.status, "replaying…");
+    if (!asked) return;
+    stateLoading = true;
+    if (!states.size) replace(state.status, "replaying…");
     try {
       const answer = await get(workflowPath(workflowId, "states"),
         {run_id: shownRun, query: asked.query, args: JSON.stringify(asked.args)});
-      if (seq !== stateSeq || stateAsked !== asked) return;
-      const byEvent = new Map(answer.answers.map((a) => [String(a.event_id), a]));
+      if (stateAsked !== asked) return; // hidden, or another question asked meanwhile
+      for (const a of answer.answers) states.set(String(a.event_id), a);
       for (const row of els.historyBody.rows) {
-        const a = byEvent.get(row.dataset.eventId);
-        setStateCell(row, a ? stateCell(a) : "");
+        const a = states.get(row.dataset.eventId);
+        if (a) setStateCell(row, stateCell(a));
       }
-      replace(state.status, `${answer.answers.length} workflow task(s), as of each one`);
+      replace(state.status, `${states.size} workflow task(s), as of each one`);
     } catch (e) {
-      if (seq !== stateSeq) return;
+      if (stateAsked !== asked) return;
       replace(state.status, h("span", {class: "bad"}, `Cannot show the state: ${e.message}`));
+    } finally {
+      stateLoading = false;
+      if (stateAgain) { stateAgain = false; loadStates(); }
     }
   }
 
@@ -236,7 +249,7 @@ export function workflowView(root, workflowId, runId) {
   async function loadHistory() {
     for (;;) {
       const page = await get(workflowPath(workflowId, "history"), {run_id: shownRun, after: loadedEvents});
-      for (const e of page.events) els.historyBody.appendChild(historyRow(e, stateAsked !== null));
+      for (const e of page.events) els.historyBody.appendChild(historyRow(e, states));
       loadedEvents += page.events.length;
       if (!page.more || !page.events.length) return;
     }
