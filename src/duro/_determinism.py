@@ -117,8 +117,9 @@ def _module(frame: Any) -> str:
 def _asker(frame: FrameType) -> tuple[FrameType, FrameType | None] | None:
     """Who asked for the guarded call ``frame`` made, and the outermost forwarding frame on the way.
 
-    None when the call is not the workflow's decision: the asker is trusted, or the call was made
-    while a module is being imported inside the workflow step.
+    None when the call is not the workflow's decision: the asker is trusted (a duro module that
+    calls what workflow code hands it is not: the handed function is the asker then), or the call
+    was made while a module is being imported inside the workflow step.
     """
     via = None
     while frame.f_back is not None and (_module(frame) in _PASS_THROUGH or frame.f_code.co_filename == _HERE):
