@@ -225,26 +225,36 @@ async def start_update(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
     client = handle.client
     info = await handle._info()
     if info.status != RUNNING:
-        # A retry of an update that the run completed before it closed: its outcome stands.
-        outcome = await recorded_outcome(client.store, info.run_id, update_id)
-        if outcome is not None:
-            return info.run_id, 1, outcome
-        raise WorkflowClosedError(f"workflow {handle.id!r} is {info.status}; updates need a running workflow",
-                                  workflow_id=handle.id, run_id=info.run_id, status=str(info.status))
+        return await _closed_for_update(handle, info.run_id, str(info.status), update_id)
     payload = client.converter.encode_args(args)
     pinned = info.build_id if info.versioning_behavior == "pinned" else None  # worker versioning
     worker = local_dispatch(client.store).update_worker(info.workflow_type, info.task_queue, pinned)
-    if worker is not None:
-        first = await worker.accept_update(run_key_of(info.run_id), name, payload, headers, update_id)
-        return info.run_id, first, None
-    head = _head("update_accept", info.run_id, name, headers, update_id)
-    reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
-    if reply is None:
-        raise DuroError(
-            f"no worker of task queue {info.task_queue!r} took update {name!r} within {REMOTE_TIMEOUT_S:.0f}s; "
-            "updates are validated by a worker before anything is written, so one must be running")
-    first = _unwrap(client.converter, reply)
+    try:
+        if worker is not None:
+            first = await worker.accept_update(run_key_of(info.run_id), name, payload, headers, update_id)
+            return info.run_id, first, None
+        head = _head("update_accept", info.run_id, name, headers, update_id)
+        reply = await client.store.request(info.task_queue, head, payload, REMOTE_TIMEOUT_S)
+        if reply is None:
+            raise DuroError(
+                f"no worker of task queue {info.task_queue!r} took update {name!r} within {REMOTE_TIMEOUT_S:.0f}s; "
+                "updates are validated by a worker before anything is written, so one must be running")
+        first = _unwrap(client.converter, reply)
+    except WorkflowClosedError:  # the run closed after it was read: as if it had been closed then
+        now = await client.store.afind_run(handle.id, info.run_id)
+        return await _closed_for_update(handle, info.run_id, str(now.status), update_id)
     return info.run_id, int(first), None
+
+
+async def _closed_for_update(handle: WorkflowHandle, run_id: str, status: str,
+                             update_id: str) -> tuple[str, int, bytes]:
+    """The outcome of update ``update_id`` on a closed run, if the run completed it: else WorkflowClosedError."""
+    # A retry of an update that the run completed before it closed: its outcome stands.
+    outcome = await recorded_outcome(handle.client.store, run_id, update_id)
+    if outcome is not None:
+        return run_id, 1, outcome
+    raise WorkflowClosedError(f"workflow {handle.id!r} is {status}; updates need a running workflow",
+                              workflow_id=handle.id, run_id=run_id, status=status)
 
 
 def _unwrap(conv: Any, answer: bytes, result_type: Any = None) -> Any:

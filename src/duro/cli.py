@@ -100,7 +100,7 @@ from duro.stores.check import check_store
 from duro.stores.copy import CopyReport, copy_store
 from duro.stores.lmdb import open_lmdb_store
 from duro.stores.urls import display_url
-from duro.testing import DEFAULT_REPLAY_LIMIT, Replayer
+from duro.testing import DEFAULT_REPLAY_LIMIT, Replayer, WorkflowReplayResults
 from duro.workflow import WorkflowDefinition
 
 __all__ = ["DEFAULT_STORE", "EXIT_CODES", "STORE_ENV", "ExitCode", "clean", "main"]
@@ -998,10 +998,16 @@ def _replay(url: str, args: argparse.Namespace) -> ExitCode:
     if args.workflow_type is not None and args.workflow_type not in replayer.workflow_types:
         raise UsageError(f"--type {args.workflow_type!r} is not a workflow type of the module(s) (they define: "
                          f"{', '.join(replayer.workflow_types)}); pass one of these, or the --module that defines it")
-    _check_store_exists(url)
+
+    async def replay() -> WorkflowReplayResults:
+        # One look for the store (replay_store given a URL would look again), then a client on it.
+        await _require_store(url)
+        async with Client.connect(url) as client:
+            return await replayer.replay_store(client, workflow_type=args.workflow_type, since=args.since,
+                                               limit=args.limit)
+
     with out.status("replaying the store's runs"):
-        results = asyncio.run(replayer.replay_store(url, workflow_type=args.workflow_type, since=args.since,
-                                                    limit=args.limit))
+        results = asyncio.run(replay())
     if args.json:
         _json_doc(args, replay_dict(results))
     else:

@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from duro._visibility import page_token as page_token_of
 from duro.activity import to_seconds
 from duro.converter import DataConverter, decode_failure, default_converter, with_max_payload_size
 from duro.engine.machine import ASYNC_OWNER
-from duro.engine.records import ActivityMeta
+from duro.engine.records import ActivityMeta, RunStatus
 from duro.errors import DuroError, WorkflowClosedError, WorkflowFailedError, WorkflowNotFoundError
 from duro.history import History
 from duro.interceptor import (
@@ -979,14 +979,7 @@ class _ClientRoot(ClientOutboundInterceptor):
         worker = client._holding_worker(run_id)
         if worker is not None and await worker.eager_signal(h.id, run_key_of(run_id), input.signal, payload, headers):
             return  # a worker here held the run idle: the signal was committed with the task it woke
-        try:
-            await client.store.signal_workflow(h.id, run_id, input.signal, payload, headers)
-        except WorkflowClosedError as e:
-            # A handle from start_workflow follows continue-as-new (see _target): the signal goes
-            # on to the latest run of the id when its run continued as new.
-            if not h._follow_runs or e.status != "continued_as_new":
-                raise
-            await client.store.signal_workflow(h.id, None, input.signal, payload, headers)
+        await _following(h, lambda run: client.store.signal_workflow(h.id, run, input.signal, payload, headers))
 
     async def query_workflow(self, input: QueryWorkflowInput) -> Any:
         from duro._query import run_query
@@ -1009,8 +1002,22 @@ class _ClientRoot(ClientOutboundInterceptor):
 
     async def cancel_workflow(self, input: CancelWorkflowInput) -> None:
         h = input.handle
-        await self._client.store.cancel_workflow(h.id, await h._target())
+        await _following(h, lambda run: self._client.store.cancel_workflow(h.id, run))
 
     async def terminate_workflow(self, input: TerminateWorkflowInput) -> None:
         h = input.handle
-        await self._client.store.terminate_workflow(h.id, await h._target(), input.reason)
+        await _following(h, lambda run: self._client.store.terminate_workflow(h.id, run, input.reason))
+
+
+async def _following(h: WorkflowHandle, call: Callable[[str | None], Awaitable[None]]) -> None:
+    """``call`` on the handle's run; on the latest run of the id if that run continued as new.
+
+    A handle from ``start_workflow`` follows its workflow through continue-as-new (see ``_target``).
+    The run is read only when the store refused it as closed, not before every call.
+    """
+    try:
+        await call(h.run_id)
+    except WorkflowClosedError as e:
+        if h.run_id is None or not h._follow_runs or e.status != RunStatus.CONTINUED_AS_NEW:
+            raise
+        await call(None)

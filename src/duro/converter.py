@@ -23,6 +23,7 @@ from duro.errors import (
     PayloadTooLargeError,
     TerminatedError,
     TimeoutError,
+    WorkflowClosedError,
 )
 
 __all__ = [
@@ -509,6 +510,9 @@ def failure_to_dict(exc: BaseException) -> dict[str, Any]:
         d.update(kind="cancelled", type="CancelledError")
     elif isinstance(exc, TerminatedError):
         d.update(kind="terminated", type="TerminatedError")
+    elif isinstance(exc, WorkflowClosedError):  # a worker of another process refused an update
+        d.update(kind="closed", type="WorkflowClosedError", workflow_id=exc.workflow_id, run_id=exc.run_id,
+                 status=exc.status)
     else:
         d.update(kind="application", type=type(exc).__name__, non_retryable=False)
     if exc.__cause__ is not None:
@@ -563,6 +567,9 @@ def _one_failure(d: dict[str, Any]) -> BaseException:
         exc = CancelledError(message or "cancelled")
     elif kind == "terminated":
         exc = TerminatedError(message)
+    elif kind == "closed":
+        exc = WorkflowClosedError(message, workflow_id=str(d.get("workflow_id") or ""),
+                                  run_id=str(d.get("run_id") or ""), status=str(d.get("status") or ""))
     else:
         exc = ApplicationError(message, type=d.get("type"), non_retryable=bool(d.get("non_retryable")),
                                details=d.get("details"))

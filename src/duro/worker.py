@@ -755,7 +755,7 @@ class Worker:
             self._active.add(run_key)
             try:
                 inst, pending = await self._prepare(run_key, None)
-                if inst is None:
+                if inst is None:  # the caller (start_update) knows the workflow and says which
                     raise WorkflowClosedError("the workflow is closed; updates need a running workflow",
                                               run_id=run_key.hex())
                 inst.busy = True

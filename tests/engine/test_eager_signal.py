@@ -83,6 +83,33 @@ async def test_a_signal_from_the_start_handle_follows_continue_as_new(
     assert await first.result(timeout=20) == "to the second run"
 
 
+@pytest.mark.parametrize("action", ["cancel", "terminate"])
+async def test_cancel_and_terminate_from_the_start_handle_follow_continue_as_new(
+        client: duro.Client, worker: duro.Worker, action: str) -> None:
+    first = await client.start_workflow(s.parks_in_second_run, 0, id=f"follows-{action}", task_queue=QUEUE)
+    latest = client.get_handle(f"follows-{action}")
+
+    async def second_run() -> str | None:
+        run_id = (await latest.describe()).run_id
+        return run_id if run_id != first.run_id else None
+
+    second = await eventually(second_run, "the second run")
+    await (first.cancel() if action == "cancel" else first.terminate("stop"))
+    closed = await eventually(lambda: _closed(client.get_handle(f"follows-{action}", second)), "the second run")
+    assert closed == ("canceled" if action == "cancel" else "terminated")
+    # The first run is left as it was: continued as new.
+    assert (await client.get_handle(f"follows-{action}", first.run_id).describe()).status == "continued_as_new"
+    # A handle pinned to a closed run does not follow: the store's refusal says which run and why.
+    with pytest.raises(duro.WorkflowClosedError, match="continued_as_new") as refused:
+        await client.get_handle(f"follows-{action}", first.run_id).cancel()
+    assert refused.value.status == "continued_as_new" and refused.value.run_id == first.run_id
+
+
+async def _closed(handle: duro.WorkflowHandle) -> str | None:
+    status = (await handle.describe()).status
+    return None if status == "running" else status
+
+
 async def test_a_signal_to_a_run_held_by_no_worker_here_goes_the_ordinary_way(client: duro.Client) -> None:
     handle = await client.start_workflow(s.parked, id="no-worker", task_queue=QUEUE)
     await handle.signal("go", 1)

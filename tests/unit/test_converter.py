@@ -397,6 +397,14 @@ def test_failure_bytes_round_trip() -> None:
     assert (back.message, back.type, back.non_retryable, back.details) == ("boom", "Boom", False, {"k": 1})
 
 
+def test_a_closed_run_error_round_trips() -> None:
+    # A worker of another process refusing an update: the caller gets the same type back.
+    err = duro.WorkflowClosedError("closed", workflow_id="w", run_id="ab" * 16, status="completed")
+    back = decode_failure(encode_failure(err))
+    assert isinstance(back, duro.WorkflowClosedError)
+    assert (str(back), back.workflow_id, back.run_id, back.status) == ("closed", "w", "ab" * 16, "completed")
+
+
 def test_application_error_defaults() -> None:
     back = failure_from_dict(failure_to_dict(ApplicationError("plain")))
     assert isinstance(back, ApplicationError)

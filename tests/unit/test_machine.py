@@ -586,15 +586,18 @@ def test_external_signals_and_cancels_are_delivered_to_open_runs_only() -> None:
     key = env.start("p")
     external = [
         ExternalRequest("signal", "t", None, "hi", b"[3]"),
-        ExternalRequest("cancel", "t", target.hex(), "", b""),
+        ExternalRequest("cancel", "t", target.hex(), "", b"", seq=2),
         ExternalRequest("signal", "d", None, "hi", b"[]"),  # closed: dropped
         ExternalRequest("cancel", "nope", None, "", b""),  # unknown: dropped
         ExternalRequest("signal", "t", "zz", "hi", b"[]"),  # a bad run id: dropped
     ]
-    env.complete(key, [cmd(codec.EXTERNAL_SIGNAL, 1, "hi"), cmd(codec.EXTERNAL_SIGNAL, 2)], external=external)
+    env.complete(key, [cmd(codec.EXTERNAL_SIGNAL, 1, "hi"), cmd(codec.EXTERNAL_CANCEL, 2)], external=external)
     hist = env.history(target)
+    # The cancellation names who asked: the requesting run and its RequestCancelExternal... event.
+    [initiated] = [ev.event_id for ev in env.history(key) if ev.type == codec.EXTERNAL_CANCEL]
+    asked = b'{"requested_by":{"workflow_id":"p","run_id":"%s","event_id":%d}}' % (key.hex().encode(), initiated)
     assert [(ev.type, ev.name, ev.payload) for ev in hist[1:]] == [
-        (codec.SIGNAL_RECEIVED, "hi", b"[3]"), (codec.WORKFLOW_CANCEL_REQUESTED, "", b"")]
+        (codec.SIGNAL_RECEIVED, "hi", b"[3]"), (codec.WORKFLOW_CANCEL_REQUESTED, "", asked)]
     assert env.rec(target).last_input == 3
     assert env.types(done) == [codec.WORKFLOW_STARTED, codec.WORKFLOW_TASK_COMPLETED, codec.WORKFLOW_COMPLETED]
     assert env.index("nope") is None

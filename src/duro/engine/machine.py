@@ -148,18 +148,28 @@ def signal_event(name: str, payload: bytes, headers: dict[str, str] | None, time
     return Event(codec.SIGNAL_RECEIVED, 0, time_us, 0, 0, name, body, flags)
 
 
-def requester(workflow_id: str, run_key: bytes, written: list[Event], req: ExternalRequest) -> dict[str, Any] | None:
-    """Who sent a cancellation request: the run, and the id of its RequestCancelExternal... event in ``written``.
+def cancel_requested_event(by: tuple[str, bytes] | None = None, event_id: int = 0, cause: str = "") -> Event:
+    """A WorkflowExecutionCancelRequested event, naming who asked when another run did.
 
-    As Temporal's WorkflowExecutionCancelRequested names the external workflow and its initiated
-    event. None for a signal (its event names no sender) or when the command is not in ``written``.
+    As Temporal's names the external workflow and its initiated event: ``by`` is the requesting
+    run (workflow id, run key), ``event_id`` its RequestCancelExternal... event (0: none, as for a
+    parent-close policy), ``cause`` why (``"parent_closed"``). Empty for ``handle.cancel()``.
     """
-    if req.kind != "cancel":
-        return None
+    if by is None:
+        return Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b"")
+    asked: dict[str, Any] = {"workflow_id": by[0], "run_id": by[1].hex()}
+    if event_id:
+        asked["event_id"] = event_id
+    body: dict[str, Any] = {"cause": cause, "requested_by": asked} if cause else {"requested_by": asked}
+    return Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", orjson.dumps(body))
+
+
+def initiated_event_id(written: list[Event], req: ExternalRequest) -> int:
+    """The id of the RequestCancelExternal... event of cancellation request ``req`` in ``written`` (0: none)."""
     for ev in written:
         if ev.type == codec.EXTERNAL_CANCEL and ev.ref == req.seq:
-            return {"workflow_id": workflow_id, "run_id": run_key.hex(), "event_id": ev.event_id}
-    return None
+            return ev.event_id
+    return 0
 
 
 def started_event(req: StartRequest, now_us: int, deadline_us: int = 0) -> Event:
@@ -483,7 +493,7 @@ class Machine:
         """Record WorkflowExecutionCancelRequested on an open run."""
         run_key, rec = self._open_run(tx, workflow_id, run_id,
                                       "workflow {wid!r} is already {status}; nothing to cancel")
-        self.add_input(tx, fx, run_key, rec, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", b""), self.now_us())
+        self.add_input(tx, fx, run_key, rec, cancel_requested_event(), self.now_us())
 
     def signal(self, tx: Tx, fx: Effects, workflow_id: str, run_id: str | None, name: str, payload: bytes,
                headers: dict[str, str] | None = None) -> None:
@@ -552,10 +562,8 @@ class Machine:
         if child is None or child.status != RUNNING or policy == "abandon":
             return
         if policy == "request_cancel":
-            payload = orjson.dumps({"cause": "parent_closed",
-                                    "requested_by": {"workflow_id": parent_id, "run_id": parent_key.hex()}})
-            self.add_input(tx, fx, child_key, child, Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", payload),
-                           now_us)
+            self.add_input(tx, fx, child_key, child,
+                           cancel_requested_event((parent_id, parent_key), cause="parent_closed"), now_us)
             return
         (ev,) = self.append(tx, child_key, child, [Event(codec.WORKFLOW_TERMINATED, 0, 0, 0, 0, "",
                                                          _TERMINATED_BY_PARENT)], now_us)
@@ -633,7 +641,7 @@ class Machine:
         for child in c.children:
             self.start_child(tx, fx, c.run_key, rec, child, now_us, closing=c.close_status is not None)
         for req in c.external:
-            self.deliver_external(tx, fx, req, now_us, requester(rec.workflow_id, c.run_key, written, req))
+            self.deliver_external(tx, fx, req, now_us, (rec.workflow_id, c.run_key), written)
         for ev in c.commands:
             if ev.type == codec.UPDATE_COMPLETED:
                 fx.effects.append(UpdateCompleted(update_key(c.run_key, ev.name), ev.payload))
@@ -758,11 +766,12 @@ class Machine:
         prec.children[str(child.seq)] = [child.run_id, child.parent_close_policy]
 
     def deliver_external(self, tx: Tx, fx: Effects, req: ExternalRequest, now_us: int,
-                         by: dict[str, Any] | None = None) -> None:
+                         by: tuple[str, bytes] | None = None, written: list[Event] | None = None) -> None:
         """A signal or cancellation request from one run to another (dropped if that is not open).
 
-        ``by`` (``requester``) is recorded in the WorkflowExecutionCancelRequested of a cancellation:
-        which run asked, and at which event of its history.
+        A cancellation's WorkflowExecutionCancelRequested names ``by``, the requesting run (workflow
+        id, run key), and its RequestCancelExternal... event among ``written``, the events its
+        workflow task wrote.
         """
         try:
             key = self.resolve(tx, req.workflow_id, req.run_id)
@@ -772,8 +781,7 @@ class Machine:
         if rec is None or rec.status != RUNNING:
             return
         if req.kind == "cancel":
-            payload = orjson.dumps({"requested_by": by}) if by else b""
-            ev = Event(codec.WORKFLOW_CANCEL_REQUESTED, 0, 0, 0, 0, "", payload)
+            ev = cancel_requested_event(by, initiated_event_id(written or [], req))
         else:
             ev = signal_event(req.name, req.args, req.headers)
         self.add_input(tx, fx, key, rec, ev, now_us)
