@@ -91,13 +91,12 @@ def run_in_process(fn: Callable[..., Any], ctx: ProcessActivityContext, args: tu
     try:
         return fn(ctx, *args)
     except Exception as e:
-        state = getattr(e, "__dict__", None)
-        if state is not None:  # no __dict__ (slots): the queue's copy must do
-            # Set or cleared on every failure: an exception object raised again by another attempt
-            # (a module-level instance) must not carry an earlier attempt's details.
-            state.pop(SHIPPED_DETAILS, None)
-            if ctx._last is not None:
-                state[SHIPPED_DETAILS] = ctx._last
+        # Set or cleared on every failure: an exception object raised again by another attempt (a
+        # module-level instance) must not carry an earlier attempt's details. (Every exception has
+        # a __dict__, even a subclass with __slots__: BaseException provides it.)
+        e.__dict__.pop(SHIPPED_DETAILS, None)
+        if ctx._last is not None:
+            e.__dict__[SHIPPED_DETAILS] = ctx._last
         raise
 
 

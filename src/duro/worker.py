@@ -461,9 +461,17 @@ class Worker:
         while self._wf_backlog and len(self._active) < self.max_wf_tasks:
             nxt = self._wf_backlog.popleft()
             self.offer_workflow_task(nxt)
-        if self._wf_starved and len(self._active) < self.max_wf_tasks:
+        if self._wf_starved and self._wf_free() > 0:
             self._wf_starved = False
             self._wake_wf.set()
+
+    def _wf_free(self) -> int:
+        """Workflow tasks this worker has room for now (its poll loop claims at most that many)."""
+        return self.max_wf_tasks - len(self._active)
+
+    def _act_free(self) -> int:
+        """Activity attempts this worker has room for now, counting those waiting in its backlog."""
+        return self.max_activities - self._act_running - len(self._act_backlog)
 
     async def _wf_poll_loop(self) -> None:
         store = self.store
@@ -472,7 +480,7 @@ class Worker:
             self._wake_wf.clear()
             try:
                 if await store.ahas_pending_wtasks(self.task_queue, self.build_id):
-                    free = self.max_wf_tasks - len(self._active)
+                    free = self._wf_free()
                     self._wf_starved = free <= 0
                     if free > 0:
                         # Shielded: a shutdown that cancels this loop must still learn what the claim
@@ -918,7 +926,7 @@ class Worker:
         store = self.store
         while self._running:
             self._wake_act.clear()
-            free = self.max_activities - self._act_running - len(self._act_backlog)
+            free = self._act_free()
             self._act_starved = free <= 0
             if free > 0:
                 try:
@@ -988,7 +996,7 @@ class Worker:
                 nxt = self._act_backlog.popleft()
                 self._act_running += 1
                 self._spawn(self._run_activity(nxt))
-            if self._act_starved and self._act_running + len(self._act_backlog) < self.max_activities:
+            if self._act_starved and self._act_free() > 0:
                 self._act_starved = False
                 self._wake_act.set()
 
@@ -1207,7 +1215,7 @@ class Worker:
         They go with the failure because the heartbeat's own write may still be in flight (or, from
         a process pool, still in the manager's queue) when the failure is recorded.
         """
-        shipped = getattr(exc, "__dict__", {}).pop(SHIPPED_DETAILS, None)
+        shipped = exc.__dict__.pop(SHIPPED_DETAILS, None)
         if shipped is None:
             hb = ctx._heartbeater
             return hb.latest if hb is not None else None
