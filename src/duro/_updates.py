@@ -132,7 +132,10 @@ def _scan(events: list[Event], update_id: str, accepted: bool) -> tuple[bytes | 
 async def recorded_outcome(store: Store, run_id: str, update_id: str) -> bytes | None:
     """The outcome of update ``update_id`` as recorded in the run's history, or None."""
     events = await store.aread_history(run_key_of(run_id))
-    return _scan(events, update_id, True)[0]
+    outcome = _scan(events, update_id, True)[0]
+    if outcome is not None:
+        await store.adurable()  # read from a commit that may not be durable yet (another process's)
+    return outcome
 
 
 async def wait_outcome(store: Store, workflow_id: str, run_id: str, update_id: str, *, from_event_id: int = 1,
@@ -174,6 +177,7 @@ async def wait_outcome(store: Store, workflow_id: str, run_id: str, update_id: s
                 raise DuroError(f"workflow {workflow_id!r} has no run {run_id}")
             outcome, accepted, close = _scan(events, update_id, accepted)
             if outcome is not None:
+                await store.adurable()  # read from a commit that may not be durable yet (another process's)
                 return outcome
             if not accepted:
                 raise DuroError(f"no update with id {update_id!r} was accepted on workflow {workflow_id!r} "

@@ -698,6 +698,7 @@ class WorkflowHandle:
         """The run's recorded events."""
         info = await self._info()
         events = await self.client.store.aread_history(run_key_of(info.run_id))
+        await self.client.store.adurable()
         return History(self.id, info.run_id, events)
 
     async def history(self) -> History:

@@ -209,6 +209,57 @@ async def test_a_result_read_from_a_commit_not_known_synced_is_synced_first(tmp_
         assert synced and synced[0] > 0 and store._synced_txn >= synced[0]
 
 
+async def test_every_answer_a_client_reads_is_synced_first(tmp_path: Path) -> None:
+    # describe(), result(timeout=0), fetch_history() and the listings answer from reads: each one
+    # read from a commit not known synced makes it durable before it answers.
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        async with duro.Worker(client, task_queue="t", workflows=[quick]):
+            handle = await client.start_workflow(quick, "abc", id="q", task_queue="t")
+            assert await handle.result() == 3
+        store: Any = client.store
+        last = store.env.last_txnid()
+        reads = {"describe": handle.describe, "result": lambda: handle.result(timeout=0),
+                 "fetch_history": handle.fetch_history, "list": lambda: client.list_workflows(),
+                 "count": lambda: client.count_workflows()}
+        for name, read in reads.items():
+            store._synced_txn = 0  # as if the commits it reads were not synced yet
+            syncs = store.time_in_sync
+            await read()
+            assert store._synced_txn >= last, name
+            assert store.time_in_sync > syncs, name  # it synced (the commits were its own: no later one)
+        # A store that could not sync answers no read: what it would read may be lost.
+        store._synced_txn = 0
+        store._sync_failure = duro.StoreCorruptedError("injected: could not sync", path=store.path)
+        for read in reads.values():
+            with pytest.raises(duro.StoreCorruptedError, match="injected"):
+                await read()
+        store._sync_failure = None
+
+
+async def test_the_syncer_thread_outlives_an_unexpected_error(tmp_path: Path) -> None:
+    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
+        store: Any = client.store
+        real = store._sync_and_answer
+        broken = threading.Event()
+
+        def fails_once(items: Any) -> None:
+            if not broken.is_set():
+                broken.set()
+                raise RuntimeError("injected: answering failed")
+            real(items)
+
+        store._sync_and_answer = fails_once
+        # The first batch answered (by the syncer, or the writer itself) fails with the error, and
+        # neither thread dies: the batches after it go through.
+        starts = [client.start_workflow(waits, i, id=f"w{i}", task_queue="t") for i in range(20)]
+        done = await asyncio.gather(*starts, return_exceptions=True)
+        failed = [d for d in done if isinstance(d, BaseException)]
+        assert broken.is_set()
+        assert all(isinstance(d, duro.StoreError) and "injected" in str(d) for d in failed), failed
+        handle = await client.start_workflow(waits, 99, id="after", task_queue="t")
+        assert (await handle.describe()).status == "running"
+
+
 def test_a_change_mark_key_stays_short_whatever_the_queue() -> None:
     from duro.stores.lmdb import mark_key
 

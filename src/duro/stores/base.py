@@ -699,6 +699,16 @@ class Store(Protocol):
     async def acount_runs(self, query: ListQuery) -> int:
         """``count_runs``, awaited."""
 
+    async def adurable(self) -> None:
+        """Return once every commit a read made before this call could see is durable.
+
+        Before a client answers from what it read (a result, a description, a history, an update's
+        outcome): a store whose commits are visible a moment before they are durable (LMDB, whose
+        meta page is synced after the commit, by the syncer) syncs here if it must. ``afind_run``,
+        ``alist_runs`` and ``acount_runs`` do it themselves; ``aread_history`` does not (a worker
+        replays what it reads, and answers nobody from it).
+        """
+
     async def ahas_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool:
         """``has_pending_wtasks``, awaited."""
 
@@ -765,6 +775,7 @@ class _SyncReads(Protocol):
     """The synchronous reads ``LocalReads`` awaits."""
 
     def read_history(self, run_key: bytes, from_event_id: int = 1) -> list[Event]: ...
+    async def adurable(self) -> None: ...
     def find_run(self, workflow_id: str, run_id: str | None = None) -> RunInfo: ...
     def list_runs(self, query: ListQuery, limit: int, after: tuple[int, str] | None = None) -> list[RunInfo]: ...
     def count_runs(self, query: ListQuery) -> int: ...
@@ -789,17 +800,23 @@ class LocalReads:
         return self.read_history(run_key, from_event_id)
 
     async def afind_run(self: _SyncReads, workflow_id: str, run_id: str | None = None) -> RunInfo:
-        """``find_run``, awaited."""
-        return self.find_run(workflow_id, run_id)
+        """``find_run``, awaited (and durable: see ``Store.adurable``)."""
+        found = self.find_run(workflow_id, run_id)
+        await self.adurable()
+        return found
 
     async def alist_runs(self: _SyncReads, query: ListQuery, limit: int,
                          after: tuple[int, str] | None = None) -> list[RunInfo]:
-        """``list_runs``, awaited."""
-        return self.list_runs(query, limit, after)
+        """``list_runs``, awaited (and durable)."""
+        found = self.list_runs(query, limit, after)
+        await self.adurable()
+        return found
 
     async def acount_runs(self: _SyncReads, query: ListQuery) -> int:
-        """``count_runs``, awaited."""
-        return self.count_runs(query)
+        """``count_runs``, awaited (and durable)."""
+        count = self.count_runs(query)
+        await self.adurable()
+        return count
 
     async def ahas_pending_wtasks(self: _SyncReads, task_queue: str, build_id: str | None = None) -> bool:
         """``has_pending_wtasks``, awaited."""

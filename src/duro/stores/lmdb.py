@@ -30,6 +30,7 @@ raises after writing makes the batch run again with each op in a nested transact
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -534,7 +535,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
             # Someone waits, nothing is queued behind it and nothing of earlier batches is unanswered:
             # sync here, as the syncer would, without the hop to its thread (a caller waiting alone
             # gets its answer one wake-up sooner; answers stay in commit order).
-            self._sync_and_answer([item])
+            self._answer_durable([item])
         else:
             # The syncer syncs while this thread goes on with the next batch: the worker's own next
             # step, say, which a batch that answers nobody outside this process is followed by.
@@ -557,30 +558,56 @@ class LmdbStore(LocalReads, LmdbSchedules):
             if item is None:
                 return
             items, stop = _take_queued(q, item, 1 << 30)
-            self._sync_and_answer(items)
+            self._answer_durable(items)
             self._sync_answered += len(items)
+
+    def _answer_durable(self, items: list[tuple[int, list[Op], list[tuple[bool, Any]], list[Effect]]]) -> None:
+        """``_sync_and_answer``, and should it raise (a bug), these callers get the error: none waits forever.
+
+        The thread goes on either way (the writer, or the syncer, which the writer keeps handing
+        batches to).
+        """
+        try:
+            self._sync_and_answer(items)
+        except Exception as e:
+            log.exception("answering committed batches of %s failed", self.path)
+            failed = store_error(e)
+            for _tid, ops, _results, _closes in items:
+                with contextlib.suppress(Exception):
+                    answer_batch(ops, [(False, failed)] * len(ops), [], {}, {}, None)
 
     def _sync_and_answer(self, items: list[tuple[int, list[Op], list[tuple[bool, Any]], list[Effect]]]) -> None:
         """One sync for these committed batches, then their callers' answers, in order (writer or syncer thread)."""
-        failure = self._sync_failure
-        newest = max(i[0] for i in items)
-        if failure is None and self.env.last_txnid() > newest:
-            # A later commit (of any process) has already synced its data pages, and with them the
-            # meta pages written before it: LMDB publishes a commit's id only after that sync.
-            self._synced_txn = max(self._synced_txn, newest)
-        elif failure is None:
-            s0 = time.perf_counter()
-            try:
-                self.env.sync()
-            except Exception as e:
-                failure = self._sync_failed(e)
-            else:
-                self._synced_txn = max(self._synced_txn, newest)
-            self.time_in_sync += time.perf_counter() - s0
+        failure = self._sync_through(max(i[0] for i in items))
         for _tid, ops, results, closes in items:
             if failure is not None:
                 results, closes = [(False, failure)] * len(ops), []
             answer_batch(ops, results, closes, self._waiters, self._update_waiters, None)
+
+    def _sync_through(self, txn_id: int) -> StoreError | None:
+        """Make every commit up to ``txn_id`` durable (any thread); the failure that makes it impossible.
+
+        One ``env.sync()`` flushes every commit so far, whoever made it. None when they are durable;
+        after a failed sync, that failure for good (see ``_sync_failed``): a later sync that succeeds
+        does not bring back pages the kernel dropped.
+        """
+        failure = self._sync_failure
+        if failure is not None or txn_id <= self._synced_txn:
+            return failure
+        if self.env.last_txnid() > txn_id:
+            # A later commit (of any process) has already synced its data pages, and with them the
+            # meta pages written before it: LMDB publishes a commit's id only after that sync.
+            self._synced_txn = max(self._synced_txn, txn_id)
+            return None
+        s0 = time.perf_counter()
+        try:
+            self.env.sync()
+        except Exception as e:
+            return self._sync_failed(e)
+        finally:
+            self.time_in_sync += time.perf_counter() - s0
+        self._synced_txn = max(self._synced_txn, txn_id)
+        return None
 
     def _sync_failed(self, e: Exception) -> StoreError:
         """A sync failed: the store takes no more writes in this process (syncer thread); the error to answer with.
@@ -744,7 +771,12 @@ class LmdbStore(LocalReads, LmdbSchedules):
                     if (topics is None or not topics.isdisjoint(changed)) and not loop.is_closed():
                         loop.call_soon_threadsafe(fn)
                 if CLOSED in changed:
-                    self._recheck_waiters()
+                    try:
+                        self._recheck_waiters()
+                    except Exception as e:  # keep watching; waiters of a store that cannot sync are failed
+                        log.warning("releasing waiters of runs closed by another process failed: %s", e)
+                        if self._sync_failure is not None:
+                            self._fail_waiters(self._sync_failure)
 
     def _changed_topics(self, snap: mdb.Transaction) -> set[str]:
         """The listened-to topics whose change mark moved since the watcher last looked (watcher thread).
@@ -838,12 +870,18 @@ class LmdbStore(LocalReads, LmdbSchedules):
 
         A commit becomes visible to readers (this process's and others') when its meta page is
         written, a moment before the committing writer has synced that page: an answer read from
-        it (a closed run's result, say) must not go out before the sync. One ``env.sync()`` flushes
-        every commit so far, whoever made it.
+        it (a closed run's result, say) must not go out before the sync. Raises the store's sync
+        failure (StoreCorruptedError) if it cannot be made durable.
         """
-        if txn_id > self._synced_txn:
-            self.env.sync()
-            self._synced_txn = max(self._synced_txn, txn_id)
+        failure = self._sync_through(txn_id)
+        if failure is not None:
+            raise failure
+
+    async def adurable(self) -> None:
+        """Make what a read has just seen durable before it is answered (see ``Store.adurable``)."""
+        txn_id = self.env.last_txnid()  # at least the snapshot of any read made before this call
+        if txn_id > self._synced_txn or self._sync_failure is not None:
+            await asyncio.to_thread(self._ensure_durable, txn_id)
 
     def _release_waiters(self, run_key: bytes, info: RunInfo) -> None:
         for fut in self._waiters.pop(run_key, ()):

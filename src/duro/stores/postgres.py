@@ -1221,6 +1221,9 @@ class PostgresStore(PgSchedules):
         """``count_runs``, awaited."""
         sql, args = count_runs_query(query)
         return int(await self._aread(self.pool.fetchval, sql, *args))
+
+    async def adurable(self) -> None:
+        """Nothing to do: a PostgreSQL commit is visible to readers only once it is durable."""
     async def ahas_pending_wtasks(self, task_queue: str, build_id: str | None = None) -> bool:
         """``has_pending_wtasks``, awaited."""
         if build_id is None:
