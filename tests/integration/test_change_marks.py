@@ -75,5 +75,9 @@ async def test_topics_must_be_a_set_of_names(tmp_path: Path) -> None:
             client.store.on_foreign_change(lambda: None, wtask_topic("q"))
         with pytest.raises(ValueError, match="non-empty set of topic names, or None"):
             client.store.on_foreign_change(lambda: None, set())
+        # A name no commit ever marks would never wake its listener: refused, naming the helpers.
+        for wrong in ({"timers"}, {"q"}, {"wtask:"}, {wtask_topic("q"), 5}):
+            with pytest.raises(ValueError, match=r"unknown topic\(s\) .*wtask_topic\(queue\)"):
+                client.store.on_foreign_change(lambda: None, wrong)  # type: ignore[arg-type]
         unsubscribe = client.store.on_foreign_change(lambda: None, [wtask_topic("q"), TIMERS])  # any iterable
         unsubscribe()

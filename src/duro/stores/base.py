@@ -331,10 +331,20 @@ def schedule_topic(task_queue: str) -> str:
     return "schedule:" + task_queue
 
 
-def check_topics(topics: Iterable[str] | None) -> frozenset[str] | None:
-    """``on_foreign_change``'s ``topics`` as a frozenset; ValueError for a string or an empty set.
+_QUEUE_TOPICS = ("wtask:", "atask:", "request:", "schedule:")  # the prefixes of the helpers above
 
-    A string would be taken letter by letter, and an empty set would never wake its listener.
+
+def _is_topic(t: object) -> bool:
+    if not isinstance(t, str):
+        return False
+    return t in (TIMERS, CLOSED) or any(t.startswith(p) and len(t) > len(p) for p in _QUEUE_TOPICS)
+
+
+def check_topics(topics: Iterable[str] | None) -> frozenset[str] | None:
+    """``on_foreign_change``'s ``topics`` as a frozenset; ValueError for a string, an empty set or an unknown name.
+
+    A string would be taken letter by letter, an empty set would never wake its listener, and
+    neither would a misspelt topic ("timers", a bare queue name).
     """
     if topics is None:
         return None
@@ -342,9 +352,14 @@ def check_topics(topics: Iterable[str] | None) -> frozenset[str] | None:
         raise ValueError(f"topics must be a set of topic names (wtask_topic(queue), TIMERS, ...), not the string "
                          f"{topics!r}: wrap it, frozenset({{{topics!r}}})")
     checked = frozenset(topics)
-    if not checked or not all(isinstance(t, str) and t for t in checked):
-        raise ValueError(f"topics must be a non-empty set of topic names, or None to hear every commit of another "
-                         f"process; got {sorted(map(repr, checked))}")
+    if not checked:
+        raise ValueError("topics must be a non-empty set of topic names, or None to hear every commit of another "
+                         "process; got an empty set")
+    unknown = sorted(repr(t) for t in checked if not _is_topic(t))
+    if unknown:
+        raise ValueError(f"unknown topic(s) {', '.join(unknown)}: topics are TIMERS, CLOSED, or made by "
+                         "wtask_topic(queue), atask_topic(queue), request_topic(queue) or schedule_topic(queue) "
+                         "(duro.stores.base)")
     return checked
 
 
@@ -425,6 +440,16 @@ class WorkflowTaskCompletion:
     # and the behaviour it declares for the workflow ("pinned" or "auto_upgrade").
     build_id: str | None = None
     versioning_behavior: str | None = None
+
+    @property
+    def from_outside(self) -> bool:
+        """Whether its inputs came from a caller outside the worker, who is answered when it commits.
+
+        A signal or an update shown to a cached instance: the commit must be durable before that
+        caller hears of it. The worker's own steps (no inputs, or an activity's outcome it fuses
+        with the task) answer nobody outside.
+        """
+        return bool(self.inputs) and self.completed_activity is None
 
 
 class Conflict(Exception):

@@ -59,7 +59,6 @@ from duro.engine.records import (
     decode_activity_meta,
     decode_lease,
     decode_run,
-    encode,
 )
 from duro.errors import StoreCorruptedError, StoreError, StoreURLError, WorkflowNotFoundError
 from duro.stores import lmdb_visibility as visibility
@@ -87,7 +86,6 @@ from duro.stores.base import (
     request_topic,
     run_key_of,
     unpack,
-    wtask_topic,
 )
 from duro.stores.batch import Op, answer_batch, resolve, store_error
 from duro.stores.lmdb_files import check_lmdb_files
@@ -366,7 +364,8 @@ class LmdbStore(LocalReads, LmdbSchedules):
         # The map grows by itself (doubling) up to this; past it a full map is a StoreFullError.
         self.max_map_size = max(map_size, max_map_size or DEFAULT_MAX_MAP_SIZE)
         # metasync=False: a commit syncs its data pages under LMDB's write lock; its meta page is
-        # synced after the lock is released (_sync_and_answer), before any caller is answered. The
+        # synced after the lock is released (_sync_through), before any caller outside this
+        # process's worker is answered and before a client answers from a read (adurable). The
         # lock is then held for one sync, not two, so other processes' commits wait half as long.
         self.env = mdb.Environment(path, map_size=map_size, max_dbs=16, max_readers=1024, sync=True,
                                    metasync=False)
@@ -422,7 +421,9 @@ class LmdbStore(LocalReads, LmdbSchedules):
         self.time_in_ops = 0.0  # from the batch's start to its commit: includes the lock wait below
         self.time_in_commit = 0.0  # commit: pages written, data synced, under the lock (the meta sync is apart)
         self.time_waiting_lock = 0.0  # in begin(write=True): LMDB's write lock (another process's), then the GIL
-        self.time_in_sync = 0.0  # meta syncs after commits (outside the lock; the syncer's, or the writer's)
+        # Meta syncs after commits, outside the lock (the syncer's, the writer's, a reader's): updated
+        # from more than one thread without a lock, a benchmark figure that may miss an update.
+        self.time_in_sync = 0.0
         # (txn id, ops, results, effects) of committed batches whose callers wait for their sync.
         self._sync_queue: queue.SimpleQueue[tuple[int, list[Op], list[tuple[bool, Any]], list[Effect]] | None] = (
             queue.SimpleQueue())
@@ -610,7 +611,7 @@ class LmdbStore(LocalReads, LmdbSchedules):
         return None
 
     def _sync_failed(self, e: Exception) -> StoreError:
-        """A sync failed: the store takes no more writes in this process (syncer thread); the error to answer with.
+        """A sync failed: the store takes no more writes in this process (any thread); the error to answer with.
 
         The commits since the last good sync are in LMDB, perhaps not on disk, and after a failed
         fsync the page cache cannot be trusted (the kernel may have dropped the dirty pages).
@@ -1081,12 +1082,14 @@ class LmdbStore(LocalReads, LmdbSchedules):
 
         # Leases of this process expire too: a task that its worker lost track of (an error no
         # handler caught, a worker that was shut down) is not stranded until a restart.
-        free = encode(WorkflowTaskLease())
-        for key, raw in list(txn.cursor(db=self._wtask)):
+        tx = self._tx(txn)
+        for k, raw in list(txn.cursor(db=self._wtask)):
             lease = decode_lease(raw)
             if lease.owner and gone(lease.owner, lease.until_us):
-                txn.put(key, encode(WorkflowTaskLease(pinned=lease.pinned)) if lease.build else free, db=self._wtask)
-                self._marks.add(wtask_topic(bytes(key[:-17]).decode()))  # queue + 0x00 + run_key(16)
+                key = bytes(k)  # wtask_key: queue + 0x00 + run key (16 bytes)
+                # Given back unowned (put_wtask marks the queue's topic for other processes' workers).
+                tx.put_wtask(key[:-17].decode(), key[-16:],
+                             WorkflowTaskLease(pinned=lease.pinned) if lease.build else WorkflowTaskLease())
                 reaped += 1
         expired: list[ActivityOutcome] = []
         for k, raw in list(txn.cursor(db=self._atask)):
@@ -1247,12 +1250,10 @@ class LmdbStore(LocalReads, LmdbSchedules):
     async def complete_workflow_task(self, c: WorkflowTaskCompletion) -> int:
         """Commit a workflow task; raises Conflict when the run moved on.
 
-        The worker's own step (no inputs, or an activity's outcome fused with it) is answered once
-        applied (``Op.internal``). A completion whose inputs came from outside (a signal or an update
-        shown to a cached instance, whose caller is answered when this returns) waits for the sync.
+        The worker's own step is answered once applied (``Op.internal``); a completion whose inputs
+        came from outside (``c.from_outside``) waits for the sync.
         """
-        own = not c.inputs or c.completed_activity is not None
-        submit = self._submit_internal if own else self._submit
+        submit = self._submit if c.from_outside else self._submit_internal
         return await submit(self._op_complete_wtask, c)  # type: ignore[no-any-return]
 
     async def return_workflow_tasks(self, task_queue: str, run_keys: list[bytes]) -> int:
