@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from duro.engine.records import RunStatus, WorkflowTaskLease
-from duro.errors import DuroError, StoreURLError
+from duro.errors import DuroError
+from duro.stores import store_kind
 from duro.stores.export import CopyError, LiveLeases, RunBundle, Sink, Source
+from duro.stores.lmdb_files import DATA_FILE
 from duro.stores.urls import display_url
 
 __all__ = ["BATCH_BYTES", "BATCH_EVENTS", "BATCH_RUNS", "CopyError", "CopyReport", "copy_store"]
@@ -145,21 +147,16 @@ def copy_store(src_url: str, dst_url: str, *, merge: bool = False, force: bool =
 
 def _scheme(url: str, what: str) -> str:
     """``lmdb`` or ``postgresql``, after checking the whole URL (so bad input fails before anything opens)."""
-    if not isinstance(url, str):
-        raise StoreURLError(f"the {what} URL must be a string, not {type(url).__name__}")
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme == "lmdb":
+    kind = store_kind(url, what)
+    if kind == "lmdb":
         from duro.stores.lmdb import parse_lmdb_url
 
         parse_lmdb_url(url)
-        return "lmdb"
-    if scheme in ("postgresql", "postgres"):
+    else:
         from duro.stores.pg_conn import parse_pg_url
 
         parse_pg_url(url)
-        return "postgresql"
-    raise StoreURLError(f"unsupported {what} URL {display_url(url)!r}: expected lmdb://PATH or "
-                        "postgresql://USER@HOST:PORT/DATABASE")
+    return kind
 
 
 def _same_store(src_url: str, dst_url: str, kind: str) -> bool:
@@ -180,8 +177,8 @@ async def _open_source(url: str, kind: str) -> Source:
 
         path = parse_lmdb_url(url)[0]
         # Opening a missing store would create it: a source must exist.
-        if not (Path(path) / "data.mdb").is_file():
-            raise CopyError(f"there is no duro store at {path} (source {url!r}): nothing to copy")
+        if not (Path(path) / DATA_FILE).is_file():
+            raise CopyError(f"there is no duro store at {path} (source {display_url(url)!r}): nothing to copy")
         store = open_lmdb_store(url)
         try:
             return LmdbSource(store)
