@@ -55,14 +55,18 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from types import FrameType, ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from duro._loop import WorkflowLoop, _armed_threads
+
+if TYPE_CHECKING:
+    from duro.workflow import WorkflowDefinition
 from duro.errors import NonDeterminismError
 
-__all__ = ["MODES", "check_mode", "guard_module", "install_determinism_guard"]
+__all__ = ["MODES", "check_mode", "guard_module", "guard_workflow", "install_determinism_guard"]
 
 #: What a workflow may ask of the guard: raise NonDeterminismError, log a warning, or nothing.
 MODES = ("raise", "warn", "off")
@@ -76,6 +80,8 @@ _installed = False
 # id(original) -> (original, wrapper): what guard_module rebinds. The original is kept so that
 # its id stays unique for the life of the process.
 _wrapped: dict[int, tuple[object, object]] = {}
+# Workflow modules guard_workflow has rebound (weakly: a module may be dropped and made again).
+_guarded_modules: weakref.WeakSet[ModuleType] = weakref.WeakSet()
 # (workflow type, call, file, line) already warned about: "warn" logs each place once.
 _warned: set[tuple[str, str, str, int]] = set()
 
@@ -159,7 +165,7 @@ def _nondeterministic(label: str, hint: str) -> WorkflowLoop | None:
     loop = _running_loop()
     if not isinstance(loop, WorkflowLoop) or loop.unsafe_depth or loop.determinism == "off":
         return None
-    asked = _asker(sys._getframe(3))  # 0: here, 1: _checked_call, 2: the wrapper, 3: whoever called it
+    asked = _asker(sys._getframe(1))  # _checked_call's frame: _asker passes over this file's frames
     if asked is None:
         return None
     caller, via = asked
@@ -324,6 +330,21 @@ def install_determinism_guard() -> None:
         logger_class: Any = logging.Logger
         logger_class.handle = _logging_unguarded(logger_class.handle)
         _installed = True
+
+
+def guard_workflow(defn: WorkflowDefinition, default_mode: str = "raise") -> None:
+    """Set the guard up for a workflow about to run: unless its mode (else ``default_mode``) is "off".
+
+    Installs the guard and rebinds its module's names (``guard_module``), once per module: after
+    the guard is installed a module can only bind the wrappers, so looking again finds nothing.
+    """
+    if (defn.determinism or default_mode) == "off":
+        return
+    module = sys.modules.get(defn.fn.__module__)
+    if module is None or module in _guarded_modules:
+        return
+    guard_module(module)
+    _guarded_modules.add(module)
 
 
 def guard_module(module: ModuleType | None) -> None:

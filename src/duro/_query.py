@@ -18,13 +18,12 @@ passed off as the past.
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from duro._core import codec
-from duro._determinism import guard_module
+from duro._determinism import guard_workflow
 from duro._instance import WorkflowInstance
 from duro._local import local_dispatch
 from duro._time_travel import replay_answers
@@ -337,8 +336,7 @@ def _local_instance(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: b
     if worker is None:
         # No worker here set the guard up: the replay is guarded all the same (by the workflow's
         # own mode, else "raise", as a Replayer's), not only once something else installed it.
-        if defn.determinism != "off":
-            guard_module(sys.modules.get(defn.fn.__module__))
+        guard_workflow(defn)
         return WorkflowInstance(defn, run_key, events[0], client.converter, client.interceptors)
     return WorkflowInstance(defn, run_key, events[0], client.converter, client.interceptors, worker.failure_types,
                             worker.determinism)

@@ -7,7 +7,6 @@ import contextlib
 import datetime
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from duro._core import codec
-from duro._determinism import check_mode, guard_module
+from duro._determinism import check_mode, guard_workflow
 from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._local import local_dispatch
 from duro._schedule_loop import wake_schedule_loops
@@ -383,8 +382,7 @@ class Replayer:
         self._converter = converter or default_converter
         self._determinism = cast(str, check_mode("determinism", determinism))
         for d in self._defs.values():
-            if (d.determinism or self._determinism) != "off":
-                guard_module(sys.modules.get(d.fn.__module__))
+            guard_workflow(d, self._determinism)
 
     @property
     def workflow_types(self) -> list[str]:

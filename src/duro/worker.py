@@ -11,7 +11,6 @@ import functools
 import gc
 import inspect
 import logging
-import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,7 @@ from duro._async_completion import CompleteAsync
 from duro._core import codec
 from duro._core.codec import Event
 from duro._core.replay import is_command
-from duro._determinism import check_mode, guard_module
+from duro._determinism import check_mode, guard_workflow
 from duro._instance import WorkflowInstance, WorkflowTaskError
 from duro._local import local_dispatch
 from duro._local_activity import run_local_activities
@@ -265,8 +264,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         install_io_guard()
         for defn in self._workflows.values():
-            if (defn.determinism or self.determinism) != "off":
-                guard_module(sys.modules.get(defn.fn.__module__))
+            guard_workflow(defn, self.determinism)
         if self._gc_threshold is not None:
             current = gc.get_threshold()
             if current[0] < self._gc_threshold:
