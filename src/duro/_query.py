@@ -94,12 +94,13 @@ def _query_by_replay(handle: WorkflowHandle, defn: WorkflowDefinition, run_key: 
 
 
 async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...], points: Sequence[int],
-                       headers: dict[str, str] | None = None) -> list[bytes | BaseException]:
+                       headers: dict[str, str] | None = None,
+                       events: list[Event] | None = None) -> list[bytes | BaseException]:
     """Answer query ``name`` as the handle's run stood right after each event id of ``points``.
 
     One replay of the history answers every point (``duro._time_travel``): here when this process
-    has the workflow's code, else in a worker of the run's task queue in another process (one
-    request for all the points).
+    has the workflow's code (``events``: the run's history when the caller has read it already),
+    else in a worker of the run's task queue in another process (one request for all the points).
 
     Returns:
         For each point, in order: the encoded answer, or the exception that is that point's answer
@@ -122,7 +123,8 @@ async def query_states(handle: WorkflowHandle, name: str, args: tuple[Any, ...],
     run_key = run_key_of(info.run_id)
     defn = _local_definition(handle, info.workflow_type)
     if defn is not None:
-        events = await client.store.aread_history(run_key)
+        if events is None or len(events) < max(at):
+            events = await client.store.aread_history(run_key)
         inst = _local_instance(handle, defn, run_key, events)
         return _states_by_replay(inst, events, at, name, payload, headers)
     head = _head("query_at", info.run_id, name, headers, at=at)
@@ -153,7 +155,7 @@ async def task_states(client: Client, history: History, name: str, args: Sequenc
     """
     points = [e.event_id for e in history if e.type_code == codec.WORKFLOW_TASK_COMPLETED]
     handle = client.get_handle(history.workflow_id, history.run_id)  # the run read, even if a newer one started
-    answers = await query_states(handle, name, tuple(args), points)
+    answers = await query_states(handle, name, tuple(args), points, events=history.core_events)
     return {p: a if isinstance(a, BaseException) else client.converter.decode(a)
             for p, a in zip(points, answers, strict=True)}
 
