@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -63,8 +64,24 @@ async def approval(ctx: duro.WorkflowContext) -> Any:
 # The group commit's counters a store keeps (where it keeps them: LMDB): batches, ops, seconds from a
 # batch's start to its commit (ops, plus the wait for LMDB's write lock, also given alone), seconds
 # in commit (pages written and data synced, under the lock) and in meta-page syncs (outside it).
+# What "durable" means for every duro figure on LMDB (each benchmark's JSON says it).
+LMDB_DURABLE = ("LMDB: each group commit's data pages, then its meta page (after LMDB's write lock is released), "
+                "fsynced before any caller or result waiter is answered (this process's worker goes on from the "
+                "applied commit)")
+
 STORE_COUNTERS = {"commits": "commits", "ops": "ops_committed", "ops_s": "time_in_ops", "commit_s": "time_in_commit",
                   "lock_wait_s": "time_waiting_lock", "meta_sync_s": "time_in_sync"}
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a count of runs, repetitions, workflows)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer of at least 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def store_counters(store: Any) -> dict[str, float]:

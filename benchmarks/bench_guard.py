@@ -44,6 +44,7 @@ from duro import _determinism
 
 WORKFLOWS = [c.order, c.long]
 SERIES = ("W1", "W1_cpu_us", "W4")
+LOWER_IS_BETTER = frozenset(("W1_cpu_us",))  # the others are rates
 ACTIVITIES = [c.validate, c.charge, c.ship, c.echo]
 
 
@@ -120,10 +121,11 @@ async def one_block(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_block(mode: str, a: argparse.Namespace) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--block", mode, "--reps", str(a.reps),
-                          "--w1-n", str(a.w1_n), "--w4-n", str(a.w4_n)],
-                         check=True, capture_output=True, text=True).stdout
-    return dict(json.loads(out.strip().splitlines()[-1]))
+    done = subprocess.run([sys.executable, __file__, "--block", mode, "--reps", str(a.reps),
+                           "--w1-n", str(a.w1_n), "--w4-n", str(a.w4_n)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {mode!r} block failed (exit {done.returncode}):\n{done.stderr}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def main(a: argparse.Namespace) -> dict[str, Any]:
@@ -147,12 +149,12 @@ def main(a: argparse.Namespace) -> dict[str, Any]:
                   file=sys.stderr)
         for w in SERIES:
             change = (pair["raise"][w] - pair["off"][w]) / pair["off"][w] * 100
-            paired[w].append(change if w.endswith("_cpu_us") else -change)
+            paired[w].append(change if w in LOWER_IS_BETTER else -change)
     off, on = runs["off"], runs["raise"]
     workloads = {}
     for w in SERIES:
         # Rates: higher is better, the best is the largest. CPU per workflow: the best is the least.
-        lower = w.endswith("_cpu_us")
+        lower = w in LOWER_IS_BETTER
         pick = min if lower else max
         best_off, best_on = pick(off[w]), pick(on[w])
         med_off, med_on = statistics.median(off[w]), statistics.median(on[w])
@@ -181,10 +183,11 @@ def main(a: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--pairs", type=int, default=4, help="pairs of blocks, one without the guard, one with it")
-    p.add_argument("--reps", type=int, default=3, help="repetitions of W1 and W4 in each block")
-    p.add_argument("--w1-n", type=int, default=1000)
-    p.add_argument("--w4-n", type=int, default=2000)
+    p.add_argument("--pairs", type=c.positive_int, default=4,
+                   help="pairs of blocks, one without the guard, one with it")
+    p.add_argument("--reps", type=c.positive_int, default=3, help="repetitions of W1 and W4 in each block")
+    p.add_argument("--w1-n", type=c.positive_int, default=1000)
+    p.add_argument("--w4-n", type=c.positive_int, default=2000)
     p.add_argument("--block", choices=("off", "raise"), help=argparse.SUPPRESS)  # one block, in a child
     args = p.parse_args()
     if args.block is None:

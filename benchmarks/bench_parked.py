@@ -165,7 +165,7 @@ async def main(n: int, concurrency: int) -> dict[str, object]:
         "rss_file_parked_mb": round(parked_rss.get("RssFile", 0.0), 1), "rss_data_mdb_mb": round(parked_map, 1),
         "start": start_phase, "resume": resume_phase,
         "start_per_s": round(n / acked_s, 1), "parked_per_s": round(n / start_s, 1),
-        "durable": "LMDB sync=True", "notes": f"started (acknowledged) at {n / acked_s:.0f}/s, all parked after "
+        "durable": c.LMDB_DURABLE, "notes": f"started (acknowledged) at {n / acked_s:.0f}/s, all parked after "
         f"{start_s:.1f}s ({n / start_s:.0f}/s); resumed by signal + result at {n / resume_s:.0f}/s; {cached} "
         f"instances cached at the end; {concurrency} concurrent callers; uuid4 ids",
     }

@@ -29,11 +29,29 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_N = {"W1": 20000, "W1L": 1000, "W2": 5000, "W3": 1000}
+
+
+class Workload(NamedTuple):
+    default_n: int
+    unit: str  # what the per-unit figures are per
+    units: Callable[[int], int]  # how many of them a run of n makes (warm-up included)
+
+
+WORKLOADS = {
+    "W1": Workload(20000, "workflow", lambda n: n),
+    "W1L": Workload(1000, "workflow", lambda n: n + 20),
+    "W2": Workload(5000, "activity (of 5 fan-outs of n)", lambda n: 5 * n),
+    "W3": Workload(1000, "signal round trip", lambda n: n + 20),
+}
 
 PYTHON = [
     ("benchmarks/", "harness (the workload's own code)"),
@@ -85,18 +103,15 @@ def classify(frames: list[str]) -> tuple[str, str] | None:
     return role, "other"
 
 
-def units(workload: str, n: int) -> int:
-    return {"W1": n, "W1L": n + 20, "W2": 5 * n, "W3": n + 20}[workload]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--workload", required=True, choices=list(DEFAULT_N))
-    p.add_argument("--n", type=int, default=None)
-    p.add_argument("--rate", type=int, default=250, help="samples per second per thread")
+    p.add_argument("--workload", required=True, choices=list(WORKLOADS))
+    p.add_argument("--n", type=c.positive_int, default=None, help="runs (default: the workload's own)")
+    p.add_argument("--rate", type=c.positive_int, default=250, help="samples per second per thread")
     p.add_argument("--store", default=None)
     args = p.parse_args()
-    n = args.n or DEFAULT_N[args.workload]
+    workload = WORKLOADS[args.workload]
+    n = args.n if args.n is not None else workload.default_n
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         sys.exit("py-spy is not installed: make .venv/.bench installs it")
@@ -107,8 +122,11 @@ def main() -> None:
                "--n", str(n), "--out", out]
         if args.store:
             cmd += ["--store", args.store]
-        subprocess.run([py_spy, "record", "--gil", "-r", str(args.rate), "-f", "raw", "-o", raw, "--", *cmd],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run([py_spy, "record", "--gil", "-r", str(args.rate), "-f", "raw", "-o", raw, "--", *cmd],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            sys.exit(f"py-spy failed (exit {done.returncode}); it needs ptrace (root, or a container with "
+                     f"--cap-add SYS_PTRACE). What it said:\n{done.stderr[-2000:]}")
         result = json.loads(Path(out).read_text())
         counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         with open(raw) as f:
@@ -119,7 +137,7 @@ def main() -> None:
                     counts[found[0]][found[1]] += int(count)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    per = units(args.workload, n)
+    per = workload.units(n)
     gil: dict[str, Any] = {}
     for role, components in sorted(counts.items(), key=lambda kv: -sum(kv[1].values())):
         gil[role] = {c: round(k / args.rate / per * 1e6, 1) for c, k in components.most_common()}
@@ -130,9 +148,8 @@ def main() -> None:
         "meta page sync (after the lock)": store.get("meta_sync_s", 0.0),
         "waiting for LMDB's write lock (and the GIL after it)": store.get("lock_wait_s", 0.0),
     }
-    unit = {"W1": "workflow", "W1L": "workflow", "W2": f"activity (of 5 fan-outs of {n})", "W3": "signal round trip"}
     print(json.dumps({
-        "workload": args.workload, "n": n, "unit": unit[args.workload], "units": per, "rate_hz": args.rate,
+        "workload": args.workload, "n": n, "unit": workload.unit, "units": per, "rate_hz": args.rate,
         "wall_us_per_unit": round(result["wall_s"] / n * 1e6, 1),  # W2: the median fan-out's, per activity
         "gil_us_per_unit": gil,
         "store_waits_us_per_unit": {k: round(v / per * 1e6, 1) for k, v in waits.items()},

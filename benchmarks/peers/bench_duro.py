@@ -105,9 +105,7 @@ async def w4(client: duro.Client, n: int, determinism: str = "raise") -> dict[st
 
 
 DURABLE = {
-    "lmdb": "LMDB: each group commit's data pages, then its meta page (after LMDB's write lock is released), "
-            "fsynced before any caller or result waiter is answered (this process's worker goes on from the "
-            "applied commit)",
+    "lmdb": c.LMDB_DURABLE,
     "postgresql": "PostgreSQL (synchronous_commit as the server has it, on by default): each group commit is one "
                   "transaction, answered only after COMMIT returns",
 }

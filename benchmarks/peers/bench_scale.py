@@ -211,8 +211,6 @@ def pg_durable(base_url: str) -> str:
             "or worker sees it")
 
 
-LMDB_DURABLE = ("LMDB (a fresh temp dir): each group commit's data pages, then its meta page, fsynced before any "
-                "caller or result waiter is answered")
 
 
 def make_store(base: str) -> tuple[str, str, Any]:
@@ -391,7 +389,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(143))
     kind = a.store.split("://", 1)[0]
-    durable = pg_durable(a.store) if kind in ("postgresql", "postgres") else LMDB_DURABLE
+    durable = pg_durable(a.store) if kind in ("postgresql", "postgres") else c.LMDB_DURABLE
     runs = []
     for w in a.workers:
         r = run_config(a, w, durable)
