@@ -174,9 +174,12 @@ def test_bad_input_is_a_usage_error_saying_what_to_do(tmp_path: Path, capsys: py
     _one_error(capsys, [*base, "--module", "tests.engine.replay_broken"], usage,
                "importing module 'tests.engine.replay_broken' raised RuntimeError: this module fails on import",
                "--traceback")
-    for path in ("tests/engine/replay_v1.py", "./tests/engine/replay_v1", "tests/engine/replay_v1"):
+    for path in ("tests/engine/replay_v1.py", "./tests/engine/replay_v1", "tests/engine/replay_v1",
+                 str(Path.cwd() / "tests/engine/replay_v1.py")):
         _one_error(capsys, [*base, "--module", path], usage, "--module takes a module's dotted name",
-                   f"{path!r} -> 'tests.engine.replay_v1'")
+                   f"file path {path!r}; from here: 'tests.engine.replay_v1'")
+    _one_error(capsys, [*base, "--module", "../elsewhere/app.py"], usage, "file path '../elsewhere/app.py'; run duro "
+               "from the directory that holds its package")
     _one_error(capsys, [*base, "--module", V1, "--type", "nope"], usage,
                "--type 'nope' is not a workflow type of the module(s)",
                "replay_failing, replay_greeting, replay_waiting")

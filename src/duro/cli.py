@@ -701,8 +701,7 @@ async def _query(client: Client, args: argparse.Namespace) -> ExitCode:
     try:
         answer = await handle.query(args.name, *args.values, at_event=args.at_event)
     except ApplicationError as e:  # the handler raised: say what, as history --state's cells do
-        raise OperationError(f"query {args.name!r} of workflow {args.workflow_id!r} raised {e.type or 'an error'}: "
-                             f"{e}") from e
+        raise OperationError(f"query {args.name!r} of workflow {args.workflow_id!r} raised {e.type}: {e}") from e
     if args.json:
         doc = {"workflow_id": args.workflow_id, "query": args.name, "args": args.values, "result": answer}
         if args.at_event is not None:
@@ -952,10 +951,13 @@ def _import_workflows(modules: Sequence[str], show_traceback: bool) -> list[Any]
     found: dict[str, tuple[str, Any, WorkflowDefinition]] = {}
     for name in modules:
         if name.endswith(".py") or "/" in name or os.sep in name or name.startswith("."):
-            relative = os.path.relpath(name, cwd) if os.path.isabs(name) else name
-            dotted = relative.removesuffix(".py").strip("./").replace(os.sep, ".").replace("/", ".")
-            raise UsageError(f"--module takes a module's dotted name, as `import` does, not a file path: "
-                             f"{name!r} -> {dotted!r} (run from the directory that holds it)")
+            relative = os.path.relpath(name.removesuffix(".py"), cwd)
+            if relative.startswith(".."):  # outside the current directory: no dotted name imports it from here
+                hint = "run duro from the directory that holds its package, and give the dotted name from there"
+            else:
+                hint = f"from here: {relative.replace(os.sep, '.').replace('/', '.')!r}"
+            raise UsageError(f"--module takes a module's dotted name, as `import` does, not a file path {name!r}; "
+                             f"{hint}")
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

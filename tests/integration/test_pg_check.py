@@ -28,9 +28,10 @@ import duro
 from duro._core import codec
 from duro.cli import main
 from duro.stores.check import CheckReport
-from duro.stores.pg_check import TABLES, check_postgres, display_url
+from duro.stores.pg_check import TABLES, check_postgres
 from duro.stores.pg_conn import connect_one, parse_pg_url, quote_ident
 from duro.stores.pg_schema import SCHEMA_VERSION, migrate
+from duro.stores.urls import display_url
 from tests.engine import features_wfs as f
 from tests.engine import wfs
 from tests.pg import PG_URL, drop_schema, random_schema, require_postgres, with_schema

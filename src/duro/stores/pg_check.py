@@ -40,7 +40,7 @@ from duro.stores.pg_schema import SCHEMA_VERSION
 from duro.stores.postgres_tx import ATASK_COLS, atask_from_row, run_from_row
 from duro.stores.urls import display_url
 
-__all__ = ["TABLES", "check_postgres", "check_postgres_store", "display_url"]
+__all__ = ["TABLES", "check_postgres", "check_postgres_store"]
 
 TABLES = ("runs", "workflows", "history", "wtasks", "atasks", "timers", "requests", "responses", "op_ids",
           "schedules", "queue_builds")
