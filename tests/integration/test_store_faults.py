@@ -188,37 +188,17 @@ async def test_a_failed_sync_acknowledges_nothing_and_refuses_later_writes(tmp_p
             assert await asyncio.wait_for(handle.result(), DEADLINE_S) == 4
 
 
-async def test_a_result_read_from_a_commit_not_known_synced_is_synced_first(tmp_path: Path) -> None:
-    # A commit is visible a moment before its meta page is synced; a result read from a commit not
-    # known to be synced (here: the store is made to forget what was synced) is synced first.
-    async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
-        async with duro.Worker(client, task_queue="t", workflows=[quick]):
-            handle = await client.start_workflow(quick, "abc", id="q", task_queue="t")
-            assert await handle.result() == 3
-        store: Any = client.store
-        real = store._ensure_durable
-        synced: list[int] = []
-
-        def ensure_durable(txn_id: int) -> None:
-            real(txn_id)
-            synced.append(txn_id)
-
-        store._ensure_durable = ensure_durable
-        store._synced_txn = 0
-        assert await handle.result() == 3
-        assert synced and synced[0] > 0 and store._synced_txn >= synced[0]
-
-
 async def test_every_answer_a_client_reads_is_synced_first(tmp_path: Path) -> None:
-    # describe(), result(timeout=0), fetch_history() and the listings answer from reads: each one
-    # read from a commit not known synced makes it durable before it answers.
+    # A commit is visible a moment before its meta page is synced. result() (waiting, or with
+    # timeout=0), describe(), fetch_history() and the listings answer from reads: each one read
+    # from a commit not known synced (here: the store is made to forget it) syncs before it answers.
     async with duro.Client.connect(f"lmdb://{tmp_path / 's'}") as client:
         async with duro.Worker(client, task_queue="t", workflows=[quick]):
             handle = await client.start_workflow(quick, "abc", id="q", task_queue="t")
             assert await handle.result() == 3
         store: Any = client.store
         last = store.env.last_txnid()
-        reads = {"describe": handle.describe, "result": lambda: handle.result(timeout=0),
+        reads = {"describe": handle.describe, "result": handle.result, "result now": lambda: handle.result(timeout=0),
                  "fetch_history": handle.fetch_history, "list": lambda: client.list_workflows(),
                  "count": lambda: client.count_workflows()}
         for name, read in reads.items():
